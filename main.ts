@@ -1,0 +1,44 @@
+/** Entry point: parses the command line and runs one command. Wiring only. */
+import { UsageError } from "./src/cli/common.ts";
+import { GENERATE_USAGE, runGenerate } from "./src/cli/generate.ts";
+import { LOGPROBS_USAGE, runLogprobs } from "./src/cli/logprobs.ts";
+import { runStart, START_USAGE } from "./src/cli/start.ts";
+
+const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: string; summary: string }> = {
+  start: { run: runStart, usage: START_USAGE, summary: "run the embedded default on the shipped tiny model" },
+  logprobs: { run: runLogprobs, usage: LOGPROBS_USAGE, summary: "score completions: one JSON line per input" },
+  generate: { run: runGenerate, usage: GENERATE_USAGE, summary: "sample continuations of prompts" },
+};
+
+const USAGE = `Usage: deno task cli <command> [options]   (deno task start runs 'start')
+
+Commands:
+${Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`).join("\n")}
+
+Run 'deno task cli <command> --help' for a command's options.`;
+
+async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
+    console.log(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    console.error(`error: unknown command '${name}'\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    await command.run(rest);
+    return 0;
+  } catch (err) {
+    if (err instanceof UsageError) {
+      console.error(`error: ${err.message}\n\n${command.usage}`);
+      return 2;
+    }
+    console.error(`error: ${err instanceof Error ? err.message : String(err)}`);
+    return 1;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

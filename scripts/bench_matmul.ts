@@ -1,0 +1,170 @@
+/**
+ * Matmul throughput on the TF.js wasm backend, with and without native OpenBLAS matmul, and the time
+ * of a DPO-like training step of a small MLP.
+ *
+ *   deno run -A scripts/bench_matmul.ts [--quick]
+ */
+import * as tf from "../src/model/tf.ts";
+import "@tensorflow/tfjs-backend-wasm";
+import { disableNativeMatmul, enableNativeMatmul } from "../src/model/blas.ts";
+
+const QUICK = Deno.args.includes("--quick");
+const MIN_SECONDS = QUICK ? 0.2 : 1;
+
+/** Mean seconds per call of `fn` after one warm-up call, over at least MIN_SECONDS and 2 calls. */
+function timeIt(fn: () => void): number {
+  fn();
+  let calls = 0;
+  const start = performance.now();
+  let elapsed = 0;
+  while (calls < 2 || elapsed < MIN_SECONDS * 1000) {
+    fn();
+    calls++;
+    elapsed = performance.now() - start;
+  }
+  return elapsed / 1000 / calls;
+}
+
+interface MatmulCase {
+  label: string;
+  aShape: number[];
+  bShape: number[];
+  transposeB?: boolean;
+}
+
+/** GFLOP/s of `tf.matMul` for one case with the kernels currently registered. */
+function matmulGflops(c: MatmulCase): number {
+  const a = tf.randomUniform(c.aShape, -1, 1);
+  const b = tf.randomUniform(c.bShape, -1, 1);
+  const m = c.aShape.at(-2)!;
+  const k = c.aShape.at(-1)!;
+  const n = c.transposeB ? c.bShape.at(-2)! : c.bShape.at(-1)!;
+  const batch = c.aShape.slice(0, -2).reduce((x, y) => x * y, 1);
+  const seconds = timeIt(() => tf.dispose(tf.matMul(a, b, false, c.transposeB ?? false)));
+  tf.dispose([a, b]);
+  return (2 * batch * m * n * k) / seconds / 1e9;
+}
+
+/** Enables native matmul for the whole process, or exits with the reason. */
+function enable(minWork?: number): void {
+  const status = enableNativeMatmul({ minWork });
+  if (!status.enabled) {
+    console.error(status.reason);
+    Deno.exit(1);
+  }
+}
+
+function compare(cases: MatmulCase[], minWork?: number): void {
+  const rows = cases.map((c) => {
+    disableNativeMatmul();
+    const wasm = matmulGflops(c);
+    enable(minWork);
+    const native = matmulGflops(c);
+    return {
+      shape: c.label,
+      "wasm GFLOP/s": wasm.toFixed(1),
+      "native GFLOP/s": native.toFixed(1),
+      speedup: (native / wasm).toFixed(1),
+    };
+  });
+  console.table(rows);
+}
+
+interface MlpSizes {
+  pairs: number;
+  tokens: number;
+  embed: number;
+  hidden: number;
+  vocab: number;
+}
+
+/**
+ * One DPO step of a 2-layer MLP language model (x [N, C] -> relu(x W1) [N, H] -> logits [N, V]):
+ * reference log-probs outside the gradient, policy forward on chosen and rejected sequences,
+ * sigmoid DPO loss, tf.variableGrads backward and an SGD update.
+ */
+function dpoStep(s: MlpSizes, params: tf.Variable[], ref: tf.Tensor[], x: tf.Tensor, targets: tf.Tensor): void {
+  const beta = 0.1;
+  tf.tidy(() => {
+    const oneHot = tf.oneHot(targets, s.vocab); // [N, V]
+    const seqLogp = (w1: tf.Tensor, w2: tf.Tensor) => {
+      const logp = tf.logSoftmax(tf.matMul(tf.relu(tf.matMul(x, w1)), w2)); // [N, V]
+      return tf.sum(tf.reshape(tf.sum(tf.mul(logp, oneHot), -1), [2 * s.pairs, s.tokens]), -1); // [2P]
+    };
+    const reference = seqLogp(ref[0]!, ref[1]!);
+    const { grads } = tf.variableGrads(() => {
+      const [chosen, rejected] = tf.split(tf.sub(seqLogp(params[0]!, params[1]!), reference), 2); // [P] each
+      const z = tf.mul(beta, tf.sub(chosen!, rejected!));
+      return tf.mean(tf.softplus(tf.neg(z))); // -log sigmoid(z)
+    }, params);
+    for (const p of params) p.assign(tf.sub(p, tf.mul(0.01, grads[p.name]!)));
+  });
+}
+
+function mlpSeconds(s: MlpSizes): number {
+  const n = 2 * s.pairs * s.tokens;
+  const params = [
+    tf.variable(tf.randomNormal([s.embed, s.hidden], 0, 0.02)),
+    tf.variable(tf.randomNormal([s.hidden, s.vocab], 0, 0.02)),
+  ];
+  const ref = params.map((p) => tf.clone(p));
+  const x = tf.randomNormal([n, s.embed]);
+  const targets = tf.randomUniform([n], 0, s.vocab, "int32");
+  const seconds = timeIt(() => dpoStep(s, params, ref, x, targets));
+  tf.dispose([...params, ...ref, x, targets]);
+  return seconds;
+}
+
+async function main(): Promise<void> {
+  await tf.setBackend("wasm");
+  await tf.ready();
+  const status = enableNativeMatmul();
+  console.log(status.enabled ? `native matmul: ${status.reason}` : `native matmul unavailable: ${status.reason}`);
+  if (!status.enabled) Deno.exit(1);
+
+  console.log("\nSquare matmuls [n, n] x [n, n]");
+  const squares = QUICK ? [128, 256, 512, 1024] : [128, 256, 512, 1024, 2048];
+  compare(squares.map((n) => ({ label: `${n}`, aShape: [n, n], bShape: [n, n] })));
+
+  console.log("\nGPT-2 small shapes (512 tokens)");
+  compare([
+    { label: "[512,768] x [768,768]", aShape: [512, 768], bShape: [768, 768] },
+    { label: "[512,768] x [768,3072]", aShape: [512, 768], bShape: [768, 3072] },
+    { label: "[512,768] x [50257,768]^T", aShape: [512, 768], bShape: [50257, 768], transposeB: true },
+    { label: "attention [12,128,64] x [12,128,64]^T", aShape: [12, 128, 64], bShape: [12, 128, 64], transposeB: true },
+  ]);
+
+  console.log("\nSmall products, native forced on (minWork 0), to place the threshold");
+  compare([
+    { label: "8^3", aShape: [8, 8], bShape: [8, 8] },
+    { label: "16^3", aShape: [16, 16], bShape: [16, 16] },
+    { label: "24^3", aShape: [24, 24], bShape: [24, 24] },
+    { label: "32^3", aShape: [32, 32], bShape: [32, 32] },
+    { label: "48^3", aShape: [48, 48], bShape: [48, 48] },
+    { label: "64^3", aShape: [64, 64], bShape: [64, 64] },
+    { label: "[1,768] x [768,768]", aShape: [1, 768], bShape: [768, 768] },
+    { label: "[48,32,32] x [48,32,32]", aShape: [48, 32, 32], bShape: [48, 32, 32] },
+    { label: "[48,16,64] x [48,64,16]", aShape: [48, 16, 64], bShape: [48, 64, 16] },
+  ], 0);
+  enable(); // back to the default threshold
+
+  const sizes: MlpSizes = { pairs: 4, tokens: 64, embed: 256, hidden: 1024, vocab: 4096 };
+  const n = 2 * sizes.pairs * sizes.tokens;
+  const gflop = (2 * n * (sizes.embed * sizes.hidden + sizes.hidden * sizes.vocab) * 4) / 1e9;
+  console.log(
+    `\nDPO step of an MLP (N=${n} tokens, C=${sizes.embed}, H=${sizes.hidden}, V=${sizes.vocab}; ~${
+      gflop.toFixed(1)
+    } GFLOP of matmul)`,
+  );
+  disableNativeMatmul();
+  const wasm = mlpSeconds(sizes);
+  enable();
+  const native = mlpSeconds(sizes);
+  console.table([{
+    "wasm s/step": wasm.toFixed(3),
+    "native s/step": native.toFixed(3),
+    speedup: (wasm / native).toFixed(1),
+  }]);
+}
+
+if (import.meta.main) await main();

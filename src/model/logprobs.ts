@@ -1,0 +1,112 @@
+/**
+ * Sequence log-probabilities, the number DPO is made of:
+ * ids = encode(prompt) ++ encode(completion) ++ [eos], and log π(y|x) sums the
+ * log-probs of the completion tokens and the eos.
+ */
+import * as tf from "./tf.ts";
+import { forwardTensors, padBatch, type TokenBatch } from "./batch.ts";
+import type { Gpt2Model } from "./gpt2.ts";
+
+/** A prompt and completion as token ids, without the eos. */
+export interface TokenPair {
+  promptIds: number[];
+  completionIds: number[];
+}
+
+/** A right-padded batch plus where each scored token sits in it. */
+export interface ScoringBatch {
+  tokens: TokenBatch;
+  /** [N] flat index b*T + t of the position whose logits predict a scored token. */
+  positions: Int32Array;
+  /** [N] the scored token ids. */
+  targets: Int32Array;
+  /** [N] the row each scored token belongs to. */
+  rows: Int32Array;
+  /** Scored tokens per row (completion tokens + eos). */
+  counts: number[];
+}
+
+/** Options for `buildScoringBatch`. */
+export interface ScoringOptions {
+  /** Appended after every completion. */
+  eosId: number;
+  /** Context for an empty prompt (the first token needs a prefix); default `eosId`. */
+  bosId?: number;
+  /** Longest sequence the model accepts (n_positions). */
+  maxLength: number;
+}
+
+/** Lays out pairs for scoring. Right padding: causal attention never lets a real token see it. */
+export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): ScoringBatch {
+  const rows = pairs.map((p, i) => {
+    const prompt = p.promptIds.length > 0 ? p.promptIds : [options.bosId ?? options.eosId];
+    const ids = [...prompt, ...p.completionIds, options.eosId];
+    if (ids.length > options.maxLength) {
+      throw new Error(
+        `Cannot score sequence ${i}: it has ${ids.length} tokens (prompt ${prompt.length}, completion ${p.completionIds.length}, eos 1) but the model's context is ${options.maxLength}`,
+      );
+    }
+    return { ids, start: prompt.length };
+  });
+  const tokens = padBatch(rows.map((r) => r.ids), options.eosId, "right");
+  const T = tokens.length;
+  const positions: number[] = [];
+  const targets: number[] = [];
+  const rowOf: number[] = [];
+  const counts = rows.map(({ ids, start }, b) => {
+    for (let t = start; t < ids.length; t++) {
+      positions.push(b * T + t - 1);
+      targets.push(ids[t]!);
+      rowOf.push(b);
+    }
+    return ids.length - start;
+  });
+  return {
+    tokens,
+    positions: Int32Array.from(positions),
+    targets: Int32Array.from(targets),
+    rows: Int32Array.from(rowOf),
+    counts,
+  };
+}
+
+/**
+ * Per-token log-probs [N] of the scored tokens. The LM head runs only on the
+ * positions that predict them, not on the prompt. Synchronous; call in `tf.tidy`
+ * (or a gradient closure).
+ */
+export function tokenLogProbs(model: Gpt2Model, batch: ScoringBatch): tf.Tensor1D {
+  const input = forwardTensors(batch.tokens);
+  const { hidden } = model.forward(input); // [B, T, C]
+  const [B, T, C] = hidden.shape;
+  const picked = tf.gather(tf.reshape(hidden, [B * T, C]), tf.tensor1d(batch.positions, "int32")); // [N, C]
+  const logits = model.logits(picked as tf.Tensor2D); // [N, V]
+  const [N, V] = logits.shape;
+  const flatTargets = batch.targets.map((tok, n) => n * V + tok);
+  const chosen = tf.gather(tf.reshape(logits, [N * V]), tf.tensor1d(flatTargets, "int32")); // [N]
+  return tf.sub(chosen, tf.logSumExp(logits, -1)) as tf.Tensor1D; // log softmax at the targets: [N]
+}
+
+/** Sum of the scored log-probs per row: [B]. Synchronous; call in `tf.tidy`. */
+export function sequenceLogProbs(model: Gpt2Model, batch: ScoringBatch): tf.Tensor1D {
+  const perToken = tokenLogProbs(model, batch);
+  return tf.unsortedSegmentSum(perToken, tf.tensor1d(batch.rows, "int32"), batch.counts.length);
+}
+
+/** Scores pairs in batches; returns the sum (or mean with `average`) and the count per pair, in order. */
+export async function scorePairs(
+  model: Gpt2Model,
+  pairs: TokenPair[],
+  options: ScoringOptions & { batchSize?: number; average?: boolean },
+): Promise<{ logp: number; nTokens: number }[]> {
+  const size = options.batchSize ?? 8;
+  const out: { logp: number; nTokens: number }[] = [];
+  for (let i = 0; i < pairs.length; i += size) {
+    const batch = buildScoringBatch(pairs.slice(i, i + size), options);
+    const sums = tf.tidy(() => sequenceLogProbs(model, batch));
+    const values = await sums.data();
+    sums.dispose();
+    batch.counts.forEach((n, b) => out.push({ logp: options.average ? values[b]! / n : values[b]!, nTokens: n }));
+  }
+  return out;
+}

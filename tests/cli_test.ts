@@ -1,0 +1,129 @@
+/** The CLI as other tools use it: a real process, JSON lines on stdout, exit codes. */
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { assertClose, readExpected } from "../src/model/_test_utils.ts";
+import { loadTokenizer } from "../src/model/tokenizer.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const MODEL = join(ROOT, "tests/fixtures/gpt2_tiny");
+
+async function cli(args: string[], options: { stdin?: string; env?: Record<string, string> } = {}) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT, "main.ts"), ...args],
+    cwd: ROOT,
+    stdin: options.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: options.env,
+  }).spawn();
+  if (options.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(options.stdin));
+    await w.close();
+  }
+  const out = await child.output();
+  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("logprobs prints one line per input, in order, matching PyTorch", async () => {
+  const expected = await readExpected("gpt2_tiny");
+  const dir = await Deno.makeTempDir();
+  try {
+    const data = join(dir, "in.jsonl");
+    await Deno.writeTextFile(
+      data,
+      expected.cases.map((c) => JSON.stringify({ prompt: c.prompt, completion: c.completion })).join("\n") + "\n\n",
+    );
+    const sum = await cli(["logprobs", "--model", MODEL, "--data", data, "--batch-size", "4", "--backend", "wasm"]);
+    assert.equal(sum.code, 0, sum.stderr);
+    const lines = sum.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.equal(lines.length, expected.cases.length);
+    for (const l of lines) assert.deepEqual(Object.keys(l), ["logp", "n_tokens"]);
+    assertClose(lines.map((l) => l.logp), expected.cases.map((c) => c.logp_sum), 1e-4, "logp");
+    assert.deepEqual(lines.map((l) => l.n_tokens), expected.cases.map((c) => c.n_tokens));
+    assert.match(sum.stderr, /^backend: wasm/m);
+
+    const stdin = expected.cases.map((c) => JSON.stringify({ prompt: c.prompt, completion: c.completion })).join("\n");
+    const mean = await cli(["logprobs", "--model", MODEL, "--data", "-", "--average"], { stdin });
+    assert.equal(mean.code, 0, mean.stderr);
+    const means = mean.stdout.trim().split("\n").map((l) => JSON.parse(l).logp);
+    assertClose(means, expected.cases.map((c) => c.logp_mean), 1e-4, "mean logp");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("logprobs rejects a bad line by number and prints nothing", async () => {
+  const bad = '{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n';
+  const r = await cli(["logprobs", "--model", MODEL, "--data", "-"], { stdin: bad });
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, "");
+  assert.match(
+    r.stderr,
+    /error: Cannot read '-' line 2: expected \{"prompt": string, "completion": string\}: 'completion'/,
+  );
+  const notJson = await cli(["logprobs", "--model", MODEL, "--data", "-"], { stdin: "{oops\n" });
+  assert.equal(notJson.code, 1);
+  assert.match(notJson.stderr, /line 1: not valid JSON/);
+});
+
+Deno.test("usage mistakes exit 2 with the usage; an unavailable backend is a clear error", async () => {
+  const missing = await cli(["logprobs", "--data", "x.jsonl"]);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /error: --model: is required\n\nUsage: deno task cli logprobs/);
+  const badBackend = await cli(["generate", "--model", MODEL, "--prompt", "Hi", "--backend", "gpu"]);
+  assert.equal(badBackend.code, 2);
+  assert.match(badBackend.stderr, /--backend: Invalid option/);
+  const unknown = await cli(["generate", "--model", MODEL, "--prompt", "Hi", "--frobnicate"]);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.stderr, /Unknown option '--frobnicate'/);
+  const tf = await cli(["generate", "--model", MODEL, "--prompt", "Hi", "--backend", "tensorflow"]);
+  assert.equal(tf.code, 1);
+  assert.match(tf.stderr, /error: Cannot use backend 'tensorflow': @tensorflow\/tfjs-node-gpu did not load/);
+});
+
+Deno.test("generate: greedy output matches PyTorch's tokens; a batch prints JSON lines", async () => {
+  const expected = await readExpected("gpt2_tiny");
+  const tokenizer = await loadTokenizer(MODEL);
+  const prompts = expected.greedy.map((g) => g.prompt);
+  const r = await cli([
+    "generate",
+    "--model",
+    MODEL,
+    ...prompts.flatMap((p) => ["--prompt", p]),
+    "--temperature",
+    "0",
+    "--max-new-tokens",
+    "12",
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+  expected.greedy.forEach((g, i) => {
+    const eos = g.generated_ids.indexOf(expected.eos_token_id);
+    const ids = eos >= 0 ? g.generated_ids.slice(0, eos) : g.generated_ids;
+    assert.equal(lines[i].text, tokenizer.decode(ids, { skipSpecialTokens: true }), `prompt ${i}`);
+    assert.equal(lines[i].finish_reason, eos >= 0 ? "stop" : "length");
+    assert.equal(lines[i].n_tokens, ids.length);
+  });
+  assert.match(r.stderr, /generated \d+ tokens in [\d.]+ s/);
+});
+
+Deno.test("an hf: model on an unreachable hub says so clearly", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  const cache = await Deno.makeTempDir();
+  try {
+    const r = await cli(["generate", "--model", "hf:openai-community/gpt2", "--prompt", "Hi", "--cache-dir", cache], {
+      env: { HF_ENDPOINT: `http://127.0.0.1:${port}` },
+    });
+    assert.equal(r.code, 1);
+    assert.match(
+      r.stderr,
+      /Cannot download model 'hf:openai-community\/gpt2': the Hugging Face Hub at .* is unreachable/,
+    );
+  } finally {
+    await Deno.remove(cache, { recursive: true });
+  }
+});
