@@ -8,6 +8,7 @@
  */
 import * as tf from "./tf.ts";
 import { type Gpt2Config, innerSize } from "./config.ts";
+import { customOp, geluExact, geluTanh, layerNorm } from "./_ops.ts";
 
 /** Keys and values of every layer for the tokens seen so far: [B, H, P, D] each. */
 export type KVCache = {
@@ -94,9 +95,8 @@ export class Gpt2Model {
   forward(input: ForwardInput, withCache = false): ForwardOutput {
     const [B, T] = input.ids.shape;
     const C = this.config.n_embd;
-    // Embeddings: gather rows (its gradient is UnsortedSegmentSum, registered for wasm).
-    const tok = tf.gather(this.p("transformer.wte.weight"), tf.reshape(input.ids, [-1])); // [B*T, C]
-    const pos = tf.gather(this.p("transformer.wpe.weight"), tf.reshape(input.positions, [-1])); // [B*T, C]
+    const tok = embed(this.p("transformer.wte.weight"), tf.reshape(input.ids, [-1])); // [B*T, C]
+    const pos = embed(this.p("transformer.wpe.weight"), tf.reshape(input.positions, [-1])); // [B*T, C]
     let x = tf.reshape(tf.add(tok, pos), [B, T, C]) as tf.Tensor3D; // [B, T, C]
     const keys: tf.Tensor4D[] = [];
     const values: tf.Tensor4D[] = [];
@@ -119,11 +119,7 @@ export class Gpt2Model {
   }
 
   private layerNorm<R extends tf.Rank>(x: tf.Tensor<R>, prefix: string): tf.Tensor<R> {
-    const mean = tf.mean(x, -1, true); // [..., 1]
-    const centered = tf.sub(x, mean);
-    const variance = tf.mean(tf.square(centered), -1, true); // [..., 1]
-    const normed = tf.mul(centered, tf.rsqrt(tf.add(variance, this.config.layer_norm_epsilon)));
-    return tf.add(tf.mul(normed, this.p(`${prefix}.weight`)), this.p(`${prefix}.bias`));
+    return layerNorm(x, this.p(`${prefix}.weight`), this.p(`${prefix}.bias`), this.config.layer_norm_epsilon);
   }
 
   /** Conv1D: y = x W + b with W stored [in, out]. */
@@ -164,20 +160,29 @@ export class Gpt2Model {
   }
 }
 
-const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+/**
+ * Row lookup `table[ids]` whose gradient is built straight from the rows' gradients
+ * (UnsortedSegmentSum). tf.gather's own gradient adds an identity transpose of the
+ * whole [V, C] table, which on wasm costs more than the lookup's matmul-sized peers.
+ */
+function embed(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor1D): tf.Tensor2D {
+  const rows = table.shape[0]!;
+  const op = customOp(
+    ([t]) => ({ value: tf.gather(t!, ids), saved: [ids] }),
+    (dy, [saved]) => [tf.unsortedSegmentSum(dy, saved as tf.Tensor1D, rows)],
+  );
+  return op(table) as tf.Tensor2D;
+}
 
 /** The activations of Hugging Face's ACT2FN that GPT-2 checkpoints use. */
 export function activation<T extends tf.Tensor>(name: Gpt2Config["activation_function"], x: T): T {
   switch (name) {
     case "gelu_new":
     case "gelu_pytorch_tanh":
-    case "gelu_fast": {
-      // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-      const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), SQRT_2_OVER_PI);
-      return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1));
-    }
-    case "gelu": // exact: 0.5 x (1 + erf(x / sqrt 2))
-      return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+    case "gelu_fast":
+      return geluTanh(x);
+    case "gelu":
+      return geluExact(x);
     case "relu":
       return tf.relu(x);
     case "silu":

@@ -61,26 +61,28 @@ for (const v of VARIANTS) {
     });
   }
 
-  Deno.test(`gpt2_tiny on ${v.label}: gradients of the summed log-probs match PyTorch`, async () => {
-    await useBackend(v.backend, v.native);
-    const expected = await readExpected("gpt2_tiny");
-    await withModel("gpt2_tiny", async ({ model }) => {
-      await assertNoLeak(async () => {
-        const pairs = expected.cases.map((c) => ({ promptIds: c.prompt_ids, completionIds: c.completion_ids }));
-        const batch = buildScoringBatch(pairs, { eosId: expected.eos_token_id, maxLength: 64 });
-        const { value, grads } = tf.variableGrads(() => tf.sum(tokenLogProbs(model, batch)) as tf.Scalar);
-        const total = expected.cases.reduce((a, c) => a + c.logp_sum, 0);
-        assertClose([await value.data()].flatMap((d) => [...d]), [total], 1e-3, "summed logp");
-        for (const [pname, g] of Object.entries(expected.grads)) {
-          const ours = grads[model.params.get(pname)!.name];
-          assert.ok(ours, `gradient for ${pname}`);
-          assert.deepEqual(ours.shape, g.shape);
-          assertClose(await ours.data(), g.values, 1e-4, `grad ${pname}`);
-        }
-        tf.dispose([value, ...Object.values(grads)]);
-      }, "gradient");
+  for (const name of MODELS) {
+    Deno.test(`${name} on ${v.label}: gradients of the summed log-probs match PyTorch`, async () => {
+      await useBackend(v.backend, v.native);
+      const expected = await readExpected(name);
+      await withModel(name, async ({ model }) => {
+        await assertNoLeak(async () => {
+          const pairs = expected.cases.map((c) => ({ promptIds: c.prompt_ids, completionIds: c.completion_ids }));
+          const batch = buildScoringBatch(pairs, { eosId: expected.eos_token_id, maxLength: model.config.n_positions });
+          const { value, grads } = tf.variableGrads(() => tf.sum(tokenLogProbs(model, batch)) as tf.Scalar);
+          const total = expected.cases.reduce((a, c) => a + c.logp_sum, 0);
+          assertClose([await value.data()].flatMap((d) => [...d]), [total], 1e-3, "summed logp");
+          for (const [pname, g] of Object.entries(expected.grads)) {
+            const ours = grads[model.params.get(pname)!.name];
+            assert.ok(ours, `gradient for ${pname}`);
+            assert.deepEqual(ours.shape, g.shape);
+            assertClose(await ours.data(), g.values, 1e-4, `grad ${pname}`);
+          }
+          tf.dispose([value, ...Object.values(grads)]);
+        }, "gradient");
+      });
     });
-  });
+  }
 
   Deno.test(`gpt2_tiny on ${v.label}: greedy generation matches PyTorch, cached equals recomputed`, async () => {
     await useBackend(v.backend, v.native);

@@ -6,6 +6,7 @@
 import * as tf from "./tf.ts";
 import { forwardTensors, padBatch, type TokenBatch } from "./batch.ts";
 import type { Gpt2Model } from "./gpt2.ts";
+import { customOp } from "./_ops.ts";
 
 /** A prompt and completion as token ids, without the eos. */
 export interface TokenPair {
@@ -80,11 +81,32 @@ export function tokenLogProbs(model: Gpt2Model, batch: ScoringBatch): tf.Tensor1
   const { hidden } = model.forward(input); // [B, T, C]
   const [B, T, C] = hidden.shape;
   const picked = tf.gather(tf.reshape(hidden, [B * T, C]), tf.tensor1d(batch.positions, "int32")); // [N, C]
-  const logits = model.logits(picked as tf.Tensor2D); // [N, V]
+  return targetLogProbs(model.logits(picked as tf.Tensor2D), batch.targets); // [N]
+}
+
+/**
+ * log softmax(logits)[n, targets[n]] for every row: [N, V] -> [N], with a hand-written gradient
+ * dy * (onehot(target) - softmax). Composing it from TF.js ops would differentiate through the
+ * max in logSumExp (an `Equal` over [N, V] that costs more than the LM head on wasm) and keep
+ * several [N, V] intermediates alive for the backward pass.
+ */
+export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Tensor1D {
   const [N, V] = logits.shape;
-  const flatTargets = batch.targets.map((tok, n) => n * V + tok);
-  const chosen = tf.gather(tf.reshape(logits, [N * V]), tf.tensor1d(flatTargets, "int32")); // [N]
-  return tf.sub(chosen, tf.logSumExp(logits, -1)) as tf.Tensor1D; // log softmax at the targets: [N]
+  const flat = tf.tensor1d(targets.map((tok, n) => n * V + tok), "int32");
+  const op = customOp(([x]) => {
+    const max = tf.max(x!, -1, true); // [N, 1]
+    const e = tf.exp(tf.sub(x!, max)); // [N, V]
+    const total = tf.sum(e, -1, true); // [N, 1]
+    const lse = tf.reshape(tf.add(tf.log(total), max), [N]); // [N]
+    const picked = tf.gather(tf.reshape(x!, [N * V]), flat); // [N]
+    // The softmax is kept for the backward pass instead of the logits.
+    return { value: tf.sub(picked, lse), saved: [tf.div(e, total)] };
+  }, (dy, [probs]) => {
+    // int32 then cast: tfjs-backend-wasm 4.22 writes int bits into a float32 oneHot.
+    const onehot = tf.cast(tf.oneHot(tf.tensor1d(targets, "int32"), V), "float32"); // [N, V]
+    return [tf.mul(tf.sub(onehot, probs!), tf.reshape(dy, [N, 1]))];
+  });
+  return op(logits) as tf.Tensor1D;
 }
 
 /** Sum of the scored log-probs per row: [B]. Synchronous; call in `tf.tidy`. */

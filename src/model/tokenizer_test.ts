@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { createDecodeStream, loadTokenizer, type Tokenizer } from "./tokenizer.ts";
 
 /** GPT-2's bytes_to_unicode, written out independently of the module under test. */
@@ -299,4 +300,18 @@ Deno.test("createDecodeStream works through the generic window for other decoder
     assert.deepEqual(chunks.slice(0, 5), ["a", "", "", "😀", "b"]);
     assert.equal(chunks.join("") + stream.flush(), tok.decode(ids));
   });
+});
+
+Deno.test("the fixture tokenizer encodes like the independent Python BPE, and decodes back", async () => {
+  const dir = fileURLToPath(new URL("../../tests/fixtures/gpt2_tiny", import.meta.url));
+  const tokenizer = await loadTokenizer(dir);
+  const { cases, eos_token_id } = JSON.parse(await Deno.readTextFile(join(dir, "..", "tokenizer_cases.json"))) as {
+    cases: { text: string; ids: number[] }[];
+    eos_token_id: number;
+  };
+  assert.equal(tokenizer.eosTokenId, eos_token_id);
+  for (const c of cases) {
+    assert.deepEqual(tokenizer.encode(c.text), c.ids, JSON.stringify(c.text));
+    assert.equal(tokenizer.decode(c.ids), c.text);
+  }
 });

@@ -1,0 +1,261 @@
+/**
+ * `deno task bench`: forward, forward+backward and generation throughput of GPT-2-shaped models
+ * on a TF.js backend, next to the same work in PyTorch on the same machine in the same run.
+ *
+ *   deno task bench [--backend wasm] [--sizes gpt2-4x256,gpt2-8x512,gpt2-small] [--seconds 3] [--no-torch]
+ *
+ * Each size runs in its own process (TF.js and PyTorch alike) so that peak memory (VmHWM) is its own.
+ * Also prints generation with the KV cache against recomputing the prefix, for 256 new tokens.
+ */
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import * as tf from "../src/model/tf.ts";
+import { type BackendChoice, describeBackend, initBackend } from "../src/model/backend.ts";
+import { Gpt2ConfigSchema } from "../src/model/config.ts";
+import { Gpt2Model, gpt2ParameterShapes } from "../src/model/gpt2.ts";
+import { buildScoringBatch, sequenceLogProbs } from "../src/model/logprobs.ts";
+import { generate } from "../src/model/generate.ts";
+
+interface Size {
+  n_layer: number;
+  n_embd: number;
+  n_head: number;
+  vocab_size: number;
+  n_positions: number;
+}
+
+const SIZES: Record<string, Size> = {
+  "gpt2-4x256": { n_layer: 4, n_embd: 256, n_head: 4, vocab_size: 50257, n_positions: 1024 },
+  "gpt2-8x512": { n_layer: 8, n_embd: 512, n_head: 8, vocab_size: 50257, n_positions: 1024 },
+  "gpt2-small": { n_layer: 12, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024 },
+};
+
+/** The work: 4 sequences of 64 prompt + 64 completion tokens; generation of 64 tokens after 16. */
+const WORK = { batch: 4, seq_len: 128, prompt_len: 64, gen_prompt_len: 16, gen_tokens: 64 };
+
+interface Result {
+  forward_s: number;
+  train_s: number;
+  generate_s: number;
+  peak_rss_mb: number;
+}
+
+function randomModel(size: Size): Gpt2Model {
+  const config = Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size });
+  const weights = new Map<string, tf.Tensor>();
+  for (const [name, shape] of gpt2ParameterShapes(config)) {
+    const isNorm = /ln_\d|ln_f/.test(name);
+    weights.set(
+      name,
+      isNorm && name.endsWith("weight")
+        ? tf.ones(shape)
+        : name.endsWith("bias")
+        ? tf.zeros(shape)
+        : tf.randomNormal(shape, 0, 0.02, "float32", 0),
+    );
+  }
+  return new Gpt2Model(config, weights);
+}
+
+async function timed(fn: () => Promise<void>, minSeconds: number, minIters = 2): Promise<number> {
+  await fn(); // warm-up: kernels compiled, memory allocated
+  let n = 0;
+  const start = performance.now();
+  while (n < minIters || (performance.now() - start) / 1000 < minSeconds) {
+    await fn();
+    n++;
+  }
+  return (performance.now() - start) / 1000 / n;
+}
+
+function peakRssMb(): number {
+  const status = Deno.readTextFileSync("/proc/self/status");
+  const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1]);
+  return kb / 1024;
+}
+
+/** Measures one size in this process; prints a JSON Result. */
+async function worker(sizeName: string, backend: BackendChoice, seconds: number): Promise<void> {
+  const report = await initBackend(backend);
+  console.error(describeBackend(report));
+  const size = SIZES[sizeName]!;
+  const model = randomModel(size);
+  const rng = tf.randomUniform([WORK.batch, WORK.seq_len], 0, size.vocab_size, "int32", 1);
+  const rows = await rng.array() as number[][];
+  rng.dispose();
+  const pairs = rows.map((r) => ({ promptIds: r.slice(0, WORK.prompt_len), completionIds: r.slice(WORK.prompt_len) }));
+  // The scored sequence is prompt + completion + eos: one token longer than PyTorch's; counted below.
+  const batch = buildScoringBatch(pairs.map((p) => ({ ...p, completionIds: p.completionIds.slice(0, -1) })), {
+    eosId: rows[0]![WORK.seq_len - 1]!,
+    maxLength: size.n_positions,
+  });
+  const forward_s = await timed(async () => {
+    const s = tf.tidy(() => sequenceLogProbs(model, batch));
+    await s.data();
+    s.dispose();
+  }, seconds);
+  const vars = model.trainableVariables();
+  const train_s = await timed(async () => {
+    const { value, grads } = tf.variableGrads(() => tf.sum(sequenceLogProbs(model, batch)) as tf.Scalar, vars);
+    await value.data();
+    tf.dispose([value, ...Object.values(grads)]);
+  }, seconds);
+  const codec = { eosTokenId: -1, decode: () => "" };
+  const prompts = rows.map((r) => r.slice(0, WORK.gen_prompt_len));
+  const generate_s = await timed(
+    async () => {
+      await generate(model, codec, prompts, { temperature: 0, maxNewTokens: WORK.gen_tokens, stopAtEos: false });
+    },
+    seconds,
+    1,
+  );
+  const result: Result = { forward_s, train_s, generate_s, peak_rss_mb: peakRssMb() };
+  console.log(JSON.stringify(result));
+  model.dispose();
+}
+
+/** Cached against recomputed generation of 256 tokens after 16, on the smallest size. */
+async function cacheSpeedup(backend: BackendChoice, batch: number): Promise<{ cached: number; recomputed: number }> {
+  await initBackend(backend);
+  const model = randomModel(SIZES["gpt2-4x256"]!);
+  const codec = { eosTokenId: -1, decode: () => "" };
+  const prompts = Array.from({ length: batch }, (_, b) => Array.from({ length: 16 }, (_, i) => 100 + 16 * b + i));
+  const run = async (useCache: boolean) => {
+    const start = performance.now();
+    await generate(model, codec, prompts, { temperature: 0, maxNewTokens: 256, stopAtEos: false, useCache });
+    return (batch * 256) / ((performance.now() - start) / 1000);
+  };
+  await run(true);
+  const cached = await run(true);
+  const recomputed = await run(false);
+  model.dispose();
+  return { cached, recomputed };
+}
+
+async function runChild(cmd: string, args: string[]): Promise<Result> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  const stdout = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.slice(0, 3).join(" ")} failed:\n${new TextDecoder().decode(out.stderr)}`);
+  }
+  return JSON.parse(stdout.split("\n").pop()!);
+}
+
+async function torchAvailable(): Promise<string | undefined> {
+  try {
+    const out = await new Deno.Command("/usr/bin/python3", { args: ["-c", "import torch; print(torch.__version__)"] })
+      .output();
+    return out.success ? new TextDecoder().decode(out.stdout).trim() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const fmt = (x: number, digits = 0) => x.toLocaleString("en-US", { maximumFractionDigits: digits });
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      worker: { type: "string" },
+      backend: { type: "string", default: "wasm" },
+      sizes: { type: "string", default: Object.keys(SIZES).join(",") },
+      seconds: { type: "string", default: "3" },
+      "no-torch": { type: "boolean", default: false },
+    },
+  });
+  const backend = values.backend as BackendChoice;
+  const seconds = Number(values.seconds);
+  if (values.worker) return await worker(values.worker, backend, seconds);
+
+  const sizes = values.sizes!.split(",");
+  for (const s of sizes) if (!SIZES[s]) throw new Error(`Unknown size '${s}' (known: ${Object.keys(SIZES)})`);
+  const torchVersion = values["no-torch"] ? undefined : await torchAvailable();
+  const self = fileURLToPath(import.meta.url);
+  const torchScript = fileURLToPath(new URL("./bench_torch.py", import.meta.url));
+  const report = await initBackend(backend);
+  console.log(`# ${describeBackend(report)}`);
+  console.log(
+    `# PyTorch: ${
+      torchVersion ?? "not available (apt-get install python3-torch)"
+    }; ${navigator.hardwareConcurrency} cores`,
+  );
+  console.log(
+    `# work: batch ${WORK.batch} x ${WORK.seq_len} tokens (${WORK.prompt_len} prompt + ${
+      WORK.seq_len - WORK.prompt_len
+    } scored);` +
+      ` generation: batch ${WORK.batch}, ${WORK.gen_prompt_len}-token prompts, ${WORK.gen_tokens} new tokens, greedy`,
+  );
+  console.log("");
+  const header = ["size", "params", "", "forward tok/s", "fwd+bwd tok/s", "generate tok/s", "peak RSS MB"];
+  const lines: string[][] = [header];
+  for (const name of sizes) {
+    const size = SIZES[name]!;
+    const params = [...gpt2ParameterShapes(Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size })).values()]
+      .reduce((a, s) => a + s.reduce((x, y) => x * y, 1), 0);
+    const ours = await runChild(Deno.execPath(), [
+      "run",
+      "-A",
+      self,
+      "--worker",
+      name,
+      "--backend",
+      backend,
+      "--seconds",
+      String(seconds),
+    ]);
+    const tokens = WORK.batch * WORK.seq_len;
+    const gen = WORK.batch * WORK.gen_tokens;
+    const row = (label: string, r: Result) => [
+      name,
+      `${(params / 1e6).toFixed(1)}M`,
+      label,
+      fmt(tokens / r.forward_s),
+      fmt(tokens / r.train_s),
+      fmt(gen / r.generate_s),
+      fmt(r.peak_rss_mb),
+    ];
+    lines.push(row(`tfjs-${backend}`, ours));
+    if (torchVersion) {
+      const config = { ...size, ...WORK, min_seconds: seconds };
+      const theirs = await runChild("/usr/bin/python3", [torchScript, JSON.stringify(config)]);
+      lines.push(row("pytorch", theirs));
+      lines.push([
+        name,
+        "",
+        "ratio",
+        `${(theirs.forward_s / ours.forward_s).toFixed(2)}x`,
+        `${(theirs.train_s / ours.train_s).toFixed(2)}x`,
+        `${(theirs.generate_s / ours.generate_s).toFixed(2)}x`,
+        `${(ours.peak_rss_mb / theirs.peak_rss_mb).toFixed(2)}x`,
+      ]);
+    }
+    printTable(lines);
+    lines.splice(1);
+  }
+  console.log("ratio = our throughput / PyTorch's (above 1 is faster); for memory, ours / PyTorch's.\n");
+  for (const batch of [1, 4]) {
+    const { cached, recomputed } = await cacheSpeedup(backend, batch);
+    console.log(
+      `KV cache (gpt2-4x256, 256 new tokens, batch ${batch}): ${fmt(cached, 1)} tok/s cached, ${
+        fmt(recomputed, 1)
+      } tok/s recomputing the prefix: ${(cached / recomputed).toFixed(1)}x faster`,
+    );
+  }
+}
+
+let printedHeader = false;
+function printTable(lines: string[][]): void {
+  const widths = [12, 7, 11, 14, 14, 15, 12];
+  const render = (cells: string[]) =>
+    cells.map((c, i) => i < 3 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)).join(" ");
+  for (const [i, cells] of lines.entries()) {
+    if (i === 0) {
+      if (printedHeader) continue;
+      printedHeader = true;
+    }
+    console.log(render(cells));
+  }
+}
+
+if (import.meta.main) await main();
