@@ -1,9 +1,10 @@
 /**
  * Ops with hand-written gradients. TF.js keeps every intermediate of a composed op, and the
- * gradient of every intermediate, alive until the whole backward pass ends; one op with its own
- * gradient keeps only what it saves. LayerNorm and GELU composed from primitives made up most
- * of a training step's peak memory.
+ * gradient of every intermediate, alive until the whole backward pass ends; an op with its own
+ * gradient keeps only what it saves. The forward and backward halves are exported separately so
+ * that a transformer block can be one op built from them (see gpt2.ts).
  */
+import type { Gpt2Config } from "./config.ts";
 import * as tf from "./tf.ts";
 
 /**
@@ -29,59 +30,98 @@ export function customOp(
   return (...inputs) => op(...inputs);
 }
 
-/** LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias. */
-export function layerNorm<R extends tf.Rank>(
-  x: tf.Tensor<R>,
-  weight: tf.Tensor1D | tf.Variable,
-  bias: tf.Tensor1D | tf.Variable,
-  eps: number,
-): tf.Tensor<R> {
+/** LayerNorm over the last axis, with what its backward pass needs. */
+export function layerNormForward<T extends tf.Tensor>(x: T, weight: tf.Tensor, bias: tf.Tensor, eps: number) {
+  const mean = tf.mean(x, -1, true); // [..., 1]
+  const centered = tf.sub(x, mean);
+  const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), eps)); // [..., 1]
+  const xhat = tf.mul(centered, rstd) as T; // [..., C]
+  return { y: tf.add(tf.mul(xhat, weight), bias) as T, xhat, rstd };
+}
+
+/** Gradients of LayerNorm given its output gradient and what the forward saved. */
+export function layerNormBackward(dy: tf.Tensor, xhat: tf.Tensor, rstd: tf.Tensor, weight: tf.Tensor) {
+  const rows = [-1, xhat.shape[xhat.rank - 1]!];
+  const dxhat = tf.mul(dy, weight); // [..., C]
+  // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+  const projection = tf.mul(xhat, tf.mean(tf.mul(dxhat, xhat), -1, true));
+  const dx = tf.mul(rstd, tf.sub(tf.sub(dxhat, tf.mean(dxhat, -1, true)), projection));
+  return {
+    dx,
+    dWeight: tf.sum(tf.reshape(tf.mul(dy, xhat), rows), 0),
+    dBias: tf.sum(tf.reshape(dy, rows), 0),
+  };
+}
+
+/** LayerNorm as one op: (x - mean) / sqrt(var + eps) * weight + bias. */
+export function layerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor, bias: tf.Tensor, eps: number): T {
   const op = customOp(([xi, w, b]) => {
-    const mean = tf.mean(xi!, -1, true); // [..., 1]
-    const centered = tf.sub(xi!, mean);
-    const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), eps)); // [..., 1]
-    const xhat = tf.mul(centered, rstd); // [..., C]
-    return { value: tf.add(tf.mul(xhat, w!), b!), saved: [xhat, rstd, w!] };
+    const { y, xhat, rstd } = layerNormForward(xi!, w!, b!, eps);
+    return { value: y, saved: [xhat, rstd, w!] };
   }, (dy, [xhat, rstd, w]) => {
-    const rows = [-1, xhat!.shape[xhat!.rank - 1]!];
-    const dxhat = tf.mul(dy, w!); // [..., C]
-    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-    const projection = tf.mul(xhat!, tf.mean(tf.mul(dxhat, xhat!), -1, true));
-    const dx = tf.mul(rstd!, tf.sub(tf.sub(dxhat, tf.mean(dxhat, -1, true)), projection));
-    const dw = tf.sum(tf.reshape(tf.mul(dy, xhat!), rows), 0);
-    const db = tf.sum(tf.reshape(dy, rows), 0);
-    return [dx, dw, db];
+    const g = layerNormBackward(dy, xhat!, rstd!, w!);
+    return [g.dx, g.dWeight, g.dBias];
   });
-  return op(x, weight, bias) as tf.Tensor<R>;
+  return op(x, weight, bias) as T;
 }
 
 const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
-/** GELU, tanh approximation (`gelu_new`): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
-export function geluTanh<T extends tf.Tensor>(x: T): T {
-  const op = customOp(([xi]) => {
-    const x = xi!;
-    const t = tf.tanh(tf.mul(tf.mul(x, tf.add(tf.mul(tf.square(x), 0.044715), 1)), SQRT_2_OVER_PI));
-    return { value: tf.mul(tf.mul(x, 0.5), tf.add(t, 1)), saved: [x, t] };
-  }, (dy, [x, t]) => {
-    // d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-    const du = tf.mul(tf.add(tf.mul(tf.square(x!), 3 * 0.044715), 1), SQRT_2_OVER_PI);
-    const dt = tf.mul(tf.mul(tf.mul(x!, 0.5), tf.sub(1, tf.square(t!))), du);
-    return [tf.mul(dy, tf.add(tf.mul(tf.add(t!, 1), 0.5), dt))];
-  });
-  return op(x) as T;
+/** An activation's output and what its backward pass needs (the input, and one more tensor). */
+export function activationForward(name: Gpt2Config["activation_function"], x: tf.Tensor) {
+  switch (name) {
+    case "gelu_new":
+    case "gelu_pytorch_tanh":
+    case "gelu_fast": {
+      // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+      const t = tf.tanh(tf.mul(tf.mul(x, tf.add(tf.mul(tf.square(x), 0.044715), 1)), SQRT_2_OVER_PI));
+      return { y: tf.mul(tf.mul(x, 0.5), tf.add(t, 1)), aux: t };
+    }
+    case "gelu": { // 0.5 x (1 + erf(x / sqrt 2))
+      const cdf = tf.mul(tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1), 0.5);
+      return { y: tf.mul(x, cdf), aux: cdf };
+    }
+    case "relu":
+      return { y: tf.relu(x), aux: tf.step(x) };
+    case "silu":
+    case "swish": {
+      const s = tf.sigmoid(x);
+      return { y: tf.mul(x, s), aux: s };
+    }
+    case "quick_gelu": {
+      const s = tf.sigmoid(tf.mul(x, 1.702));
+      return { y: tf.mul(x, s), aux: s };
+    }
+  }
 }
 
-/** Exact GELU: 0.5 x (1 + erf(x / sqrt 2)). */
-export function geluExact<T extends tf.Tensor>(x: T): T {
-  const op = customOp(([xi]) => {
-    const cdf = tf.mul(tf.add(tf.erf(tf.mul(xi!, Math.SQRT1_2)), 1), 0.5);
-    return { value: tf.mul(xi!, cdf), saved: [xi!, cdf] };
-  }, (dy, [x, cdf]) => {
-    // d/dx = cdf(x) + x pdf(x)
-    const pdf = tf.mul(tf.exp(tf.mul(tf.square(x!), -0.5)), INV_SQRT_2PI);
-    return [tf.mul(dy, tf.add(cdf!, tf.mul(x!, pdf)))];
-  });
-  return op(x) as T;
+/** dy * activation'(x), from the input and the `aux` tensor the forward returned. */
+export function activationBackward(
+  name: Gpt2Config["activation_function"],
+  dy: tf.Tensor,
+  x: tf.Tensor,
+  aux: tf.Tensor,
+): tf.Tensor {
+  switch (name) {
+    case "gelu_new":
+    case "gelu_pytorch_tanh":
+    case "gelu_fast": {
+      // 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+      const du = tf.mul(tf.add(tf.mul(tf.square(x), 3 * 0.044715), 1), SQRT_2_OVER_PI);
+      const dt = tf.mul(tf.mul(tf.mul(x, 0.5), tf.sub(1, tf.square(aux))), du);
+      return tf.mul(dy, tf.add(tf.mul(tf.add(aux, 1), 0.5), dt));
+    }
+    case "gelu": { // cdf(x) + x pdf(x)
+      const pdf = tf.mul(tf.exp(tf.mul(tf.square(x), -0.5)), INV_SQRT_2PI);
+      return tf.mul(dy, tf.add(aux, tf.mul(x, pdf)));
+    }
+    case "relu":
+      return tf.mul(dy, aux);
+    case "silu":
+    case "swish": // s (1 + x (1 - s))
+      return tf.mul(dy, tf.mul(aux, tf.add(1, tf.mul(x, tf.sub(1, aux)))));
+    case "quick_gelu": // s + 1.702 x s (1 - s)
+      return tf.mul(dy, tf.add(aux, tf.mul(tf.mul(tf.mul(x, 1.702), aux), tf.sub(1, aux))));
+  }
 }

@@ -84,20 +84,24 @@ export async function generate(
     rng: createRng(seed + b * 0x9e3779b1),
   }));
   const useCache = options.useCache ?? true;
+  // Greedy picks on the device and reads B ids, not B x V logits (unless the caller wants the logits).
+  const greedy = (options.temperature === 0 || options.topK === 1) && !options.onLogits;
   let batch: TokenBatch = padBatch(inputs, codec.eosTokenId, "left");
   let cache: KVCache | undefined;
   try {
     for (let step = 0; step < budget && !options.signal?.aborted; step++) {
-      const out: StepOutput = tf.tidy(() => nextLogits(model, batch, cache, useCache));
+      const out: StepOutput = tf.tidy(() => nextLogits(model, batch, cache, useCache, greedy));
       if (cache) tf.dispose([...cache.keys, ...cache.values]);
       cache = out.cache;
-      const logits = (await out.logits.data()) as Float32Array;
+      const values = await out.logits.data();
       out.logits.dispose();
-      options.onLogits?.(logits, step);
-      const V = logits.length / rows.length;
+      if (!greedy) options.onLogits?.(values as Float32Array, step);
+      const V = values.length / rows.length;
       const next = rows.map((row, b) => {
         if (row.done) return codec.eosTokenId;
-        const token = sampleToken(logits.subarray(b * V, (b + 1) * V), options, row.rng);
+        const token = greedy
+          ? values[b]!
+          : sampleToken(values.subarray(b * V, (b + 1) * V) as Float32Array, options, row.rng);
         advance(row, b, token, codec, { ...options, last: step === budget - 1 });
         return token;
       });
@@ -112,19 +116,21 @@ export async function generate(
   return rows.map((row) => ({ tokenIds: row.tokens, text: row.text, finishReason: row.finishReason }));
 }
 
-type StepOutput = { logits: tf.Tensor2D; cache?: KVCache };
+type StepOutput = { logits: tf.Tensor; cache?: KVCache };
 
-/** One forward step: the last position's logits [B, V] and, with caching, the extended cache. */
+/** One forward step: the last position's logits [B, V] (or their argmax [B]) and, with caching, the extended cache. */
 function nextLogits(
   model: Gpt2Model,
   batch: TokenBatch,
   cache: KVCache | undefined,
   useCache: boolean,
+  argmax: boolean,
 ): StepOutput {
   const out = model.forward({ ...forwardTensors(batch), cache }, useCache);
   const [B, T, C] = out.hidden.shape;
   const last = tf.reshape(tf.slice(out.hidden, [0, T - 1, 0], [B, 1, C]), [B, C]) as tf.Tensor2D; // [B, C]
-  return { logits: model.logits(last), cache: out.cache };
+  const logits = model.logits(last); // [B, V]
+  return { logits: argmax ? tf.argMax(logits, -1) : logits, cache: out.cache };
 }
 
 /** The next step's batch when the cache holds everything before it: one new token per row. */

@@ -8,7 +8,14 @@
  */
 import * as tf from "./tf.ts";
 import { type Gpt2Config, innerSize } from "./config.ts";
-import { customOp, geluExact, geluTanh, layerNorm } from "./_ops.ts";
+import {
+  activationBackward,
+  activationForward,
+  customOp,
+  layerNorm,
+  layerNormBackward,
+  layerNormForward,
+} from "./_ops.ts";
 
 /** Keys and values of every layer for the tokens seen so far: [B, H, P, D] each. */
 export type KVCache = {
@@ -58,6 +65,30 @@ export function gpt2ParameterShapes(config: Gpt2Config): Map<string, number[]> {
   return shapes;
 }
 
+/** A block's weights in the order the block op takes them (after its input x). */
+const BLOCK_WEIGHTS = [
+  "ln_1.weight",
+  "ln_1.bias",
+  "attn.c_attn.weight",
+  "attn.c_attn.bias",
+  "attn.c_proj.weight",
+  "attn.c_proj.bias",
+  "ln_2.weight",
+  "ln_2.bias",
+  "mlp.c_fc.weight",
+  "mlp.c_fc.bias",
+  "mlp.c_proj.weight",
+  "mlp.c_proj.bias",
+] as const;
+
+type BlockWeights = Record<typeof BLOCK_WEIGHTS[number], tf.Tensor>;
+
+function namedWeights(list: tf.Tensor[]): BlockWeights {
+  const named = {} as BlockWeights;
+  BLOCK_WEIGHTS.forEach((name, j) => named[name] = list[j]!);
+  return named;
+}
+
 /** A GPT-2 language model: its config and its weights as TF.js variables. */
 export class Gpt2Model {
   readonly config: Gpt2Config;
@@ -91,7 +122,11 @@ export class Gpt2Model {
     return v;
   }
 
-  /** The transformer: embeddings, blocks, final LayerNorm. Synchronous; call inside `tf.tidy`. */
+  /**
+   * The transformer: embeddings, blocks, final LayerNorm. Synchronous; call inside `tf.tidy`.
+   * Without a cache each block is one op with a hand-written gradient (training and scoring);
+   * with one, blocks also return their keys and values (generation).
+   */
   forward(input: ForwardInput, withCache = false): ForwardOutput {
     const [B, T] = input.ids.shape;
     const C = this.config.n_embd;
@@ -101,14 +136,18 @@ export class Gpt2Model {
     const keys: tf.Tensor4D[] = [];
     const values: tf.Tensor4D[] = [];
     for (let i = 0; i < this.config.n_layer; i++) {
+      if (!withCache && !input.cache) {
+        x = this.trainableBlock(i, x, input.bias);
+        continue;
+      }
       const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
-      const attn = this.attention(i, this.layerNorm(x, `transformer.h.${i}.ln_1`), input.bias, past);
-      x = tf.add(x, attn.out); // [B, T, C]
-      x = tf.add(x, this.mlp(i, this.layerNorm(x, `transformer.h.${i}.ln_2`))); // [B, T, C]
-      keys.push(attn.k);
-      values.push(attn.v);
+      const out = blockForward(this.config, i, this.blockWeights(i), x, input.bias, past);
+      x = out.out;
+      keys.push(out.k);
+      values.push(out.v);
     }
-    const hidden = this.layerNorm(x, "transformer.ln_f");
+    const ln = "transformer.ln_f";
+    const hidden = layerNorm(x, this.p(`${ln}.weight`), this.p(`${ln}.bias`), this.config.layer_norm_epsilon);
     return withCache ? { hidden, cache: { keys, values } } : { hidden };
   }
 
@@ -118,46 +157,156 @@ export class Gpt2Model {
     return tf.matMul(hidden, this.p(head), false, true); // [N, V]
   }
 
-  private layerNorm<R extends tf.Rank>(x: tf.Tensor<R>, prefix: string): tf.Tensor<R> {
-    return layerNorm(x, this.p(`${prefix}.weight`), this.p(`${prefix}.bias`), this.config.layer_norm_epsilon);
+  private blockWeights(layer: number): BlockWeights {
+    return namedWeights(BLOCK_WEIGHTS.map((n) => this.p(`transformer.h.${layer}.${n}`)));
   }
 
-  /** Conv1D: y = x W + b with W stored [in, out]. */
-  private conv1d(x: tf.Tensor3D, prefix: string): tf.Tensor3D {
-    const [B, T, inDim] = x.shape;
-    const w = this.p(`${prefix}.weight`);
-    const y = tf.add(tf.matMul(tf.reshape(x, [B * T, inDim]), w), this.p(`${prefix}.bias`)); // [B*T, out]
-    return tf.reshape(y, [B, T, w.shape[1]!]);
+  /** One block as one op: TF.js records a single node and keeps only what `blockBackward` needs. */
+  private trainableBlock(layer: number, x: tf.Tensor3D, bias: tf.Tensor4D): tf.Tensor3D {
+    const config = this.config;
+    const op = customOp(([xi, ...ws]) => {
+      const w = namedWeights(ws);
+      const out = blockForward(config, layer, w, xi as tf.Tensor3D, bias);
+      return { value: out.out, saved: [...out.saved, ...ws] };
+    }, (dy, saved) => {
+      const w = namedWeights(saved.slice(SAVED_COUNT));
+      return blockBackward(config, layer, w, dy as tf.Tensor3D, saved.slice(0, SAVED_COUNT));
+    });
+    const weights = this.blockWeights(layer);
+    return op(x, ...BLOCK_WEIGHTS.map((n) => weights[n])) as tf.Tensor3D;
   }
+}
 
-  private attention(
-    layer: number,
-    x: tf.Tensor3D,
-    bias: tf.Tensor4D,
-    past?: { k: tf.Tensor4D; v: tf.Tensor4D },
-  ): { out: tf.Tensor3D; k: tf.Tensor4D; v: tf.Tensor4D } {
-    const [B, T, C] = x.shape;
-    const H = this.config.n_head;
-    const D = C / H;
-    const prefix = `transformer.h.${layer}.attn`;
-    const qkv = this.conv1d(x, `${prefix}.c_attn`); // [B, T, 3C]
-    const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D;
-    const [q, kNew, vNew] = tf.split(qkv, 3, 2).map(heads) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // [B, H, T, D]
-    const k = past ? tf.concat([past.k, kNew], 2) : kNew; // [B, H, S, D]
-    const v = past ? tf.concat([past.v, vNew], 2) : vNew; // [B, H, S, D]
-    let scale = this.config.scale_attn_weights ? 1 / Math.sqrt(D) : 1;
-    if (this.config.scale_attn_by_inverse_layer_idx) scale /= layer + 1;
-    const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), scale), bias); // [B, H, T, S]
-    const y = tf.matMul(tf.softmax(scores), v); // [B, H, T, D]
-    const merged = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [B, T, C]) as tf.Tensor3D; // [B, T, C]
-    return { out: this.conv1d(merged, `${prefix}.c_proj`), k, v };
-  }
+/** How many activations `blockForward` saves for `blockBackward`. */
+const SAVED_COUNT = 14;
 
-  private mlp(layer: number, x: tf.Tensor3D): tf.Tensor3D {
-    const prefix = `transformer.h.${layer}.mlp`;
-    const h = activation(this.config.activation_function, this.conv1d(x, `${prefix}.c_fc`)); // [B, T, F]
-    return this.conv1d(h, `${prefix}.c_proj`); // [B, T, C]
-  }
+/** y = x W + b for x [B, T, in], W [in, out] (Conv1D): [B*T, out]. One fused kernel (no tape: see blockBackward). */
+function linear(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
+  return tf.fused.matMul({
+    a: tf.reshape(x, [-1, w.shape[0]!]) as tf.Tensor2D,
+    b: w as tf.Tensor2D,
+    bias: b,
+  }) as tf.Tensor2D;
+}
+
+/** Attention score scale: 1/sqrt(D), and 1/(layer+1) with scale_attn_by_inverse_layer_idx. */
+function attentionScale(config: Gpt2Config, layer: number): number {
+  const D = config.n_embd / config.n_head;
+  return (config.scale_attn_weights ? 1 / Math.sqrt(D) : 1) /
+    (config.scale_attn_by_inverse_layer_idx ? layer + 1 : 1);
+}
+
+/**
+ * One transformer block, pre-LayerNorm:
+ *   x1  = x + c_proj(attention(ln_1(x)))
+ *   out = x1 + mlp.c_proj(act(mlp.c_fc(ln_2(x1))))
+ * Returns the keys and values (with the past prepended) and the activations the backward pass needs.
+ */
+function blockForward(
+  config: Gpt2Config,
+  layer: number,
+  w: BlockWeights,
+  x: tf.Tensor3D,
+  bias: tf.Tensor4D,
+  past?: { k: tf.Tensor4D; v: tf.Tensor4D },
+) {
+  const [B, T, C] = x.shape;
+  const H = config.n_head;
+  const D = C / H;
+  const eps = config.layer_norm_epsilon;
+  const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D;
+  // Attention.
+  const ln1 = layerNormForward(x, w["ln_1.weight"], w["ln_1.bias"], eps); // [B, T, C]
+  const qkv = linear(ln1.y, w["attn.c_attn.weight"], w["attn.c_attn.bias"]); // [B*T, 3C]
+  const [q, kNew, vNew] = tf.split(qkv, 3, 1).map(heads) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // [B, H, T, D]
+  const k = past ? tf.concat([past.k, kNew], 2) : kNew; // [B, H, S, D]
+  const v = past ? tf.concat([past.v, vNew], 2) : vNew; // [B, H, S, D]
+  const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), attentionScale(config, layer)), bias); // [B, H, T, S]
+  const probs = tf.softmax(scores); // [B, H, T, S]
+  const merged = tf.reshape(tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]), [B * T, C]); // [B*T, C]
+  const attnOut = linear(merged, w["attn.c_proj.weight"], w["attn.c_proj.bias"]); // [B*T, C]
+  const x1 = tf.add(x, tf.reshape(attnOut, [B, T, C])); // [B, T, C]
+  // MLP.
+  const ln2 = layerNormForward(x1, w["ln_2.weight"], w["ln_2.bias"], eps); // [B, T, C]
+  const pre = linear(ln2.y, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"]); // [B*T, F]
+  const act = activationForward(config.activation_function, pre); // [B*T, F]
+  const mlpOut = linear(act.y, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"]); // [B*T, C]
+  const out = tf.add(x1, tf.reshape(mlpOut, [B, T, C])) as tf.Tensor3D; // [B, T, C]
+  const saved = [ln1.xhat, ln1.rstd, ln1.y, q, k, v, probs, merged, ln2.xhat, ln2.rstd, ln2.y, pre, act.aux];
+  return { out, k, v, saved: [...saved, act.y] as tf.Tensor[] };
+}
+
+/** Gradients of `blockForward` for [x, ...BLOCK_WEIGHTS], given dOut [B, T, C]. */
+function blockBackward(
+  config: Gpt2Config,
+  layer: number,
+  w: BlockWeights,
+  dOut: tf.Tensor3D,
+  saved: tf.Tensor[],
+): tf.Tensor[] {
+  const [ln1Xhat, ln1Rstd, ln1Y, q, k, v, probs, merged, ln2Xhat, ln2Rstd, ln2Y, pre, aux, actY] = saved as [
+    tf.Tensor3D,
+    tf.Tensor3D,
+    tf.Tensor3D,
+    tf.Tensor4D,
+    tf.Tensor4D,
+    tf.Tensor4D,
+    tf.Tensor4D,
+    tf.Tensor2D,
+    tf.Tensor3D,
+    tf.Tensor3D,
+    tf.Tensor3D,
+    tf.Tensor2D,
+    tf.Tensor2D,
+    tf.Tensor2D,
+  ];
+  const [B, T, C] = dOut.shape;
+  const H = config.n_head;
+  const D = C / H;
+  const rows = (t: tf.Tensor) => tf.reshape(t, [B * T, -1]) as tf.Tensor2D;
+  const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D;
+  const unheads = (t: tf.Tensor) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [B * T, C]) as tf.Tensor2D;
+  /** Gradients of y = x W + b: [dx, dW, db]. */
+  const linearGrads = (dy: tf.Tensor2D, x: tf.Tensor2D, weight: tf.Tensor) =>
+    [tf.matMul(dy, weight, false, true), tf.matMul(x, dy, true, false), tf.sum(dy, 0)] as const;
+
+  // MLP: out = x1 + c_proj(act(c_fc(ln_2(x1)))).
+  const dMlp = rows(dOut); // [B*T, C]
+  const [dAct, dProjW, dProjB] = linearGrads(dMlp, actY, w["mlp.c_proj.weight"]);
+  const dPre = activationBackward(config.activation_function, dAct, pre, aux) as tf.Tensor2D; // [B*T, F]
+  const [dLn2Y, dFcW, dFcB] = linearGrads(dPre, rows(ln2Y), w["mlp.c_fc.weight"]);
+  const ln2 = layerNormBackward(tf.reshape(dLn2Y, [B, T, C]), ln2Xhat, ln2Rstd, w["ln_2.weight"]);
+  const dX1 = tf.add(dOut, ln2.dx); // [B, T, C]
+
+  // Attention: x1 = x + c_proj(merge(softmax(q k^T * scale + bias) v)).
+  const [dMerged, dOutW, dOutB] = linearGrads(rows(dX1), merged, w["attn.c_proj.weight"]);
+  const dY = heads(dMerged); // [B, H, T, D]
+  const dProbs = tf.matMul(dY, v, false, true); // [B, H, T, S]
+  const dV = tf.matMul(probs, dY, true, false); // [B, H, S, D]
+  // Softmax: dS = P * (dP - sum(dP * P)); then the scale.
+  const scale = attentionScale(config, layer);
+  const dScores = tf.mul(tf.mul(probs, tf.sub(dProbs, tf.sum(tf.mul(dProbs, probs), -1, true))), scale);
+  const dQ = tf.matMul(dScores, k); // [B, H, T, D]
+  const dK = tf.matMul(dScores, q, true, false); // [B, H, S, D]
+  const dQkv = tf.concat([unheads(dQ), unheads(dK), unheads(dV)], 1); // [B*T, 3C]
+  const [dLn1Y, dAttnW, dAttnB] = linearGrads(dQkv, rows(ln1Y), w["attn.c_attn.weight"]);
+  const ln1 = layerNormBackward(tf.reshape(dLn1Y, [B, T, C]), ln1Xhat, ln1Rstd, w["ln_1.weight"]);
+  const dX = tf.add(dX1, ln1.dx); // [B, T, C]
+  return [
+    dX,
+    ln1.dWeight,
+    ln1.dBias,
+    dAttnW,
+    dAttnB,
+    dOutW,
+    dOutB,
+    ln2.dWeight,
+    ln2.dBias,
+    dFcW,
+    dFcB,
+    dProjW,
+    dProjB,
+  ];
 }
 
 /**
@@ -172,23 +321,4 @@ function embed(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor1D): tf.Tensor2D 
     (dy, [saved]) => [tf.unsortedSegmentSum(dy, saved as tf.Tensor1D, rows)],
   );
   return op(table) as tf.Tensor2D;
-}
-
-/** The activations of Hugging Face's ACT2FN that GPT-2 checkpoints use. */
-export function activation<T extends tf.Tensor>(name: Gpt2Config["activation_function"], x: T): T {
-  switch (name) {
-    case "gelu_new":
-    case "gelu_pytorch_tanh":
-    case "gelu_fast":
-      return geluTanh(x);
-    case "gelu":
-      return geluExact(x);
-    case "relu":
-      return tf.relu(x);
-    case "silu":
-    case "swish":
-      return tf.mul(x, tf.sigmoid(x));
-    case "quick_gelu":
-      return tf.mul(x, tf.sigmoid(tf.mul(x, 1.702)));
-  }
 }
