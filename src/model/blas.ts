@@ -164,7 +164,8 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
   const config = blas.openblas_get_config
     ? Deno.UnsafePointerView.getCString(blas.openblas_get_config()!)
     : "unknown BLAS";
-  const description = `${config} from ${loaded.path}, ${actualThreads} thread(s), minWork ${minWork}`;
+  const description = `${config} from ${loaded.path}, ${actualThreads} thread(s)` +
+    (minWork > 0 ? `, minWork ${minWork}` : "");
   if (state !== undefined) return { enabled: true, reason: `already enabled: ${description}` };
 
   const originals = new Map<string, KernelConfig>();

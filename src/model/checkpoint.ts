@@ -5,6 +5,7 @@ import { configEosId, type Gpt2Config, parseModelConfig } from "./config.ts";
 import { Gpt2Model, gpt2ParameterShapes } from "./gpt2.ts";
 import { encodeSafetensors, readSafetensors, type StoredTensor } from "./safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
+import { fileExists, writeAtomic } from "../util/fs.ts";
 
 /** A model ready to use: weights, tokenizer and where they came from. */
 export interface LoadedModel {
@@ -106,9 +107,9 @@ function list(names: string[]): string {
 
 async function weightFiles(dir: string): Promise<string[]> {
   const single = join(dir, "model.safetensors");
-  if (await exists(single)) return [single];
+  if (await fileExists(single)) return [single];
   const indexPath = join(dir, "model.safetensors.index.json");
-  if (!(await exists(indexPath))) {
+  if (!(await fileExists(indexPath))) {
     throw new Error(
       `Cannot load weights from '${dir}': neither model.safetensors nor model.safetensors.index.json exists`,
     );
@@ -124,15 +125,6 @@ async function weightFiles(dir: string): Promise<string[]> {
     throw new Error(`Cannot load weight index '${indexPath}': 'weight_map' must map tensor names to file names`);
   }
   return [...new Set(Object.values(map as Record<string, string>))].map((f) => join(dir, f));
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -155,20 +147,6 @@ export async function saveModel(
   if (loaded.dir === outDir) return;
   for (const file of TOKENIZER_FILES) {
     const src = join(loaded.dir, file);
-    if (await exists(src)) await writeAtomic(join(outDir, file), await Deno.readFile(src));
-  }
-}
-
-/** Writes a file under a temporary name and renames it into place. */
-export async function writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${crypto.randomUUID()}`;
-  try {
-    await Deno.writeFile(tmp, bytes);
-    using file = await Deno.open(tmp, { read: true });
-    await file.sync(); // the bytes are on disk before the name points at them
-    await Deno.rename(tmp, path);
-  } catch (err) {
-    await Deno.remove(tmp).catch(() => {});
-    throw new Error(`Cannot write '${path}': ${(err as Error).message}`);
+    if (await fileExists(src)) await writeAtomic(join(outDir, file), await Deno.readFile(src));
   }
 }

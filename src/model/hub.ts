@@ -2,6 +2,7 @@
 import { downloadFile, HubApiError } from "@huggingface/hub";
 import { join, resolve } from "node:path";
 import { z } from "zod";
+import { fileExists, writeAtomic } from "../util/fs.ts";
 
 /** Options of `resolveModel`. */
 export interface ResolveModelOptions {
@@ -130,8 +131,8 @@ interface Download {
 
 /** model.safetensors, or the shard index and every shard it names; returns the files now present. */
 async function fetchWeights(ctx: Download): Promise<string[]> {
-  if (await exists(join(ctx.dir, SINGLE_WEIGHTS))) return [SINGLE_WEIGHTS];
-  const haveIndex = await exists(join(ctx.dir, SHARD_INDEX));
+  if (await fileExists(join(ctx.dir, SINGLE_WEIGHTS))) return [SINGLE_WEIGHTS];
+  const haveIndex = await fileExists(join(ctx.dir, SHARD_INDEX));
   if (!haveIndex) {
     if (await fetchFile(ctx, SINGLE_WEIGHTS)) return [SINGLE_WEIGHTS];
     if (!await fetchFile(ctx, SHARD_INDEX)) {
@@ -173,7 +174,7 @@ async function readShardNames(ctx: Download, path: string): Promise<string[]> {
 /** Downloads `path` into the cache unless it is there; false when the repository has no such file. */
 async function fetchFile(ctx: Download, path: string): Promise<boolean> {
   const dest = join(ctx.dir, path);
-  if (await exists(dest)) return true;
+  if (await fileExists(dest)) return true;
   let blob: Blob | null;
   try {
     blob = await downloadFile({
@@ -363,32 +364,12 @@ async function isComplete(dir: string): Promise<boolean> {
   }
   const marker = MarkerSchema.safeParse(raw);
   if (!marker.success) return false;
-  for (const f of marker.data.files) if (!await exists(join(dir, f))) return false;
+  for (const f of marker.data.files) if (!await fileExists(join(dir, f))) return false;
   return true;
-}
-
-async function writeAtomic(path: string, data: Uint8Array): Promise<void> {
-  const tmp = `${path}.part-${crypto.randomUUID()}`;
-  try {
-    await Deno.writeFile(tmp, data, { createNew: true });
-    await Deno.rename(tmp, path);
-  } catch (err) {
-    await Deno.remove(tmp).catch(() => {});
-    throw err;
-  }
 }
 
 async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
   for (let off = 0; off < data.byteLength;) off += await file.write(data.subarray(off));
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
 }
 
 function env(name: string): string | undefined {
