@@ -72,16 +72,37 @@ export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): 
 }
 
 /**
- * Per-token log-probs [N] of the scored tokens. The LM head runs only on the
- * positions that predict them, not on the prompt. Synchronous; call in `tf.tidy`
- * (or a gradient closure).
+ * Per-row sums over the scored tokens: log-probs [B], and the raw logits summed over the vocabulary
+ * (TRL's `logits/*` metrics divide them by tokens × vocab). The LM head runs only on the positions
+ * that predict scored tokens, not on the prompt. Synchronous; call in `tf.tidy` or a gradient closure.
  */
+export function scoreRows(model: Gpt2Model, batch: ScoringBatch): { logps: tf.Tensor1D; logitSums: tf.Tensor1D } {
+  const logits = scoredLogits(model, batch); // [N, V]
+  const rows = tf.tensor1d(batch.rows, "int32");
+  const R = batch.counts.length;
+  return {
+    logps: tf.unsortedSegmentSum(targetLogProbs(logits, batch.targets), rows, R),
+    logitSums: tf.unsortedSegmentSum(tf.sum(logits, -1), rows, R),
+  };
+}
+
+/** Per-token log-probs [N] of the scored tokens. Synchronous; call in `tf.tidy`. */
 export function tokenLogProbs(model: Gpt2Model, batch: ScoringBatch): tf.Tensor1D {
-  const input = forwardTensors(batch.tokens);
-  const { hidden } = model.forward(input); // [B, T, C]
+  return targetLogProbs(scoredLogits(model, batch), batch.targets);
+}
+
+/** Sum of the scored log-probs per row: [B]. Synchronous; call in `tf.tidy`. */
+export function sequenceLogProbs(model: Gpt2Model, batch: ScoringBatch): tf.Tensor1D {
+  const perToken = tokenLogProbs(model, batch);
+  return tf.unsortedSegmentSum(perToken, tf.tensor1d(batch.rows, "int32"), batch.counts.length);
+}
+
+/** Logits [N, V] at the positions that predict the scored tokens. */
+function scoredLogits(model: Gpt2Model, batch: ScoringBatch): tf.Tensor2D {
+  const { hidden } = model.forward(forwardTensors(batch.tokens)); // [B, T, C]
   const [B, T, C] = hidden.shape;
   const picked = tf.gather(tf.reshape(hidden, [B * T, C]), tf.tensor1d(batch.positions, "int32")); // [N, C]
-  return targetLogProbs(model.logits(picked as tf.Tensor2D), batch.targets); // [N]
+  return model.logits(picked as tf.Tensor2D); // [N, V]
 }
 
 /**
@@ -107,12 +128,6 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Ten
     return [tf.mul(tf.sub(onehot, probs!), tf.reshape(dy, [N, 1]))];
   });
   return op(logits) as tf.Tensor1D;
-}
-
-/** Sum of the scored log-probs per row: [B]. Synchronous; call in `tf.tidy`. */
-export function sequenceLogProbs(model: Gpt2Model, batch: ScoringBatch): tf.Tensor1D {
-  const perToken = tokenLogProbs(model, batch);
-  return tf.unsortedSegmentSum(perToken, tf.tensor1d(batch.rows, "int32"), batch.counts.length);
 }
 
 /** Scores pairs in batches; returns the sum (or mean with `average`) and the count per pair, in order. */

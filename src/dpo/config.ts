@@ -1,0 +1,69 @@
+/** DPO training configuration: one zod schema, TRL's names, defaults and cross-field rules. */
+import { z } from "zod";
+import { LOSS_TYPES } from "./losses.ts";
+
+/** The DPO settings, as in TRL's DPOConfig where a TRL name exists. */
+export const DpoConfigSchema = z.object({
+  beta: z.number().positive().default(0.1).describe("strength of the implicit KL constraint"),
+  loss_type: z.array(z.enum(LOSS_TYPES)).min(1).default(["sigmoid"]).describe("one or several losses, summed"),
+  loss_weights: z.array(z.number().nonnegative()).optional().describe("a weight per loss type (default 1 each)"),
+  label_smoothing: z.number().min(0).lt(0.5).default(0).describe("assumed label noise ε (cDPO, robust)"),
+  length_normalize: z.boolean().default(false).describe("compare per-token log-probs (always on for ipo)"),
+  optimizer: z.enum(["adamw", "sgd"]).default("adamw"),
+  learning_rate: z.number().positive().default(1e-6),
+  weight_decay: z.number().nonnegative().default(0),
+  lr_scheduler_type: z.enum(["constant", "linear", "cosine"]).default("linear"),
+  warmup_steps: z.number().int().nonnegative().default(0),
+  max_steps: z.number().int().positive().optional().describe("optimizer steps; default: num_train_epochs of the data"),
+  num_train_epochs: z.number().positive().default(1),
+  per_device_train_batch_size: z.number().int().positive().default(8).describe("pairs per micro-batch"),
+  gradient_accumulation_steps: z.number().int().positive().default(1),
+  max_grad_norm: z.number().positive().default(1.0),
+  max_length: z.number().int().positive().optional().describe(
+    "longest prompt + completion; default the model's context",
+  ),
+  seed: z.number().int().nonnegative().default(42),
+  precompute_ref_log_probs: z.boolean().default(true).describe("score each pair under the reference once"),
+  sync_ref_model: z.boolean().default(false).describe("TR-DPO: mix the policy into the reference"),
+  ref_model_mixup_alpha: z.number().min(0).max(1).default(0.6),
+  ref_model_sync_steps: z.number().int().positive().default(512),
+  ref_refresh_steps: z.number().int().positive().optional().describe(
+    "iterative DPO: copy the policy into the reference every N optimizer steps",
+  ),
+}).superRefine((c, ctx) => {
+  if (c.loss_weights && c.loss_weights.length !== c.loss_type.length) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["loss_weights"],
+      message:
+        `'loss_weights' needs one weight per loss type (${c.loss_type.length}): current length is ${c.loss_weights.length}`,
+    });
+  }
+  if (c.sync_ref_model && c.ref_refresh_steps !== undefined) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["ref_refresh_steps"],
+      message: "choose one reference schedule: 'sync_ref_model' (soft mix) or 'ref_refresh_steps' (hard copy)",
+    });
+  }
+  if (c.label_smoothing > 0 && !c.loss_type.some((t) => t === "sigmoid" || t === "robust")) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["label_smoothing"],
+      message: `'label_smoothing' only applies to the sigmoid and robust losses: loss_type is ${c.loss_type.join(",")}`,
+    });
+  }
+});
+
+/** A validated DPO configuration. */
+export type DpoConfig = z.infer<typeof DpoConfigSchema>;
+
+/** Validates a DPO configuration; every problem is named in one error. */
+export function parseDpoConfig(raw: unknown, origin = "DPO config"): DpoConfig {
+  const parsed = DpoConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `'${i.path.join(".")}': ${i.message}`).join("; ");
+    throw new Error(`Cannot use ${origin}: ${problems}`);
+  }
+  return parsed.data;
+}

@@ -1,0 +1,313 @@
+/**
+ * The DPO engine: a policy and a frozen reference with weights of their own, reference log-probs
+ * cached per pair and reference version, one forward over chosen and rejected together, gradient
+ * accumulation, clipping, NaN-safe updates, reference refreshes (iterative DPO and TR-DPO), and
+ * checkpoints that resume exactly. The offline CLI and the online worker both drive this class.
+ */
+import * as tf from "../model/tf.ts";
+import type { Gpt2Model } from "../model/gpt2.ts";
+import { buildScoringBatch, scoreRows, type TokenPair } from "../model/logprobs.ts";
+import type { DpoConfig } from "./config.ts";
+import { preferenceLoss } from "./losses.ts";
+import { clipGradNorm, learningRateAt, Optimizer } from "./optimizer.ts";
+
+/** A preference pair as token ids (no eos: the scorer appends it). */
+export interface PreferencePair {
+  promptIds: number[];
+  chosenIds: number[];
+  rejectedIds: number[];
+}
+
+/** What one optimizer step reports, with TRL's metric names. */
+export interface StepMetrics {
+  step: number;
+  loss: number;
+  grad_norm: number;
+  learning_rate: number;
+  "rewards/chosen": number;
+  "rewards/rejected": number;
+  "rewards/accuracies": number;
+  "rewards/margins": number;
+  "logps/chosen": number;
+  "logps/rejected": number;
+  "logits/chosen": number;
+  "logits/rejected": number;
+  /** True when the loss or a gradient was not finite and the update was skipped. */
+  skipped: boolean;
+  /** Updates skipped so far. */
+  skipped_steps: number;
+  /** The reference version the step was measured against. */
+  ref_version: number;
+}
+
+/** Options of `DpoTrainer`. */
+export interface DpoTrainerOptions {
+  /** The model being trained; its variables are updated in place. */
+  policy: Gpt2Model;
+  /** The reference: separate weights, never given a gradient. */
+  reference: Gpt2Model;
+  config: DpoConfig;
+  /** Appended after every completion. */
+  eosId: number;
+  /** Context for an empty prompt; default `eosId`. */
+  bosId?: number;
+}
+
+interface RefLogps {
+  chosen: number;
+  rejected: number;
+  version: number;
+}
+
+/** The trainer's own state, saved with a checkpoint. */
+export interface TrainerState {
+  step: number;
+  refVersion: number;
+  skippedSteps: number;
+}
+
+/** Runs DPO steps on batches of preference pairs. */
+export class DpoTrainer {
+  readonly policy: Gpt2Model;
+  readonly reference: Gpt2Model;
+  readonly config: DpoConfig;
+  readonly optimizer: Optimizer;
+  /** Optimizer steps taken (skipped ones included: they consume their batch). */
+  step = 0;
+  /** Bumped at every reference refresh; cached reference log-probs of older versions are recomputed. */
+  refVersion = 0;
+  skippedSteps = 0;
+  /** Sequences scored under the reference so far (the cache's effect, for tests and benchmarks). */
+  referenceRowsScored = 0;
+  #eosId: number;
+  #bosId?: number;
+  #refCache = new Map<string, RefLogps>();
+
+  constructor(options: DpoTrainerOptions) {
+    this.policy = options.policy;
+    this.reference = options.reference;
+    this.config = options.config;
+    this.#eosId = options.eosId;
+    this.#bosId = options.bosId;
+    this.optimizer = new Optimizer(options.policy.params, {
+      name: options.config.optimizer,
+      learningRate: options.config.learning_rate,
+      weightDecay: options.config.weight_decay,
+    });
+  }
+
+  /** The trainer's counters, for a checkpoint. */
+  state(): TrainerState {
+    return { step: this.step, refVersion: this.refVersion, skippedSteps: this.skippedSteps };
+  }
+
+  /** Restores counters from a checkpoint (the optimizer state is restored separately). */
+  restore(state: TrainerState): void {
+    this.step = state.step;
+    this.refVersion = state.refVersion;
+    this.skippedSteps = state.skippedSteps;
+    this.#refCache.clear();
+  }
+
+  private scoringOptions() {
+    return {
+      eosId: this.#eosId,
+      bosId: this.#bosId,
+      maxLength: Math.min(this.config.max_length ?? Infinity, this.policy.config.n_positions),
+    };
+  }
+
+  /** chosen rows then rejected rows, in one batch: one forward pass serves both. */
+  private layout(pairs: PreferencePair[]) {
+    const rows: TokenPair[] = [
+      ...pairs.map((p) => ({ promptIds: p.promptIds, completionIds: p.chosenIds })),
+      ...pairs.map((p) => ({ promptIds: p.promptIds, completionIds: p.rejectedIds })),
+    ];
+    return buildScoringBatch(rows, this.scoringOptions());
+  }
+
+  /**
+   * Reference log-probs of each pair, outside any gradient. With `precompute_ref_log_probs` they are
+   * computed once per pair and reference version and then served from the cache.
+   */
+  async referenceLogps(pairs: PreferencePair[]): Promise<{ chosen: number[]; rejected: number[] }> {
+    const cache = this.config.precompute_ref_log_probs;
+    const missing = pairs.filter((p) => !cache || this.#refCache.get(pairKey(p))?.version !== this.refVersion);
+    const size = this.config.per_device_train_batch_size;
+    for (let i = 0; i < missing.length; i += size) {
+      const chunk = missing.slice(i, i + size);
+      const sums = tf.tidy(() => scoreRows(this.reference, this.layout(chunk)).logps);
+      this.referenceRowsScored += 2 * chunk.length;
+      const values = await sums.data();
+      sums.dispose();
+      chunk.forEach((p, j) => {
+        this.#refCache.set(pairKey(p), {
+          chosen: values[j]!,
+          rejected: values[chunk.length + j]!,
+          version: this.refVersion,
+        });
+      });
+    }
+    const got = pairs.map((p) => this.#refCache.get(pairKey(p))!);
+    if (!cache) this.#refCache.clear();
+    return { chosen: got.map((r) => r.chosen), rejected: got.map((r) => r.rejected) };
+  }
+
+  /** Forgets cached reference log-probs (the online worker drops pairs it has trained on). */
+  forgetReference(pairs: PreferencePair[]): void {
+    for (const p of pairs) this.#refCache.delete(pairKey(p));
+  }
+
+  /**
+   * One optimizer step on `pairs`, split into `gradient_accumulation_steps` micro-batches whose
+   * gradients add up to the gradient of the mean loss over all pairs. A non-finite loss or gradient
+   * skips the update (counted in `skipped_steps`); the step still consumes its batch.
+   */
+  async trainStep(pairs: PreferencePair[], totalSteps: number): Promise<StepMetrics> {
+    if (pairs.length === 0) throw new Error("Cannot take a DPO step on an empty batch");
+    const refs = await this.referenceLogps(pairs);
+    const micro = Math.ceil(pairs.length / this.config.gradient_accumulation_steps);
+    const vars = this.policy.trainableVariables();
+    const sums = new Map<string, tf.Tensor>();
+    const stats = { loss: 0, chosen: [] as number[], rejected: [] as number[], logitsChosen: 0, logitsRejected: 0 };
+    const lengths = { chosen: 0, rejected: 0 };
+    const vocab = this.policy.config.vocab_size;
+    for (let start = 0; start < pairs.length; start += micro) {
+      const part = pairs.slice(start, start + micro);
+      const batch = this.layout(part);
+      const B = part.length;
+      const counts = batch.counts;
+      const weight = B / pairs.length;
+      const kept: tf.Tensor[] = [];
+      const { value, grads } = tf.variableGrads(() => {
+        const { logps, logitSums } = scoreRows(this.policy, batch); // [2B]
+        const out = preferenceLoss({
+          policyChosen: tf.slice(logps, 0, B) as tf.Tensor1D,
+          policyRejected: tf.slice(logps, B, B) as tf.Tensor1D,
+          refChosen: tf.tensor1d(refs.chosen.slice(start, start + B)),
+          refRejected: tf.tensor1d(refs.rejected.slice(start, start + B)),
+          chosenLengths: tf.tensor1d(counts.slice(0, B)),
+          rejectedLengths: tf.tensor1d(counts.slice(B)),
+        }, {
+          beta: this.config.beta,
+          labelSmoothing: this.config.label_smoothing,
+          lossTypes: this.config.loss_type,
+          lossWeights: this.config.loss_weights,
+          lengthNormalize: this.config.length_normalize,
+        });
+        kept.push(
+          ...[out.chosenRewards, out.rejectedRewards, out.chosenLogps, out.rejectedLogps, logitSums].map(tf.keep),
+        );
+        return tf.mul(out.loss, weight) as tf.Scalar;
+      }, vars);
+      const [chosenRewards, rejectedRewards, chosenLogps, rejectedLogps, logitSums] = await Promise.all(
+        kept.map((t) => t.data()),
+      );
+      tf.dispose(kept);
+      stats.loss += (await value.data())[0]!;
+      value.dispose();
+      for (let j = 0; j < B; j++) {
+        stats.chosen.push(chosenRewards![j]!, chosenLogps![j]!);
+        stats.rejected.push(rejectedRewards![j]!, rejectedLogps![j]!);
+      }
+      stats.logitsChosen += sumOf(logitSums!.subarray(0, B));
+      stats.logitsRejected += sumOf(logitSums!.subarray(B));
+      lengths.chosen += sumOf(counts.slice(0, B));
+      lengths.rejected += sumOf(counts.slice(B));
+      for (const v of vars) {
+        const g = grads[v.name]!;
+        const prev = sums.get(v.name);
+        sums.set(v.name, prev ? tf.tidy(() => tf.add(prev, g)) : tf.keep(g));
+        if (prev) {
+          prev.dispose();
+          g.dispose();
+        }
+      }
+    }
+    const named = new Map([...this.policy.params].map(([name, v]) => [name, sums.get(v.name)!]));
+    const clipped = await clipGradNorm(named, this.config.max_grad_norm);
+    tf.dispose([...sums.values()]);
+    const lr = learningRateAt(this.step, {
+      base: this.config.learning_rate,
+      schedule: this.config.lr_scheduler_type,
+      warmupSteps: this.config.warmup_steps,
+      totalSteps,
+    });
+    const skipped = !clipped.finite || !Number.isFinite(stats.loss);
+    if (skipped) this.skippedSteps++;
+    else this.optimizer.step(clipped.grads, lr);
+    tf.dispose([...clipped.grads.values()]);
+    this.step++;
+    const metrics = summarize(stats, lengths, vocab, pairs.length, {
+      step: this.step,
+      grad_norm: clipped.norm,
+      learning_rate: lr,
+      skipped,
+      skipped_steps: this.skippedSteps,
+      ref_version: this.refVersion,
+    });
+    this.refreshReferenceIfDue();
+    return metrics;
+  }
+
+  /** Applies the reference schedule after a step: hard copy every N steps, or the TR-DPO soft mix. */
+  private refreshReferenceIfDue(): void {
+    const c = this.config;
+    if (c.ref_refresh_steps !== undefined && this.step % c.ref_refresh_steps === 0) {
+      this.refreshReference(1);
+    } else if (c.sync_ref_model && this.step % c.ref_model_sync_steps === 0) {
+      this.refreshReference(c.ref_model_mixup_alpha);
+    }
+  }
+
+  /** π_ref ← α·π_θ + (1−α)·π_ref (α = 1: a hard copy); cached reference log-probs become stale. */
+  refreshReference(alpha: number): void {
+    tf.tidy(() => {
+      for (const [name, ref] of this.reference.params) {
+        const p = this.policy.params.get(name)!;
+        ref.assign(alpha === 1 ? p : tf.add(tf.mul(p, alpha), tf.mul(ref, 1 - alpha)));
+      }
+    });
+    this.refVersion++;
+  }
+}
+
+function pairKey(p: PreferencePair): string {
+  return `${p.promptIds.join(",")}|${p.chosenIds.join(",")}|${p.rejectedIds.join(",")}`;
+}
+
+function sumOf(values: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < values.length; i++) s += values[i]!;
+  return s;
+}
+
+function summarize(
+  stats: { loss: number; chosen: number[]; rejected: number[]; logitsChosen: number; logitsRejected: number },
+  lengths: { chosen: number; rejected: number },
+  vocab: number,
+  n: number,
+  rest: Omit<StepMetrics, "loss" | `rewards/${string}` | `logps/${string}` | `logits/${string}`>,
+): StepMetrics {
+  let chosenReward = 0, rejectedReward = 0, chosenLogp = 0, rejectedLogp = 0, correct = 0;
+  for (let j = 0; j < n; j++) {
+    const rc = stats.chosen[2 * j]!, rr = stats.rejected[2 * j]!;
+    chosenReward += rc;
+    rejectedReward += rr;
+    chosenLogp += stats.chosen[2 * j + 1]!;
+    rejectedLogp += stats.rejected[2 * j + 1]!;
+    if (rc > rr) correct++;
+  }
+  return {
+    ...rest,
+    loss: stats.loss,
+    "rewards/chosen": chosenReward / n,
+    "rewards/rejected": rejectedReward / n,
+    "rewards/accuracies": correct / n,
+    "rewards/margins": (chosenReward - rejectedReward) / n,
+    "logps/chosen": chosenLogp / n,
+    "logps/rejected": rejectedLogp / n,
+    "logits/chosen": stats.logitsChosen / (lengths.chosen * vocab),
+    "logits/rejected": stats.logitsRejected / (lengths.rejected * vocab),
+  };
+}

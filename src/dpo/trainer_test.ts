@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import * as tf from "../model/tf.ts";
+import { loadModel } from "../model/checkpoint.ts";
+import { assertClose, fixturePath, useBackend } from "../model/_test_utils.ts";
+import { fixturePairs, readDpoExpected } from "./_fixtures.ts";
+import { type DpoConfig, parseDpoConfig } from "./config.ts";
+import { DpoTrainer } from "./trainer.ts";
+
+async function makeTrainer(config: Partial<DpoConfig>, refDir = fixturePath("dpo/ref")) {
+  const policy = await loadModel(fixturePath("gpt2_tiny"));
+  const reference = await loadModel(refDir, { trainable: false });
+  const trainer = new DpoTrainer({
+    policy: policy.model,
+    reference: reference.model,
+    config: parseDpoConfig(config),
+    eosId: policy.tokenizer.eosTokenId,
+  });
+  const dispose = () => {
+    policy.model.dispose();
+    reference.model.dispose();
+    trainer.optimizer.dispose();
+  };
+  return { trainer, dispose };
+}
+
+const SGD = {
+  optimizer: "sgd",
+  lr_scheduler_type: "constant",
+  per_device_train_batch_size: 5,
+  beta: 0.1,
+} as const;
+
+Deno.test("one SGD step matches PyTorch: loss, every metric, grad norm, clipped and unclipped weights", async () => {
+  await useBackend("wasm");
+  const expected = await readDpoExpected();
+  const sigmoid = expected.losses.find((c) => c.name === "sigmoid")!;
+  for (const step of [expected.sgd_step, expected.sgd_step_unclipped]) {
+    const { trainer, dispose } = await makeTrainer({ ...SGD, learning_rate: step.lr, max_grad_norm: step.max_norm });
+    const m = await trainer.trainStep(fixturePairs(expected), 1);
+    const rel = (a: number, b: number, what: string) =>
+      assert.ok(Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)), `${what}: ${a} != ${b}`);
+    rel(m.loss, sigmoid.loss, "loss");
+    rel(m.grad_norm, step.grad_norm, "grad_norm");
+    for (const [name, value] of Object.entries(sigmoid.metrics)) {
+      rel(m[name as keyof typeof m] as number, value, name);
+    }
+    assert.equal(m.learning_rate, step.lr);
+    assert.equal(m.skipped, false);
+    for (const [name, p] of Object.entries(step.params)) {
+      const v = trainer.policy.params.get(name)!;
+      assert.deepEqual(v.shape, p.shape);
+      assertClose(await v.data(), p.values, 1e-4, `${name} after the step`);
+    }
+    dispose();
+  }
+});
+
+Deno.test("the loss is ln 2 when the reference is the policy", async () => {
+  await useBackend("wasm");
+  const expected = await readDpoExpected();
+  const { trainer, dispose } = await makeTrainer(SGD, fixturePath("gpt2_tiny"));
+  const m = await trainer.trainStep(fixturePairs(expected), 1);
+  assertClose([m.loss], [expected.equal.loss], 1e-6, "loss");
+  assertClose([m["rewards/margins"]], [0], 1e-6, "margins");
+  dispose();
+});
+
+Deno.test("gradient accumulation over micro-batches equals one big batch", async () => {
+  await useBackend("wasm");
+  const pairs = fixturePairs(await readDpoExpected()).slice(0, 4);
+  // SGD: the update is linear in the gradient. (AdamW divides by sqrt(v), which turns float noise in
+  // gradients that are exactly zero in theory, such as the key bias's, into lr-sized steps.)
+  const config = { optimizer: "sgd", learning_rate: 0.5, lr_scheduler_type: "constant" } as const;
+  const whole = await makeTrainer({ ...config, per_device_train_batch_size: 4, gradient_accumulation_steps: 1 });
+  const parts = await makeTrainer({ ...config, per_device_train_batch_size: 2, gradient_accumulation_steps: 2 });
+  const a = await whole.trainer.trainStep(pairs, 2);
+  const b = await parts.trainer.trainStep(pairs, 2);
+  assertClose([b.loss, b.grad_norm], [a.loss, a.grad_norm], 1e-6, "loss and grad norm");
+  for (const [name, v] of whole.trainer.policy.params) {
+    assertClose(await parts.trainer.policy.params.get(name)!.data(), await v.data(), 1e-6, name);
+  }
+  whole.dispose();
+  parts.dispose();
+});
+
+Deno.test("a NaN batch changes nothing and is counted", async () => {
+  await useBackend("wasm");
+  const pairs = fixturePairs(await readDpoExpected());
+  const { trainer, dispose } = await makeTrainer({ ...SGD, learning_rate: 0.5 });
+  const ln = trainer.reference.params.get("transformer.ln_f.weight")!;
+  ln.assign(tf.fill(ln.shape, NaN));
+  const before = await Promise.all([...trainer.policy.params.values()].map((v) => v.data()));
+  const m = await trainer.trainStep(pairs, 2);
+  assert.equal(m.skipped, true);
+  assert.equal(m.skipped_steps, 1);
+  assert.equal(trainer.step, 1);
+  const after = await Promise.all([...trainer.policy.params.values()].map((v) => v.data()));
+  after.forEach((a, i) => assert.deepEqual(a, before[i]));
+  dispose();
+});
+
+Deno.test("reference log-probs are computed once per pair and version, and no tensor leaks per step", async () => {
+  await useBackend("wasm");
+  const pairs = fixturePairs(await readDpoExpected());
+  const { trainer, dispose } = await makeTrainer({ ...SGD, learning_rate: 0.01, ref_refresh_steps: 2 });
+  await trainer.trainStep(pairs, 4);
+  assert.equal(trainer.referenceRowsScored, 2 * pairs.length);
+  const tensors = tf.memory().numTensors;
+  await trainer.trainStep(pairs, 4); // cached; then the reference is refreshed (step 2)
+  assert.equal(trainer.referenceRowsScored, 2 * pairs.length);
+  assert.equal(trainer.refVersion, 1);
+  assert.equal(tf.memory().numTensors, tensors, "tensors after a step");
+  await trainer.trainStep(pairs, 4); // stale cache: scored again under the new reference
+  assert.equal(trainer.referenceRowsScored, 4 * pairs.length);
+  dispose();
+});
