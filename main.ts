@@ -3,11 +3,13 @@ import { UsageError } from "./src/cli/common.ts";
 import { GENERATE_USAGE, runGenerate } from "./src/cli/generate.ts";
 import { LOGPROBS_USAGE, runLogprobs } from "./src/cli/logprobs.ts";
 import { runStart, START_USAGE } from "./src/cli/start.ts";
+import { runTrain, TRAIN_USAGE } from "./src/cli/train.ts";
 
 const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: string; summary: string }> = {
   start: { run: runStart, usage: START_USAGE, summary: "run the embedded default on the shipped tiny model" },
   logprobs: { run: runLogprobs, usage: LOGPROBS_USAGE, summary: "score completions: one JSON line per input" },
   generate: { run: runGenerate, usage: GENERATE_USAGE, summary: "sample continuations of prompts" },
+  train: { run: runTrain, usage: TRAIN_USAGE, summary: "offline DPO on a preference dataset" },
 };
 
 const USAGE = `Usage: deno task cli <command> [options]   (deno task start runs 'start')

@@ -127,3 +127,48 @@ Deno.test("an hf: model on an unreachable hub says so clearly", async () => {
     await Deno.remove(cache, { recursive: true });
   }
 });
+
+Deno.test("train: one JSON line per step, a loadable model in --out, and --resume continues", async () => {
+  const expected = JSON.parse(await Deno.readTextFile(join(ROOT, "tests/fixtures/dpo/expected.json"))) as {
+    pairs: { prompt: string; chosen: string; rejected: string }[];
+  };
+  const dir = await Deno.makeTempDir({ prefix: "train_cli_" });
+  try {
+    const data = join(dir, "prefs.jsonl");
+    const lines = expected.pairs.map((p) =>
+      JSON.stringify({ prompt: p.prompt, chosen: p.chosen, rejected: p.rejected })
+    );
+    await Deno.writeTextFile(data, [...lines, '{"prompt": "no completions"}'].join("\n") + "\n");
+    const out = join(dir, "out");
+    const common = ["--data", data, "--out", out, "--batch-size", "2", "--learning-rate", "1e-3", "--backend", "wasm"];
+
+    const bad = await cli(["train", "--model", MODEL, ...common, "--max-steps", "2"]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /error: Cannot read '.*prefs\.jsonl' line 6: expected \{"prompt", "chosen", "rejected"\}/);
+    assert.equal(bad.stdout, "");
+
+    const first = await cli(["train", "--model", MODEL, ...common, "--max-steps", "2", "--on-bad-line", "skip"]);
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, /skipped '.*prefs\.jsonl' line 6/);
+    const steps = first.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(steps.map((s) => s.step), [1, 2]);
+    for (
+      const key of ["loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/accuracies", "logits/rejected"]
+    ) {
+      assert.equal(typeof steps[0][key], "number", key);
+    }
+    assert.ok(Math.abs(steps[0].loss - Math.LN2) < 1e-5, "the first step starts from the reference: loss ln 2");
+
+    const scored = await cli(["logprobs", "--model", out, "--data", "-"], {
+      stdin: JSON.stringify({ prompt: "Hi", completion: " there" }),
+    });
+    assert.equal(scored.code, 0, scored.stderr);
+
+    const resumed = await cli(["train", "--resume", out, ...common, "--max-steps", "3", "--on-bad-line", "skip"]);
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.match(resumed.stderr, /resuming from .* at step 2/);
+    assert.deepEqual(resumed.stdout.trim().split("\n").map((l) => JSON.parse(l).step), [3]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

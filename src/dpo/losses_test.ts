@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import * as tf from "../model/tf.ts";
-import { assertClose, assertNoLeak, useBackend } from "../model/_test_utils.ts";
+import { assertClose, assertNoLeak, fixturePath, useBackend } from "../model/_test_utils.ts";
 import { readDpoExpected } from "./_fixtures.ts";
-import { preferenceLoss } from "./losses.ts";
+import { ktoLoss, preferenceLoss } from "./losses.ts";
 
 function relClose(actual: number, expected: number, rel: number, what: string): void {
   const tol = rel * Math.max(1, Math.abs(expected));
@@ -81,4 +81,38 @@ Deno.test("mismatched loss weights are a clear error", () => {
     /'loss_weights' needs one weight per loss type \(1\): current length is 2/,
   );
   t.dispose();
+});
+
+Deno.test("KTO matches PyTorch, with a positive and with a clamped reference point", async () => {
+  const kto = JSON.parse(await Deno.readTextFile(fixturePath("dpo/expected.json"))).kto as {
+    beta: number;
+    desirable_weight: number;
+    undesirable_weight: number;
+    examples: { label: boolean; policy_logp: number; ref_logp: number; kl_policy_logp: number; kl_ref_logp: number }[];
+    kl: number;
+    loss: number;
+    trl_rotation: { kl_logratios: number[]; kl: number; loss: number };
+  };
+  const ex = kto.examples;
+  const settings = { beta: kto.beta, desirableWeight: kto.desirable_weight, undesirableWeight: kto.undesirable_weight };
+  const run = (klPolicy: number[], klRef: number[]) =>
+    tf.tidy(() => {
+      const r = ktoLoss({
+        policy: tf.tensor1d(ex.map((e) => e.policy_logp)),
+        ref: tf.tensor1d(ex.map((e) => e.ref_logp)),
+        desirable: tf.tensor1d(ex.map((e) => (e.label ? 1 : 0))),
+        klPolicy: tf.tensor1d(klPolicy),
+        klRef: tf.tensor1d(klRef),
+      }, settings);
+      return [r.loss, r.kl];
+    });
+  const [loss, kl] = run(ex.map((e) => e.kl_policy_logp), ex.map((e) => e.kl_ref_logp));
+  relClose(loss!.dataSync()[0]!, kto.loss, 1e-5, "KTO loss");
+  relClose(kl!.dataSync()[0]!, kto.kl, 1e-5, "KTO reference point");
+  // TRL's own pairing gives a negative KL estimate here, which the reference point clamps to 0.
+  const rot = kto.trl_rotation;
+  const [loss2, kl2] = run(rot.kl_logratios, rot.kl_logratios.map(() => 0));
+  relClose(loss2!.dataSync()[0]!, rot.loss, 1e-5, "KTO loss, clamped");
+  assert.equal(kl2!.dataSync()[0], rot.kl);
+  tf.dispose([loss!, kl!, loss2!, kl2!]);
 });

@@ -1,0 +1,230 @@
+/** `train`: offline DPO on a preference dataset; one JSON line of metrics per optimizer step. */
+import { z } from "zod";
+import { describeBackend, initBackend } from "../model/backend.ts";
+import { type LoadedModel, loadModel } from "../model/checkpoint.ts";
+import { resolveModel } from "../model/hub.ts";
+import { loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
+import { DpoConfigSchema, parseDpoConfig } from "../dpo/config.ts";
+import { readPreferences } from "../dpo/data.ts";
+import { plannedSteps, trainOffline } from "../dpo/offline.ts";
+import { DpoTrainer } from "../dpo/trainer.ts";
+import { createProgress } from "../util/progress.ts";
+import {
+  backendOption,
+  log,
+  MODEL_OPTIONS,
+  MODEL_USAGE,
+  numberOption,
+  parseCommand,
+  validate,
+  writeStdout,
+} from "./common.ts";
+
+/** Flags that set a config field, with TRL's field name and how the text is read. */
+const CONFIG_FLAGS: Record<string, { field: keyof z.input<typeof DpoConfigSchema>; kind: Kind; help: string }> = {
+  "loss-type": { field: "loss_type", kind: "list", help: "T[,T...]  sigmoid|ipo|hinge|robust|sft (default sigmoid)" },
+  "loss-weights": { field: "loss_weights", kind: "numbers", help: "W[,W...]  one weight per loss type" },
+  beta: { field: "beta", kind: "number", help: "B  (default 0.1)" },
+  "label-smoothing": { field: "label_smoothing", kind: "number", help: "E  cDPO / robust label noise (default 0)" },
+  "length-normalize": { field: "length_normalize", kind: "boolean", help: "   compare per-token log-probs" },
+  optimizer: { field: "optimizer", kind: "string", help: "adamw|sgd  (default adamw)" },
+  "learning-rate": { field: "learning_rate", kind: "number", help: "LR  (default 1e-6)" },
+  "weight-decay": { field: "weight_decay", kind: "number", help: "WD  (default 0)" },
+  "lr-scheduler": { field: "lr_scheduler_type", kind: "string", help: "constant|linear|cosine  (default linear)" },
+  "warmup-steps": { field: "warmup_steps", kind: "number", help: "N  (default 0)" },
+  "max-steps": { field: "max_steps", kind: "number", help: "N  optimizer steps (default: --num-epochs of the data)" },
+  "num-epochs": { field: "num_train_epochs", kind: "number", help: "E  (default 1)" },
+  "batch-size": { field: "per_device_train_batch_size", kind: "number", help: "N  pairs per micro-batch (default 8)" },
+  "gradient-accumulation-steps": { field: "gradient_accumulation_steps", kind: "number", help: "N  (default 1)" },
+  "max-grad-norm": { field: "max_grad_norm", kind: "number", help: "G  (default 1.0)" },
+  "max-length": { field: "max_length", kind: "number", help: "N  longest prompt + completion (default: the context)" },
+  seed: { field: "seed", kind: "number", help: "S  (default 42)" },
+  "ref-refresh-steps": {
+    field: "ref_refresh_steps",
+    kind: "number",
+    help: "N  copy the policy into the reference every N steps",
+  },
+  "sync-ref-model": { field: "sync_ref_model", kind: "boolean", help: "   TR-DPO soft reference updates" },
+  "ref-model-mixup-alpha": { field: "ref_model_mixup_alpha", kind: "number", help: "A  (default 0.6)" },
+  "ref-model-sync-steps": { field: "ref_model_sync_steps", kind: "number", help: "N  (default 512)" },
+  "no-precompute-ref-log-probs": {
+    field: "precompute_ref_log_probs",
+    kind: "negated",
+    help: "   score the reference every step instead of once per pair",
+  },
+};
+
+type Kind = "number" | "numbers" | "string" | "list" | "boolean" | "negated";
+
+function flagUsage(): string {
+  return Object.entries(CONFIG_FLAGS).map(([flag, f]) => `  --${flag} ${f.help}`).join("\n");
+}
+
+/** Turns the given flags into config fields (only those given, so the config file's values stay). */
+function configFromFlags(values: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [flag, { field, kind }] of Object.entries(CONFIG_FLAGS)) {
+    const v = values[flag];
+    if (v === undefined) continue;
+    const text = String(v);
+    const number = (s: string) => {
+      const n = Number(s.trim());
+      if (s.trim() === "" || !Number.isFinite(n)) {
+        throw new Error(`--${flag}: expected a number: current value is '${s}'`);
+      }
+      return n;
+    };
+    out[field] = kind === "number"
+      ? number(text)
+      : kind === "numbers"
+      ? text.split(",").map(number)
+      : kind === "list"
+      ? text.split(",").map((s) => s.trim())
+      : kind === "negated"
+      ? !v
+      : v;
+  }
+  return out;
+}
+
+/** Usage text of the command. */
+export const TRAIN_USAGE = `Usage: deno task cli train --model DIR --data FILE.jsonl --out DIR [options]
+
+Offline DPO. Data lines in TRL's formats: {"prompt", "chosen", "rejected"} as strings, or as lists of
+{"role", "content"} messages (rendered with the model's chat template), or {"chosen", "rejected"}
+message lists that share their leading prompt messages. Prints one JSON line of metrics per optimizer
+step; writes the trained model (Hugging Face layout) and everything needed to resume to --out.
+
+${MODEL_USAGE}
+  --data FILE.jsonl                 preference pairs
+  --out DIR                         where the trained model and its training state go
+  --ref DIR|hf:...                  reference model (default: the starting model)
+  --resume DIR                      continue from a checkpoint written by this command
+  --config FILE.json                settings with TRL's names (beta, loss_type, ...); flags override them
+  --on-bad-line fail|skip           a malformed data line stops the run (default) or is skipped with a warning
+  --save-steps N                    also write --out every N steps
+${flagUsage()}`;
+
+const Options = z.object({
+  model: z.string().optional(),
+  data: z.string({ error: "is required" }),
+  out: z.string({ error: "is required" }),
+  ref: z.string().optional(),
+  resume: z.string().optional(),
+  config: z.string().optional(),
+  backend: backendOption,
+  "cache-dir": z.string().optional(),
+  "on-bad-line": z.enum(["fail", "skip"]).default("fail"),
+  "save-steps": numberOption((n) => n.int().positive()).optional(),
+}).refine((o) => o.model !== undefined || o.resume !== undefined, {
+  path: ["model"],
+  message: "is required (or --resume a checkpoint)",
+});
+
+/** Runs the command. */
+export async function runTrain(args: string[]): Promise<void> {
+  const flagSpec = Object.fromEntries(
+    Object.entries(CONFIG_FLAGS).map(([flag, f]) => [
+      flag,
+      { type: f.kind === "boolean" || f.kind === "negated" ? "boolean" as const : "string" as const },
+    ]),
+  );
+  const values = parseCommand(args, {
+    ...MODEL_OPTIONS,
+    data: { type: "string" },
+    out: { type: "string" },
+    ref: { type: "string" },
+    resume: { type: "string" },
+    config: { type: "string" },
+    "on-bad-line": { type: "string" },
+    "save-steps": { type: "string" },
+    ...flagSpec,
+  });
+  if (values.help) return void console.log(TRAIN_USAGE);
+  const opts = validate(Options, values);
+  const fromFile = opts.config ? await readConfigFile(opts.config) : {};
+  const report = await initBackend(opts.backend);
+  log(describeBackend(report));
+
+  let policy: LoadedModel, reference: LoadedModel;
+  let resumeState: Awaited<ReturnType<typeof loadTrainingCheckpoint>> | undefined;
+  let config;
+  if (opts.resume) {
+    resumeState = await loadTrainingCheckpoint(opts.resume);
+    ({ policy, reference } = resumeState);
+    config = parseDpoConfig({ ...resumeState.config, ...fromFile, ...configFromFlags(values) });
+    log(`resuming from ${opts.resume} at step ${resumeState.trainerState.step}`);
+  } else {
+    config = parseDpoConfig({ ...fromFile, ...configFromFlags(values) }, "the training settings");
+    const policyDir = await resolveModel(opts.model!, { cacheDir: opts["cache-dir"] });
+    policy = await loadModel(policyDir);
+    // The reference has weights of its own, even when it starts as the policy.
+    reference = await loadModel(opts.ref ? await resolveModel(opts.ref, { cacheDir: opts["cache-dir"] }) : policyDir, {
+      trainable: false,
+    });
+  }
+  const maxLength = Math.min(config.max_length ?? Infinity, policy.model.config.n_positions);
+  const text = await Deno.readTextFile(opts.data).catch((err) => {
+    throw new Error(`Cannot read data file '${opts.data}': ${(err as Error).message}`);
+  });
+  const { pairs, bad } = readPreferences(text, policy.tokenizer, opts.data, {
+    onBadLine: opts["on-bad-line"],
+    maxLength,
+  });
+  for (const b of bad) log(`skipped '${opts.data}' line ${b.line}: ${b.problem}`);
+  const trainer = new DpoTrainer({
+    policy: policy.model,
+    reference: reference.model,
+    config,
+    eosId: policy.tokenizer.eosTokenId,
+    bosId: policy.tokenizer.bosTokenId,
+  });
+  if (resumeState) {
+    trainer.restore(resumeState.trainerState);
+    trainer.optimizer.load(resumeState.optimizerState);
+  }
+  const total = plannedSteps(pairs.length, config);
+  log(`training: ${pairs.length} pairs (${bad.length} skipped), ${total} optimizer steps, loss ${config.loss_type}`);
+  const progress = createProgress({ unit: "steps", total: total - trainer.step });
+  const stop = new AbortController();
+  const onSigint = () => {
+    log("stopping after this step (Ctrl-C again to abort)");
+    stop.abort();
+    Deno.removeSignalListener("SIGINT", onSigint);
+  };
+  Deno.addSignalListener("SIGINT", onSigint);
+  const save = async (step: number) => {
+    await saveTrainingCheckpoint(opts.out, trainer, { policy, reference });
+    log(`saved step ${step} to ${opts.out}`);
+  };
+  try {
+    await trainOffline({
+      trainer,
+      pairs,
+      saveSteps: opts["save-steps"],
+      signal: stop.signal,
+      onSave: save,
+      onStep: async (m) => {
+        await writeStdout(JSON.stringify(m) + "\n");
+        if (m.skipped) log(`step ${m.step}: non-finite loss or gradient, update skipped`);
+        progress.tick();
+      },
+    });
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSigint);
+    progress.done();
+  }
+  policy.model.dispose();
+  reference.model.dispose();
+  trainer.optimizer.dispose();
+}
+
+async function readConfigFile(path: string): Promise<Record<string, unknown>> {
+  try {
+    const value = JSON.parse(await Deno.readTextFile(path));
+    if (typeof value !== "object" || value === null || Array.isArray(value)) throw new Error("not a JSON object");
+    return value;
+  } catch (err) {
+    throw new Error(`Cannot read config file '${path}': ${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * Preference datasets in TRL's formats, read from JSONL: standard `{prompt, chosen, rejected}` strings,
+ * or conversational messages (`{prompt, chosen, rejected}` as message lists, or `{chosen, rejected}`
+ * sharing the prompt as their common leading messages), rendered with the model's chat template.
+ * A malformed line is reported with its number and either stops the run or is skipped, never trained on.
+ */
+import { z } from "zod";
+import type { ChatMessage, Tokenizer } from "../model/tokenizer.ts";
+import type { PreferencePair } from "./trainer.ts";
+
+const Message = z.object({ role: z.string(), content: z.string() });
+const Messages = z.array(Message).min(1);
+
+const Standard = z.object({ prompt: z.string(), chosen: z.string(), rejected: z.string() });
+const ExplicitPrompt = z.object({ prompt: Messages, chosen: Messages, rejected: Messages });
+const ImplicitPrompt = z.object({ chosen: Messages, rejected: Messages });
+
+/** A line that could not be used, and why. */
+export interface BadLine {
+  line: number;
+  problem: string;
+}
+
+/** Options of `readPreferences`. */
+export interface ReadPreferencesOptions {
+  /** `fail`: the first bad line is an error; `skip`: bad lines are returned in `bad` and left out. */
+  onBadLine: "fail" | "skip";
+  /** Longest prompt + completion + eos, in tokens. */
+  maxLength: number;
+}
+
+/** Parses preference JSONL text into token-id pairs. */
+export function readPreferences(
+  text: string,
+  tokenizer: Tokenizer,
+  origin: string,
+  options: ReadPreferencesOptions,
+): { pairs: PreferencePair[]; bad: BadLine[] } {
+  const pairs: PreferencePair[] = [];
+  const bad: BadLine[] = [];
+  text.split("\n").forEach((raw, i) => {
+    if (raw.trim() === "") return;
+    try {
+      pairs.push(toPair(raw, tokenizer, options.maxLength));
+    } catch (err) {
+      const problem = (err as Error).message;
+      if (options.onBadLine === "fail") {
+        throw new Error(
+          `Cannot read '${origin}' line ${i + 1}: ${problem} (use --on-bad-line skip to leave such lines out)`,
+        );
+      }
+      bad.push({ line: i + 1, problem });
+    }
+  });
+  return { pairs, bad };
+}
+
+function toPair(raw: string, tokenizer: Tokenizer, maxLength: number): PreferencePair {
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch (err) {
+    throw new Error(`not valid JSON (${(err as Error).message})`);
+  }
+  const texts = toTexts(value, tokenizer);
+  const pair = {
+    promptIds: tokenizer.encode(texts.prompt),
+    chosenIds: tokenizer.encode(texts.chosen),
+    rejectedIds: tokenizer.encode(texts.rejected),
+  };
+  const longest = Math.max(1, pair.promptIds.length) + Math.max(pair.chosenIds.length, pair.rejectedIds.length) + 1;
+  if (longest > maxLength) {
+    throw new Error(`prompt + completion + eos is ${longest} tokens, more than max_length ${maxLength}`);
+  }
+  if (pair.chosenIds.join() === pair.rejectedIds.join()) throw new Error("chosen and rejected are the same");
+  return pair;
+}
+
+function toTexts(value: unknown, tokenizer: Tokenizer): { prompt: string; chosen: string; rejected: string } {
+  const standard = Standard.safeParse(value);
+  if (standard.success) return standard.data;
+  const explicit = ExplicitPrompt.safeParse(value);
+  if (explicit.success) return render(tokenizer, explicit.data.prompt, explicit.data.chosen, explicit.data.rejected);
+  const implicit = ImplicitPrompt.safeParse(value);
+  if (implicit.success) {
+    const { chosen, rejected } = implicit.data;
+    let shared = 0;
+    while (shared < Math.min(chosen.length, rejected.length) - 1 && sameMessage(chosen[shared]!, rejected[shared]!)) {
+      shared++;
+    }
+    if (shared === 0) throw new Error("conversational chosen and rejected share no leading prompt messages");
+    return render(tokenizer, chosen.slice(0, shared), chosen.slice(shared), rejected.slice(shared));
+  }
+  throw new Error(
+    'expected {"prompt", "chosen", "rejected"} as strings or as lists of {"role", "content"} messages, ' +
+      'or {"chosen", "rejected"} message lists sharing their leading prompt messages',
+  );
+}
+
+function sameMessage(a: ChatMessage, b: ChatMessage): boolean {
+  return a.role === b.role && a.content === b.content;
+}
+
+/** Renders prompt and completions with the chat template; a completion is the text after the prompt's. */
+function render(tokenizer: Tokenizer, prompt: ChatMessage[], chosen: ChatMessage[], rejected: ChatMessage[]) {
+  const promptText = tokenizer.applyChatTemplate(prompt, { addGenerationPrompt: true });
+  const completion = (messages: ChatMessage[]) => {
+    const full = tokenizer.applyChatTemplate([...prompt, ...messages]);
+    if (!full.startsWith(promptText)) {
+      throw new Error("the chat template does not render the prompt as a prefix of the conversation");
+    }
+    return full.slice(promptText.length);
+  };
+  return { prompt: promptText, chosen: completion(chosen), rejected: completion(rejected) };
+}
