@@ -51,6 +51,7 @@ export async function saveTrainingCheckpoint(
   sources: { policy: Pick<LoadedModel, "rawConfig" | "dir">; reference: Pick<LoadedModel, "rawConfig" | "dir"> },
 ): Promise<void> {
   await assertReplaceable(dir);
+  await assertFinite(trainer);
   const tmp = `${dir}.tmp-${crypto.randomUUID()}`;
   try {
     await saveModel({ ...sources.policy, model: trainer.policy }, tmp);
@@ -120,6 +121,20 @@ export async function loadTrainingCheckpoint(dir: string): Promise<TrainingCheck
     trainerState: { step: state.step, refVersion: state.ref_version, skippedSteps: state.skipped_steps },
     optimizerState: { step: state.optimizer_step, tensors },
   };
+}
+
+/** A checkpoint never holds a NaN or an infinity (skipped updates keep them out; this makes sure). */
+async function assertFinite(trainer: DpoTrainer): Promise<void> {
+  for (const [role, model] of [["policy", trainer.policy], ["reference", trainer.reference]] as const) {
+    for (const [name, v] of model.params) {
+      const values = await v.data();
+      for (let i = 0; i < values.length; i++) {
+        if (!Number.isFinite(values[i])) {
+          throw new Error(`Cannot save a checkpoint: ${role} weight '${name}' holds ${values[i]} at index ${i}`);
+        }
+      }
+    }
+  }
 }
 
 /** Refuses to replace a directory that is not a checkpoint: it may hold someone's files. */

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import * as tf from "../model/tf.ts";
 import { loadModel } from "../model/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { fixturePairs, readDpoExpected } from "./_fixtures.ts";
@@ -125,6 +126,24 @@ Deno.test("a damaged checkpoint is a clear error, and a foreign directory is nev
     await Deno.writeTextFile(join(dir, "precious.txt"), "keep me");
     await assert.rejects(saveTrainingCheckpoint(dir, t.trainer, t), /it exists and is not a checkpoint/);
     assert.equal(await Deno.readTextFile(join(dir, "precious.txt")), "keep me");
+    disposeAll(t);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a model with a non-finite weight is never saved", async () => {
+  await useBackend("wasm");
+  const dir = await Deno.makeTempDir({ prefix: "ckpt_nan_" });
+  try {
+    const t = await fresh(CONFIG);
+    const w = t.trainer.policy.params.get("transformer.ln_f.bias")!;
+    w.assign(tf.fill(w.shape, Infinity));
+    await assert.rejects(
+      saveTrainingCheckpoint(join(dir, "ckpt"), t.trainer, t),
+      /policy weight 'transformer\.ln_f\.bias' holds Infinity at index 0/,
+    );
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing written");
     disposeAll(t);
   } finally {
     await Deno.remove(dir, { recursive: true });
