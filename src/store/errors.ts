@@ -1,0 +1,26 @@
+/** The errors of the pair store, one class per answer the server gives (413/422, 409, 404, 422, 500). */
+
+/** A value or commit would break a Deno KV limit (value size, commit size); nothing was written. */
+export class StoreLimitError extends Error {
+  override readonly name = "StoreLimitError";
+}
+
+/** A state change the record's current state does not allow (a second verdict, a second feedback, …). */
+export class ConflictError extends Error {
+  override readonly name = "ConflictError";
+}
+
+/** The record named does not exist (or has already been deleted by its expiry). */
+export class NotFoundError extends Error {
+  override readonly name = "NotFoundError";
+}
+
+/** An argument given to the store does not satisfy its schema. */
+export class StoreInputError extends Error {
+  override readonly name = "StoreInputError";
+}
+
+/** A value read back from KV does not match its schema (written by another version, or by hand). */
+export class StoreCorruptError extends Error {
+  override readonly name = "StoreCorruptError";
+}

@@ -1,0 +1,123 @@
+/** What the store keeps, as zod schemas: every value read back from KV is parsed with one of these. */
+import { z } from "zod";
+import type { ChatMessage } from "../model/tokenizer.ts";
+import { ID_PATTERN } from "./_ulid.ts";
+
+/** A pair's life: awaiting_judgment → labeled | tie | expired; labeled → trained. */
+export const PAIR_STATUSES = ["awaiting_judgment", "labeled", "tie", "expired", "trained"] as const;
+/** One of `PAIR_STATUSES`. */
+export const PairStatusSchema = z.enum(PAIR_STATUSES);
+/** One of `PAIR_STATUSES`. */
+export type PairStatus = z.infer<typeof PairStatusSchema>;
+
+/** Who may hold a lease on a pair: a judge worker or a trainer. */
+export const LeaseRoleSchema = z.enum(["judge", "train"]);
+/** Who may hold a lease on a pair: a judge worker or a trainer. */
+export type LeaseRole = z.infer<typeof LeaseRoleSchema>;
+
+/** One chat message, as `src/model/tokenizer.ts` defines it. */
+export const ChatMessageSchema: z.ZodType<ChatMessage, ChatMessage> = z.object({
+  role: z.string(),
+  content: z.string(),
+});
+
+const Ms = z.number().int().nonnegative();
+const Index = z.number().int().nonnegative();
+const Version = z.number().int().nonnegative();
+
+/** Which judge gave a verdict. */
+export const JudgeSchema = z.object({
+  kind: z.enum(["verifier", "hf", "webhook", "human", "ensemble", "import"]),
+  id: z.string().min(1),
+});
+/** Which judge gave a verdict. */
+export type Judge = z.infer<typeof JudgeSchema>;
+
+/** A judge's answer on the two candidates shown to it as a and b. */
+export const VerdictSchema = z.object({
+  choice: z.enum(["a", "b", "tie"]),
+  judge: JudgeSchema,
+  annotator: z.string().optional(),
+  reason: z.string().optional(),
+  at: Ms,
+  latencyMs: z.number().nonnegative().optional(),
+});
+/** A judge's answer on the two candidates shown to it as a and b. */
+export type Verdict = z.infer<typeof VerdictSchema>;
+
+/** A stored preference pair (see `PAIR_STATUSES` for its life). */
+export const PairSchema = z.object({
+  id: z.string().regex(ID_PATTERN, "expected a 26-character time-sortable id"),
+  createdAt: Ms,
+  updatedAt: Ms,
+  status: PairStatusSchema,
+  prompt: z.string().optional(),
+  messages: z.array(ChatMessageSchema).min(1).optional(),
+  /** The prompt exactly as the policy saw it (chat template applied). */
+  promptText: z.string(),
+  responses: z.array(z.string()).min(2),
+  policyVersion: Version,
+  /** The two response indices shown to the judge as a and b. */
+  candidates: z.tuple([Index, Index]),
+  chosen: Index.optional(),
+  rejected: Index.optional(),
+  verdict: VerdictSchema.optional(),
+  /** When a pair still awaiting judgment stops accepting verdicts (ms). */
+  expiresAt: Ms.optional(),
+  /** The policy version this pair was trained into. */
+  trainedInto: Version.optional(),
+  source: z.enum(["sampled", "imported"]),
+}).superRefine((p, ctx) => {
+  const fail = (message: string) => ctx.addIssue({ code: "custom", message });
+  if ((p.prompt === undefined) === (p.messages === undefined)) fail("expected exactly one of 'prompt' and 'messages'");
+  const [a, b] = p.candidates;
+  if (a === b || a >= p.responses.length || b >= p.responses.length) {
+    fail(`'candidates' must be two different indices into the ${p.responses.length} responses: got [${a}, ${b}]`);
+  }
+  const judged = p.status === "labeled" || p.status === "trained";
+  if (judged) {
+    if (p.verdict === undefined || p.verdict.choice === "tie") fail(`a ${p.status} pair needs a verdict of a or b`);
+    if (p.chosen === undefined || p.rejected === undefined) fail(`a ${p.status} pair needs 'chosen' and 'rejected'`);
+    else if (!sameSet([p.chosen, p.rejected], p.candidates)) fail("'chosen' and 'rejected' must be the two candidates");
+  } else if (p.chosen !== undefined || p.rejected !== undefined) {
+    fail(`a ${p.status} pair has no 'chosen' or 'rejected'`);
+  }
+  if (p.status === "tie" && p.verdict?.choice !== "tie") fail("a tie pair needs a verdict 'tie'");
+  if ((p.status === "awaiting_judgment" || p.status === "expired") && p.verdict !== undefined) {
+    fail(`a ${p.status} pair has no verdict`);
+  }
+  if ((p.status === "trained") !== (p.trainedInto !== undefined)) fail("'trainedInto' is set exactly on trained pairs");
+});
+/** A stored preference pair (see `PAIR_STATUSES` for its life). */
+export type Pair = z.infer<typeof PairSchema>;
+
+function sameSet(x: readonly number[], y: readonly number[]): boolean {
+  return x.length === y.length && x.every((v) => y.includes(v)) && y.every((v) => x.includes(v));
+}
+
+/** A lease on one pair for one role: whoever holds it (until `expiresAt`) works on that pair. */
+export const LeaseSchema = z.object({ owner: z.string().min(1), expiresAt: Ms, claimedAt: Ms });
+/** A lease on one pair for one role. */
+export type Lease = z.infer<typeof LeaseSchema>;
+
+/** A single completion kept for KTO feedback (`{prompt, completion, label}`). */
+export const CompletionSchema = z.object({
+  id: z.string().min(1),
+  createdAt: Ms,
+  prompt: z.string().optional(),
+  messages: z.array(ChatMessageSchema).min(1).optional(),
+  promptText: z.string().optional(),
+  text: z.string(),
+  policyVersion: Version,
+  feedback: z.object({ label: z.boolean(), annotator: z.string().optional(), at: Ms }).optional(),
+}).refine((c) => (c.prompt === undefined) !== (c.messages === undefined), {
+  message: "expected exactly one of 'prompt' and 'messages'",
+});
+/** A single completion kept for KTO feedback. */
+export type Completion = z.infer<typeof CompletionSchema>;
+
+/** The value of an idempotency record: the id of the pair the first request created. */
+export const IdempotencyRecordSchema = z.string().regex(ID_PATTERN);
+
+/** A status counter: KV's 64-bit unsigned integer, updated with `sum`. */
+export const CounterSchema = z.instanceof(Deno.KvU64);
