@@ -130,11 +130,21 @@ async function worker(sizeName: string, backend: BackendChoice, seconds: number)
   reference.dispose();
 }
 
-async function runChild(cmd: string, args: string[], env?: Record<string, string>): Promise<Result> {
-  const out = await new Deno.Command(cmd, { args, env, stdout: "piped", stderr: "piped" }).output();
+/** A child that could not finish: one line on why (the wasm heap is 4 GiB at most). */
+interface Failure {
+  error: string;
+}
+
+async function runChild(cmd: string, args: string[], env?: Record<string, string>): Promise<Result | Failure> {
+  const options = { args, env: { NO_COLOR: "1", ...env }, stdout: "piped", stderr: "piped" } as const;
+  const out = await new Deno.Command(cmd, options).output();
   const stderr = new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`${cmd} ${args.slice(0, 3).join(" ")} failed:\n${stderr}`);
   for (const line of stderr.split("\n")) if (line.startsWith("warning")) console.error(line);
+  if (!out.success) {
+    const error = stderr.split("\n").find((l) => /error|Error/.test(l))?.trim() ?? `exit code ${out.code}`;
+    const reason = error.replace(/ Build with.*/, "");
+    return { error: reason.includes("Aborted()") ? `${reason} (out of wasm memory: 4 GiB at most)` : reason };
+  }
   return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
 }
 
@@ -192,7 +202,8 @@ async function main(): Promise<void> {
     const label = `${(params / 1e6).toFixed(1)}M`;
     const args = ["run", "-A", self, "--worker", name, "--backend", backend, "--seconds", String(seconds)];
     const ours = await runChild(Deno.execPath(), args);
-    const rows = (impl: string, r: Result) => {
+    const rows = (impl: string, r: Result | Failure) => {
+      if ("error" in r) return printRow([name, label, impl, `failed: ${r.error}`]);
       for (const mode of MODES) {
         const { step_s, peak_rss_mb } = r[mode];
         printRow([
@@ -208,16 +219,19 @@ async function main(): Promise<void> {
       }
     };
     rows(`tfjs-${backend}`, ours);
-    const saving = (r: Result) => `${(r.uncached.step_s / r.cached.step_s).toFixed(2)}x`;
+    const saving = (r: Result | Failure) =>
+      "error" in r ? "(failed)" : `${(r.uncached.step_s / r.cached.step_s).toFixed(2)}x`;
     let line = `${name}: step time with the reference every step / cached: ours ${saving(ours)}`;
     if (torchVersion) {
       const config = { ...size, ...WORK, min_seconds: seconds };
       const theirs = await runChild("/usr/bin/python3", [torchScript, JSON.stringify(config)], TORCH_ENV);
       rows("pytorch", theirs);
-      for (const mode of MODES) {
-        const ratio = `${(theirs[mode].step_s / ours[mode].step_s).toFixed(2)}x`;
-        const memory = `${(ours[mode].peak_rss_mb / theirs[mode].peak_rss_mb).toFixed(2)}x`;
-        printRow([name, "", "ratio", mode === "cached" ? "cached" : "every step", "", ratio, ratio, memory]);
+      if (!("error" in ours) && !("error" in theirs)) {
+        for (const mode of MODES) {
+          const ratio = `${(theirs[mode].step_s / ours[mode].step_s).toFixed(2)}x`;
+          const memory = `${(ours[mode].peak_rss_mb / theirs[mode].peak_rss_mb).toFixed(2)}x`;
+          printRow([name, "", "ratio", mode === "cached" ? "cached" : "every step", "", ratio, ratio, memory]);
+        }
       }
       line += `, PyTorch ${saving(theirs)}`;
     }

@@ -1,0 +1,390 @@
+/**
+ * The Hono app: pairs, feedback, preferences, OpenAI-compatible chat, export, stats, metrics.
+ * Stateless: everything lives in KV (the store) and the policy holder, so any number of instances
+ * can serve the same KV. `createApp(deps)` builds it; `main.ts` serves it.
+ */
+import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
+import { streamSSE } from "hono/streaming";
+import { z } from "zod";
+import type { ChatMessage } from "../model/tokenizer.ts";
+import { verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
+import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
+import type { PairStore } from "../store/pairs.ts";
+import type { Pair } from "../store/schema.ts";
+import { errorBody, httpError, jsonBody, parseOr422, rateLimit, requireApiKey } from "./http.ts";
+import { Metrics } from "./metrics.ts";
+import { type PolicyHolder, renderPrompt, sampleResponses } from "./policy.ts";
+
+/** What the app is built from. */
+export interface AppDeps {
+  store: PairStore;
+  policy: PolicyHolder;
+  /** Bearer keys accepted on every route except /healthz. */
+  apiKeys: string[];
+  /** Scores a response (a verifier judge): pairs are then best against worst instead of two at random. */
+  score?: (prompt: string | ChatMessage[], completion: string) => Promise<number>;
+  /** Standard Webhooks secret: feedback signed with it is accepted without an API key. */
+  webhookSecret?: string;
+  /** Pending pairs stop accepting verdicts after this long (ms); default 7 days. */
+  pendingTtlMs?: number;
+  limits?: Partial<Limits>;
+  metrics?: Metrics;
+  now?: () => number;
+}
+
+interface Limits {
+  bodyBytes: number;
+  requestsPerMinute: number;
+  maxResponses: number;
+  maxNewTokens: number;
+}
+
+const DEFAULT_LIMITS: Limits = { bodyBytes: 256 * 1024, requestsPerMinute: 600, maxResponses: 8, maxNewTokens: 512 };
+
+const Message = z.object({ role: z.enum(["system", "user", "assistant", "tool"]), content: z.string() });
+const Prompt = z.object({
+  prompt: z.string().min(1).optional(),
+  messages: z.array(Message).min(1).optional(),
+});
+const onePrompt = (v: { prompt?: unknown; messages?: unknown }) =>
+  (v.prompt === undefined) !== (v.messages === undefined);
+
+/** Store errors and the status each becomes. */
+const STORE_ERRORS: [abstract new (...args: never[]) => Error, 404 | 409 | 413 | 422, string][] = [
+  [ConflictError, 409, "conflict"],
+  [NotFoundError, 404, "not_found"],
+  [StoreLimitError, 413, "too_large"],
+  [StoreInputError, 422, "invalid_request"],
+];
+
+const Id = z.string().regex(/^[0-9A-HJKMNP-TV-Z]{26}$/, "not a pair id");
+
+/** Builds the app. */
+export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }> {
+  const limits = { ...DEFAULT_LIMITS, ...deps.limits };
+  const now = deps.now ?? Date.now;
+  const metrics = deps.metrics ?? new Metrics();
+  const { store, policy } = deps;
+  const app = new Hono<{ Variables: { apiKey: string } }>();
+
+  app.onError((err, c) => {
+    if (err instanceof HTTPException) {
+      metrics.countRequest(c.req.routePath, err.status);
+      return err.getResponse();
+    }
+    const known = STORE_ERRORS.find(([cls]) => err instanceof cls);
+    if (known) {
+      metrics.countRequest(c.req.routePath, known[1]);
+      return c.json(errorBody(known[2], err.message), known[1]);
+    }
+    metrics.countRequest(c.req.routePath, 500);
+    console.error(`${c.req.method} ${c.req.path}: ${err instanceof Error ? err.stack : err}`);
+    return c.json(errorBody("internal", "internal error"), 500);
+  });
+  app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
+  app.use("*", async (c, next) => {
+    await next();
+    if (c.res.status < 400) metrics.countRequest(c.req.routePath, c.res.status);
+  });
+
+  app.get("/healthz", (c) => c.json({ ok: true, policy_version: policy.version }));
+
+  const limit = bodyLimit({
+    maxSize: limits.bodyBytes,
+    onError: (c) => c.json(errorBody("too_large", `the request body exceeds ${limits.bodyBytes} bytes`), 413),
+  });
+  const auth = requireApiKey(deps.apiKeys);
+  const throttle = rateLimit({ limit: limits.requestsPerMinute, windowMs: 60_000, now });
+  // Signed feedback from labelers' systems needs no API key: the signature is the credential.
+  app.use("/v1/*", limit, async (c, next) => {
+    if (deps.webhookSecret && c.req.header("webhook-signature") && /\/feedback$/.test(c.req.path)) {
+      const body = await c.req.text();
+      try {
+        await verifyWebhook(deps.webhookSecret, c.req.raw.headers, body, { now: now() });
+      } catch (err) {
+        if (err instanceof WebhookVerificationError) throw httpError(401, "unauthorized", err.message);
+        throw err;
+      }
+      c.set("apiKey", "webhook");
+      return await next();
+    }
+    await auth(c, next);
+  }, throttle);
+  app.use("/metrics", auth);
+
+  const PairRequest = Prompt.extend({
+    n: z.number().int().min(2).max(limits.maxResponses).default(2),
+    temperature: z.number().min(0).max(2).default(1),
+    top_p: z.number().gt(0).max(1).default(1),
+    max_new_tokens: z.number().int().min(1).max(limits.maxNewTokens).default(64),
+  }).refine(onePrompt, "give exactly one of 'prompt' and 'messages'");
+
+  app.post("/v1/pairs", async (c) => {
+    const body = await jsonBody(c, PairRequest);
+    const prompt = body.prompt ?? body.messages!;
+    const idempotencyKey = c.req.header("idempotency-key");
+    const { pair, created } = await policy.use(async (p) => {
+      const promptText = renderPrompt(p.tokenizer, prompt);
+      const generations = await sampleResponses(p, promptText, body.n, {
+        temperature: body.temperature,
+        topP: body.top_p,
+        maxNewTokens: body.max_new_tokens,
+      });
+      metrics.countTokens(generations.reduce((a, g) => a + g.tokenIds.length, 0));
+      const responses = generations.map((g) => g.text);
+      return await store.create({
+        ...(body.prompt !== undefined ? { prompt: body.prompt } : { messages: body.messages! }),
+        promptText,
+        responses,
+        policyVersion: p.version,
+        candidates: await pickCandidates(responses, prompt, deps.score),
+        expiresAt: now() + (deps.pendingTtlMs ?? 7 * 24 * 3600_000),
+      }, { idempotencyKey });
+    });
+    return c.json(pairJson(pair), created ? 201 : 200);
+  });
+
+  app.get("/v1/pairs/:id", async (c) => {
+    const id = parseOr422(Id, c.req.param("id"), "id");
+    const pair = await store.get(id);
+    if (!pair) throw httpError(404, "not_found", `no pair '${id}'`);
+    return c.json(pairJson(pair));
+  });
+
+  const ListQuery = z.object({
+    status: z.enum(["awaiting_judgment", "labeled", "tie", "expired", "trained"]).optional(),
+    limit: z.coerce.number().int().min(1).max(100).default(20),
+    cursor: z.string().max(1024).optional(),
+  });
+  app.get("/v1/pairs", async (c) => {
+    const q = parseOr422(ListQuery, c.req.query(), "query");
+    const page = await store.list(q).catch((err) => {
+      if (err instanceof StoreInputError) throw httpError(422, "invalid_request", err.message);
+      throw err;
+    });
+    return c.json({ pairs: page.pairs.map(pairJson), cursor: page.cursor ?? null });
+  });
+
+  const Feedback = z.object({
+    choice: z.enum(["a", "b", "tie"]),
+    annotator: z.string().min(1).max(200).optional(),
+    reason: z.string().max(4000).optional(),
+  });
+  app.post("/v1/pairs/:id/feedback", async (c) => {
+    const id = parseOr422(Id, c.req.param("id"), "id");
+    const body = await jsonBody(c, Feedback);
+    const pair = await store.recordVerdict(id, {
+      choice: body.choice,
+      judge: { kind: c.get("apiKey") === "webhook" ? "webhook" : "human", id: body.annotator ?? "api" },
+      annotator: body.annotator,
+      reason: body.reason,
+    });
+    metrics.countVerdict(body.choice);
+    return c.json(pairJson(pair));
+  });
+
+  const Completion = z.union([z.string(), z.array(Message).min(1)]);
+  const Preference = z.object({ prompt: Completion, chosen: Completion, rejected: Completion });
+  const Preferences = z.union([Preference, z.array(Preference).min(1).max(100)]);
+  app.post("/v1/preferences", async (c) => {
+    const body = await jsonBody(c, Preferences);
+    const items = Array.isArray(body) ? body : [body];
+    const key = c.req.header("idempotency-key");
+    const results = [];
+    for (const [i, item] of items.entries()) {
+      const text = (x: string | ChatMessage[]) => (typeof x === "string" ? x : x.map((m) => m.content).join("\n"));
+      const prompt = item.prompt;
+      const { pair, created } = await store.importLabeled({
+        ...(typeof prompt === "string"
+          ? { prompt }
+          : { messages: prompt, promptText: await policy.use(async (p) => renderPrompt(p.tokenizer, prompt)) }),
+        chosen: text(item.chosen),
+        rejected: text(item.rejected),
+      }, { idempotencyKey: key ? `${key}#${i}` : undefined });
+      results.push({ id: pair.id, created });
+    }
+    return c.json({ pairs: results }, results.some((r) => r.created) ? 201 : 200);
+  });
+
+  const ChatRequest = z.object({
+    model: z.string().optional(),
+    messages: z.array(Message).min(1),
+    temperature: z.number().min(0).max(2).default(1),
+    top_p: z.number().gt(0).max(1).default(1),
+    max_tokens: z.number().int().min(1).max(limits.maxNewTokens).optional(),
+    max_completion_tokens: z.number().int().min(1).max(limits.maxNewTokens).optional(),
+    stop: z.union([z.string(), z.array(z.string()).max(4)]).optional(),
+    seed: z.number().int().nonnegative().optional(),
+    n: z.literal(1).default(1),
+    stream: z.boolean().default(false),
+  });
+  app.post("/v1/chat/completions", async (c) => {
+    const body = await jsonBody(c, ChatRequest);
+    const id = `chatcmpl-${crypto.randomUUID().replaceAll("-", "")}`;
+    const created = Math.floor(now() / 1000);
+    return await policy.use(async (p) => {
+      const promptText = renderPrompt(p.tokenizer, body.messages);
+      const promptIds = p.tokenizer.encode(promptText);
+      const model = body.model ?? `policy-v${p.version}`;
+      const options = {
+        temperature: body.temperature,
+        topP: body.top_p,
+        maxNewTokens: body.max_completion_tokens ?? body.max_tokens ?? 256,
+        stop: typeof body.stop === "string" ? [body.stop] : body.stop,
+        seed: body.seed,
+      };
+      const finish = async (text: string, tokens: number) => {
+        metrics.countTokens(tokens);
+        await store.recordCompletion({ id, messages: body.messages, promptText, text, policyVersion: p.version });
+      };
+      if (!body.stream) {
+        const [g] = await sampleResponses(p, promptText, 1, options);
+        await finish(g!.text, g!.tokenIds.length);
+        return c.json({
+          id,
+          object: "chat.completion",
+          created,
+          model,
+          choices: [{ index: 0, message: { role: "assistant", content: g!.text }, finish_reason: g!.finishReason }],
+          usage: {
+            prompt_tokens: promptIds.length,
+            completion_tokens: g!.tokenIds.length,
+            total_tokens: promptIds.length + g!.tokenIds.length,
+          },
+        });
+      }
+      return streamSSE(c, async (sse) => {
+        const chunk = (delta: Record<string, string>, finishReason: string | null) =>
+          sse.writeSSE({
+            data: JSON.stringify({
+              id,
+              object: "chat.completion.chunk",
+              created,
+              model,
+              choices: [{ index: 0, delta, finish_reason: finishReason }],
+            }),
+          });
+        await chunk({ role: "assistant", content: "" }, null);
+        let pending = Promise.resolve();
+        const [g] = await sampleResponses(p, promptText, 1, {
+          ...options,
+          onToken: (e) => {
+            if (e.text) pending = pending.then(() => chunk({ content: e.text }, null));
+          },
+        });
+        await pending;
+        await finish(g!.text, g!.tokenIds.length);
+        await chunk({}, g!.finishReason);
+        await sse.writeSSE({ data: "[DONE]" });
+      });
+    });
+  });
+
+  const CompletionFeedback = z.object({ label: z.boolean(), annotator: z.string().min(1).max(200).optional() });
+  app.post("/v1/completions/:id/feedback", async (c) => {
+    const id = parseOr422(z.string().regex(/^chatcmpl-[0-9a-f]{32}$/, "not a completion id"), c.req.param("id"), "id");
+    const body = await jsonBody(c, CompletionFeedback);
+    const completion = await store.recordCompletionFeedback(id, body);
+    return c.json({ id: completion.id, label: completion.feedback!.label });
+  });
+
+  const ExportQuery = z.object({ format: z.enum(["trl", "kto"]).default("trl") });
+  app.get("/v1/export", (c) => {
+    const { format } = parseOr422(ExportQuery, c.req.query(), "query");
+    const encoder = new TextEncoder();
+    const lines = format === "trl" ? exportTrl(store) : exportKto(store);
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const next = await lines.next();
+        if (next.done) controller.close();
+        else controller.enqueue(encoder.encode(JSON.stringify(next.value) + "\n"));
+      },
+    });
+    return new Response(body, { headers: { "content-type": "application/x-ndjson" } });
+  });
+
+  app.get("/v1/stats", async (c) => {
+    const [pairs, feedback] = await Promise.all([store.counts(), store.feedbackCounts()]);
+    return c.json({ policy_version: policy.version, pairs, completion_feedback: feedback });
+  });
+
+  app.get("/metrics", async (c) => {
+    const [pairs, feedback] = await Promise.all([store.counts(), store.feedbackCounts()]);
+    return c.text(metrics.render({ pairs, feedback, policyVersion: policy.version }), 200, {
+      "content-type": "text/plain; version=0.0.4",
+    });
+  });
+
+  return app;
+}
+
+/** Two responses to judge: best against worst when a scorer is given, else two at random. */
+async function pickCandidates(
+  responses: string[],
+  prompt: string | ChatMessage[],
+  score: AppDeps["score"],
+): Promise<[number, number]> {
+  if (score) {
+    const scores = await Promise.all(responses.map((r) => score(prompt, r)));
+    const best = scores.indexOf(Math.max(...scores));
+    const worst = scores.indexOf(Math.min(...scores));
+    if (best !== worst) return [best, worst];
+  }
+  const a = Math.floor(Math.random() * responses.length);
+  const b = (a + 1 + Math.floor(Math.random() * (responses.length - 1))) % responses.length;
+  return [a, b];
+}
+
+/** A pair as the API shows it. */
+export function pairJson(pair: Pair) {
+  const [a, b] = pair.candidates;
+  return {
+    id: pair.id,
+    status: pair.status,
+    created_at: new Date(pair.createdAt).toISOString(),
+    updated_at: new Date(pair.updatedAt).toISOString(),
+    ...(pair.prompt !== undefined ? { prompt: pair.prompt } : { messages: pair.messages }),
+    prompt_text: pair.promptText,
+    responses: pair.responses,
+    candidates: pair.candidates,
+    a: pair.responses[a],
+    b: pair.responses[b],
+    policy_version: pair.policyVersion,
+    chosen: pair.chosen === undefined ? null : pair.responses[pair.chosen],
+    rejected: pair.rejected === undefined ? null : pair.responses[pair.rejected],
+    verdict: pair.verdict ?? null,
+    expires_at: pair.expiresAt === undefined ? null : new Date(pair.expiresAt).toISOString(),
+    trained_into: pair.trainedInto ?? null,
+    source: pair.source,
+  };
+}
+
+async function* exportTrl(store: PairStore): AsyncGenerator<Record<string, unknown>> {
+  for (const status of ["labeled", "trained"] as const) {
+    for await (const pair of store.iterate({ status })) {
+      const chosen = pair.responses[pair.chosen!]!;
+      const rejected = pair.responses[pair.rejected!]!;
+      yield pair.messages
+        ? {
+          prompt: pair.messages,
+          chosen: [{ role: "assistant", content: chosen }],
+          rejected: [{ role: "assistant", content: rejected }],
+        }
+        : { prompt: pair.prompt, chosen, rejected };
+    }
+  }
+}
+
+async function* exportKto(store: PairStore): AsyncGenerator<Record<string, unknown>> {
+  let cursor: string | undefined;
+  do {
+    const page = await store.listCompletionFeedback({ limit: 100, cursor });
+    for (const c of page.completions) {
+      const completion = c.messages ? [{ role: "assistant", content: c.text }] : c.text;
+      yield { prompt: c.messages ?? c.prompt, completion, label: c.feedback!.label };
+    }
+    cursor = page.cursor;
+  } while (cursor);
+}

@@ -1,0 +1,102 @@
+/** The HTTP edge shared by every route: one error shape, JSON body validation, auth, rate limits. */
+import type { Context, MiddlewareHandler } from "hono";
+import { HTTPException } from "hono/http-exception";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import type { z } from "zod";
+
+/** Every 4xx and 5xx body: `{ error: { code, message } }`. */
+export function errorBody(code: string, message: string) {
+  return { error: { code, message } };
+}
+
+/** A client error with a stable machine-readable code. */
+export function httpError(
+  status: ContentfulStatusCode,
+  code: string,
+  message: string,
+  headers?: Record<string, string>,
+): HTTPException {
+  return new HTTPException(status, { res: Response.json(errorBody(code, message), { status, headers }) });
+}
+
+/** Reads and validates a JSON body: 415 without a JSON content type, 400 for bad JSON, 422 for a bad shape. */
+export async function jsonBody<S extends z.ZodType>(c: Context, schema: S): Promise<z.infer<S>> {
+  const type = c.req.header("content-type") ?? "";
+  if (!/^application\/(.+\+)?json\b/i.test(type)) {
+    throw httpError(415, "unsupported_media_type", "the request body must be JSON (Content-Type: application/json)");
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await c.req.text());
+  } catch (err) {
+    throw httpError(400, "invalid_json", `the request body is not valid JSON (${(err as Error).message})`);
+  }
+  return parseOr422(schema, raw, "body");
+}
+
+/** Validates query parameters or path parts; problems are one 422. */
+export function parseOr422<S extends z.ZodType>(schema: S, value: unknown, where: string): z.infer<S> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${[where, ...i.path].join(".")}: ${i.message}`).join("; ");
+    throw httpError(422, "invalid_request", problems);
+  }
+  return parsed.data;
+}
+
+/** Compares two secrets in time that does not depend on where they differ. */
+export async function secretsEqual(a: string, b: string): Promise<boolean> {
+  const digest = async (s: string) =>
+    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)));
+  const [x, y] = await Promise.all([digest(a), digest(b)]);
+  let diff = 0;
+  for (let i = 0; i < x.length; i++) diff |= x[i]! ^ y[i]!;
+  return diff === 0;
+}
+
+/** Bearer API keys: 401 without a valid one. Sets `apiKey` for the rate limiter. */
+export function requireApiKey(keys: string[]): MiddlewareHandler<{ Variables: { apiKey: string } }> {
+  return async (c, next) => {
+    const header = c.req.header("authorization") ?? "";
+    const match = /^Bearer\s+(\S+)$/i.exec(header);
+    if (!match) throw httpError(401, "unauthorized", "an API key is required: Authorization: Bearer <key>");
+    let found: string | undefined;
+    for (const key of keys) if (await secretsEqual(match[1]!, key)) found = key;
+    if (found === undefined) throw httpError(401, "unauthorized", "the API key is not valid");
+    c.set("apiKey", found);
+    await next();
+  };
+}
+
+/** Options of `rateLimit`. */
+export interface RateLimitOptions {
+  /** Requests per window per key. */
+  limit: number;
+  windowMs: number;
+  now?: () => number;
+}
+
+/**
+ * A fixed-window request limit per API key, per server instance (instances share nothing but KV;
+ * a global limit would cost a KV write per request). 429 with Retry-After when exceeded.
+ */
+export function rateLimit(options: RateLimitOptions): MiddlewareHandler<{ Variables: { apiKey: string } }> {
+  const windows = new Map<string, { start: number; count: number }>();
+  const now = options.now ?? Date.now;
+  return async (c, next) => {
+    const key = c.get("apiKey") ?? "anonymous";
+    const t = now();
+    let w = windows.get(key);
+    if (!w || t - w.start >= options.windowMs) {
+      w = { start: t, count: 0 };
+      windows.set(key, w);
+    }
+    if (++w.count > options.limit) {
+      const retry = Math.max(Math.ceil((w.start + options.windowMs - t) / 1000), 1);
+      throw httpError(429, "rate_limited", `more than ${options.limit} requests in ${options.windowMs / 1000} s`, {
+        "Retry-After": String(retry),
+      });
+    }
+    await next();
+  };
+}

@@ -1,0 +1,63 @@
+/** Counters for `GET /metrics`, rendered in the Prometheus text exposition format. */
+
+/** What the registry reads from the store at scrape time. */
+export interface ScrapeState {
+  pairs: Record<string, number>;
+  feedback: { desirable: number; undesirable: number };
+  policyVersion: number;
+}
+
+/** In-process counters of one server instance. */
+export class Metrics {
+  #requests = new Map<string, number>();
+  #verdicts = new Map<string, number>();
+  #tokens = 0;
+
+  /** Counts a finished request by route pattern and status. */
+  countRequest(route: string, status: number): void {
+    const key = `route="${escape(route)}",status="${status}"`;
+    this.#requests.set(key, (this.#requests.get(key) ?? 0) + 1);
+  }
+
+  /** Counts a human or webhook verdict received through the API. */
+  countVerdict(choice: string): void {
+    this.#verdicts.set(choice, (this.#verdicts.get(choice) ?? 0) + 1);
+  }
+
+  /** Counts generated tokens. */
+  countTokens(n: number): void {
+    this.#tokens += n;
+  }
+
+  /** The exposition text. */
+  render(state: ScrapeState): string {
+    const lines: string[] = [];
+    const family = (name: string, type: string, help: string, samples: [string, number][]) => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+      for (const [labels, value] of samples) lines.push(`${name}${labels ? `{${labels}}` : ""} ${value}`);
+    };
+    family(
+      "dpo_pairs",
+      "gauge",
+      "Preference pairs by status (shared KV).",
+      Object.entries(state.pairs).map(([s, n]) => [`status="${s}"`, n]),
+    );
+    family("dpo_completion_feedback", "gauge", "Chat completions with thumbs up/down (shared KV).", [
+      ['label="desirable"', state.feedback.desirable],
+      ['label="undesirable"', state.feedback.undesirable],
+    ]);
+    family("dpo_policy_version", "gauge", "Policy version this instance serves.", [["", state.policyVersion]]);
+    family("dpo_http_requests_total", "counter", "HTTP requests by route and status (this instance).", [
+      ...this.#requests,
+    ]);
+    family("dpo_verdicts_total", "counter", "Verdicts received through the feedback API (this instance).", [
+      ...[...this.#verdicts].map(([c, n]) => [`choice="${c}"`, n] as [string, number]),
+    ]);
+    family("dpo_generated_tokens_total", "counter", "Tokens generated (this instance).", [["", this.#tokens]]);
+    return lines.join("\n") + "\n";
+  }
+}
+
+function escape(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
