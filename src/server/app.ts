@@ -197,9 +197,10 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
       const text = (x: string | ChatMessage[]) => (typeof x === "string" ? x : x.map((m) => m.content).join("\n"));
       const prompt = item.prompt;
       const { pair, created } = await store.importLabeled({
-        ...(typeof prompt === "string"
-          ? { prompt }
-          : { messages: prompt, promptText: await policy.use(async (p) => renderPrompt(p.tokenizer, prompt)) }),
+        ...(typeof prompt === "string" ? { prompt } : {
+          messages: prompt,
+          promptText: await policy.use((p) => Promise.resolve(renderPrompt(p.tokenizer, prompt))),
+        }),
         chosen: text(item.chosen),
         rejected: text(item.rejected),
       }, { idempotencyKey: key ? `${key}#${i}` : undefined });
