@@ -212,7 +212,7 @@ async function main(): Promise<void> {
           impl,
           mode === "cached" ? "cached" : "every step",
           step_s.toFixed(3),
-          fmt(WORK.pairs / step_s, 2),
+          (WORK.pairs / step_s).toFixed(2),
           fmt(TOKENS_PER_STEP / step_s),
           fmt(peak_rss_mb),
         ]);

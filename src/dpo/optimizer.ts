@@ -147,8 +147,9 @@ export class Optimizer {
     }
     const t = this.#step + 1;
     const update = UPDATES[this.config.name];
-    tf.tidy(() => {
-      for (const [name, p] of this.#params) {
+    // One tidy per parameter: temporaries of the whole model at once would not fit next to it.
+    for (const [name, p] of this.#params) {
+      tf.tidy(() => {
         const slot = (kind: string) => this.#slots.get(`${kind}/${name}`);
         const set = (kind: string, value: tf.Tensor) => {
           const v = this.#slots.get(`${kind}/${name}`);
@@ -156,8 +157,8 @@ export class Optimizer {
           else v.assign(value);
         };
         p.assign(update({ config: this.config, p, g: grads.get(name)!, lr, t, slot, set }));
-      }
-    });
+      });
+    }
     this.#step = t;
   }
 
@@ -231,17 +232,24 @@ export interface ClippedGrads {
 /**
  * Clips gradients to a global L2 norm of `maxNorm`, as `torch.nn.utils.clip_grad_norm_`: scales by
  * maxNorm / (norm + 1e-6) when that is below 1. The input tensors are left untouched and still owned by
- * the caller (dispose them); the returned ones are new, also the caller's, and are never scaled when the
- * norm is not finite.
+ * the caller (dispose them) unless `consume` is set, which disposes each input once its result exists;
+ * the returned tensors are new, also the caller's, and are never scaled when the norm is not finite.
  */
-export async function clipGradNorm(grads: Map<string, tf.Tensor>, maxNorm: number): Promise<ClippedGrads> {
+export async function clipGradNorm(
+  grads: Map<string, tf.Tensor>,
+  maxNorm: number,
+  options: { consume?: boolean } = {},
+): Promise<ClippedGrads> {
   if (!(Number.isFinite(maxNorm) && maxNorm > 0)) {
     throw new Error(`Cannot clip gradients as 'maxNorm' must be finite and > 0: current value is ${maxNorm}`);
   }
   let norm = 0;
   if (grads.size > 0) {
     // Per-tensor sums of squares in float32, summed in float64 here: one read of the device.
-    const sums = tf.tidy(() => tf.stack([...grads.values()].map((g) => tf.sum(tf.square(g)))));
+    // One tidy per tensor: the squares of every gradient at once would double the gradients' memory.
+    const perTensor = [...grads.values()].map((g) => tf.tidy(() => tf.sum(tf.square(g))));
+    const sums = tf.stack(perTensor);
+    tf.dispose(perTensor);
     const parts = await sums.data<"float32">();
     sums.dispose();
     norm = Math.sqrt(parts.reduce((a, b) => a + b, 0));
@@ -249,8 +257,13 @@ export async function clipGradNorm(grads: Map<string, tf.Tensor>, maxNorm: numbe
   const finite = Number.isFinite(norm);
   const coef = maxNorm / (norm + 1e-6);
   const scale = finite && coef < 1;
-  const out = tf.tidy(() => [...grads].map(([name, g]) => [name, scale ? tf.mul(g, coef) : tf.clone(g)] as const));
-  return { grads: new Map(out), norm, finite };
+  const out = new Map<string, tf.Tensor>();
+  for (const [name, g] of grads) {
+    out.set(name, tf.tidy(() => (scale ? tf.mul(g, coef) : tf.clone(g))));
+    // With `consume`, each input goes as soon as its copy exists: never two full sets of gradients.
+    if (options.consume) g.dispose();
+  }
+  return { grads: out, norm, finite };
 }
 
 /** A learning-rate schedule of Hugging Face transformers, each with linear warmup from 0. */

@@ -225,8 +225,7 @@ export class DpoTrainer {
       }
     }
     const named = new Map([...this.policy.params].map(([name, v]) => [name, sums.get(v.name)!]));
-    const clipped = await clipGradNorm(named, this.config.max_grad_norm);
-    tf.dispose([...sums.values()]);
+    const clipped = await clipGradNorm(named, this.config.max_grad_norm, { consume: true });
     const lr = learningRateAt(this.step, {
       base: this.config.learning_rate,
       schedule: this.config.lr_scheduler_type,

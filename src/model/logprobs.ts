@@ -113,19 +113,24 @@ function scoredLogits(model: Gpt2Model, batch: ScoringBatch): tf.Tensor2D {
  */
 export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Tensor1D {
   const [N, V] = logits.shape;
-  const flat = tf.tensor1d(targets.map((tok, n) => n * V + tok), "int32");
+  const flatIndex = targets.map((tok, n) => n * V + tok);
+  // Index tensors are made inside each half: the backward pass runs after the forward's scope ended.
+  const flat = () => tf.tensor1d(flatIndex, "int32");
   const op = customOp(([x]) => {
     const max = tf.max(x!, -1, true); // [N, 1]
     const e = tf.exp(tf.sub(x!, max)); // [N, V]
     const total = tf.sum(e, -1, true); // [N, 1]
     const lse = tf.reshape(tf.add(tf.log(total), max), [N]); // [N]
-    const picked = tf.gather(tf.reshape(x!, [N * V]), flat); // [N]
+    const picked = tf.gather(tf.reshape(x!, [N * V]), flat()); // [N]
     // The softmax is kept for the backward pass instead of the logits.
     return { value: tf.sub(picked, lse), saved: [tf.div(e, total)] };
   }, (dy, [probs]) => {
-    // int32 then cast: tfjs-backend-wasm 4.22 writes int bits into a float32 oneHot.
-    const onehot = tf.cast(tf.oneHot(tf.tensor1d(targets, "int32"), V), "float32"); // [N, V]
-    return [tf.mul(tf.sub(onehot, probs!), tf.reshape(dy, [N, 1]))];
+    // dy * (onehot - softmax), written as -dy * softmax with the target entries replaced by
+    // dy * (1 - p_target): two [N, V] tensors at the peak instead of four.
+    const scaled = tf.mul(probs!, tf.neg(tf.reshape(dy, [N, 1]))); // [N, V]
+    const pTarget = tf.gather(tf.reshape(probs!, [N * V]), flat()); // [N]
+    const indices = tf.tensor2d(Array.from(targets, (tok, n) => [n, tok]), [N, 2], "int32");
+    return [tf.tensorScatterUpdate(scaled, indices, tf.mul(dy, tf.sub(1, pTarget)))];
   });
   return op(logits) as tf.Tensor1D;
 }

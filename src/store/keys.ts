@@ -13,6 +13,11 @@
  * | `["completion", id]` | `Completion` | by `recordCompletion` (with `expireIn`) and its feedback (without) |
  * | `["completion_by_feedback", at, id]` | `null` | with the feedback |
  * | `["feedback_count", "desirable" \| "undesirable"]` | `Deno.KvU64` | with the feedback |
+ * | `["policy", "current"]` | `PolicyPointer` | by the commit that ends a publish, and by `rollback` |
+ * | `["policy", "last_version"]` | number | by the commit that allocates a version number (never lowered) |
+ * | `["ckpt_version", version]` | `PublishedVersion` | with the pointer switch that publishes it; deleted by `prune` |
+ * | `["ckpt_upload", version]` | `{ startedAt, storage }` | with the version number; deleted with the publish or cleanup |
+ * | `["ckpt_blob", version, file, chunk]` | `Uint8Array` (≤ 60,000 bytes) | before the version's record (KV store only) |
  *
  * Pair ids sort by creation time, so an index whose key ends in the id lists oldest first forward and
  * newest first in reverse.
@@ -93,6 +98,50 @@ export const COMPLETION_FEEDBACK_PREFIX: Deno.KvKey = ["completion_by_feedback"]
 export function feedbackCountKey(label: boolean): Deno.KvKey {
   return ["feedback_count", label ? "desirable" : "undesirable"];
 }
+
+/** The pointer naming the policy version servers load. */
+export function policyPointerKey(): Deno.KvKey {
+  return ["policy", "current"];
+}
+
+/** The last policy version number handed out; numbers are never reused, even after a failed publish. */
+export function policyVersionSeqKey(): Deno.KvKey {
+  return ["policy", "last_version"];
+}
+
+/** The metadata record of one published policy version. */
+export function checkpointVersionKey(version: number): Deno.KvKey {
+  return ["ckpt_version", version];
+}
+
+/** All published version records, oldest version first. */
+export const CHECKPOINT_VERSION_PREFIX: Deno.KvKey = ["ckpt_version"];
+
+/** The marker of a version being uploaded, so that `prune` can tell an upload in progress from debris. */
+export function checkpointUploadKey(version: number): Deno.KvKey {
+  return ["ckpt_upload", version];
+}
+
+/** All upload markers, oldest version first. */
+export const CHECKPOINT_UPLOAD_PREFIX: Deno.KvKey = ["ckpt_upload"];
+
+/** One chunk of one file of a version held in KV. */
+export function checkpointBlobKey(version: number, file: string, chunk: number): Deno.KvKey {
+  return ["ckpt_blob", version, file, chunk];
+}
+
+/** All chunks of one file of a version, in order. */
+export function checkpointFilePrefix(version: number, file: string): Deno.KvKey {
+  return ["ckpt_blob", version, file];
+}
+
+/** All chunks of one version, file by file. */
+export function checkpointBlobPrefix(version: number): Deno.KvKey {
+  return ["ckpt_blob", version];
+}
+
+/** All chunks of every version held in KV. */
+export const CHECKPOINT_BLOB_PREFIX: Deno.KvKey = ["ckpt_blob"];
 
 /** The record id at the end of an index key (every index above ends in one). */
 export function idOfIndexKey(key: Deno.KvKey): string {
