@@ -4,12 +4,18 @@ import { GENERATE_USAGE, runGenerate } from "./src/cli/generate.ts";
 import { LOGPROBS_USAGE, runLogprobs } from "./src/cli/logprobs.ts";
 import { runStart, START_USAGE } from "./src/cli/start.ts";
 import { runTrain, TRAIN_USAGE } from "./src/cli/train.ts";
+import { runServe, SERVE_USAGE } from "./src/cli/serve.ts";
+import { JUDGE_COMMAND_USAGE, runJudgeCommand } from "./src/cli/judge.ts";
+import { runWorker, WORKER_USAGE } from "./src/cli/worker.ts";
 
 const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: string; summary: string }> = {
   start: { run: runStart, usage: START_USAGE, summary: "run the embedded default on the shipped tiny model" },
   logprobs: { run: runLogprobs, usage: LOGPROBS_USAGE, summary: "score completions: one JSON line per input" },
   generate: { run: runGenerate, usage: GENERATE_USAGE, summary: "sample continuations of prompts" },
   train: { run: runTrain, usage: TRAIN_USAGE, summary: "offline DPO on a preference dataset" },
+  serve: { run: runServe, usage: SERVE_USAGE, summary: "the API server on the shared KV (role serve)" },
+  judge: { run: runJudgeCommand, usage: JUDGE_COMMAND_USAGE, summary: "judge pairs awaiting judgment (role judge)" },
+  worker: { run: runWorker, usage: WORKER_USAGE, summary: "train online and publish policy versions (role train)" },
 };
 
 const USAGE = `Usage: deno task cli <command> [options]   (deno task start runs 'start')

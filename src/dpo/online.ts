@@ -14,7 +14,7 @@ export interface PolicyPublisher {
   /** The version served now, if any. */
   current(): Promise<{ version: number } | null>;
   /** Publishes the model files in `dir` as the next version and switches the pointer to it. */
-  publish(dir: string, meta: { parentVersion?: number; refVersion?: number; trainedPairs?: number }): Promise<{
+  publish(dir: string, meta: { parentVersion?: number; trainedPairs?: number; note?: string }): Promise<{
     version: number;
   }>;
 }
@@ -70,7 +70,8 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         owner: o.owner,
         leaseMs: o.leaseMs,
         limit: Math.min(want, 1000),
-        filter: (p) => p.policyVersion >= version - o.maxStaleness,
+        // Staleness is about on-policy samples; imported preferences are always fair game.
+        filter: (p) => p.source === "imported" || p.policyVersion >= version - o.maxStaleness,
       });
       pending.push(...fresh);
     }
@@ -119,8 +120,8 @@ async function publish(o: OnlineTrainerOptions, trained: Pair[]): Promise<Pair[]
     const parent = await o.publisher.current();
     const { version } = await o.publisher.publish(dir, {
       parentVersion: parent?.version,
-      refVersion: o.trainer.refVersion,
       trainedPairs: trained.length,
+      note: `reference refreshed ${o.trainer.refVersion} time(s)`,
     });
     const ids = trained.map((p) => p.id);
     await o.recordTrainedPairs(version, ids);

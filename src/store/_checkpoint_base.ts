@@ -128,12 +128,12 @@ export abstract class CheckpointStoreBase {
       what,
     );
     if (ok) return record;
-    const latest = await readPointer(this.kv);
+    const [latest, markerNow] = await this.kv.getMany([policyPointerKey(), checkpointUploadKey(version)]);
     await this.#discard(version, written);
-    const reason = marker.value === null
+    const reason = markerNow!.versionstamp !== marker.versionstamp || marker.value === null
       ? `its upload was pruned as stale (it ran longer than staleUploadMs = ${this.#staleUploadMs} ms)`
       : `the current version changed during the upload (from ${startPointer?.version ?? "none"} to ` +
-        `${latest?.version ?? "none"}): another trainer published or someone rolled back`;
+        `${decodePointer(latest!.value)?.version ?? "none"}): another trainer published or someone rolled back`;
     throw new ConflictError(`Cannot publish ${what} as ${reason}; its files were deleted and the number is not reused`);
   }
 
@@ -172,7 +172,15 @@ export abstract class CheckpointStoreBase {
           `store, not to this '${this.storage}' one`,
       );
     }
-    return await materializeInto(destDir, record.files, this.readFile(version), `policy version ${version}`);
+    try {
+      return await materializeInto(destDir, record.files, this.readFile(version), `policy version ${version}`);
+    } catch (err) {
+      // Files vanishing under a reader look like corruption; say so when a prune took them.
+      if (err instanceof StoreCorruptError && await this.get(version) === null) {
+        throw new NotFoundError(`Cannot materialize policy version ${version} as it was pruned while being read`);
+      }
+      throw err;
+    }
   }
 
   /** Makes a kept version current again (a pointer switch; files are not touched). */

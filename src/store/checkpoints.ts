@@ -91,18 +91,23 @@ export class DirCheckpointStore extends CheckpointStoreBase implements Checkpoin
   protected readFile(version: number): FileReader {
     const dir = this.versionDir(version);
     return async function* (name) {
-      let stream: AsyncGenerator<Uint8Array>;
+      const stream = readStream(join(dir, name));
       try {
-        stream = readStream(join(dir, name));
-        const first = await stream.next(); // opens the file: a missing one fails here
-        if (!first.done) yield first.value;
-      } catch (err) {
-        throw new StoreCorruptError(
-          `Cannot materialize policy version ${version}: file '${name}' cannot be read from '${dir}' ` +
-            `(${(err as Error).message})`,
-        );
+        let first: IteratorResult<Uint8Array>;
+        try {
+          first = await stream.next(); // opens the file: a missing one fails here
+        } catch (err) {
+          throw new StoreCorruptError(
+            `Cannot materialize policy version ${version}: file '${name}' cannot be read from '${dir}' ` +
+              `(${(err as Error).message})`,
+          );
+        }
+        if (first.done) return;
+        yield first.value;
+        yield* stream;
+      } finally {
+        await stream.return(undefined); // closes the file when the reader stops early
       }
-      yield* stream;
     };
   }
 
@@ -206,13 +211,14 @@ export class KvCheckpointStore extends CheckpointStoreBase implements Checkpoint
   protected async sweepDebris(): Promise<void> {
     for (const version of await this.staleMarkers()) await this.deleteDebris(version);
     // Skip from version to version, reading one chunk of each.
-    let start: Deno.KvKey = CHECKPOINT_BLOB_PREFIX;
+    let after = 0;
     for (;;) {
-      const [first] = await Array.fromAsync(this.kv.list({ prefix: CHECKPOINT_BLOB_PREFIX, start }, { limit: 1 }));
+      const selector = { prefix: CHECKPOINT_BLOB_PREFIX, start: [...CHECKPOINT_BLOB_PREFIX, after + 1] };
+      const [first] = await Array.fromAsync(this.kv.list(selector, { limit: 1 }));
       if (first === undefined) return;
       const version = first.key[1] as number;
       if (await this.isDebris(version)) await this.deleteFiles(version, null);
-      start = [...CHECKPOINT_BLOB_PREFIX, version + 1];
+      after = version;
     }
   }
 

@@ -240,6 +240,29 @@ for (const kind of KINDS) {
     });
   });
 
+  Deno.test(`${kind} store: an upload pruned as stale fails at its final commit instead of publishing`, async () => {
+    await withStore(kind, async ({ kv, tmp, clock, storeOn }) => {
+      await storeOn(kv).publish(sampleFiles());
+      // The slow trainer's upload ends after a day; a prune ran meanwhile, just before its final commit.
+      let pruned = false;
+      const slow = storeOn(beforeGetReturns(kv, async (key) => {
+        if (key[0] !== "ckpt_upload" || pruned) return;
+        pruned = true;
+        clock.advance(24 * 3600 * 1000 + 1);
+        assert.deepEqual(await storeOn(kv).prune(5), []);
+      }));
+      await assert.rejects(slow.publish(sampleFiles()), (err: Error) => {
+        assert.ok(err instanceof ConflictError, String(err));
+        assert.match(err.message, /Cannot publish policy version 2 as its upload was pruned as stale/);
+        return true;
+      });
+      assert.ok(pruned);
+      await assertNoFilesOf(kind, kv, join(tmp, "store"), 2);
+      assert.equal((await readPointer(kv))?.version, 1);
+      assert.deepEqual(await upload(kv), []);
+    });
+  });
+
   Deno.test(`${kind} store: invalid input and records that fail parsing are clear errors`, async () => {
     await withStore(kind, async ({ kv, tmp, store }) => {
       await assert.rejects(store.publish(new Map()), /without files/);
@@ -297,8 +320,8 @@ Deno.test("kv store: a corrupted, deleted or missing last chunk is detected by m
     await kv.delete(key(chunks - 1));
     await expectCorrupt(/missing chunks from chunk 16 on/);
 
-    await kv.set(key(chunks - 1), new Uint8Array(10));
-    await expectCorrupt(/is \d+ bytes but its record says 1000003/);
+    await kv.set(key(chunks - 1), new Uint8Array(50_000));
+    await expectCorrupt(/is 1010000 bytes but its record says 1000003/);
   });
 });
 
@@ -331,11 +354,11 @@ Deno.test("dir store: an altered, truncated or deleted file is detected by mater
 
 Deno.test("kv store: every commit stays under KV's limits (the local KV enforces them)", async () => {
   await withStore("kv", async ({ kv, tmp, store }) => {
-    // 3 MB in one file: 51 chunks, so at least 4 commits of at most 13 chunks.
+    // 3 MB in one file: 50 chunks, so at least 4 commits of at most 13 chunks.
     const big = new Map([["model.safetensors", randomBytes(3_000_000)]]);
     const { version } = await store.publish(big);
     await assertDirHolds(await store.materialize(version, join(tmp, "big")), big);
-    assert.equal(await countKeys(kv, CHECKPOINT_BLOB_PREFIX), 51);
+    assert.equal(await countKeys(kv, CHECKPOINT_BLOB_PREFIX), 50);
   });
 });
 
@@ -382,12 +405,17 @@ async function upload(kv: Deno.Kv): Promise<Deno.KvKey[]> {
 /** A KV handle whose reads of the pointer wait at `gate`, so two publishers both start from the same pointer. */
 function gatePointerRead(kv: Deno.Kv, gate: { wait: () => Promise<void> }): Deno.Kv {
   const pointer = JSON.stringify(policyPointerKey());
+  return beforeGetReturns(kv, (key) => JSON.stringify(key) === pointer ? gate.wait() : Promise.resolve());
+}
+
+/** A KV handle that runs `hook` after each `get` has read and before it returns. */
+function beforeGetReturns(kv: Deno.Kv, hook: (key: Deno.KvKey) => Promise<void>): Deno.Kv {
   return new Proxy(kv, {
     get(target, prop) {
       if (prop === "get") {
         return async (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
           const entry = await target.get(key, options);
-          if (JSON.stringify(key) === pointer) await gate.wait();
+          await hook(key);
           return entry;
         };
       }

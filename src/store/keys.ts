@@ -13,6 +13,8 @@
  * | `["completion", id]` | `Completion` | by `recordCompletion` (with `expireIn`) and its feedback (without) |
  * | `["completion_by_feedback", at, id]` | `null` | with the feedback |
  * | `["feedback_count", "desirable" \| "undesirable"]` | `Deno.KvU64` | with the feedback |
+ * | `["trained_pairs", version, chunk]` | pair ids | by the trainer right after publishing `version` |
+ * | `["train_metrics", at, step]` | step metrics | by the trainer after every step |
  * | `["policy", "current"]` | `PolicyPointer` | by the commit that ends a publish, and by `rollback` |
  * | `["policy", "last_version"]` | number | by the commit that allocates a version number (never lowered) |
  * | `["ckpt_version", version]` | `PublishedVersion` | with the pointer switch that publishes it; deleted by `prune` |
@@ -149,3 +151,21 @@ export function idOfIndexKey(key: Deno.KvKey): string {
   if (typeof id !== "string") throw new TypeError(`Cannot read an index key as its last part must be an id: ${key}`);
   return id;
 }
+
+/** The ids of the pairs a published policy version was trained on, 1,000 to a chunk. */
+export function trainedPairsKey(version: number, chunk: number): Deno.KvKey {
+  return ["trained_pairs", version, chunk];
+}
+
+/** All chunks of a version's trained-pair ids. */
+export function trainedPairsPrefix(version: number): Deno.KvKey {
+  return ["trained_pairs", version];
+}
+
+/** One optimizer step's metrics, by time then step, for the dashboard. */
+export function trainMetricsKey(at: number, step: number): Deno.KvKey {
+  return ["train_metrics", at, step];
+}
+
+/** All recorded training metrics, oldest first. */
+export const TRAIN_METRICS_PREFIX: Deno.KvKey = ["train_metrics"];

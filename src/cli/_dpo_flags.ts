@@ -1,0 +1,89 @@
+/** The DPO settings as command-line flags, shared by `train` (offline) and `worker` (online). */
+import type { z } from "zod";
+import type { DpoConfigSchema } from "../dpo/config.ts";
+
+/** Flags that set a config field, with TRL's field name and how the text is read. */
+export const CONFIG_FLAGS: Record<string, { field: keyof z.input<typeof DpoConfigSchema>; kind: Kind; help: string }> =
+  {
+    "loss-type": { field: "loss_type", kind: "list", help: "T[,T...]  sigmoid|ipo|hinge|robust|sft (default sigmoid)" },
+    "loss-weights": { field: "loss_weights", kind: "numbers", help: "W[,W...]  one weight per loss type" },
+    beta: { field: "beta", kind: "number", help: "B  (default 0.1)" },
+    "label-smoothing": { field: "label_smoothing", kind: "number", help: "E  cDPO / robust label noise (default 0)" },
+    "length-normalize": { field: "length_normalize", kind: "boolean", help: "   compare per-token log-probs" },
+    optimizer: { field: "optimizer", kind: "string", help: "adamw|sgd  (default adamw)" },
+    "learning-rate": { field: "learning_rate", kind: "number", help: "LR  (default 1e-6)" },
+    "weight-decay": { field: "weight_decay", kind: "number", help: "WD  (default 0)" },
+    "lr-scheduler": { field: "lr_scheduler_type", kind: "string", help: "constant|linear|cosine  (default linear)" },
+    "warmup-steps": { field: "warmup_steps", kind: "number", help: "N  (default 0)" },
+    "max-steps": { field: "max_steps", kind: "number", help: "N  optimizer steps (default: --num-epochs of the data)" },
+    "num-epochs": { field: "num_train_epochs", kind: "number", help: "E  (default 1)" },
+    "batch-size": {
+      field: "per_device_train_batch_size",
+      kind: "number",
+      help: "N  pairs per micro-batch (default 8)",
+    },
+    "gradient-accumulation-steps": { field: "gradient_accumulation_steps", kind: "number", help: "N  (default 1)" },
+    "max-grad-norm": { field: "max_grad_norm", kind: "number", help: "G  (default 1.0)" },
+    "max-length": {
+      field: "max_length",
+      kind: "number",
+      help: "N  longest prompt + completion (default: the context)",
+    },
+    seed: { field: "seed", kind: "number", help: "S  (default 42)" },
+    "ref-refresh-steps": {
+      field: "ref_refresh_steps",
+      kind: "number",
+      help: "N  copy the policy into the reference every N steps",
+    },
+    "sync-ref-model": { field: "sync_ref_model", kind: "boolean", help: "   TR-DPO soft reference updates" },
+    "ref-model-mixup-alpha": { field: "ref_model_mixup_alpha", kind: "number", help: "A  (default 0.6)" },
+    "ref-model-sync-steps": { field: "ref_model_sync_steps", kind: "number", help: "N  (default 512)" },
+    "no-precompute-ref-log-probs": {
+      field: "precompute_ref_log_probs",
+      kind: "negated",
+      help: "   score the reference every step instead of once per pair",
+    },
+  };
+
+export type Kind = "number" | "numbers" | "string" | "list" | "boolean" | "negated";
+
+export function flagUsage(): string {
+  return Object.entries(CONFIG_FLAGS).map(([flag, f]) => `  --${flag} ${f.help}`).join("\n");
+}
+
+/** Turns the given flags into config fields (only those given, so the config file's values stay). */
+export function configFromFlags(values: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [flag, { field, kind }] of Object.entries(CONFIG_FLAGS)) {
+    const v = values[flag];
+    if (v === undefined) continue;
+    const text = String(v);
+    const number = (s: string) => {
+      const n = Number(s.trim());
+      if (s.trim() === "" || !Number.isFinite(n)) {
+        throw new Error(`--${flag}: expected a number: current value is '${s}'`);
+      }
+      return n;
+    };
+    out[field] = kind === "number"
+      ? number(text)
+      : kind === "numbers"
+      ? text.split(",").map(number)
+      : kind === "list"
+      ? text.split(",").map((s) => s.trim())
+      : kind === "negated"
+      ? !v
+      : v;
+  }
+  return out;
+}
+
+/** The parseArgs spec of the DPO flags. */
+export function dpoFlagSpec() {
+  return Object.fromEntries(
+    Object.entries(CONFIG_FLAGS).map(([flag, f]) => [
+      flag,
+      { type: f.kind === "boolean" || f.kind === "negated" ? "boolean" as const : "string" as const },
+    ]),
+  );
+}
