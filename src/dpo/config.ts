@@ -23,6 +23,8 @@ export const DpoConfigSchema = z.object({
     "longest prompt + completion; default the model's context",
   ),
   seed: z.number().int().nonnegative().default(42),
+  desirable_weight: z.number().positive().default(1).describe("KTO: weight of desirable examples"),
+  undesirable_weight: z.number().positive().default(1).describe("KTO: weight of undesirable examples"),
   precompute_ref_log_probs: z.boolean().default(true).describe("score each pair under the reference once"),
   sync_ref_model: z.boolean().default(false).describe("TR-DPO: mix the policy into the reference"),
   ref_model_mixup_alpha: z.number().min(0).max(1).default(0.6),

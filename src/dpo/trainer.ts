@@ -8,7 +8,7 @@ import * as tf from "../model/tf.ts";
 import type { Gpt2Model } from "../model/gpt2.ts";
 import { buildScoringBatch, scoreRows, type TokenPair } from "../model/logprobs.ts";
 import type { DpoConfig } from "./config.ts";
-import { preferenceLoss } from "./losses.ts";
+import { ktoLoss, preferenceLoss } from "./losses.ts";
 import { clipGradNorm, learningRateAt, Optimizer } from "./optimizer.ts";
 
 /** A preference pair as token ids (no eos: the scorer appends it). */
@@ -32,11 +32,40 @@ export interface StepMetrics {
   "logps/rejected": number;
   "logits/chosen": number;
   "logits/rejected": number;
+  /**
+   * Mean of log π(y|x) − log π_ref(y|x) over the chosen and rejected completions: for pairs sampled
+   * from the policy (online), a Monte-Carlo estimate of KL(π ‖ π_ref), as TRL's online trainers report it.
+   */
+  "objective/kl": number;
   /** True when the loss or a gradient was not finite and the update was skipped. */
   skipped: boolean;
   /** Updates skipped so far. */
   skipped_steps: number;
   /** The reference version the step was measured against. */
+  ref_version: number;
+}
+
+/** Unpaired binary feedback (a thumbs up or down on one completion), as token ids. */
+export interface KtoExample {
+  promptIds: number[];
+  completionIds: number[];
+  desirable: boolean;
+}
+
+/** What one KTO step reports (TRL's KTO metric names). */
+export interface KtoMetrics {
+  step: number;
+  loss: number;
+  grad_norm: number;
+  learning_rate: number;
+  /** The batch KL reference point z0. */
+  kl: number;
+  "rewards/chosen": number;
+  "rewards/rejected": number;
+  "logps/chosen": number;
+  "logps/rejected": number;
+  skipped: boolean;
+  skipped_steps: number;
   ref_version: number;
 }
 
@@ -169,7 +198,14 @@ export class DpoTrainer {
     const micro = Math.ceil(pairs.length / this.config.gradient_accumulation_steps);
     const vars = this.policy.trainableVariables();
     const sums = new Map<string, tf.Tensor>();
-    const stats = { loss: 0, chosen: [] as number[], rejected: [] as number[], logitsChosen: 0, logitsRejected: 0 };
+    const stats = {
+      loss: 0,
+      chosen: [] as number[],
+      rejected: [] as number[],
+      logitsChosen: 0,
+      logitsRejected: 0,
+      kl: 0,
+    };
     const lengths = { chosen: 0, rejected: 0 };
     const vocab = this.policy.config.vocab_size;
     for (let start = 0; start < pairs.length; start += micro) {
@@ -196,11 +232,13 @@ export class DpoTrainer {
           lengthNormalize: this.config.length_normalize,
         });
         kept.push(
-          ...[out.chosenRewards, out.rejectedRewards, out.chosenLogps, out.rejectedLogps, logitSums].map(tf.keep),
+          ...[out.chosenRewards, out.rejectedRewards, out.chosenLogps, out.rejectedLogps, logitSums, logps].map(
+            tf.keep,
+          ),
         );
         return tf.mul(out.loss, weight) as tf.Scalar;
       }, vars);
-      const [chosenRewards, rejectedRewards, chosenLogps, rejectedLogps, logitSums] = await Promise.all(
+      const [chosenRewards, rejectedRewards, chosenLogps, rejectedLogps, logitSums, rawLogps] = await Promise.all(
         kept.map((t) => t.data()),
       );
       tf.dispose(kept);
@@ -209,6 +247,9 @@ export class DpoTrainer {
       for (let j = 0; j < B; j++) {
         stats.chosen.push(chosenRewards![j]!, chosenLogps![j]!);
         stats.rejected.push(rejectedRewards![j]!, rejectedLogps![j]!);
+      }
+      for (let j = 0; j < B; j++) {
+        stats.kl += rawLogps![j]! - refs.chosen[start + j]! + rawLogps![B + j]! - refs.rejected[start + j]!;
       }
       stats.logitsChosen += sumOf(logitSums!.subarray(0, B));
       stats.logitsRejected += sumOf(logitSums!.subarray(B));
@@ -224,6 +265,22 @@ export class DpoTrainer {
         }
       }
     }
+    const update = await this.applyUpdate(sums, stats.loss, totalSteps);
+    const metrics = summarize(stats, lengths, vocab, pairs.length, {
+      step: this.step,
+      ...update,
+      skipped_steps: this.skippedSteps,
+      ref_version: this.refVersion,
+    });
+    this.refreshReferenceIfDue();
+    return metrics;
+  }
+
+  /**
+   * The end of every step: clip the summed gradients (keyed by variable name; consumed), schedule the
+   * learning rate, and update, or skip the update when the loss or a gradient is not finite.
+   */
+  private async applyUpdate(sums: Map<string, tf.Tensor>, loss: number, totalSteps: number) {
     const named = new Map([...this.policy.params].map(([name, v]) => [name, sums.get(v.name)!]));
     const clipped = await clipGradNorm(named, this.config.max_grad_norm, { consume: true });
     const lr = learningRateAt(this.step, {
@@ -232,19 +289,75 @@ export class DpoTrainer {
       warmupSteps: this.config.warmup_steps,
       totalSteps,
     });
-    const skipped = !clipped.finite || !Number.isFinite(stats.loss);
+    const skipped = !clipped.finite || !Number.isFinite(loss);
     if (skipped) this.skippedSteps++;
     else this.optimizer.step(clipped.grads, lr);
     tf.dispose([...clipped.grads.values()]);
     this.step++;
-    const metrics = summarize(stats, lengths, vocab, pairs.length, {
+    return { grad_norm: clipped.norm, learning_rate: lr, skipped };
+  }
+
+  /**
+   * One KTO step on unpaired feedback (TRL's KTOTrainer): the reference point is the batch's KL
+   * estimate from mismatched pairs (prompt i with the completion of example i−1, as TRL pairs them),
+   * scored without gradient under policy and reference. The batch needs at least two examples.
+   */
+  async ktoStep(examples: KtoExample[], totalSteps: number): Promise<KtoMetrics> {
+    const n = examples.length;
+    if (n < 2) throw new Error(`Cannot take a KTO step: the KL estimate needs at least 2 examples, got ${n}`);
+    const rows = examples.map((e) => ({ promptIds: e.promptIds, completionIds: e.completionIds }));
+    const mismatched = examples.map((e, i) => ({
+      promptIds: e.promptIds,
+      completionIds: examples[(i + n - 1) % n]!.completionIds,
+    }));
+    const all = buildScoringBatch([...rows, ...mismatched], this.scoringOptions());
+    const mismatchedBatch = buildScoringBatch(mismatched, this.scoringOptions());
+    const refAll = tf.tidy(() => scoreRows(this.reference, all).logps);
+    const klPolicy = tf.tidy(() => scoreRows(this.policy, mismatchedBatch).logps);
+    const [refValues, klPolicyValues] = await Promise.all([refAll.data(), klPolicy.data()]);
+    tf.dispose([refAll, klPolicy]);
+    this.referenceRowsScored += 2 * n;
+    const batch = buildScoringBatch(rows, this.scoringOptions());
+    const kept: tf.Tensor[] = [];
+    const vars = this.policy.trainableVariables();
+    const { value, grads } = tf.variableGrads(() => {
+      const { logps } = scoreRows(this.policy, batch);
+      const out = ktoLoss({
+        policy: logps,
+        ref: tf.tensor1d(refValues.slice(0, n)),
+        desirable: tf.tensor1d(examples.map((e) => (e.desirable ? 1 : 0))),
+        klPolicy: tf.tensor1d(klPolicyValues),
+        klRef: tf.tensor1d(refValues.slice(n)),
+      }, {
+        beta: this.config.beta,
+        desirableWeight: this.config.desirable_weight,
+        undesirableWeight: this.config.undesirable_weight,
+      });
+      kept.push(tf.keep(out.kl), tf.keep(out.rewards), tf.keep(logps));
+      return out.loss;
+    }, vars);
+    const [kl, rewards, logps] = await Promise.all(kept.map((t) => t.data()));
+    tf.dispose(kept);
+    const loss = (await value.data())[0]!;
+    value.dispose();
+    const sums = new Map(vars.map((v) => [v.name, grads[v.name]!]));
+    const update = await this.applyUpdate(sums, loss, totalSteps);
+    const mean = (pick: (i: number) => number, want: boolean) => {
+      const idx = examples.map((e, i) => (e.desirable === want ? i : -1)).filter((i) => i >= 0);
+      return idx.length ? idx.reduce((a, i) => a + pick(i), 0) / idx.length : 0;
+    };
+    const metrics: KtoMetrics = {
       step: this.step,
-      grad_norm: clipped.norm,
-      learning_rate: lr,
-      skipped,
+      loss,
+      ...update,
+      kl: kl![0]!,
+      "rewards/chosen": mean((i) => rewards![i]!, true),
+      "rewards/rejected": mean((i) => rewards![i]!, false),
+      "logps/chosen": mean((i) => logps![i]!, true),
+      "logps/rejected": mean((i) => logps![i]!, false),
       skipped_steps: this.skippedSteps,
       ref_version: this.refVersion,
-    });
+    };
     this.refreshReferenceIfDue();
     return metrics;
   }
@@ -282,11 +395,18 @@ function sumOf(values: ArrayLike<number>): number {
 }
 
 function summarize(
-  stats: { loss: number; chosen: number[]; rejected: number[]; logitsChosen: number; logitsRejected: number },
+  stats: {
+    loss: number;
+    chosen: number[];
+    rejected: number[];
+    logitsChosen: number;
+    logitsRejected: number;
+    kl: number;
+  },
   lengths: { chosen: number; rejected: number },
   vocab: number,
   n: number,
-  rest: Omit<StepMetrics, "loss" | `rewards/${string}` | `logps/${string}` | `logits/${string}`>,
+  rest: Omit<StepMetrics, "loss" | `rewards/${string}` | `logps/${string}` | `logits/${string}` | "objective/kl">,
 ): StepMetrics {
   let chosenReward = 0, rejectedReward = 0, chosenLogp = 0, rejectedLogp = 0, correct = 0;
   for (let j = 0; j < n; j++) {
@@ -308,5 +428,6 @@ function summarize(
     "logps/rejected": rejectedLogp / n,
     "logits/chosen": stats.logitsChosen / (lengths.chosen * vocab),
     "logits/rejected": stats.logitsRejected / (lengths.rejected * vocab),
+    "objective/kl": stats.kl / (2 * n),
   };
 }

@@ -44,6 +44,11 @@ Deno.test("one SGD step matches PyTorch: loss, every metric, grad norm, clipped 
     for (const [name, value] of Object.entries(sigmoid.metrics)) {
       rel(m[name as keyof typeof m] as number, value, name);
     }
+    const kl = expected.pairs.reduce(
+      (a, p) => a + p.policy_chosen_logp - p.ref_chosen_logp + p.policy_rejected_logp - p.ref_rejected_logp,
+      0,
+    ) / (2 * expected.pairs.length);
+    rel(m["objective/kl"], kl, "objective/kl");
     assert.equal(m.learning_rate, step.lr);
     assert.equal(m.skipped, false);
     for (const [name, p] of Object.entries(step.params)) {
@@ -112,5 +117,34 @@ Deno.test("reference log-probs are computed once per pair and version, and no te
   assert.equal(tf.memory().numTensors, tensors, "tensors after a step");
   await trainer.trainStep(pairs, 4); // stale cache: scored again under the new reference
   assert.equal(trainer.referenceRowsScored, 4 * pairs.length);
+  dispose();
+});
+
+Deno.test("a KTO step matches PyTorch's KTO loss with TRL's mismatched pairs", async () => {
+  await useBackend("wasm");
+  const kto = JSON.parse(await Deno.readTextFile(fixturePath("dpo/expected.json"))).kto as {
+    beta: number;
+    desirable_weight: number;
+    undesirable_weight: number;
+    examples: { prompt_ids: number[]; completion_ids: number[]; label: boolean; logratio: number }[];
+    trl_rotation: { kl: number; loss: number };
+  };
+  const { trainer, dispose } = await makeTrainer({
+    ...SGD,
+    learning_rate: 0.1,
+    beta: kto.beta,
+    desirable_weight: kto.desirable_weight,
+    undesirable_weight: kto.undesirable_weight,
+  });
+  const m = await trainer.ktoStep(
+    kto.examples.map((e) => ({ promptIds: e.prompt_ids, completionIds: e.completion_ids, desirable: e.label })),
+    1,
+  );
+  assertClose([m.loss, m.kl], [kto.trl_rotation.loss, kto.trl_rotation.kl], 1e-5, "KTO loss and reference point");
+  const good = kto.examples.filter((e) => e.label).map((e) => kto.beta * e.logratio);
+  assertClose([m["rewards/chosen"]], [good.reduce((a, b) => a + b) / good.length], 1e-5, "rewards/chosen");
+  assert.equal(m.skipped, false);
+  assert.ok(m.grad_norm > 0);
+  await assert.rejects(trainer.ktoStep([{ promptIds: [1], completionIds: [2], desirable: true }], 1), /at least 2/);
   dispose();
 });
