@@ -19,9 +19,6 @@ import { parseDpoConfig } from "../src/dpo/config.ts";
 import { DpoTrainer, type PreferencePair } from "../src/dpo/trainer.ts";
 
 interface Size {
-  /** Micro-batches per step (the same 4 pairs a step): gpt2-small's activations for 4 pairs at once do not
-   * fit next to policy, reference and AdamW state in wasm's 4 GiB heap. */
-  accumulation?: number;
   n_layer: number;
   n_embd: number;
   n_head: number;
@@ -32,7 +29,7 @@ interface Size {
 const SIZES: Record<string, Size> = {
   "gpt2-4x256": { n_layer: 4, n_embd: 256, n_head: 4, vocab_size: 50257, n_positions: 1024 },
   "gpt2-8x512": { n_layer: 8, n_embd: 512, n_head: 8, vocab_size: 50257, n_positions: 1024 },
-  "gpt2-small": { n_layer: 12, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024, accumulation: 2 },
+  "gpt2-small": { n_layer: 12, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024 },
 };
 
 /** The work of one step; tokens per step count prompt + completion of both rows of every pair. */
@@ -98,8 +95,8 @@ async function worker(sizeName: string, backend: BackendChoice, seconds: number)
       beta: WORK.beta,
       learning_rate: WORK.learning_rate,
       loss_type: ["sigmoid"],
-      per_device_train_batch_size: WORK.pairs / (size.accumulation ?? 1),
-      gradient_accumulation_steps: size.accumulation ?? 1,
+      per_device_train_batch_size: WORK.pairs,
+      gradient_accumulation_steps: 1,
       max_grad_norm: 1,
       precompute_ref_log_probs: mode === "cached",
     });

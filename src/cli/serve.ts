@@ -25,6 +25,7 @@ a new version is swapped in without failing requests), or --model until one is p
   --judge arithmetic|verifier  score responses so pairs are best against worst (optional)
   --verifier PATH           for --judge verifier
   --poll-ms MS              how often to look for a new policy version (default 2000)
+  --rate-limit N            requests per minute per API key and instance (default 600)
   --backend B               compute backend (default auto)
   --cache-dir DIR           where KV-stored versions are unpacked (default data/cache)`;
 
@@ -38,6 +39,7 @@ const Options = z.object({
   judge: z.enum(["arithmetic", "verifier"]).optional(),
   verifier: z.string().optional(),
   "poll-ms": numberOption((n) => n.int().positive()).default(2000),
+  "rate-limit": numberOption((n) => n.int().positive()).default(600),
   backend: backendOption,
   "cache-dir": z.string().default("data/cache"),
 });
@@ -60,6 +62,7 @@ export async function runServe(args: string[]): Promise<void> {
     judge: { type: "string" },
     verifier: { type: "string" },
     "poll-ms": { type: "string" },
+    "rate-limit": { type: "string" },
     backend: { type: "string", default: "auto" },
     "cache-dir": { type: "string" },
   });
@@ -86,7 +89,14 @@ export async function runServe(args: string[]): Promise<void> {
   }
   const policy = new PolicyHolder(initial);
   const score = opts.judge ? (await buildJudge({ judge: opts.judge, verifier: opts.verifier })).score : undefined;
-  const app = createApp({ store, policy, apiKeys: keys, score, webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET") });
+  const app = createApp({
+    store,
+    policy,
+    apiKeys: keys,
+    score,
+    webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET"),
+    limits: { requestsPerMinute: opts["rate-limit"] },
+  });
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   Deno.addSignalListener("SIGINT", onSignal);

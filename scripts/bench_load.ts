@@ -1,0 +1,155 @@
+/**
+ * `deno task bench:load`: requests per second and latency of the server under load, over loopback,
+ * with the server in its own process on a KV file (durable writes):
+ *   - feedback: POST /v1/pairs/:id/feedback on distinct pending pairs (a versionstamp-checked commit each)
+ *   - pairs: POST /v1/pairs with the tiny fixture model (generation + a commit)
+ *
+ *   deno task bench:load [--seconds 10] [--connections 32] [--pairs-connections 4]
+ */
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { PairStore } from "../src/store/pairs.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const KEY = "bench-load-key";
+
+async function startServer(dir: string): Promise<{ child: Deno.ChildProcess; url: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      join(ROOT, "main.ts"),
+      "serve",
+      "--kv",
+      join(dir, "dpo.kv"),
+      "--checkpoints",
+      `dir:${join(dir, "ckpts")}`,
+      "--model",
+      join(ROOT, "tests/fixtures/gpt2_tiny"),
+      "--port",
+      "0",
+      "--backend",
+      "wasm",
+      "--rate-limit",
+      "100000000",
+    ],
+    env: { DPO_API_KEYS: KEY },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`the server exited:\n${text}`);
+    text += value;
+    const m = /listening on (http:\/\/[\d.]+:\d+)/.exec(text);
+    if (m) {
+      // Keep draining the server's log so it never blocks on a full pipe.
+      (async () => {
+        while (!(await reader.read()).done);
+      })();
+      return { child, url: m[1]! };
+    }
+  }
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+}
+
+/** Runs `connections` request loops for `seconds`; `next` makes each request. */
+async function load(
+  seconds: number,
+  connections: number,
+  next: () => Promise<Response>,
+): Promise<{ rps: number; p50: number; p99: number; errors: number; n: number }> {
+  const latencies: number[] = [];
+  let errors = 0;
+  const end = performance.now() + seconds * 1000;
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (performance.now() < end) {
+      const t = performance.now();
+      const res = await next();
+      await res.arrayBuffer();
+      latencies.push(performance.now() - t);
+      if (!res.ok) {
+        errors++;
+        if (errors === 1) console.error(`first error: ${res.status} ${await res.clone().text()}`);
+      }
+    }
+  }));
+  latencies.sort((a, b) => a - b);
+  return {
+    rps: latencies.length / seconds,
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+    errors,
+    n: latencies.length,
+  };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      seconds: { type: "string", default: "10" },
+      connections: { type: "string", default: "32" },
+      "pairs-connections": { type: "string", default: "4" },
+    },
+  });
+  const seconds = Number(values.seconds);
+  const connections = Number(values.connections);
+  const dir = await Deno.makeTempDir({ prefix: "bench_load_" });
+  // Pending pairs to give feedback on, written straight into the KV file before the server starts.
+  const pending = Math.ceil(seconds * 4000);
+  const kv = await Deno.openKv(join(dir, "dpo.kv"));
+  const store = new PairStore(kv);
+  const ids: string[] = [];
+  for (let i = 0; i < pending; i++) {
+    const { pair } = await store.create({
+      prompt: `p${i}`,
+      promptText: `p${i}`,
+      responses: ["a", "b"],
+      policyVersion: 0,
+    });
+    ids.push(pair.id);
+  }
+  kv.close();
+  const { child, url } = await startServer(dir);
+  const headers = { authorization: `Bearer ${KEY}`, "content-type": "application/json" };
+  try {
+    console.log(
+      `# server: ${url}, KV file in ${dir}; client: Deno fetch in one process; ${navigator.hardwareConcurrency} cores`,
+    );
+    let i = 0;
+    const feedback = await load(seconds, connections, () =>
+      fetch(`${url}/v1/pairs/${ids[i++ % ids.length]}/feedback`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ choice: i % 2 ? "a" : "b", annotator: "bench" }),
+      }));
+    const pairConnections = Number(values["pairs-connections"]);
+    const pairs = await load(seconds, pairConnections, () =>
+      fetch(`${url}/v1/pairs`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ prompt: "What is 2+2? Answer:", n: 2, max_new_tokens: 8 }),
+      }));
+    const row = (name: string, c: number, r: typeof feedback) =>
+      console.log(
+        `${name.padEnd(28)} ${String(c).padStart(4)} conn ${r.rps.toFixed(0).padStart(7)} req/s   p50 ${
+          r.p50.toFixed(1).padStart(6)
+        } ms   p99 ${r.p99.toFixed(1).padStart(6)} ms   ${r.errors} errors of ${r.n}`,
+      );
+    row("POST /v1/pairs/:id/feedback", connections, feedback);
+    row("POST /v1/pairs (tiny model)", pairConnections, pairs);
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+if (import.meta.main) await main();
