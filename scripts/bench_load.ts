@@ -5,6 +5,8 @@
  *   - pairs: POST /v1/pairs with the tiny fixture model (generation + a commit)
  *
  *   deno task bench:load [--seconds 10] [--connections 32] [--pairs-connections 4]
+ *
+ * The load comes from wrk (Debian's `wrk`) when it is installed, else from a Deno fetch client.
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
@@ -90,6 +92,66 @@ async function load(
   };
 }
 
+/** wrk's Lua script: each thread POSTs feedback on its own share of the pending pair ids, in turn. */
+const WRK_SCRIPT = `
+local ids, n, step = {}, 0, 0
+function setup(thread)
+  thread:set("slot", n)
+  n = n + 1
+end
+function init(args)
+  for line in io.lines(args[1]) do ids[#ids + 1] = line end
+  threads = tonumber(args[2])
+end
+function request()
+  local id = ids[(step * threads + slot) % #ids + 1]
+  step = step + 1
+  return wrk.format("POST", "/v1/pairs/" .. id .. "/feedback",
+    { ["authorization"] = "Bearer KEY", ["content-type"] = "application/json" }, '{"choice":"a"}')
+end
+`;
+
+async function hasWrk(): Promise<boolean> {
+  try {
+    return (await new Deno.Command("wrk", { args: ["--version"], stdout: "null", stderr: "null" }).output()) !== null;
+  } catch {
+    return false;
+  }
+}
+
+/** Feedback load from wrk: requests/s, p50 and p99 from its latency distribution, non-2xx count. */
+async function wrkFeedback(url: string, ids: string[], dir: string, seconds: number, connections: number) {
+  const threads = 1;
+  await Deno.writeTextFile(join(dir, "ids.txt"), ids.join("\n") + "\n");
+  await Deno.writeTextFile(join(dir, "feedback.lua"), WRK_SCRIPT.replace("KEY", KEY));
+  const out = await new Deno.Command("wrk", {
+    args: [
+      `-t${threads}`,
+      `-c${connections}`,
+      `-d${seconds}s`,
+      "--latency",
+      "-s",
+      join(dir, "feedback.lua"),
+      url,
+      "--",
+      join(dir, "ids.txt"),
+      String(threads),
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  const ms = (label: string) => {
+    const m = new RegExp(`${label}%\\s+([\\d.]+)(us|ms|s)`).exec(text);
+    if (!m) return NaN;
+    return Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 } as Record<string, number>)[m[2]!]!;
+  };
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]);
+  const n = Number(/(\d+) requests in/.exec(text)?.[1]);
+  const errors = Number(/Non-2xx or 3xx responses: (\d+)/.exec(text)?.[1] ?? 0);
+  return { rps, p50: ms("50"), p99: ms("99"), errors, n };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -120,16 +182,22 @@ async function main(): Promise<void> {
   const { child, url } = await startServer(dir);
   const headers = { authorization: `Bearer ${KEY}`, "content-type": "application/json" };
   try {
+    const useWrk = await hasWrk();
+    const client = useWrk ? "wrk" : "Deno fetch";
     console.log(
-      `# server: ${url}, KV file in ${dir}; client: Deno fetch in one process; ${navigator.hardwareConcurrency} cores`,
+      `# server: ${url}, KV file; load from ${client} in another process; ${navigator.hardwareConcurrency} cores`,
     );
     let i = 0;
-    const feedback = await load(seconds, connections, () =>
-      fetch(`${url}/v1/pairs/${ids[i++ % ids.length]}/feedback`, {
-        method: "POST",
-        headers,
-        body: JSON.stringify({ choice: i % 2 ? "a" : "b", annotator: "bench" }),
-      }));
+    const feedback = useWrk ? await wrkFeedback(url, ids, dir, seconds, connections) : await load(
+      seconds,
+      connections,
+      () =>
+        fetch(`${url}/v1/pairs/${ids[i++ % ids.length]}/feedback`, {
+          method: "POST",
+          headers,
+          body: JSON.stringify({ choice: i % 2 ? "a" : "b", annotator: "bench" }),
+        }),
+    );
     const pairConnections = Number(values["pairs-connections"]);
     const pairs = await load(seconds, pairConnections, () =>
       fetch(`${url}/v1/pairs`, {
