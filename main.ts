@@ -7,6 +7,7 @@ import { runTrain, TRAIN_USAGE } from "./src/cli/train.ts";
 import { runServe, SERVE_USAGE } from "./src/cli/serve.ts";
 import { JUDGE_COMMAND_USAGE, runJudgeCommand } from "./src/cli/judge.ts";
 import { runWorker, WORKER_USAGE } from "./src/cli/worker.ts";
+import { runVersions, VERSIONS_USAGE } from "./src/cli/versions.ts";
 
 const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: string; summary: string }> = {
   start: { run: runStart, usage: START_USAGE, summary: "run the embedded default on the shipped tiny model" },
@@ -16,6 +17,7 @@ const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: 
   serve: { run: runServe, usage: SERVE_USAGE, summary: "the API server on the shared KV (role serve)" },
   judge: { run: runJudgeCommand, usage: JUDGE_COMMAND_USAGE, summary: "judge pairs awaiting judgment (role judge)" },
   worker: { run: runWorker, usage: WORKER_USAGE, summary: "train online and publish policy versions (role train)" },
+  versions: { run: runVersions, usage: VERSIONS_USAGE, summary: "list published policy versions, or roll back" },
 };
 
 const USAGE = `Usage: deno task cli <command> [options]   (deno task start runs 'start')

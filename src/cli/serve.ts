@@ -26,6 +26,7 @@ a new version is swapped in without failing requests), or --model until one is p
   --verifier PATH           for --judge verifier
   --poll-ms MS              how often to look for a new policy version (default 2000)
   --rate-limit N            requests per minute per API key and instance (default 600)
+  --pending-hours H         a pair awaiting judgment expires after H hours (default 168)
   --backend B               compute backend (default auto)
   --cache-dir DIR           where KV-stored versions are unpacked (default data/cache)`;
 
@@ -40,6 +41,7 @@ const Options = z.object({
   verifier: z.string().optional(),
   "poll-ms": numberOption((n) => n.int().positive()).default(2000),
   "rate-limit": numberOption((n) => n.int().positive()).default(600),
+  "pending-hours": numberOption((n) => n.positive()).default(168),
   backend: backendOption,
   "cache-dir": z.string().default("data/cache"),
 });
@@ -63,6 +65,7 @@ export async function runServe(args: string[]): Promise<void> {
     verifier: { type: "string" },
     "poll-ms": { type: "string" },
     "rate-limit": { type: "string" },
+    "pending-hours": { type: "string" },
     backend: { type: "string", default: "auto" },
     "cache-dir": { type: "string" },
   });
@@ -96,6 +99,7 @@ export async function runServe(args: string[]): Promise<void> {
     score,
     webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET"),
     limits: { requestsPerMinute: opts["rate-limit"] },
+    pendingTtlMs: opts["pending-hours"] * 3600_000,
   });
   const stop = new AbortController();
   const onSignal = () => stop.abort();
