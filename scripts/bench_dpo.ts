@@ -12,33 +12,15 @@
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import * as tf from "../src/model/tf.ts";
+import { fmt, parameterCount, peakRssMb, randomModel, SIZES, TORCH_ENV, torchAvailable } from "./_bench_common.ts";
 import { type BackendChoice, describeBackend, initBackend } from "../src/model/backend.ts";
-import { Gpt2ConfigSchema } from "../src/model/config.ts";
-import { Gpt2Model, gpt2ParameterShapes } from "../src/model/gpt2.ts";
 import { parseDpoConfig } from "../src/dpo/config.ts";
 import { DpoTrainer, type PreferencePair } from "../src/dpo/trainer.ts";
-
-interface Size {
-  n_layer: number;
-  n_embd: number;
-  n_head: number;
-  vocab_size: number;
-  n_positions: number;
-}
-
-const SIZES: Record<string, Size> = {
-  "gpt2-4x256": { n_layer: 4, n_embd: 256, n_head: 4, vocab_size: 50257, n_positions: 1024 },
-  "gpt2-8x512": { n_layer: 8, n_embd: 512, n_head: 8, vocab_size: 50257, n_positions: 1024 },
-  "gpt2-small": { n_layer: 12, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024 },
-};
 
 /** The work of one step; tokens per step count prompt + completion of both rows of every pair. */
 const WORK = { pairs: 4, prompt_len: 64, completion_len: 64, beta: 0.1, learning_rate: 1e-6, min_iters: 2 };
 const TOKENS_PER_STEP = WORK.pairs * 2 * (WORK.prompt_len + WORK.completion_len);
 const EOS = 50256;
-
-/** PyTorch's fastest setting on this machine (see scripts/bench_model.ts). */
-const TORCH_ENV = { OPENBLAS_NUM_THREADS: "1" };
 
 const MODES = ["cached", "uncached"] as const;
 type Mode = typeof MODES[number];
@@ -50,28 +32,6 @@ interface ModeResult {
 }
 
 type Result = Record<Mode, ModeResult>;
-
-function randomModel(size: Size, seed: number, trainable: boolean): Gpt2Model {
-  const config = Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size });
-  const weights = new Map<string, tf.Tensor>();
-  for (const [name, shape] of gpt2ParameterShapes(config)) {
-    const norm = /ln_\d|ln_f/.test(name);
-    weights.set(
-      name,
-      norm && name.endsWith("weight")
-        ? tf.ones(shape)
-        : name.endsWith("bias")
-        ? tf.zeros(shape)
-        : tf.randomNormal(shape, 0, 0.02, "float32", seed + weights.size),
-    );
-  }
-  return new Gpt2Model(config, weights, trainable);
-}
-
-function peakRssMb(): number {
-  const kb = Number(/VmHWM:\s+(\d+)/.exec(Deno.readTextFileSync("/proc/self/status"))?.[1]);
-  return kb / 1024;
-}
 
 /** Measures one size in this process, both modes; prints a JSON Result. */
 async function worker(sizeName: string, backend: BackendChoice, seconds: number): Promise<void> {
@@ -148,18 +108,6 @@ async function runChild(cmd: string, args: string[], env?: Record<string, string
   return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
 }
 
-async function torchAvailable(): Promise<string | undefined> {
-  try {
-    const out = await new Deno.Command("/usr/bin/python3", { args: ["-c", "import torch; print(torch.__version__)"] })
-      .output();
-    return out.success ? new TextDecoder().decode(out.stdout).trim() : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-const fmt = (x: number, digits = 0) => x.toLocaleString("en-US", { maximumFractionDigits: digits });
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -197,8 +145,7 @@ async function main(): Promise<void> {
   const savings: string[] = [];
   for (const name of sizes) {
     const size = SIZES[name]!;
-    const params = [...gpt2ParameterShapes(Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size })).values()]
-      .reduce((a, s) => a + s.reduce((x, y) => x * y, 1), 0);
+    const params = parameterCount(size);
     const label = `${(params / 1e6).toFixed(1)}M`;
     const args = ["run", "-A", self, "--worker", name, "--backend", backend, "--seconds", String(seconds)];
     const ours = await runChild(Deno.execPath(), args);

@@ -10,57 +10,19 @@
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import * as tf from "../src/model/tf.ts";
+import { fmt, parameterCount, peakRssMb, randomModel, SIZES, TORCH_ENV, torchAvailable } from "./_bench_common.ts";
 import { type BackendChoice, describeBackend, initBackend } from "../src/model/backend.ts";
-import { Gpt2ConfigSchema } from "../src/model/config.ts";
-import { Gpt2Model, gpt2ParameterShapes } from "../src/model/gpt2.ts";
 import { buildScoringBatch, sequenceLogProbs } from "../src/model/logprobs.ts";
 import { generate } from "../src/model/generate.ts";
 
-interface Size {
-  n_layer: number;
-  n_embd: number;
-  n_head: number;
-  vocab_size: number;
-  n_positions: number;
-}
-
-const SIZES: Record<string, Size> = {
-  "gpt2-4x256": { n_layer: 4, n_embd: 256, n_head: 4, vocab_size: 50257, n_positions: 1024 },
-  "gpt2-8x512": { n_layer: 8, n_embd: 512, n_head: 8, vocab_size: 50257, n_positions: 1024 },
-  "gpt2-small": { n_layer: 12, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024 },
-};
-
 /** The work: 4 sequences of 64 prompt + 64 completion tokens; generation of 64 tokens after 16. */
 const WORK = { batch: 4, seq_len: 128, prompt_len: 64, gen_prompt_len: 16, gen_tokens: 64 };
-
-/**
- * PyTorch's fastest setting here: its OpenMP threads and OpenBLAS's own threads otherwise
- * oversubscribe the cores (measured: 1.4x slower forward, 5x slower generation).
- */
-const TORCH_ENV = { OPENBLAS_NUM_THREADS: "1" };
 
 interface Result {
   forward_s: number;
   train_s: number;
   generate_s: number;
   peak_rss_mb: number;
-}
-
-function randomModel(size: Size): Gpt2Model {
-  const config = Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size });
-  const weights = new Map<string, tf.Tensor>();
-  for (const [name, shape] of gpt2ParameterShapes(config)) {
-    const isNorm = /ln_\d|ln_f/.test(name);
-    weights.set(
-      name,
-      isNorm && name.endsWith("weight")
-        ? tf.ones(shape)
-        : name.endsWith("bias")
-        ? tf.zeros(shape)
-        : tf.randomNormal(shape, 0, 0.02, "float32", 0),
-    );
-  }
-  return new Gpt2Model(config, weights);
 }
 
 async function timed(fn: () => Promise<void>, minSeconds: number, minIters = 2): Promise<number> {
@@ -72,12 +34,6 @@ async function timed(fn: () => Promise<void>, minSeconds: number, minIters = 2):
     n++;
   }
   return (performance.now() - start) / 1000 / n;
-}
-
-function peakRssMb(): number {
-  const status = Deno.readTextFileSync("/proc/self/status");
-  const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1]);
-  return kb / 1024;
 }
 
 /** Measures one size in this process; prints a JSON Result. */
@@ -147,18 +103,6 @@ async function runChild(cmd: string, args: string[], env?: Record<string, string
   return JSON.parse(stdout.split("\n").pop()!);
 }
 
-async function torchAvailable(): Promise<string | undefined> {
-  try {
-    const out = await new Deno.Command("/usr/bin/python3", { args: ["-c", "import torch; print(torch.__version__)"] })
-      .output();
-    return out.success ? new TextDecoder().decode(out.stdout).trim() : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-const fmt = (x: number, digits = 0) => x.toLocaleString("en-US", { maximumFractionDigits: digits });
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -199,8 +143,7 @@ async function main(): Promise<void> {
   const lines: string[][] = [header];
   for (const name of sizes) {
     const size = SIZES[name]!;
-    const params = [...gpt2ParameterShapes(Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size })).values()]
-      .reduce((a, s) => a + s.reduce((x, y) => x * y, 1), 0);
+    const params = parameterCount(size);
     const ours = await runChild(Deno.execPath(), [
       "run",
       "-A",

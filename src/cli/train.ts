@@ -3,12 +3,11 @@ import { z } from "zod";
 import { describeBackend, initBackend } from "../model/backend.ts";
 import { type LoadedModel, loadModel } from "../model/checkpoint.ts";
 import { resolveModel } from "../model/hub.ts";
-import { loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
+import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
 import { configFromFlags, dpoFlagSpec, flagUsage } from "./_dpo_flags.ts";
 import { readPreferences } from "../dpo/data.ts";
 import { plannedSteps, trainOffline } from "../dpo/offline.ts";
-import { DpoTrainer } from "../dpo/trainer.ts";
 import { createProgress } from "../util/progress.ts";
 import {
   backendOption,
@@ -101,17 +100,7 @@ export async function runTrain(args: string[]): Promise<void> {
     maxLength,
   });
   for (const b of bad) log(`skipped '${opts.data}' line ${b.line}: ${b.problem}`);
-  const trainer = new DpoTrainer({
-    policy: policy.model,
-    reference: reference.model,
-    config,
-    eosId: policy.tokenizer.eosTokenId,
-    bosId: policy.tokenizer.bosTokenId,
-  });
-  if (resumeState) {
-    trainer.restore(resumeState.trainerState);
-    trainer.optimizer.load(resumeState.optimizerState);
-  }
+  const trainer = createTrainer(policy, reference, config, resumeState);
   const total = plannedSteps(pairs.length, config);
   log(`training: ${pairs.length} pairs (${bad.length} skipped), ${total} optimizer steps, loss ${config.loss_type}`);
   const progress = createProgress({ unit: "steps", total: total - trainer.step });

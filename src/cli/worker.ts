@@ -7,10 +7,9 @@ import { z } from "zod";
 import { describeBackend, initBackend } from "../model/backend.ts";
 import { type LoadedModel, loadModel, saveModel } from "../model/checkpoint.ts";
 import { resolveModel } from "../model/hub.ts";
-import { loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
+import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
 import { reconcile, runOnlineTrainer } from "../dpo/online.ts";
-import { DpoTrainer } from "../dpo/trainer.ts";
 import { trainedPairsKey, trainedPairsPrefix, trainMetricsKey } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
 import { writeAtomic } from "../util/fs.ts";
@@ -121,17 +120,7 @@ export async function runWorker(args: string[]): Promise<void> {
     lr_scheduler_type: "constant",
     ...configFromFlags(values),
   }, "the training settings");
-  const trainer = new DpoTrainer({
-    policy: policy.model,
-    reference: reference.model,
-    config,
-    eosId: policy.tokenizer.eosTokenId,
-    bosId: policy.tokenizer.bosTokenId,
-  });
-  if (resume) {
-    trainer.restore(resume.trainerState);
-    trainer.optimizer.load(resume.optimizerState);
-  }
+  const trainer = createTrainer(policy, reference, config, resume);
   if (current) {
     const ids: string[] = [];
     for await (const e of kv.list<string[]>({ prefix: trainedPairsPrefix(current.version) })) ids.push(...e.value);

@@ -11,7 +11,7 @@ import { decodeSafetensors, encodeSafetensors } from "../model/safetensors.ts";
 import { writeAtomic } from "../util/fs.ts";
 import { type DpoConfig, parseDpoConfig } from "./config.ts";
 import type { OptimizerState } from "./optimizer.ts";
-import type { DpoTrainer, TrainerState } from "./trainer.ts";
+import { DpoTrainer, type TrainerState } from "./trainer.ts";
 
 const MANIFEST = "checkpoint.json";
 const OPTIMIZER_FILE = "optimizer.safetensors";
@@ -36,6 +36,30 @@ export interface TrainingCheckpoint {
   config: DpoConfig;
   trainerState: TrainerState;
   optimizerState: OptimizerState;
+}
+
+/**
+ * A trainer over loaded models; with a checkpoint's states it continues where that run stopped.
+ * Used by the offline `train` command and the online worker alike.
+ */
+export function createTrainer(
+  policy: LoadedModel,
+  reference: LoadedModel,
+  config: DpoConfig,
+  resume?: Pick<TrainingCheckpoint, "trainerState" | "optimizerState">,
+): DpoTrainer {
+  const trainer = new DpoTrainer({
+    policy: policy.model,
+    reference: reference.model,
+    config,
+    eosId: policy.tokenizer.eosTokenId,
+    bosId: policy.tokenizer.bosTokenId,
+  });
+  if (resume) {
+    trainer.restore(resume.trainerState);
+    trainer.optimizer.load(resume.optimizerState);
+  }
+  return trainer;
 }
 
 /** Hex sha256 of bytes. */
