@@ -172,3 +172,47 @@ Deno.test("train: one JSON line per step, a loadable model in --out, and --resum
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("train --kto: unpaired thumbs up/down data, one JSON line per step with the KL reference point", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "kto_cli_" });
+  try {
+    const data = join(dir, "kto.jsonl");
+    const rows = [
+      { prompt: "What is 3+4? The answer is", completion: " 7.", label: true },
+      { prompt: "12+7=", completion: "20", label: false },
+      { prompt: [{ role: "user", content: "Hi" }], completion: [{ role: "assistant", content: "Hello" }], label: true },
+      { prompt: "The cat sat on the", completion: " mat", label: false },
+      { prompt: "oops", completion: "no label" },
+    ];
+    await Deno.writeTextFile(data, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+    const r = await cli([
+      "train",
+      "--kto",
+      "--model",
+      MODEL,
+      "--data",
+      data,
+      "--out",
+      join(dir, "out"),
+      "--batch-size",
+      "4",
+      "--max-steps",
+      "2",
+      "--learning-rate",
+      "1e-3",
+      "--undesirable-weight",
+      "1.5",
+      "--on-bad-line",
+      "skip",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /skipped '.*kto\.jsonl' line 5: expected \{"prompt", "completion", "label": boolean\}/);
+    const steps = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(steps.map((s) => s.step), [1, 2]);
+    for (const s of steps) {
+      assert.ok(Number.isFinite(s.loss) && s.kl >= 0 && Number.isFinite(s["rewards/chosen"]), JSON.stringify(s));
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -38,6 +38,16 @@ export const CONFIG_FLAGS: Record<string, { field: keyof z.input<typeof DpoConfi
     "sync-ref-model": { field: "sync_ref_model", kind: "boolean", help: "   TR-DPO soft reference updates" },
     "ref-model-mixup-alpha": { field: "ref_model_mixup_alpha", kind: "number", help: "A  (default 0.6)" },
     "ref-model-sync-steps": { field: "ref_model_sync_steps", kind: "number", help: "N  (default 512)" },
+    "desirable-weight": {
+      field: "desirable_weight",
+      kind: "number",
+      help: "W  KTO weight of desirable examples (default 1)",
+    },
+    "undesirable-weight": {
+      field: "undesirable_weight",
+      kind: "number",
+      help: "W  KTO weight of undesirable examples (default 1)",
+    },
     "no-precompute-ref-log-probs": {
       field: "precompute_ref_log_probs",
       kind: "negated",

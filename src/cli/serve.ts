@@ -114,6 +114,10 @@ export async function runServe(args: string[]): Promise<void> {
       log(`cannot load policy v${pointer.version}, still serving v${policy.version}: ${(err as Error).message}`);
     }
   }, stop.signal);
+  // Pending pairs expire even when no judge process runs (human labeling only).
+  const sweeper = setInterval(() => {
+    store.expirePending().catch((err) => log(`cannot expire pending pairs: ${(err as Error).message}`));
+  }, 60_000);
   const server = Deno.serve({
     hostname: opts.host,
     port: opts.port,
@@ -126,6 +130,7 @@ export async function runServe(args: string[]): Promise<void> {
   try {
     await Promise.all([server.finished, polling]);
   } finally {
+    clearInterval(sweeper);
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
     policy.dispose();

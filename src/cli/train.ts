@@ -6,7 +6,8 @@ import { resolveModel } from "../model/hub.ts";
 import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
 import { configFromFlags, dpoFlagSpec, flagUsage } from "./_dpo_flags.ts";
-import { readPreferences } from "../dpo/data.ts";
+import { type BadLine, readKtoExamples, readPreferences } from "../dpo/data.ts";
+import type { KtoExample, PreferencePair } from "../dpo/trainer.ts";
 import { plannedSteps, trainOffline } from "../dpo/offline.ts";
 import { createProgress } from "../util/progress.ts";
 import {
@@ -35,6 +36,8 @@ ${MODEL_USAGE}
   --resume DIR                      continue from a checkpoint written by this command
   --config FILE.json                settings with TRL's names (beta, loss_type, ...); flags override them
   --on-bad-line fail|skip           a malformed data line stops the run (default) or is skipped with a warning
+  --kto                             the data is unpaired feedback {"prompt", "completion", "label": bool}: train KTO
+                                    (--desirable-weight, --undesirable-weight)
   --save-steps N                    also write --out every N steps
 ${flagUsage()}`;
 
@@ -48,6 +51,7 @@ const Options = z.object({
   backend: backendOption,
   "cache-dir": z.string().optional(),
   "on-bad-line": z.enum(["fail", "skip"]).default("fail"),
+  kto: z.boolean().default(false),
   "save-steps": numberOption((n) => n.int().positive()).optional(),
 }).refine((o) => o.model !== undefined || o.resume !== undefined, {
   path: ["model"],
@@ -65,6 +69,7 @@ export async function runTrain(args: string[]): Promise<void> {
     resume: { type: "string" },
     config: { type: "string" },
     "on-bad-line": { type: "string" },
+    kto: { type: "boolean" },
     "save-steps": { type: "string" },
     ...flagSpec,
   });
@@ -95,14 +100,16 @@ export async function runTrain(args: string[]): Promise<void> {
   const text = await Deno.readTextFile(opts.data).catch((err) => {
     throw new Error(`Cannot read data file '${opts.data}': ${(err as Error).message}`);
   });
-  const { pairs, bad } = readPreferences(text, policy.tokenizer, opts.data, {
-    onBadLine: opts["on-bad-line"],
-    maxLength,
-  });
-  for (const b of bad) log(`skipped '${opts.data}' line ${b.line}: ${b.problem}`);
+  const read = { onBadLine: opts["on-bad-line"], maxLength };
+  let pairs: PreferencePair[] | undefined, kto: KtoExample[] | undefined, bad: BadLine[];
+  if (opts.kto) ({ examples: kto, bad } = readKtoExamples(text, policy.tokenizer, opts.data, read));
+  else ({ pairs, bad } = readPreferences(text, policy.tokenizer, opts.data, read));
+  const data = { pairs, kto, bad, n: (pairs ?? kto!).length };
+  for (const b of data.bad) log(`skipped '${opts.data}' line ${b.line}: ${b.problem}`);
   const trainer = createTrainer(policy, reference, config, resumeState);
-  const total = plannedSteps(pairs.length, config);
-  log(`training: ${pairs.length} pairs (${bad.length} skipped), ${total} optimizer steps, loss ${config.loss_type}`);
+  const total = plannedSteps(data.n, config);
+  const what = opts.kto ? "KTO examples" : `pairs, loss ${config.loss_type}`;
+  log(`training: ${data.n} ${what} (${data.bad.length} skipped), ${total} optimizer steps`);
   const progress = createProgress({ unit: "steps", total: total - trainer.step });
   const stop = new AbortController();
   const onSigint = () => {
@@ -118,7 +125,8 @@ export async function runTrain(args: string[]): Promise<void> {
   try {
     await trainOffline({
       trainer,
-      pairs,
+      pairs: data.pairs,
+      kto: data.kto,
       saveSteps: opts["save-steps"],
       signal: stop.signal,
       onSave: save,

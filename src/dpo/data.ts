@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import type { ChatMessage, Tokenizer } from "../model/tokenizer.ts";
-import type { PreferencePair } from "./trainer.ts";
+import type { KtoExample, PreferencePair } from "./trainer.ts";
 
 const Message = z.object({ role: z.string(), content: z.string() });
 const Messages = z.array(Message).min(1);
@@ -36,12 +36,67 @@ export function readPreferences(
   origin: string,
   options: ReadPreferencesOptions,
 ): { pairs: PreferencePair[]; bad: BadLine[] } {
-  const pairs: PreferencePair[] = [];
+  const { items, bad } = readLines(text, origin, options, (raw) => toPair(raw, tokenizer, options.maxLength));
+  return { pairs: items, bad };
+}
+
+const KtoStandard = z.object({ prompt: z.string(), completion: z.string(), label: z.boolean() });
+const KtoConversational = z.object({ prompt: Messages, completion: Messages, label: z.boolean() });
+
+/** Parses KTO JSONL text (TRL's unpaired format `{prompt, completion, label}`) into token-id examples. */
+export function readKtoExamples(
+  text: string,
+  tokenizer: Tokenizer,
+  origin: string,
+  options: ReadPreferencesOptions,
+): { examples: KtoExample[]; bad: BadLine[] } {
+  const { items, bad } = readLines(text, origin, options, (raw) => {
+    let value: unknown;
+    try {
+      value = JSON.parse(raw);
+    } catch (err) {
+      throw new Error(`not valid JSON (${(err as Error).message})`);
+    }
+    const standard = KtoStandard.safeParse(value);
+    const conversational = KtoConversational.safeParse(value);
+    let texts: { prompt: string; completion: string; label: boolean };
+    if (standard.success) texts = standard.data;
+    else if (conversational.success) {
+      const { prompt, completion, label } = conversational.data;
+      const rendered = render(tokenizer, prompt, completion, completion);
+      texts = { prompt: rendered.prompt, completion: rendered.chosen, label };
+    } else {
+      throw new Error(
+        'expected {"prompt", "completion", "label": boolean} as strings or as lists of {"role", "content"} messages',
+      );
+    }
+    const example = {
+      promptIds: tokenizer.encode(texts.prompt),
+      completionIds: tokenizer.encode(texts.completion),
+      desirable: texts.label,
+    };
+    const length = Math.max(1, example.promptIds.length) + example.completionIds.length + 1;
+    if (length > options.maxLength) {
+      throw new Error(`prompt + completion + eos is ${length} tokens, more than max_length ${options.maxLength}`);
+    }
+    return example;
+  });
+  return { examples: items, bad };
+}
+
+/** Parses every non-empty line with `parse`; a failure stops the run or is collected, per `onBadLine`. */
+function readLines<T>(
+  text: string,
+  origin: string,
+  options: ReadPreferencesOptions,
+  parse: (raw: string) => T,
+): { items: T[]; bad: BadLine[] } {
+  const items: T[] = [];
   const bad: BadLine[] = [];
   text.split("\n").forEach((raw, i) => {
     if (raw.trim() === "") return;
     try {
-      pairs.push(toPair(raw, tokenizer, options.maxLength));
+      items.push(parse(raw));
     } catch (err) {
       const problem = (err as Error).message;
       if (options.onBadLine === "fail") {
@@ -52,7 +107,7 @@ export function readPreferences(
       bad.push({ line: i + 1, problem });
     }
   });
-  return { pairs, bad };
+  return { items, bad };
 }
 
 function toPair(raw: string, tokenizer: Tokenizer, maxLength: number): PreferencePair {

@@ -5,7 +5,7 @@
  */
 import { createRng } from "../model/sampling.ts";
 import type { DpoConfig } from "./config.ts";
-import type { DpoTrainer, PreferencePair, StepMetrics } from "./trainer.ts";
+import type { DpoTrainer, KtoExample, KtoMetrics, PreferencePair, StepMetrics } from "./trainer.ts";
 
 /** Pairs per optimizer step. */
 export function pairsPerStep(config: DpoConfig): number {
@@ -33,12 +33,15 @@ export function batchIndices(n: number, step: number, config: DpoConfig): number
   return order.slice(within * size, (within + 1) * size);
 }
 
-/** Options of `trainOffline`. */
+/** Options of `trainOffline`: preference pairs (DPO and friends) or unpaired feedback (KTO). */
 export interface OfflineOptions {
   trainer: DpoTrainer;
-  pairs: PreferencePair[];
+  /** Preference pairs, trained with `trainStep`; or, instead: */
+  pairs?: PreferencePair[];
+  /** unpaired feedback, trained with `ktoStep`. */
+  kto?: KtoExample[];
   /** Called after every optimizer step. */
-  onStep?: (metrics: StepMetrics) => void | Promise<void>;
+  onStep?: (metrics: StepMetrics | KtoMetrics) => void | Promise<void>;
   /** Called every `saveSteps` steps and after the last one, to write a checkpoint. */
   onSave?: (step: number) => Promise<void>;
   saveSteps?: number;
@@ -48,13 +51,19 @@ export interface OfflineOptions {
 
 /** Trains from the trainer's current step to the planned number of steps. */
 export async function trainOffline(options: OfflineOptions): Promise<void> {
-  const { trainer, pairs } = options;
-  if (pairs.length === 0) throw new Error("Cannot train: the dataset has no usable pairs");
-  const total = plannedSteps(pairs.length, trainer.config);
+  const { trainer, pairs, kto } = options;
+  if ((pairs === undefined) === (kto === undefined)) throw new Error("Cannot train: give either pairs or kto examples");
+  const n = pairs?.length ?? kto!.length;
+  if (n === 0) throw new Error("Cannot train: the dataset has no usable examples");
+  const total = plannedSteps(n, trainer.config);
   let saved = trainer.step;
   while (trainer.step < total && !options.signal?.aborted) {
-    const batch = batchIndices(pairs.length, trainer.step, trainer.config).map((i) => pairs[i]!);
-    const metrics = await trainer.trainStep(batch, total);
+    const indices = batchIndices(n, trainer.step, trainer.config);
+    // KTO's KL estimate needs two examples: a lone last example of an epoch borrows a neighbour.
+    if (kto && indices.length === 1 && n > 1) indices.push((indices[0]! + 1) % n);
+    const metrics = pairs
+      ? await trainer.trainStep(indices.map((i) => pairs[i]!), total)
+      : await trainer.ktoStep(indices.map((i) => kto![i]!), total);
     await options.onStep?.(metrics);
     if (options.saveSteps && trainer.step % options.saveSteps === 0) {
       await options.onSave?.(trainer.step);
