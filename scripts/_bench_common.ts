@@ -1,5 +1,7 @@
 /** What the benchmark scripts share: model sizes, random models, PyTorch detection, memory and formatting. */
+import { parseArgs } from "node:util";
 import * as tf from "../src/model/tf.ts";
+import type { BackendChoice } from "../src/model/backend.ts";
 import { Gpt2ConfigSchema } from "../src/model/config.ts";
 import { Gpt2Model, gpt2ParameterShapes } from "../src/model/gpt2.ts";
 
@@ -67,4 +69,36 @@ export const fmt = (x: number, digits = 0) => x.toLocaleString("en-US", { maximu
 export function parameterCount(size: Size): number {
   const config = Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size });
   return [...gpt2ParameterShapes(config).values()].reduce((a, s) => a + s.reduce((x, y) => x * y, 1), 0);
+}
+
+/** The options every benchmark takes, parsed; a `--worker SIZE` run measures one size in its own process. */
+export async function benchOptions(args: string[]) {
+  const { values } = parseArgs({
+    args,
+    options: {
+      worker: { type: "string" },
+      backend: { type: "string", default: "wasm" },
+      sizes: { type: "string", default: Object.keys(SIZES).join(",") },
+      seconds: { type: "string", default: "3" },
+      "no-torch": { type: "boolean", default: false },
+    },
+  });
+  const sizes = values.sizes!.split(",");
+  for (const s of sizes) if (!SIZES[s]) throw new Error(`Unknown size '${s}' (known: ${Object.keys(SIZES)})`);
+  return {
+    worker: values.worker,
+    backend: values.backend as BackendChoice,
+    seconds: Number(values.seconds),
+    sizes,
+    torchVersion: values.worker || values["no-torch"] ? undefined : await torchAvailable(),
+  };
+}
+
+/** The header lines: the backend, PyTorch's version and setting, the cores. */
+export function printHeader(backendLine: string, torchVersion: string | undefined): void {
+  console.log(`# ${backendLine}`);
+  const torch = torchVersion
+    ? `${torchVersion} with ${JSON.stringify(TORCH_ENV)}`
+    : "not available (apt-get install python3-torch)";
+  console.log(`# PyTorch: ${torch}; ${navigator.hardwareConcurrency} cores`);
 }

@@ -9,10 +9,18 @@
  * policy and reference have different random weights. Each size runs in its own process (TF.js and
  * PyTorch alike) so that peak memory (VmHWM) is its own; both modes run in it, cached first.
  */
-import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import * as tf from "../src/model/tf.ts";
-import { fmt, parameterCount, peakRssMb, randomModel, SIZES, TORCH_ENV, torchAvailable } from "./_bench_common.ts";
+import {
+  benchOptions,
+  fmt,
+  parameterCount,
+  peakRssMb,
+  printHeader,
+  randomModel,
+  SIZES,
+  TORCH_ENV,
+} from "./_bench_common.ts";
 import { type BackendChoice, describeBackend, initBackend } from "../src/model/backend.ts";
 import { parseDpoConfig } from "../src/dpo/config.ts";
 import { DpoTrainer, type PreferencePair } from "../src/dpo/trainer.ts";
@@ -109,33 +117,11 @@ async function runChild(cmd: string, args: string[], env?: Record<string, string
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      worker: { type: "string" },
-      backend: { type: "string", default: "wasm" },
-      sizes: { type: "string", default: Object.keys(SIZES).join(",") },
-      seconds: { type: "string", default: "3" },
-      "no-torch": { type: "boolean", default: false },
-    },
-  });
-  const backend = values.backend as BackendChoice;
-  const seconds = Number(values.seconds);
-  if (values.worker) return await worker(values.worker, backend, seconds);
-
-  const sizes = values.sizes!.split(",");
-  for (const s of sizes) if (!SIZES[s]) throw new Error(`Unknown size '${s}' (known: ${Object.keys(SIZES)})`);
-  const torchVersion = values["no-torch"] ? undefined : await torchAvailable();
+  const { worker: workerSize, backend, seconds, sizes, torchVersion } = await benchOptions(Deno.args);
+  if (workerSize) return await worker(workerSize, backend, seconds);
   const self = fileURLToPath(import.meta.url);
   const torchScript = fileURLToPath(new URL("./bench_dpo_torch.py", import.meta.url));
-  console.log(`# ${describeBackend(await initBackend(backend))}`);
-  console.log(
-    `# PyTorch: ${
-      torchVersion
-        ? `${torchVersion} with ${JSON.stringify(TORCH_ENV)}`
-        : "not available (apt-get install python3-torch)"
-    }; ${navigator.hardwareConcurrency} cores`,
-  );
+  printHeader(describeBackend(await initBackend(backend)), torchVersion);
   console.log(
     `# work: ${WORK.pairs} pairs x (${WORK.prompt_len} prompt + ${WORK.completion_len} chosen, ${WORK.prompt_len} prompt + ${WORK.completion_len} rejected) = ${TOKENS_PER_STEP} tokens a step;` +
       ` sigmoid, AdamW, max_grad_norm 1; mean of >= ${WORK.min_iters} steps and >= ${seconds} s after 1 warm-up`,

@@ -7,10 +7,18 @@
  * Each size runs in its own process (TF.js and PyTorch alike) so that peak memory (VmHWM) is its own.
  * Also prints generation with the KV cache against recomputing the prefix, for 256 new tokens.
  */
-import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import * as tf from "../src/model/tf.ts";
-import { fmt, parameterCount, peakRssMb, randomModel, SIZES, TORCH_ENV, torchAvailable } from "./_bench_common.ts";
+import {
+  benchOptions,
+  fmt,
+  parameterCount,
+  peakRssMb,
+  printHeader,
+  randomModel,
+  SIZES,
+  TORCH_ENV,
+} from "./_bench_common.ts";
 import { type BackendChoice, describeBackend, initBackend } from "../src/model/backend.ts";
 import { buildScoringBatch, sequenceLogProbs } from "../src/model/logprobs.ts";
 import { generate } from "../src/model/generate.ts";
@@ -104,34 +112,11 @@ async function runChild(cmd: string, args: string[], env?: Record<string, string
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      worker: { type: "string" },
-      backend: { type: "string", default: "wasm" },
-      sizes: { type: "string", default: Object.keys(SIZES).join(",") },
-      seconds: { type: "string", default: "3" },
-      "no-torch": { type: "boolean", default: false },
-    },
-  });
-  const backend = values.backend as BackendChoice;
-  const seconds = Number(values.seconds);
-  if (values.worker) return await worker(values.worker, backend, seconds);
-
-  const sizes = values.sizes!.split(",");
-  for (const s of sizes) if (!SIZES[s]) throw new Error(`Unknown size '${s}' (known: ${Object.keys(SIZES)})`);
-  const torchVersion = values["no-torch"] ? undefined : await torchAvailable();
+  const { worker: workerSize, backend, seconds, sizes, torchVersion } = await benchOptions(Deno.args);
+  if (workerSize) return await worker(workerSize, backend, seconds);
   const self = fileURLToPath(import.meta.url);
   const torchScript = fileURLToPath(new URL("./bench_torch.py", import.meta.url));
-  const report = await initBackend(backend);
-  console.log(`# ${describeBackend(report)}`);
-  console.log(
-    `# PyTorch: ${
-      torchVersion
-        ? `${torchVersion} with ${JSON.stringify(TORCH_ENV)}`
-        : "not available (apt-get install python3-torch)"
-    }; ${navigator.hardwareConcurrency} cores`,
-  );
+  printHeader(describeBackend(await initBackend(backend)), torchVersion);
   console.log(
     `# work: batch ${WORK.batch} x ${WORK.seq_len} tokens (${WORK.prompt_len} prompt + ${
       WORK.seq_len - WORK.prompt_len

@@ -8,6 +8,7 @@
 import type { PairStore } from "../store/pairs.ts";
 import type { Pair } from "../store/schema.ts";
 import type { DpoTrainer, PreferencePair, StepMetrics } from "./trainer.ts";
+import { pause } from "../util/time.ts";
 
 /** Where policy versions go; the checkpoint store implements it. */
 export interface PolicyPublisher {
@@ -81,7 +82,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
     }
     const ready = o.mode === "stream" ? pending.length >= o.batchPairs : pending.length >= o.roundPairs;
     if (!ready) {
-      await sleep(o.pollMs, o.signal);
+      await pause(o.pollMs, o.signal);
       continue;
     }
     if (o.mode === "stream") {
@@ -158,16 +159,4 @@ export async function reconcile(
   if (claimed.length === 0) return 0;
   const result = await o.store.markTrained(claimed.map((p) => p.id), { policyVersion: version, owner: o.owner });
   return result.trained.length;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

@@ -6,6 +6,7 @@
 import type { PairStore } from "../store/pairs.ts";
 import { ConflictError } from "../store/errors.ts";
 import { type Judge, JudgeError } from "./types.ts";
+import { pause } from "../util/time.ts";
 
 /** Options of `runJudgeWorker`. */
 export interface JudgeWorkerOptions {
@@ -34,7 +35,7 @@ export async function runJudgeWorker(o: JudgeWorkerOptions): Promise<void> {
       limit: o.concurrency,
     });
     if (pairs.length === 0) {
-      await new Promise((r) => setTimeout(r, o.pollMs));
+      await pause(o.pollMs, o.signal);
       continue;
     }
     await Promise.all(pairs.map(async (pair) => {

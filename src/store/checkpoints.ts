@@ -26,6 +26,7 @@ import {
   checkpointFilePrefix,
   policyPointerKey,
 } from "./keys.ts";
+import { pause } from "../util/time.ts";
 
 export { readPointer } from "./_checkpoint_base.ts";
 export type { CheckpointStoreOptions } from "./_checkpoint_base.ts";
@@ -256,7 +257,7 @@ export async function pollPointer(
       await onChange(decodePointer(entry.value));
       seen = entry.versionstamp;
     }
-    await sleep(intervalMs, signal);
+    await pause(intervalMs, signal);
   }
 }
 
@@ -269,17 +270,4 @@ function keyBytes(key: Deno.KvKey): number {
   let n = 0;
   for (const part of key) n += (typeof part === "string" ? new TextEncoder().encode(part).length : 9) + 2;
   return n;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
