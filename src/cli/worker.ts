@@ -12,6 +12,7 @@ import { parseDpoConfig } from "../dpo/config.ts";
 import { reconcile, runOnlineTrainer } from "../dpo/online.ts";
 import { trainedPairsKey, trainedPairsPrefix, trainMetricsKey } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
+import { commitWithinLimits } from "../store/_size.ts";
 import { writeAtomic } from "../util/fs.ts";
 import { openSharedKv } from "./_services.ts";
 import { configFromFlags, dpoFlagSpec, flagUsage } from "./_dpo_flags.ts";
@@ -152,7 +153,8 @@ export async function runWorker(args: string[]): Promise<void> {
       savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
       recordTrainedPairs: async (version, ids) => {
         for (let i = 0; i * 1000 < ids.length; i++) {
-          await kv.set(trainedPairsKey(version, i), ids.slice(i * 1000, (i + 1) * 1000));
+          const chunk = ids.slice(i * 1000, (i + 1) * 1000);
+          await commitWithinLimits(kv.atomic().set(trainedPairsKey(version, i), chunk), `v${version}'s pair ids`);
         }
       },
       owner: opts.owner,
@@ -167,7 +169,8 @@ export async function runWorker(args: string[]): Promise<void> {
       pollMs: opts["poll-ms"],
       signal: stop.signal,
       onStep: async (m) => {
-        await kv.set(trainMetricsKey(Date.now(), m.step), m, { expireIn: 30 * 24 * 3600_000 });
+        const record = kv.atomic().set(trainMetricsKey(Date.now(), m.step), m, { expireIn: 30 * 24 * 3600_000 });
+        await commitWithinLimits(record, `step ${m.step}'s metrics`);
         console.log(JSON.stringify(m));
       },
       onPublish: async (version, pairs) => {

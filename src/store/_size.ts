@@ -41,7 +41,7 @@ export function assertValueFits(value: object, what: string): void {
 
 // SQLite's answer when another process (another handle on the same file) holds the write lock.
 const LOCKED = /database is locked|SQLITE_BUSY/i;
-const LOCKED_RETRIES = 10; // about 1 s of jittered backoff in all
+const LOCKED_RETRIES = 60; // about 10 s of jittered backoff in all: a busy machine can hold the lock that long
 
 /**
  * Commits, retrying while another handle on the same KV file holds SQLite's write lock (the commit did
