@@ -216,3 +216,11 @@ Deno.test("train --kto: unpaired thumbs up/down data, one JSON line per step wit
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("start runs the shipped base policy on held-out arithmetic prompts", async () => {
+  const r = await cli(["start", "--backend", "wasm"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.match(/^What is \d+\+\d+\? Answer:.* (right|wrong) +log π\(y\|x\) -?[\d.]+$/gm)?.length, 8);
+  assert.match(r.stdout, /^\d\/8 right /m);
+  assert.match(r.stderr, /model: .*models\/arith-tiny \(gpt2, 4 layers/);
+});
