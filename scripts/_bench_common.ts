@@ -1,9 +1,8 @@
 /** What the benchmark scripts share: model sizes, random models, PyTorch detection, memory and formatting. */
 import { parseArgs } from "node:util";
-import * as tf from "../src/model/tf.ts";
 import type { BackendChoice } from "../src/model/backend.ts";
 import { Gpt2ConfigSchema } from "../src/model/config.ts";
-import { Gpt2Model, gpt2ParameterShapes } from "../src/model/gpt2.ts";
+import { Gpt2Model, gpt2ParameterShapes, initGpt2Weights } from "../src/model/gpt2.ts";
 
 /** A GPT-2 shape. */
 export interface Size {
@@ -30,19 +29,7 @@ export const TORCH_ENV = { OPENBLAS_NUM_THREADS: "1" };
 /** A GPT-2 of `size` with GPT-2's initialization (N(0, 0.02), LayerNorm at identity), seeded. */
 export function randomModel(size: Size, seed = 0, trainable = true): Gpt2Model {
   const config = Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size });
-  const weights = new Map<string, tf.Tensor>();
-  for (const [name, shape] of gpt2ParameterShapes(config)) {
-    const norm = /ln_\d|ln_f/.test(name);
-    weights.set(
-      name,
-      norm && name.endsWith("weight")
-        ? tf.ones(shape)
-        : name.endsWith("bias")
-        ? tf.zeros(shape)
-        : tf.randomNormal(shape, 0, 0.02, "float32", seed + weights.size),
-    );
-  }
-  return new Gpt2Model(config, weights, trainable);
+  return new Gpt2Model(config, initGpt2Weights(config, seed), trainable);
 }
 
 /** The process's peak resident memory (VmHWM), in MB. */

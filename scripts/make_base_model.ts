@@ -13,7 +13,7 @@ import * as tf from "../src/model/tf.ts";
 import { describeBackend, initBackend } from "../src/model/backend.ts";
 import { Gpt2ConfigSchema } from "../src/model/config.ts";
 import { saveModel } from "../src/model/checkpoint.ts";
-import { Gpt2Model, gpt2ParameterShapes } from "../src/model/gpt2.ts";
+import { Gpt2Model, initGpt2Weights } from "../src/model/gpt2.ts";
 import { buildScoringBatch, sequenceLogProbs } from "../src/model/logprobs.ts";
 import { generate } from "../src/model/generate.ts";
 import { loadTokenizer } from "../src/model/tokenizer.ts";
@@ -133,19 +133,7 @@ async function main(): Promise<void> {
   );
   const tokenizer = await loadTokenizer(OUT);
   const config = Gpt2ConfigSchema.parse(CONFIG);
-  const weights = new Map<string, tf.Tensor>();
-  for (const [name, shape] of gpt2ParameterShapes(config)) {
-    const norm = /ln_\d|ln_f/.test(name);
-    weights.set(
-      name,
-      norm && name.endsWith("weight")
-        ? tf.ones(shape)
-        : name.endsWith("bias")
-        ? tf.zeros(shape)
-        : tf.randomNormal(shape, 0, 0.02, "float32", SEED * 1000 + weights.size),
-    );
-  }
-  const model = new Gpt2Model(config, weights);
+  const model = new Gpt2Model(config, initGpt2Weights(config, SEED * 1000));
   const optimizer = new Optimizer(model.params, { name: "adamw", learningRate: 3e-3, weightDecay: 0.01 });
   const nextPrompt = createArithmeticPrompts({ seed: SEED, minOperand: 0, maxOperand: 99 });
   const rng = createRng(SEED);

@@ -89,6 +89,23 @@ function namedWeights(list: tf.Tensor[]): BlockWeights {
   return named;
 }
 
+/** GPT-2's initialization, seeded: N(0, 0.02) matrices and embeddings, LayerNorm at identity, zero biases. */
+export function initGpt2Weights(config: Gpt2Config, seed: number): Map<string, tf.Tensor> {
+  const weights = new Map<string, tf.Tensor>();
+  for (const [name, shape] of gpt2ParameterShapes(config)) {
+    const norm = /ln_\d|ln_f/.test(name);
+    weights.set(
+      name,
+      norm && name.endsWith("weight")
+        ? tf.ones(shape)
+        : name.endsWith("bias")
+        ? tf.zeros(shape)
+        : tf.randomNormal(shape, 0, 0.02, "float32", seed + weights.size),
+    );
+  }
+  return weights;
+}
+
 /** A GPT-2 language model: its config and its weights as TF.js variables. */
 export class Gpt2Model {
   readonly config: Gpt2Config;
