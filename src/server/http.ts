@@ -3,6 +3,7 @@ import type { Context, MiddlewareHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { z } from "zod";
+import { timingSafeEqual } from "../judge/webhook.ts";
 
 /** Every 4xx and 5xx body: `{ error: { code, message } }`. */
 export function errorBody(code: string, message: string) {
@@ -48,10 +49,9 @@ export function parseOr422<S extends z.ZodType>(schema: S, value: unknown, where
 export async function secretsEqual(a: string, b: string): Promise<boolean> {
   const digest = async (s: string) =>
     new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)));
+  // Digests first, so that the comparison time does not reveal the key's length either.
   const [x, y] = await Promise.all([digest(a), digest(b)]);
-  let diff = 0;
-  for (let i = 0; i < x.length; i++) diff |= x[i]! ^ y[i]!;
-  return diff === 0;
+  return timingSafeEqual(x, y);
 }
 
 /** Bearer API keys: 401 without a valid one. Sets `apiKey` for the rate limiter. */
