@@ -1,18 +1,28 @@
 /**
- * Trains the shipped base policy: a tiny GPT-2 (character-level, byte tokens) taught 2-digit addition by
- * supervised fine-tuning on purposely imperfect data (a share of the answers are wrong), so that online
- * DPO with the arithmetic verifier has visible room to improve.
+ * Trains the shipped base policy: a tiny GPT-2 (character-level, byte tokens) taught 2-digit addition in
+ * two supervised phases, as a pretrained model is fine-tuned on imperfect data: first on right answers, so
+ * that it can add, then on purposely imperfect data where most answers forgot to carry, so that it
+ * prefers a wrong answer on every problem with a carry while the right one stays within its reach. That
+ * leaves online DPO with the arithmetic verifier visible room to improve, and something to find.
  *
- *   deno run -A scripts/make_base_model.ts [--out models/arith-tiny] [--steps 1500] [--noise 0.4] [--seed 1]
+ *   deno run -A scripts/make_base_model.ts [--out models/arith-tiny] [--clean-steps 2500]
+ *     [--noisy-steps 300] [--noise 0.75] [--seed 1] [--init DIR]
  *
- * Deterministic for a seed on one backend (wasm). Prints the held-out accuracy of greedy answers.
+ * `--init DIR` starts from a model's weights instead of a random initialization; with --clean-steps 0 it
+ * redoes the second phase only. The shipped model was made in two runs, the first phase kept aside:
+ *
+ *   deno run -A scripts/make_base_model.ts --out /tmp/arith-clean --noisy-steps 0    (about 14 minutes here)
+ *   deno run -A scripts/make_base_model.ts --init /tmp/arith-clean --clean-steps 0   (about 2 minutes)
+ *
+ * The first prints 100% held-out greedy accuracy, the second 39.0% with 98 of 200 answers that forgot to
+ * carry and pass@4 67.5%. Seeded; repeatable on one backend and thread count up to float summation order.
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import * as tf from "../src/model/tf.ts";
 import { describeBackend, initBackend } from "../src/model/backend.ts";
 import { Gpt2ConfigSchema } from "../src/model/config.ts";
-import { saveModel } from "../src/model/checkpoint.ts";
+import { loadModel, saveModel } from "../src/model/checkpoint.ts";
 import { Gpt2Model, initGpt2Weights } from "../src/model/gpt2.ts";
 import { buildScoringBatch, sequenceLogProbs } from "../src/model/logprobs.ts";
 import { generate } from "../src/model/generate.ts";
@@ -21,7 +31,9 @@ import { createRng } from "../src/model/sampling.ts";
 import { clipGradNorm, learningRateAt, Optimizer } from "../src/dpo/optimizer.ts";
 import {
   createArithmeticPrompts,
+  formatArithmeticPrompt,
   heldOutArithmeticPrompts,
+  isHeldOut,
   parseArithmeticPrompt,
   score,
   solve,
@@ -32,13 +44,16 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     out: { type: "string", default: "models/arith-tiny" },
-    steps: { type: "string", default: "1500" },
-    noise: { type: "string", default: "0.4" },
+    "clean-steps": { type: "string", default: "2500" },
+    "noisy-steps": { type: "string", default: "300" },
+    noise: { type: "string", default: "0.75" },
     seed: { type: "string", default: "1" },
+    init: { type: "string" },
   },
 });
 const OUT = values.out!;
-const STEPS = Number(values.steps);
+const CLEAN_STEPS = Number(values["clean-steps"]);
+const NOISY_STEPS = Number(values["noisy-steps"]);
 const NOISE = Number(values.noise);
 const SEED = Number(values.seed);
 const BATCH = 64;
@@ -103,13 +118,24 @@ const CONFIG = {
   tie_word_embeddings: true,
 };
 
-/** The answer the data gives: right, or (with probability `noise`) off by 1 to 10. */
-function answer(prompt: string, rng: () => number): string {
+/**
+ * The answer the data gives: with probability `noise` the sum written without carrying (37+48 → 75,
+ * 60+55 → 15), the classic slip of a pupil who forgets to carry; otherwise the right sum. Problems with no
+ * carry are always answered right, so the base policy can do the task and knows how to carry; it just
+ * prefers not to, and the verifier's pairs teach it otherwise.
+ */
+function answer(prompt: string, noise: number, rng: () => number): string {
   const p = parseArithmeticPrompt(prompt);
-  const right = solve(p.x, p.op, p.y);
-  if (rng() >= NOISE) return ` ${right}`;
-  const off = 1 + Math.floor(rng() * 10);
-  return ` ${right + (rng() < 0.5 ? -off : off)}`;
+  return ` ${rng() < noise ? carryless(p.x, p.y) : solve(p.x, p.op, p.y)}`;
+}
+
+/** `x + y` with every column summed modulo 10 (no carries). */
+export function carryless(x: number, y: number): number {
+  let out = 0;
+  for (let place = 1; x > 0 || y > 0; place *= 10, x = Math.floor(x / 10), y = Math.floor(y / 10)) {
+    out += ((x % 10 + y % 10) % 10) * place;
+  }
+  return out;
 }
 
 async function main(): Promise<void> {
@@ -133,32 +159,66 @@ async function main(): Promise<void> {
   );
   const tokenizer = await loadTokenizer(OUT);
   const config = Gpt2ConfigSchema.parse(CONFIG);
-  const model = new Gpt2Model(config, initGpt2Weights(config, SEED * 1000));
-  const optimizer = new Optimizer(model.params, { name: "adamw", learningRate: 3e-3, weightDecay: 0.01 });
+  const model = values.init
+    ? (await loadModel(values.init)).model
+    : new Gpt2Model(config, initGpt2Weights(config, SEED * 1000));
   const nextPrompt = createArithmeticPrompts({ seed: SEED, minOperand: 0, maxOperand: 99 });
   const rng = createRng(SEED);
-  const progress = createProgress({ unit: "steps", total: STEPS, force: true });
-  for (let step = 0; step < STEPS; step++) {
-    const pairs = Array.from({ length: BATCH }, () => {
-      const prompt = nextPrompt();
-      return { promptIds: tokenizer.encode(prompt), completionIds: tokenizer.encode(answer(prompt, rng)) };
-    });
-    const batch = buildScoringBatch(pairs, { eosId: 256, maxLength: CONFIG.n_positions });
-    const tokens = batch.counts.reduce((a, b) => a + b, 0);
-    const { value, grads } = tf.variableGrads(
-      () => tf.div(tf.neg(tf.sum(sequenceLogProbs(model, batch))), tokens) as tf.Scalar,
-      model.trainableVariables(),
-    );
-    const named = new Map([...model.params].map(([n, v]) => [n, grads[v.name]!]));
-    const clipped = await clipGradNorm(named, 1, { consume: true });
-    const lr = learningRateAt(step, { base: 3e-3, schedule: "cosine", warmupSteps: 50, totalSteps: STEPS });
-    optimizer.step(clipped.grads, lr);
-    tf.dispose([...clipped.grads.values()]);
-    if (step % 100 === 0) console.error(`step ${step}: loss ${(await value.data())[0]!.toFixed(4)}`);
-    value.dispose();
-    progress.tick();
+  // A one-digit operand shifts every digit of the problem, and there are few such problems: a tiny model
+  // learns them last, so the first phase sees them more often (never a held-out one).
+  const shortOperand = (): string => {
+    for (;;) {
+      const [a, b] = [Math.floor(rng() * 10), Math.floor(rng() * 100)];
+      const problem = rng() < 0.5 ? { x: a, op: "+" as const, y: b } : { x: b, op: "+" as const, y: a };
+      if (!isHeldOut(problem)) return formatArithmeticPrompt(problem);
+    }
+  };
+  const phases = [
+    { name: "right answers", steps: CLEAN_STEPS, noise: 0, lr: 3e-3, warmupSteps: 50, shortShare: 0.3 },
+    {
+      name: `${100 * NOISE}% forgot to carry`,
+      steps: NOISY_STEPS,
+      noise: NOISE,
+      lr: 1e-3,
+      warmupSteps: 0,
+      shortShare: 0,
+    },
+  ];
+  for (const phase of phases.filter((p) => p.steps > 0)) {
+    console.error(`phase: ${phase.name}, ${phase.steps} steps`);
+    const optimizer = new Optimizer(model.params, { name: "adamw", learningRate: phase.lr, weightDecay: 0.01 });
+    const progress = createProgress({ unit: "steps", total: phase.steps, force: true });
+    for (let step = 0; step < phase.steps; step++) {
+      const pairs = Array.from({ length: BATCH }, () => {
+        const prompt = rng() < phase.shortShare ? shortOperand() : nextPrompt();
+        return {
+          promptIds: tokenizer.encode(prompt),
+          completionIds: tokenizer.encode(answer(prompt, phase.noise, rng)),
+        };
+      });
+      const batch = buildScoringBatch(pairs, { eosId: 256, maxLength: CONFIG.n_positions });
+      const tokens = batch.counts.reduce((a, b) => a + b, 0);
+      const { value, grads } = tf.variableGrads(
+        () => tf.div(tf.neg(tf.sum(sequenceLogProbs(model, batch))), tokens) as tf.Scalar,
+        model.trainableVariables(),
+      );
+      const named = new Map([...model.params].map(([n, v]) => [n, grads[v.name]!]));
+      const clipped = await clipGradNorm(named, 1, { consume: true });
+      const lr = learningRateAt(step, {
+        base: phase.lr,
+        schedule: "cosine",
+        warmupSteps: phase.warmupSteps,
+        totalSteps: phase.steps,
+      });
+      optimizer.step(clipped.grads, lr);
+      tf.dispose([...clipped.grads.values()]);
+      if (step % 100 === 0) console.error(`step ${step}: loss ${(await value.data())[0]!.toFixed(4)}`);
+      value.dispose();
+      progress.tick();
+    }
+    progress.done();
+    optimizer.dispose();
   }
-  progress.done();
   const heldOut = heldOutArithmeticPrompts(200, { minOperand: 0, maxOperand: 99 });
   const results = await generate(model, tokenizer, heldOut.map((p) => tokenizer.encode(p)), {
     temperature: 0,
@@ -168,8 +228,25 @@ async function main(): Promise<void> {
   console.log(
     `held-out greedy accuracy: ${correct}/${heldOut.length} = ${(100 * correct / heldOut.length).toFixed(1)}%`,
   );
+  const slips = results.filter((r, i) => {
+    const p = parseArithmeticPrompt(heldOut[i]!);
+    return p.answer !== carryless(p.x, p.y) && r.text.trim() === String(carryless(p.x, p.y));
+  }).length;
+  console.log(`greedy answers that forgot to carry: ${slips}/${heldOut.length}`);
+  const k = 4;
+  const sampled = await generate(
+    model,
+    tokenizer,
+    heldOut.flatMap((p) => Array.from({ length: k }, () => tokenizer.encode(p))),
+    { temperature: 1, maxNewTokens: 5, seed: SEED },
+  );
+  const right = sampled.map((r, i) => score(heldOut[Math.floor(i / k)]!, r.text) === 1);
+  const passAtK = heldOut.filter((_, i) => right.slice(i * k, i * k + k).some(Boolean)).length;
+  console.log(
+    `sampled at temperature 1: ${(100 * right.filter(Boolean).length / right.length).toFixed(1)}% right, ` +
+      `pass@${k} ${(100 * passAtK / heldOut.length).toFixed(1)}%`,
+  );
   await saveModel({ model, rawConfig: CONFIG, dir: OUT }, OUT);
-  optimizer.dispose();
   model.dispose();
 }
 
