@@ -94,7 +94,8 @@ export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptio
         );
       }
       stats.verdicts++;
-      if (votes.every((v) => v === votes[0] && !(v instanceof JudgeError))) stats.unanimous++;
+      const unanimous = votes.every((v) => v === votes[0] && !(v instanceof JudgeError));
+      if (unanimous) stats.unanimous++;
       votes.forEach((v, i) => {
         const m = members[ids[i]!]!;
         if (v instanceof JudgeError) m.failed++;
@@ -108,6 +109,7 @@ export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptio
         reason: `majority of ${votes.length}: ${tally}`,
         latencyMs: performance.now() - start,
         judgeId: id,
+        agreed: unanimous,
       };
     },
     agreement(): EnsembleAgreement {

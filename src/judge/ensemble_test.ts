@@ -54,10 +54,14 @@ Deno.test("ensemble: agreement statistics for the dashboard", async () => {
   assert.ok(verdict !== "pending");
   assert.equal(verdict.judgeId, "panel");
   assert.match(verdict.reason!, /x: a, y: a, z: a/);
+  assert.equal(verdict.agreed, true);
   assert.equal(unanimous.agreement().unanimousFraction, 1);
 
   const split = createEnsembleJudge([fixed("x", "a"), fixed("y", "a"), fixed("z", "b")]);
-  await split.judge(PAIR);
+  const splitVerdict = await split.judge(PAIR);
+  assert.ok(splitVerdict !== "pending");
+  assert.equal(splitVerdict.choice, "a");
+  assert.equal(splitVerdict.agreed, false);
   await split.judge(PAIR);
   const stats = split.agreement();
   assert.equal(stats.verdicts, 2);
@@ -67,7 +71,7 @@ Deno.test("ensemble: agreement statistics for the dashboard", async () => {
   assert.deepEqual(stats.members.x, { agreed: 2, answered: 2, failed: 0 });
 
   const withFailure = createEnsembleJudge([fixed("x", "a"), fixed("y", "a"), fixed("z", "fail")]);
-  await withFailure.judge(PAIR);
+  assert.equal((await withFailure.judge(PAIR) as { agreed?: boolean }).agreed, false);
   assert.equal(withFailure.agreement().unanimous, 0); // a failure is not agreement
   assert.equal(createEnsembleJudge(judges).agreement().unanimousFraction, 0);
 });

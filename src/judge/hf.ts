@@ -248,6 +248,7 @@ export function createHfJudge(options: HfJudgeOptions): HfJudge {
       reason: `${summary}\n\n${ab!.value.text.trim()}`.slice(0, MAX_REASON_CHARS),
       latencyMs: performance.now() - start,
       judgeId: id,
+      agreed: consistent,
     };
   }
 

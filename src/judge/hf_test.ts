@@ -39,6 +39,7 @@ Deno.test("hf judge: a consistent verdict in both orders, over the OpenAI wire f
   assert.equal(verdict.judgeId, "hf:judge-model");
   assert.ok(verdict.latencyMs >= 0);
   assert.match(verdict.reason!, /order \(a,b\): a; order \(b,a\): a/);
+  assert.equal(verdict.agreed, true);
 
   assert.equal(server.requests.length, 4);
   const [first, second] = server.requests;
@@ -66,6 +67,7 @@ Deno.test("hf judge: answers that disagree across orders are a tie", async () =>
   assert.ok(verdict !== "pending");
   assert.equal(verdict.choice, "tie");
   assert.match(verdict.reason!, /inconsistent/);
+  assert.equal(verdict.agreed, false);
   assert.equal(judge.counters.inconsistent, 1);
   assert.equal(server.requests[0]!.path, "/v1/chat/completions");
 });

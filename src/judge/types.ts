@@ -29,6 +29,11 @@ export type Verdict = {
   latencyMs: number;
   /** The id of the judge that decided. */
   judgeId: string;
+  /**
+   * Whether the judge agreed with itself, for judges that answer more than once: an LLM judge asked in both
+   * orders, an ensemble's members (all voted the same). Absent for single-answer judges.
+   */
+  agreed?: boolean;
 };
 
 /** A judge: decides which of two responses is better, or hands the pair to a human ("pending"). */

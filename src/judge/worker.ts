@@ -53,6 +53,7 @@ export async function runJudgeWorker(o: JudgeWorkerOptions): Promise<void> {
           judge: { kind: o.judge.kind, id: verdict.judgeId },
           reason: verdict.reason,
           latencyMs: verdict.latencyMs,
+          ...(verdict.agreed === undefined ? {} : { agreed: verdict.agreed }),
         });
         o.onVerdict?.(pair.id, verdict.choice);
       } catch (err) {

@@ -1,5 +1,6 @@
 /**
- * The Hono app: pairs, feedback, preferences, OpenAI-compatible chat, export, stats, metrics.
+ * The Hono app: pairs, feedback, preferences, OpenAI-compatible chat, export, stats, metrics, and the
+ * dashboard and labeling pages with their data route.
  * Stateless: everything lives in KV (the store) and the policy holder, so any number of instances
  * can serve the same KV. `createApp(deps)` builds it; `main.ts` serves it.
  */
@@ -13,16 +14,25 @@ import { verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
 import type { PairStore } from "../store/pairs.ts";
 import type { Pair } from "../store/schema.ts";
+import { DashboardQuerySchema, readDashboard } from "./dashboard.ts";
 import { errorBody, httpError, jsonBody, parseOr422, rateLimit, requireApiKey } from "./http.ts";
 import { Metrics } from "./metrics.ts";
+import { DASHBOARD_PAGE } from "./pages/dashboard.ts";
+import { LABEL_PAGE } from "./pages/label.ts";
+import type { StaticPage } from "./pages/_page.ts";
 import { type PolicyHolder, renderPrompt, sampleResponses } from "./policy.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
   store: PairStore;
   policy: PolicyHolder;
-  /** Bearer keys accepted on every route except /healthz. */
+  /** Bearer keys accepted on every route except /healthz and the pages. */
   apiKeys: string[];
+  /**
+   * Bearer keys for the dashboard and labeling pages, accepted only on `LABEL_KEY_ROUTES` (reading the
+   * dashboard and pairs, giving feedback); refused with 403 elsewhere.
+   */
+  labelKeys?: string[];
   /** Scores a response (a verifier judge): pairs are then best against worst instead of two at random. */
   score?: (prompt: string | ChatMessage[], completion: string) => Promise<number>;
   /** Standard Webhooks secret: feedback signed with it is accepted without an API key. */
@@ -59,6 +69,14 @@ const STORE_ERRORS: [abstract new (...args: never[]) => Error, 404 | 409 | 413 |
   [StoreInputError, 422, "invalid_request"],
 ];
 
+/** The only requests a label key may make: method and path. */
+export const LABEL_KEY_ROUTES: readonly [string, RegExp][] = [
+  ["GET", /^\/v1\/dashboard$/],
+  ["GET", /^\/v1\/pairs$/],
+  ["GET", /^\/v1\/pairs\/[^/]+$/],
+  ["POST", /^\/v1\/pairs\/[^/]+\/feedback$/],
+];
+
 const Id = z.string().regex(/^[0-9A-HJKMNP-TV-Z]{26}$/, "not a pair id");
 
 /** Builds the app. */
@@ -91,11 +109,20 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
 
   app.get("/healthz", (c) => c.json({ ok: true, policy_version: policy.version }));
 
+  // The pages hold no data and need no key: their scripts call the API with a key of their own.
+  const page = (p: StaticPage) => async () => new Response(p.html, { headers: await p.headers() });
+  app.get("/", page(DASHBOARD_PAGE));
+  app.get("/label", page(LABEL_PAGE));
+
   const limit = bodyLimit({
     maxSize: limits.bodyBytes,
     onError: (c) => c.json(errorBody("too_large", `the request body exceeds ${limits.bodyBytes} bytes`), 413),
   });
-  const auth = requireApiKey(deps.apiKeys);
+  const auth = requireApiKey({
+    apiKeys: deps.apiKeys,
+    labelKeys: deps.labelKeys,
+    labelAllowed: (c) => LABEL_KEY_ROUTES.some(([method, path]) => c.req.method === method && path.test(c.req.path)),
+  });
   const throttle = rateLimit({ limit: limits.requestsPerMinute, windowMs: 60_000, now });
   // Signed feedback from labelers' systems needs no API key: the signature is the credential.
   app.use("/v1/*", limit, async (c, next) => {
@@ -183,6 +210,11 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
     });
     metrics.countVerdict(body.choice);
     return c.json(pairJson(pair));
+  });
+
+  app.get("/v1/dashboard", async (c) => {
+    const query = parseOr422(DashboardQuerySchema, c.req.query(), "query");
+    return c.json(await readDashboard({ store, servingVersion: policy.version, now: now() }, query));
   });
 
   const Completion = z.union([z.string(), z.array(Message).min(1)]);

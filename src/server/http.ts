@@ -54,16 +54,42 @@ export async function secretsEqual(a: string, b: string): Promise<boolean> {
   return timingSafeEqual(x, y);
 }
 
-/** Bearer API keys: 401 without a valid one. Sets `apiKey` for the rate limiter. */
-export function requireApiKey(keys: string[]): MiddlewareHandler<{ Variables: { apiKey: string } }> {
+/** Options of `requireApiKey`. */
+export interface ApiKeyOptions {
+  /** Full keys: accepted on every route the middleware guards. */
+  apiKeys: string[];
+  /** Label keys (for the dashboard and labeling pages): accepted only where `labelAllowed` says so. */
+  labelKeys?: string[];
+  /** Whether a label key may make this request; a label key is refused with 403 where it may not. */
+  labelAllowed?: (c: Context) => boolean;
+}
+
+/**
+ * Bearer keys: 401 without a valid one, 403 for a label key outside the routes it may use. Sets
+ * `apiKey` (the key itself, so the rate limiter counts per key). Every configured key is compared,
+ * each in constant time, so the time taken does not say which kind of key matched.
+ */
+export function requireApiKey(options: ApiKeyOptions): MiddlewareHandler<{ Variables: { apiKey: string } }> {
+  const keys = [
+    ...options.apiKeys.map((key) => ({ key, label: false })),
+    ...(options.labelKeys ?? []).map((key) => ({ key, label: true })),
+  ];
   return async (c, next) => {
     const header = c.req.header("authorization") ?? "";
     const match = /^Bearer\s+(\S+)$/i.exec(header);
     if (!match) throw httpError(401, "unauthorized", "an API key is required: Authorization: Bearer <key>");
-    let found: string | undefined;
-    for (const key of keys) if (await secretsEqual(match[1]!, key)) found = key;
+    let found: { key: string; label: boolean } | undefined;
+    // A key listed as both kinds counts as a full key (full keys come first).
+    for (const k of keys) if ((await secretsEqual(match[1]!, k.key)) && found === undefined) found = k;
     if (found === undefined) throw httpError(401, "unauthorized", "the API key is not valid");
-    c.set("apiKey", found);
+    if (found.label && !options.labelAllowed?.(c)) {
+      throw httpError(
+        403,
+        "forbidden",
+        `a label key may only read the dashboard and pairs and give feedback: ${c.req.method} ${c.req.path} needs an API key`,
+      );
+    }
+    c.set("apiKey", found.key);
     await next();
   };
 }

@@ -4,6 +4,7 @@ import { StoreInputError } from "./errors.ts";
 import { pairCountKey, pairExpiryKey, pairKey, pairStatusKey, pairTimeKey } from "./keys.ts";
 import { type Pair, PairSchema } from "./schema.ts";
 import { assertValueFits } from "./_size.ts";
+import { countInsert, countTransition } from "./activity.ts";
 
 const ONE = 1n;
 const MINUS_ONE = (1n << 64n) - 1n; // KV's sum wraps around: adding 2^64-1 subtracts 1
@@ -16,7 +17,7 @@ export function checkedPair(pair: Pair, what: string): Pair {
   return pair;
 }
 
-/** Adds the writes of a new pair: the record, its status, time and expiry index entries, its counter. */
+/** Adds the writes of a new pair: the record, its status, time and expiry index entries, its counters. */
 export function insertPair(op: Deno.AtomicOperation, pair: Pair): void {
   op.set(pairKey(pair.id), pair)
     .set(pairStatusKey(pair.status, pair.id), null)
@@ -25,6 +26,7 @@ export function insertPair(op: Deno.AtomicOperation, pair: Pair): void {
   if (pair.status === "awaiting_judgment" && pair.expiresAt !== undefined) {
     op.set(pairExpiryKey(pair.expiresAt, pair.id), null);
   }
+  countInsert(op, pair);
 }
 
 /** Adds the writes of one transition: the new record, and the index entries and counters it moves. */
@@ -39,4 +41,5 @@ export function transitionPair(op: Deno.AtomicOperation, before: Pair, after: Pa
   if (before.status === "awaiting_judgment" && after.status !== "awaiting_judgment" && before.expiresAt !== undefined) {
     op.delete(pairExpiryKey(before.expiresAt, before.id));
   }
+  countTransition(op, before, after);
 }

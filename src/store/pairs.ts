@@ -18,8 +18,9 @@ import {
 import { readIndexPage } from "./_paging.ts";
 import { commitWithinLimits } from "./_size.ts";
 import { createIdGenerator, type IdGenerator } from "./_ulid.ts";
+import { type Activity, ACTIVITY_RETENTION_MS, pruneActivity, readActivity } from "./activity.ts";
 import { CompletionStore, DEFAULT_COMPLETION_RETENTION_MS } from "./completions.ts";
-import { ConflictError, NotFoundError } from "./errors.ts";
+import { ConflictError, NotFoundError, StoreInputError } from "./errors.ts";
 import {
   type ClaimOptions,
   type CompletionInput,
@@ -61,6 +62,7 @@ import {
 } from "./schema.ts";
 
 export { ConflictError, NotFoundError, StoreCorruptError, StoreInputError, StoreLimitError } from "./errors.ts";
+export { type Activity, ACTIVITY_RETENTION_MS, MINUTE_MS, minuteOf } from "./activity.ts";
 export * from "./inputs.ts";
 export * from "./schema.ts";
 
@@ -69,6 +71,10 @@ export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
 
 // Pairs expired per commit: one check each (≤ 10) and at most 8 × 64 KiB written (< 800 KiB).
 const EXPIRE_BATCH = 8;
+// How often `expirePending` also deletes activity counters past their retention.
+const PRUNE_EVERY_MS = 10 * 60_000;
+// Most minutes `activity` reads at once: a day.
+const MAX_ACTIVITY_MINUTES = 24 * 60;
 
 /** Options of `PairStore`. */
 export interface PairStoreOptions {
@@ -101,6 +107,7 @@ export class PairStore {
   readonly #now: () => number;
   readonly #newId: IdGenerator = createIdGenerator();
   readonly #completions: CompletionStore;
+  #prunedAt = -Infinity;
 
   /** Wraps an open `Deno.Kv` (which the caller closes). */
   constructor(kv: Deno.Kv, options: PairStoreOptions = {}) {
@@ -195,6 +202,14 @@ export class PairStore {
     const pair = await this.get(id);
     if (pair === null) throw new NotFoundError(`Idempotency key '${key}' names pair '${id}', which does not exist`);
     return pair;
+  }
+
+  /**
+   * The KV this store wraps, for the readers of what other roles write beside the pairs (the trainer's
+   * metrics, evaluations and status) on the dashboard.
+   */
+  get kv(): Deno.Kv {
+    return this.#kv;
   }
 
   /** The pair with this id, or `null`. */
@@ -338,9 +353,15 @@ export class PairStore {
 
   /**
    * Moves pairs awaiting judgment whose `expiresAt <= now` to expired, found through the expiry index,
-   * up to 8 per commit with a versionstamp check each. Returns how many it moved.
+   * up to 8 per commit with a versionstamp check each. Returns how many it moved. Every 10 minutes it
+   * also deletes the activity counters older than `ACTIVITY_RETENTION_MS` (the periodic sweep that
+   * servers and judges already run).
    */
   async expirePending(now: number = this.#now()): Promise<number> {
+    if (now - this.#prunedAt >= PRUNE_EVERY_MS) {
+      this.#prunedAt = now;
+      await pruneActivity(this.#kv, now - ACTIVITY_RETENTION_MS);
+    }
     let expired = 0;
     let batch: Deno.KvKey[] = [];
     const due = this.#kv.list({ prefix: PAIR_EXPIRY_PREFIX, end: pairExpiryEnd(now) }, { batchSize: 100 });
@@ -398,6 +419,21 @@ export class PairStore {
       counts[status] = counterValue(entries[i]!.value, `the '${status}' pair counter`);
     }
     return counts;
+  }
+
+  /**
+   * Pairs created, judged, expired and trained, and verdicts whose judge agreed or disagreed with itself,
+   * per minute from the minute holding `from` to the one holding `to` (ms; at most a day), from counters
+   * kept in the transitions' own commits.
+   */
+  activity(options: { from: number; to: number }): Promise<Activity> {
+    const { from, to } = options;
+    if (!(Number.isFinite(from) && Number.isFinite(to) && from <= to && to - from < MAX_ACTIVITY_MINUTES * 60_000)) {
+      throw new StoreInputError(
+        `Cannot read activity from ${from} to ${to}: expected finite times in order, at most a day apart`,
+      );
+    }
+    return readActivity(this.#kv, from, to);
   }
 
   /** Keeps a served completion for KTO feedback; see `CompletionStore.recordCompletion`. */

@@ -25,6 +25,28 @@ const Ms = z.number().int().nonnegative();
 const Index = z.number().int().nonnegative();
 const Version = z.number().int().nonnegative();
 
+/** What the per-minute activity counters count (see `activityKey`). */
+export const ACTIVITY_KINDS = [
+  /** A pair sampled and stored. */
+  "created",
+  /** An already-labeled pair imported. */
+  "imported",
+  /** A verdict a or b (the pair became labeled). */
+  "labeled",
+  /** A verdict tie. */
+  "tie",
+  /** A pending pair expired unjudged. */
+  "expired",
+  /** A labeled pair trained into a policy version. */
+  "trained",
+  /** A verdict whose judge agreed with itself (both orders, or every ensemble member). */
+  "agreed",
+  /** A verdict whose judge disagreed with itself (counted as a tie by the LLM judge). */
+  "disagreed",
+] as const;
+/** One of `ACTIVITY_KINDS`. */
+export type ActivityKind = (typeof ACTIVITY_KINDS)[number];
+
 /** Which judge gave a verdict. */
 export const JudgeSchema = z.object({
   kind: z.enum(["verifier", "hf", "webhook", "human", "ensemble", "import"]),
@@ -41,6 +63,11 @@ export const VerdictSchema = z.object({
   reason: z.string().optional(),
   at: Ms,
   latencyMs: z.number().nonnegative().optional(),
+  /**
+   * Whether the judge agreed with itself: an LLM judge asked in both orders gave the same answer, or every
+   * member of an ensemble voted the same. Absent for single-answer judges (verifier, human) and old records.
+   */
+  agreed: z.boolean().optional(),
 });
 /** A judge's answer on the two candidates shown to it as a and b. */
 export type Verdict = z.infer<typeof VerdictSchema>;

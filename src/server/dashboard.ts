@@ -1,0 +1,208 @@
+/**
+ * The data behind `GET /v1/dashboard`: one JSON document with everything the dashboard page plots, read
+ * from KV in bounded work (a capped reverse range of training steps, the last evaluations, an hour or so of
+ * per-minute counters, the latest pairs through the time index; never a scan of all pairs).
+ *
+ * Shape of the document (times in ms since the epoch):
+ *
+ * ```ts
+ * {
+ *   now: number;
+ *   policy: {
+ *     serving: number;              // the version this server instance serves
+ *     current: number | null;       // the version the KV pointer names (every server converges to it)
+ *     switched_at: number | null;   // when the pointer last moved
+ *     reference: number | null;     // the trainer's reference version (its count of reference refreshes)
+ *   };
+ *   trainer: { owner, step, policy_version, ref_version, updated_at } | null;  // the trainer status, if any
+ *   pairs: Record<"awaiting_judgment" | "labeled" | "tie" | "expired" | "trained", number>;
+ *   metrics: {
+ *     names: string[];              // metrics present, TRL names ("loss", "rewards/accuracies", ...)
+ *     step: number[];               // one entry per point: the last step of the point's bucket
+ *     at: number[];                 // when that step was recorded
+ *     series: Record<string, (number | null)[]>;  // per name, the bucket means (null: no finite value)
+ *     steps_read: number;           // training steps averaged into the points (at most `limit`)
+ *     truncated: boolean;           // older steps since `since` were left out by `limit`
+ *   };
+ *   evals: { version, prompts, accuracy, base_accuracy, win_rate_vs_base, at, seconds }[];  // oldest first
+ *   activity: {                     // per minute, oldest first, the current minute last
+ *     minutes: number[];            // start of each minute
+ *     created, imported, labeled, tie, expired, trained, agreed, disagreed: number[];
+ *   };
+ *   latest: {                       // newest first; texts cut to 280 characters
+ *     id, status, created_at, updated_at, policy_version, prompt, a, b,
+ *     chosen: "a" | "b" | null,
+ *     verdict: { choice, judge: { kind, id }, annotator, reason, latency_ms, agreed, at } | null,
+ *     trained_into: number | null,
+ *   }[];
+ * }
+ * ```
+ */
+import { z } from "zod";
+import { VersionEvalSchema } from "../dpo/evaluate.ts";
+import { readPointer } from "../store/checkpoints.ts";
+import { EVAL_PREFIX, TRAIN_METRICS_PREFIX, trainerStatusKey, trainMetricsKey } from "../store/keys.ts";
+import { ACTIVITY_KINDS, type Pair, type PairStore } from "../store/pairs.ts";
+import { TrainerStatusSchema } from "../store/trainer_status.ts";
+
+/** The query of `GET /v1/dashboard`. */
+export const DashboardQuerySchema = z.object({
+  /** Training steps recorded at or after this time (ms); default all that `limit` allows. */
+  since: z.coerce.number().int().nonnegative().default(0),
+  /** Most training steps read, newest first. */
+  limit: z.coerce.number().int().min(1).max(20_000).default(5000),
+  /** Most points per metric series (steps are averaged in equal buckets to fit). */
+  points: z.coerce.number().int().min(2).max(2000).default(300),
+  /** Minutes of activity counters, the current one included. */
+  minutes: z.coerce.number().int().min(1).max(24 * 60).default(60),
+  /** Latest pairs listed. */
+  pairs: z.coerce.number().int().min(0).max(100).default(20),
+});
+/** The query of `GET /v1/dashboard`. */
+export type DashboardQuery = z.infer<typeof DashboardQuerySchema>;
+
+/** Metrics the dashboard keeps, in display order (TRL's names). */
+export const DASHBOARD_METRICS = [
+  "loss",
+  "rewards/accuracies",
+  "rewards/margins",
+  "objective/kl",
+  "grad_norm",
+  "learning_rate",
+  "rewards/chosen",
+  "rewards/rejected",
+  "logps/chosen",
+  "logps/rejected",
+  "objective/entropy",
+] as const;
+
+// Evaluations listed: one per published version, the newest ones.
+const MAX_EVALS = 200;
+const TEXT_CHARS = 280;
+
+const StepRecord = z.object({ step: z.number().int().nonnegative() }).catchall(z.unknown());
+
+/** What the document is read from. */
+export interface DashboardSource {
+  store: PairStore;
+  /** The version this server instance serves. */
+  servingVersion: number;
+  now: number;
+}
+
+/** Reads the dashboard document; see the module comment for its shape. */
+export async function readDashboard(source: DashboardSource, query: DashboardQuery) {
+  const { store, now } = source;
+  const kv = store.kv;
+  const [pointer, status, counts, metrics, evals, activity, latest] = await Promise.all([
+    readPointer(kv),
+    kv.get(trainerStatusKey()),
+    store.counts(),
+    readMetrics(kv, query),
+    readEvals(kv),
+    store.activity({ from: now - (query.minutes - 1) * 60_000, to: now }),
+    query.pairs === 0 ? Promise.resolve({ pairs: [] }) : store.list({ limit: query.pairs }),
+  ]);
+  // A status this version cannot read (another trainer version) is shown as none rather than failing the page.
+  const parsedStatus = TrainerStatusSchema.safeParse(status.value);
+  const trainer = parsedStatus.success ? parsedStatus.data : null;
+  return {
+    now,
+    policy: {
+      serving: source.servingVersion,
+      current: pointer?.version ?? null,
+      switched_at: pointer?.switchedAt ?? null,
+      reference: trainer?.ref_version ?? null,
+    },
+    trainer,
+    pairs: counts,
+    metrics,
+    evals,
+    activity: {
+      minutes: activity.minutes,
+      ...Object.fromEntries(ACTIVITY_KINDS.map((k) => [k, activity.counts[k]])),
+    },
+    latest: latest.pairs.map(pairSummary),
+  };
+}
+
+/** The newest `limit` steps since `query.since`, averaged into at most `query.points` points per series. */
+async function readMetrics(kv: Deno.Kv, query: DashboardQuery) {
+  const records: z.infer<typeof StepRecord>[] = [];
+  const at: number[] = [];
+  const entries = kv.list({ prefix: TRAIN_METRICS_PREFIX, start: trainMetricsKey(query.since, 0) }, {
+    reverse: true,
+    limit: query.limit + 1,
+    batchSize: Math.min(query.limit + 1, 1000),
+  });
+  let read = 0;
+  for await (const entry of entries) {
+    if (++read > query.limit) break;
+    const parsed = StepRecord.safeParse(entry.value);
+    if (!parsed.success || typeof entry.key[1] !== "number") continue; // not a step record: not plotted
+    records.push(parsed.data);
+    at.push(entry.key[1]);
+  }
+  records.reverse();
+  at.reverse();
+  const names = DASHBOARD_METRICS.filter((name) => records.some((r) => typeof r[name] === "number"));
+  const size = Math.max(1, Math.ceil(records.length / query.points));
+  const out = {
+    names: names as string[],
+    step: [] as number[],
+    at: [] as number[],
+    series: Object.fromEntries(names.map((n) => [n, [] as (number | null)[]])),
+    steps_read: records.length,
+    truncated: read > query.limit,
+  };
+  for (let start = 0; start < records.length; start += size) {
+    const bucket = records.slice(start, start + size);
+    out.step.push(bucket[bucket.length - 1]!.step);
+    out.at.push(at[Math.min(start + size, records.length) - 1]!);
+    for (const name of names) {
+      const values = bucket.map((r) => r[name]).filter((v): v is number => typeof v === "number" && isFinite(v));
+      out.series[name]!.push(values.length === 0 ? null : values.reduce((a, v) => a + v, 0) / values.length);
+    }
+  }
+  return out;
+}
+
+async function readEvals(kv: Deno.Kv) {
+  const evals = [];
+  for await (const entry of kv.list({ prefix: EVAL_PREFIX }, { reverse: true, limit: MAX_EVALS })) {
+    const parsed = VersionEvalSchema.safeParse(entry.value);
+    if (parsed.success) evals.push(parsed.data);
+  }
+  return evals.reverse();
+}
+
+function pairSummary(pair: Pair) {
+  const [a, b] = pair.candidates;
+  const v = pair.verdict;
+  const prompt = pair.prompt ?? pair.messages!.map((m) => `${m.role}: ${m.content}`).join("\n");
+  return {
+    id: pair.id,
+    status: pair.status,
+    created_at: pair.createdAt,
+    updated_at: pair.updatedAt,
+    policy_version: pair.policyVersion,
+    prompt: clip(prompt),
+    a: clip(pair.responses[a]!),
+    b: clip(pair.responses[b]!),
+    chosen: pair.chosen === undefined ? null : pair.chosen === a ? "a" : "b",
+    verdict: v === undefined ? null : {
+      choice: v.choice,
+      judge: v.judge,
+      annotator: v.annotator ?? null,
+      reason: v.reason === undefined ? null : clip(v.reason),
+      latency_ms: v.latencyMs ?? null,
+      agreed: v.agreed ?? null,
+      at: v.at,
+    },
+    trained_into: pair.trainedInto ?? null,
+  };
+}
+
+function clip(text: string): string {
+  return text.length <= TEXT_CHARS ? text : `${text.slice(0, TEXT_CHARS - 1)}…`;
+}

@@ -1,0 +1,222 @@
+/**
+ * `/`: the dashboard. Served without a key; its script reads `GET /v1/dashboard` with the key from the
+ * URL fragment (`#key=...`, an API key or a label key) every 5 seconds and draws the training metrics,
+ * held-out accuracy per version, the pairs' flow and the judges' agreement per minute, the versions and
+ * the latest pairs with their verdicts.
+ */
+import { CHART_CSS, CHART_SCRIPT } from "./_chart.ts";
+import { htmlPage, type StaticPage } from "./_page.ts";
+
+const BODY = String.raw`<header class="top">
+  <h1>Online DPO</h1>
+  <nav><a href="/">Dashboard</a><a href="/label">Label pairs</a></nav>
+  <span class="right" id="updated">loading…</span>
+</header>
+<main>
+  <p id="error" class="error" role="alert"></p>
+  <section class="cards" id="cards"></section>
+  <h2>Training steps</h2>
+  <div class="grid-charts" id="training"></div>
+  <h2>Versions and flow</h2>
+  <div class="grid-charts" id="flow"></div>
+  <h2>Latest pairs</h2>
+  <div class="table-wrap">
+    <table id="latest">
+      <thead><tr><th>Created</th><th>Status</th><th>Prompt</th><th>Response A</th><th>Response B</th>
+        <th>Verdict</th><th>Judge</th><th>Agreed</th><th>Latency</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </div>
+</main>`;
+
+const CSS = String.raw`
+h2 { font-size: 15px; margin: 22px 0 10px; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 140px; }
+.card .name { font-size: 12px; color: var(--muted); }
+.card .value { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.card .sub { font-size: 12px; color: var(--muted); }
+.table-wrap { overflow-x: auto; background: var(--card); border: 1px solid var(--line); border-radius: 6px; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { text-align: left; vertical-align: top; padding: 6px 8px; border-bottom: 1px solid #eef0f3; }
+th { font-weight: 600; color: var(--muted); background: #fafbfc; }
+td.text { max-width: 260px; white-space: pre-wrap; overflow-wrap: anywhere; }
+td.chosen { background: #e8f5ee; }
+td.chosen::before { content: "✓ "; color: var(--good); font-weight: 600; }
+.status { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px; background: #eef0f3; }
+.status.labeled { background: #e3edff; } .status.trained { background: #e8f5ee; } .status.tie { background: #fff4e5; }
+.status.expired { background: #f3e8e8; }
+td.empty { color: var(--muted); text-align: center; padding: 18px; }
+`;
+
+const SCRIPT = String.raw`
+const REFRESH_MS = 5000;
+let timer = null;
+
+function card(name, value, sub, id) {
+  return el("div", { class: "card", "data-card": id }, el("div", { class: "name" }, name),
+    el("div", { class: "value" }, value), el("div", { class: "sub" }, sub || ""));
+}
+
+function renderCards(d) {
+  const p = d.policy, t = d.trainer, n = d.pairs;
+  const version = (v) => (v === null || v === undefined ? "–" : "v" + v);
+  document.getElementById("cards").replaceChildren(
+    card("Policy (current)", version(p.current),
+      "serving " + version(p.serving) + " here" + (p.switched_at ? " · since " + fmtAgo(p.switched_at, d.now) : ""),
+      "policy"),
+    card("Reference", p.reference === null ? "–" : "#" + p.reference,
+      t ? "refreshes so far · trainer from v" + t.policy_version : "no trainer status yet", "reference"),
+    card("Trainer step", t ? fmtNumber(t.step) : "–",
+      t ? t.owner + " · " + fmtAgo(t.updated_at, d.now) : "no trainer status yet", "trainer"),
+    card("Awaiting judgment", fmtNumber(n.awaiting_judgment), "pending pairs", "awaiting_judgment"),
+    card("Labeled", fmtNumber(n.labeled), "ready to train", "labeled"),
+    card("Trained", fmtNumber(n.trained), "in a published version", "trained"),
+    card("Ties / expired", fmtNumber(n.tie) + " / " + fmtNumber(n.expired), "never trained on", "tie"),
+  );
+}
+
+const METRIC_CHARTS = [
+  { id: "loss", metrics: ["loss"], title: "Loss", yLabel: "loss" },
+  { id: "accuracies", metrics: ["rewards/accuracies"], title: "Reward accuracy", yLabel: "rewards/accuracies",
+    yFormat: fmtPercent, yMin: 0, yMax: 1 },
+  { id: "margins", metrics: ["rewards/margins"], title: "Reward margin", yLabel: "rewards/margins" },
+  { id: "kl", metrics: ["objective/kl"], title: "KL to the reference", yLabel: "objective/kl" },
+  { id: "rewards", metrics: ["rewards/chosen", "rewards/rejected"], title: "Implicit rewards", yLabel: "reward" },
+  { id: "grad_norm", metrics: ["grad_norm"], title: "Gradient norm", yLabel: "grad_norm", yMin: 0 },
+];
+
+function renderTraining(d) {
+  const m = d.metrics;
+  const note = m.truncated ? " (latest " + fmtNumber(m.steps_read) + " steps)" : "";
+  document.getElementById("training").replaceChildren(...METRIC_CHARTS.map((c) => lineChart({
+    id: c.id,
+    title: c.title + note,
+    xLabel: "optimizer step",
+    yLabel: c.yLabel,
+    xs: m.step,
+    series: c.metrics.map((name) => ({ name, ys: m.series[name] || [] })),
+    xKind: "integer",
+    yFormat: c.yFormat,
+    yMin: c.yMin,
+    yMax: c.yMax,
+    empty: "no training steps yet",
+  })));
+}
+
+function perMinute(a, f) {
+  return a.minutes.map((_, i) => f(i));
+}
+
+function renderFlow(d) {
+  const e = d.evals, a = d.activity;
+  const judged = (i) => a.labeled[i] + a.tie[i];
+  document.getElementById("flow").replaceChildren(
+    lineChart({
+      id: "evals",
+      title: "Held-out accuracy per version",
+      xLabel: "policy version",
+      yLabel: "accuracy",
+      xs: e.map((x) => x.version),
+      series: [
+        { name: "accuracy", ys: e.map((x) => x.accuracy) },
+        { name: "base accuracy", ys: e.map((x) => x.base_accuracy), dashed: true, color: "#98a2b3" },
+        { name: "win rate vs base", ys: e.map((x) => x.win_rate_vs_base), color: "#1a9c6b" },
+      ],
+      xKind: "integer",
+      yFormat: fmtPercent,
+      yMin: 0,
+      yMax: 1,
+      empty: "no version evaluated yet",
+    }),
+    lineChart({
+      id: "throughput",
+      title: "Pairs per minute",
+      xLabel: "time (minute)",
+      yLabel: "pairs / minute",
+      xs: a.minutes,
+      series: [
+        { name: "created", ys: perMinute(a, (i) => a.created[i] + a.imported[i]) },
+        { name: "judged", ys: perMinute(a, judged) },
+        { name: "trained", ys: a.trained },
+      ],
+      xKind: "time",
+      yMin: 0,
+    }),
+    lineChart({
+      id: "agreement",
+      title: "Judge agreement and ties per minute",
+      xLabel: "time (minute)",
+      yLabel: "share of verdicts",
+      xs: a.minutes,
+      series: [
+        { name: "judge agreed", ys: perMinute(a, (i) => {
+          const n = a.agreed[i] + a.disagreed[i];
+          return n === 0 ? null : a.agreed[i] / n;
+        }) },
+        { name: "ties", ys: perMinute(a, (i) => (judged(i) === 0 ? null : a.tie[i] / judged(i))), color: "#e0662b" },
+      ],
+      xKind: "time",
+      yFormat: fmtPercent,
+      yMin: 0,
+      yMax: 1,
+      empty: "no verdicts in this window",
+    }),
+  );
+}
+
+function renderLatest(d) {
+  const body = document.querySelector("#latest tbody");
+  if (d.latest.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "empty" }, "no pairs yet")));
+    return;
+  }
+  body.replaceChildren(...d.latest.map((p) => {
+    const v = p.verdict;
+    const judge = v ? v.judge.kind + ":" + v.judge.id + (v.annotator ? " (" + v.annotator + ")" : "") : "–";
+    return el("tr", { "data-pair": p.id },
+      el("td", { title: new Date(p.created_at).toISOString() }, fmtClock(p.created_at)),
+      el("td", {}, el("span", { class: "status " + p.status }, p.status)),
+      el("td", { class: "text" }, p.prompt),
+      el("td", { class: "text" + (p.chosen === "a" ? " chosen" : "") }, p.a),
+      el("td", { class: "text" + (p.chosen === "b" ? " chosen" : "") }, p.b),
+      el("td", { class: "verdict", title: v && v.reason ? v.reason : null }, v ? v.choice : "–"),
+      el("td", {}, judge),
+      el("td", {}, !v || v.agreed === null ? "–" : v.agreed ? "yes" : "no"),
+      el("td", {}, v && v.latency_ms !== null ? fmtNumber(Math.round(v.latency_ms)) + " ms" : "–"),
+    );
+  }));
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  const error = document.getElementById("error");
+  try {
+    const response = await api("/v1/dashboard?minutes=60&pairs=20");
+    const body = await response.json();
+    if (!response.ok) throw new Error(body && body.error ? body.error.message : "HTTP " + response.status);
+    renderCards(body);
+    renderTraining(body);
+    renderFlow(body);
+    renderLatest(body);
+    error.textContent = "";
+    document.getElementById("updated").textContent = "updated " + fmtClock(body.now) + " · every 5 s";
+  } catch (err) {
+    if (err instanceof KeyRefused) return; // the key form is showing; it restarts the refresh
+    error.textContent = "Cannot refresh the dashboard: " + err.message;
+  }
+  timer = setTimeout(refresh, REFRESH_MS);
+}
+
+takeKeyFromFragment();
+setupKeyForm(refresh);
+refresh();
+`;
+
+/** The dashboard page. */
+export const DASHBOARD_PAGE: StaticPage = htmlPage({
+  title: "Online DPO · dashboard",
+  css: CHART_CSS + CSS,
+  body: BODY,
+  script: CHART_SCRIPT + SCRIPT,
+});

@@ -1,0 +1,301 @@
+/**
+ * The dashboard and labeling pages in a real browser: Debian's Chromium driven by playwright-core, against
+ * the real app served over loopback on a KV file. Screenshots go to test-artifacts/. Without Chromium the
+ * test is skipped with a notice, or fails when DPO_REQUIRE_BROWSER=1 (CI installs it, so it must run).
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { loadModel } from "../src/model/checkpoint.ts";
+import { initBackend } from "../src/model/backend.ts";
+import { createApp } from "../src/server/app.ts";
+import { PolicyHolder } from "../src/server/policy.ts";
+import { evalKey, policyPointerKey, trainerStatusKey, trainMetricsKey } from "../src/store/keys.ts";
+import { type Pair, PairStore } from "../src/store/pairs.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const ARTIFACTS = join(ROOT, "test-artifacts");
+const CHROMIUM = Deno.env.get("DPO_CHROMIUM") ?? "/usr/bin/chromium";
+const KEY = "pages-test-api-key";
+const LABEL_KEY = "pages-test-label-key";
+const STEPS = 120;
+
+const hasChromium = await Deno.stat(CHROMIUM).then((s) => s.isFile, () => false);
+const required = Deno.env.get("DPO_REQUIRE_BROWSER") === "1";
+if (!hasChromium && !required) {
+  console.log(
+    `pages_test: skipped: no Chromium at ${CHROMIUM} (apt-get install chromium, or set DPO_CHROMIUM); ` +
+      "DPO_REQUIRE_BROWSER=1 makes this a failure",
+  );
+}
+
+/** Training steps, evaluations, trainer status and pointer as the trainer writes them; pairs in every state. */
+async function seed(kv: Deno.Kv, store: PairStore) {
+  const now = Date.now();
+  const op = kv.atomic();
+  for (let step = 1; step <= STEPS; step++) {
+    op.set(trainMetricsKey(now - (STEPS - step) * 1000, step), {
+      step,
+      loss: 0.6931 * Math.exp(-step / 60) + 0.05 * Math.sin(step / 3),
+      "rewards/accuracies": Math.min(1, 0.5 + step / 250),
+      "rewards/margins": step / 100,
+      "objective/kl": step / 1000,
+      "rewards/chosen": step / 200,
+      "rewards/rejected": -step / 200,
+      grad_norm: 1 + 0.5 * Math.cos(step / 10),
+      learning_rate: 1e-5,
+      skipped: false,
+      skipped_steps: 0,
+      ref_version: 2,
+    });
+  }
+  await op.commit();
+  for (const version of [1, 2, 3, 4]) {
+    await kv.set(evalKey(version), {
+      version,
+      prompts: 200,
+      accuracy: 0.2 + version / 10,
+      base_accuracy: 0.245,
+      win_rate_vs_base: 0.5 + version / 20,
+      at: now,
+      seconds: 2,
+    });
+  }
+  await kv.set(trainerStatusKey(), {
+    owner: "trainer-1",
+    step: STEPS,
+    policy_version: 4,
+    ref_version: 2,
+    updated_at: now,
+  });
+  await kv.set(policyPointerKey(), { version: 4, sha256: "0".repeat(64), storage: "dir", switchedAt: now - 90_000 });
+
+  const create = async (prompt: string, a: string, b: string) =>
+    (await store.create({ prompt, promptText: prompt, responses: [a, b], policyVersion: 4 })).pair;
+  const judged = [
+    await create("What is 12+30?", " 42", " 43"),
+    await create("What is 7+8?", " 15", " 16"),
+  ];
+  await store.recordVerdict(judged[0]!.id, {
+    choice: "a",
+    judge: { kind: "hf", id: "hf:judge" },
+    agreed: true,
+    latencyMs: 812,
+  });
+  await store.recordVerdict(judged[1]!.id, { choice: "tie", judge: { kind: "hf", id: "hf:judge" }, agreed: false });
+  // Untrusted text: it must show as text, never as markup.
+  const hostile = await create(`<img src=x onerror="window.__xss=1">What is 1+1?`, " <b>2</b>", " 3 & 4");
+  const pending = [
+    await create("What is 20+22?", " 42", " 44"),
+    await create("What is 5+5?", " 10", " 11"),
+  ];
+  return { judged, hostile, pending };
+}
+
+async function text(page: Page, selector: string): Promise<string> {
+  return (await page.locator(selector).first().textContent())?.trim() ?? "";
+}
+
+/** The points of a chart's series: its polyline's point count as drawn. */
+async function pointsOf(page: Page, chart: string, series: string): Promise<number> {
+  const polyline = page.locator(`section[data-chart="${chart}"] polyline[data-series="${series}"]`);
+  const [declared, drawn] = await polyline.evaluate((p) => [p.getAttribute("data-points"), p.getAttribute("points")]);
+  const count = drawn!.trim().split(/\s+/).length;
+  assert.equal(Number(declared), count, `${chart}/${series}: data-points matches the polyline`);
+  return count;
+}
+
+async function pairStatus(path: string, id: string): Promise<Pair | null> {
+  // A second handle on the file: what the page wrote is in KV, not in some cache of the server's.
+  const kv = await Deno.openKv(path);
+  try {
+    return (await new PairStore(kv).get(id));
+  } finally {
+    kv.close();
+  }
+}
+
+Deno.test({
+  name: "pages in Chromium: the dashboard draws the seeded data; labeling by keyboard changes pairs in KV",
+  ignore: !hasChromium && !required,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    if (!hasChromium) {
+      throw new Error(
+        `Cannot run the browser tests as DPO_REQUIRE_BROWSER=1 and Chromium is not at ${CHROMIUM}: ` +
+          "apt-get install chromium (or set DPO_CHROMIUM to its path)",
+      );
+    }
+    await Deno.mkdir(ARTIFACTS, { recursive: true });
+    await initBackend("wasm");
+    const dir = await Deno.makeTempDir({ prefix: "pages_test_" });
+    const kvPath = join(dir, "dpo.kv");
+    const kv = await Deno.openKv(kvPath);
+    const store = new PairStore(kv);
+    const loaded = await loadModel(join(ROOT, "tests/fixtures/gpt2_tiny"), { trainable: false });
+    const policy = new PolicyHolder({ model: loaded.model, tokenizer: loaded.tokenizer, version: 4 });
+    const app = createApp({ store, policy, apiKeys: [KEY], labelKeys: [LABEL_KEY] });
+    const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+    const url = `http://127.0.0.1:${server.addr.port}`;
+    let browser: Browser | undefined;
+    try {
+      const seeded = await seed(kv, store);
+      browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
+      const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+      context.setDefaultTimeout(10_000);
+      const errors: string[] = [];
+      context.on("weberror", (e) => void errors.push(e.error().message));
+
+      await t.step("dashboard: every chart drawn from the data, versions, latest pairs as text", async () => {
+        const page = await context.newPage();
+        page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+        await page.goto(`${url}/#key=${LABEL_KEY}`);
+        await page.waitForSelector('section[data-chart="loss"] polyline');
+        assert.doesNotMatch(page.url(), /key=/, "the key left the address bar");
+
+        const charts = [
+          ["loss", "loss", "loss"],
+          ["accuracies", "rewards/accuracies", "rewards/accuracies"],
+          ["margins", "rewards/margins", "rewards/margins"],
+          ["kl", "objective/kl", "objective/kl"],
+          ["rewards", "rewards/chosen", "reward"],
+          ["rewards", "rewards/rejected", "reward"],
+          ["grad_norm", "grad_norm", "grad_norm"],
+        ] as const;
+        for (const [chart, series, yLabel] of charts) {
+          assert.equal(await pointsOf(page, chart, series), STEPS, chart);
+          assert.equal(await text(page, `section[data-chart="${chart}"] text.label.x`), "optimizer step");
+          assert.equal(await text(page, `section[data-chart="${chart}"] text.label.y`), yLabel);
+          const ticks = await page.locator(`section[data-chart="${chart}"] text.tick`).count();
+          assert.ok(ticks >= 4, `${chart} has axis ticks (${ticks})`);
+        }
+        assert.equal(await text(page, 'section[data-chart="margins"] b.last'), "1.2");
+        assert.equal(await text(page, 'section[data-chart="accuracies"] b.last'), "98.0%");
+        assert.equal(await text(page, 'section[data-chart="kl"] b.last'), "0.12");
+        assert.equal(await text(page, 'section[data-chart="rewards"] b.last[data-series="rewards/rejected"]'), "-0.6");
+
+        for (const series of ["accuracy", "base accuracy", "win rate vs base"]) {
+          assert.equal(await pointsOf(page, "evals", series), 4, series);
+        }
+        assert.equal(await text(page, 'section[data-chart="evals"] b.last[data-series="accuracy"]'), "60.0%");
+        assert.equal(await text(page, 'section[data-chart="evals"] b.last[data-series="win rate vs base"]'), "70.0%");
+        assert.equal(await pointsOf(page, "throughput", "created"), 60, "one point a minute for an hour");
+        assert.equal(await text(page, 'section[data-chart="throughput"] b.last[data-series="created"]'), "5");
+        assert.equal(await text(page, 'section[data-chart="throughput"] b.last[data-series="judged"]'), "2");
+        assert.equal(await pointsOf(page, "agreement", "judge agreed"), 1);
+        assert.equal(await text(page, 'section[data-chart="agreement"] b.last[data-series="judge agreed"]'), "50.0%");
+        assert.equal(await text(page, 'section[data-chart="agreement"] b.last[data-series="ties"]'), "50.0%");
+
+        assert.equal(await text(page, '[data-card="policy"] .value'), "v4");
+        assert.equal(await text(page, '[data-card="reference"] .value'), "#2");
+        assert.equal(await text(page, '[data-card="trainer"] .value'), "120");
+        assert.equal(await text(page, '[data-card="awaiting_judgment"] .value'), "3");
+
+        const rows = page.locator("#latest tbody tr");
+        assert.equal(await rows.count(), 5);
+        const all = [...seeded.judged, seeded.hostile, ...seeded.pending];
+        for (const pair of all) assert.equal(await page.locator(`tr[data-pair="${pair.id}"]`).count(), 1);
+        const hostile = page.locator(`tr[data-pair="${seeded.hostile.id}"]`);
+        assert.equal(await hostile.locator("td.text").first().textContent(), seeded.hostile.prompt);
+        assert.equal(await hostile.locator("td.text").nth(1).textContent(), " <b>2</b>");
+        assert.equal(await page.locator("#latest img, #latest tbody b").count(), 0, "no markup from the data");
+        assert.equal(await page.evaluate(() => (globalThis as { __xss?: number }).__xss), undefined);
+        const first = page.locator(`tr[data-pair="${seeded.judged[0]!.id}"]`);
+        assert.equal(await first.locator("td.chosen").textContent(), " 42");
+        assert.equal(await first.locator("td").nth(7).textContent(), "yes");
+        await page.screenshot({ path: join(ARTIFACTS, "dashboard.png"), fullPage: true });
+        await page.close();
+      });
+
+      await t.step("label page: A by keyboard, a pair taken by someone else, tie, then the empty state", async () => {
+        const page = await context.newPage();
+        await page.goto(`${url}/label#key=${LABEL_KEY}`);
+        const shown = async () => {
+          await page.waitForSelector("#pair:not([hidden])");
+          return (await page.locator("#pair").getAttribute("data-pair"))!;
+        };
+        const next = async (prev: string) => {
+          await page.waitForSelector(`#pair:not([hidden]):not([data-pair="${prev}"]), #empty:not([hidden])`);
+          return await shown();
+        };
+        const waitFor = async (id: string, status: string) => {
+          for (let i = 0; i < 100; i++) {
+            const pair = await pairStatus(kvPath, id);
+            if (pair?.status === status) return pair;
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          throw new Error(`pair ${id} did not become ${status}`);
+        };
+
+        // Newest first: the two plain pending pairs, then the hostile one.
+        let id = await shown();
+        assert.equal(id, seeded.pending[1]!.id);
+        assert.equal(await text(page, "#prompt"), "What is 5+5?");
+        assert.equal(await page.locator("#textA").textContent(), " 10"); // A = candidates[0]
+        assert.equal(await page.locator("#textB").textContent(), " 11");
+        assert.match(await text(page, ".actions"), /A is better\s*A\s*1/);
+
+        await page.keyboard.press("a"); // no annotator yet: refused with a notice, nothing sent
+        assert.match(await text(page, "#notice"), /annotator/);
+        await page.fill("#annotator", "alice");
+        await page.keyboard.press("Escape"); // leaves the box so the keys are shortcuts again
+        await page.keyboard.press("a");
+        const labeled = await waitFor(id, "labeled");
+        assert.deepEqual([labeled.chosen, labeled.verdict!.annotator, labeled.verdict!.judge.kind], [
+          0,
+          "alice",
+          "human",
+        ]);
+
+        id = await next(id);
+        assert.equal(id, seeded.pending[0]!.id);
+        await page.screenshot({ path: join(ARTIFACTS, "label.png"), fullPage: true });
+        // Someone else answers this pair first: the page says so and moves on.
+        await store.recordVerdict(id, { choice: "b", judge: { kind: "human", id: "bob" }, annotator: "bob" });
+        await page.keyboard.press("2");
+        const taken = id;
+        id = await next(id);
+        assert.match(await text(page, "#notice"), /judged by someone else/);
+        assert.equal((await pairStatus(kvPath, taken))!.verdict!.annotator, "bob", "no overwrite");
+
+        assert.equal(id, seeded.hostile.id);
+        assert.equal(await text(page, "#prompt"), seeded.hostile.prompt);
+        assert.equal(await page.locator("#textA").textContent(), " <b>2</b>");
+        assert.equal(await page.locator("#pair img, #pair .text b").count(), 0);
+        await page.keyboard.press("t");
+        const tie = await waitFor(id, "tie");
+        assert.equal(tie.verdict!.annotator, "alice");
+
+        await page.waitForSelector("#empty:not([hidden])");
+        assert.match(await text(page, "#empty"), /Nothing awaits judgment/);
+        assert.equal(await text(page, "#count"), "2 labeled");
+        await page.screenshot({ path: join(ARTIFACTS, "label-empty.png") });
+        await page.close();
+      });
+
+      await t.step("a wrong key in the fragment shows the key form; a good one entered there works", async () => {
+        const page = await context.newPage();
+        await page.goto(`${url}/#key=wrong-key`);
+        await page.waitForSelector("#keyform:not([hidden])");
+        assert.match(await text(page, "#keymsg"), /refused/);
+        assert.equal(await page.locator('section[data-chart="loss"]').count(), 0);
+        await page.screenshot({ path: join(ARTIFACTS, "key-form.png") });
+        await page.fill("#keyinput", KEY);
+        await page.press("#keyinput", "Enter");
+        await page.waitForSelector('section[data-chart="loss"] polyline');
+        assert.equal(await page.locator("#keyform").isHidden(), true);
+        await page.close();
+      });
+
+      assert.deepEqual(errors, [], "no script errors in the pages");
+    } finally {
+      await browser?.close();
+      await server.shutdown();
+      policy.dispose();
+      kv.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
