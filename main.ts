@@ -1,5 +1,5 @@
 /** Entry point: parses the command line and runs one command. Wiring only. */
-import { UsageError } from "./src/cli/common.ts";
+import { ConfigError, UsageError } from "./src/cli/common.ts";
 import { GENERATE_USAGE, runGenerate } from "./src/cli/generate.ts";
 import { LOGPROBS_USAGE, runLogprobs } from "./src/cli/logprobs.ts";
 import { runStart, START_USAGE } from "./src/cli/start.ts";
@@ -10,7 +10,11 @@ import { runWorker, WORKER_USAGE } from "./src/cli/worker.ts";
 import { runVersions, VERSIONS_USAGE } from "./src/cli/versions.ts";
 
 const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: string; summary: string }> = {
-  start: { run: runStart, usage: START_USAGE, summary: "run the embedded default on the shipped tiny model" },
+  start: {
+    run: runStart,
+    usage: START_USAGE,
+    summary: "the whole online loop in one process, on the shipped tiny model",
+  },
   logprobs: { run: runLogprobs, usage: LOGPROBS_USAGE, summary: "score completions: one JSON line per input" },
   generate: { run: runGenerate, usage: GENERATE_USAGE, summary: "sample continuations of prompts" },
   train: { run: runTrain, usage: TRAIN_USAGE, summary: "offline DPO on a preference dataset" },
@@ -42,6 +46,10 @@ async function main(args: string[]): Promise<number> {
     await command.run(rest);
     return 0;
   } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(`error: ${err.message}\n\nRun 'deno task cli ${name} --help' for the settings.`);
+      return 2;
+    }
     if (err instanceof UsageError) {
       console.error(`error: ${err.message}\n\n${command.usage}`);
       return 2;

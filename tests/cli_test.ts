@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { assertClose, readExpected } from "../src/model/_test_utils.ts";
 import { loadTokenizer } from "../src/model/tokenizer.ts";
+import { evalKey, trainerStatusKey } from "../src/store/keys.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const MODEL = join(ROOT, "tests/fixtures/gpt2_tiny");
@@ -217,10 +218,151 @@ Deno.test("train --kto: unpaired thumbs up/down data, one JSON line per step wit
   }
 });
 
-Deno.test("start runs the shipped base policy on held-out arithmetic prompts", async () => {
-  const r = await cli(["start", "--backend", "wasm"]);
-  assert.equal(r.code, 0, r.stderr);
-  assert.equal(r.stdout.match(/^What is \d+\+\d+\? Answer:.* (right|wrong) +log π\(y\|x\) -?[\d.]+$/gm)?.length, 8);
-  assert.match(r.stdout, /^\d\/8 right /m);
-  assert.match(r.stderr, /model: .*models\/arith-tiny \(gpt2, 4 layers/);
+/** A `start` process in `dir`, its stdout and stderr collected as they come. */
+function spawnStart(dir: string, args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT, "main.ts"), "start", ...args],
+    cwd: dir,
+    stdout: "piped",
+    stderr: "piped",
+    env: { DPO_API_KEYS: "", DPO_LABEL_KEYS: "", DPO_CONFIG: "" },
+  }).spawn();
+  const log: string[] = [];
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.pipeThrough(new TextDecoderStream()).pipeTo(new WritableStream({ write: (t) => void log.push(t) }));
+  }
+  let exited = false;
+  child.status.then(() => exited = true);
+  const text = () => log.join("");
+  /** Waits for `fn` to return a value; fails at once if the process has ended. */
+  const until = async <T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 60_000) => {
+    const end = Date.now() + timeoutMs;
+    while (Date.now() < end) {
+      const v = await fn();
+      if (v !== undefined) return v;
+      if (exited) throw new Error(`start exited while waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`timed out waiting for ${what}`);
+  };
+  return { child, text, until };
+}
+
+/** The highest version a `published policy vN` line names, if any. */
+function lastPublished(text: string): number | undefined {
+  const versions = [...text.matchAll(/published policy v(\d+)/g)].map((m) => Number(m[1]));
+  return versions.length ? Math.max(...versions) : undefined;
+}
+
+Deno.test({
+  name: "start runs the whole loop, stops on Ctrl-C with code 0, and continues where it stopped",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "start_cli_" });
+    const args = [
+      "--port",
+      "0",
+      "--backend",
+      "wasm",
+      "--round-size",
+      "8",
+      "--round-epochs",
+      "1",
+      "--batch-size",
+      "4",
+      "--eval-prompts",
+      "8",
+      "--trainer-poll-ms",
+      "100",
+      "--serve-poll-ms",
+      "200",
+    ];
+    let run = spawnStart(dir, args);
+    try {
+      const url = await run.until("the URL", () => /^ {2}API +(http:\/\/[\d.]+:\d+)\/v1/m.exec(run.text())?.[1]);
+      const key = /^ {2}API key +(dpo-[0-9a-f]{32}) \(kept in data\/api-key\)/m.exec(run.text())?.[1];
+      assert.ok(key, run.text());
+      assert.match(run.text(), /^ {2}dashboard +http:\/\/.*\/#key=label-[0-9a-f]{32}$/m);
+      assert.match(run.text(), /^ {2}running +server, judge .*trainer in a Web Worker.*prompt feeder/m);
+      const stats = async () => {
+        const res = await fetch(`${url}/v1/stats`, { headers: { authorization: `Bearer ${key}` } });
+        assert.equal(res.status, 200);
+        return (await res.json()) as { pairs: Record<string, number>; policy_version: number };
+      };
+      // The feeder makes pairs, the verifier judges them, the trainer publishes and evaluates a version.
+      const first = await run.until("a published, evaluated version", () => {
+        const v = lastPublished(run.text());
+        return v !== undefined && new RegExp(`policy v${v}: held-out accuracy`).test(run.text()) ? v : undefined;
+      });
+      const before = await stats();
+      assert.ok(before.pairs.trained! >= 8, JSON.stringify(before));
+
+      const stopAt = Date.now();
+      run.child.kill("SIGINT");
+      assert.equal((await run.child.status).code, 0, run.text());
+      assert.ok(Date.now() - stopAt < 10_000, `stopped in ${Date.now() - stopAt} ms`);
+      const published = lastPublished(run.text())!;
+
+      const kv = await Deno.openKv(join(dir, "data/dpo.kv"));
+      try {
+        const record = (await kv.get<Record<string, number>>(evalKey(first))).value;
+        assert.ok(record, `no evaluation of v${first}`);
+        assert.equal(record.version, first);
+        assert.equal(record.prompts, 8);
+        for (const k of ["accuracy", "base_accuracy", "win_rate_vs_base"]) {
+          assert.ok(record[k]! >= 0 && record[k]! <= 1, `${k}: ${record[k]}`);
+        }
+        const status = (await kv.get<Record<string, unknown>>(trainerStatusKey())).value;
+        assert.equal(status?.policy_version, published);
+      } finally {
+        kv.close();
+      }
+
+      // Started again: the same key, the pairs kept, the trainer resumed, and the versions go on.
+      run = spawnStart(dir, args);
+      await run.until("the URL", () => /^ {2}API +(http:\/\/[\d.]+:\d+)\/v1/m.exec(run.text())?.[1]);
+      assert.match(run.text(), new RegExp(`API key +${key} `));
+      assert.match(run.text(), new RegExp(`serving policy v${published}\\)`));
+      const next = await run.until("a version after the restart", () => {
+        const v = lastPublished(run.text());
+        return v !== undefined && v > published ? v : undefined;
+      });
+      assert.ok(next > published);
+      assert.match(run.text(), /resuming the trainer at step \d+/);
+      const url2 = /^ {2}API +(http:\/\/[\d.]+:\d+)\/v1/m.exec(run.text())![1];
+      const res = await fetch(`${url2}/v1/stats`, { headers: { authorization: `Bearer ${key}` } });
+      const after = await res.json();
+      assert.ok(after.pairs.trained >= before.pairs.trained!, JSON.stringify(after));
+      run.child.kill("SIGINT");
+      assert.equal((await run.child.status).code, 0, run.text());
+    } catch (err) {
+      console.error(run.text().slice(-4000));
+      throw err;
+    } finally {
+      try {
+        run.child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await run.child.status;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("start: a bad setting is one clear error, exit code 2, before anything starts", async () => {
+  const r = await cli(["start", "--beta=-1", "--port", "0"], { env: { DPO_ROUND_SIZE: "many" } });
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /Cannot use DPO_ROUND_SIZE: expected a number: current value is 'many'/);
+  const h = await cli(["start", "--help"]);
+  assert.equal(h.code, 0);
+  assert.match(
+    h.stdout,
+    /--beta B\n +strength of the implicit KL constraint \(default 0\.1\)\n +env DPO_BETA, config "beta"/,
+  );
+});
+
+Deno.test("worker --eval needs the base model to compare with", async () => {
+  const r = await cli(["worker", "--eval", "arithmetic"]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /error: --eval: needs --model \(the base versions are compared with\)/);
 });

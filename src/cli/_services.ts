@@ -1,5 +1,4 @@
-/** Building the shared services the roles use from command-line options: KV and judges. */
-import { dirname } from "node:path";
+/** Building the judges the roles use from command-line options. */
 import { arithmeticVerifier } from "../judge/arithmetic.ts";
 import { createEnsembleJudge } from "../judge/ensemble.ts";
 import { createHfJudge } from "../judge/hf.ts";
@@ -7,13 +6,6 @@ import type { Judge } from "../judge/types.ts";
 import { createVerifierJudge, loadVerifierModule } from "../judge/verifier.ts";
 import { createWebhookJudge } from "../judge/webhook.ts";
 import { UsageError } from "./common.ts";
-
-/** The KV every role shares: a local file (the embedded default) or a remote KV URL. */
-export async function openSharedKv(spec: string): Promise<Deno.Kv> {
-  if (/^https?:\/\//.test(spec)) return await Deno.openKv(spec); // KV Connect: DENO_KV_ACCESS_TOKEN
-  await Deno.mkdir(dirname(spec), { recursive: true });
-  return await Deno.openKv(spec);
-}
 
 /** Judge options shared by the roles that judge. */
 export interface JudgeFlags {

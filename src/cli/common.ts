@@ -8,6 +8,9 @@ import { resolveModel } from "../model/hub.ts";
 /** A mistake in the command line: printed with the command's usage, exit code 2. */
 export class UsageError extends Error {}
 
+/** A settings mistake (flag, environment or config file): printed with a pointer to `--help`, exit code 2. */
+export class ConfigError extends UsageError {}
+
 /** Options every model-loading command accepts. */
 export const MODEL_OPTIONS = {
   model: { type: "string" },

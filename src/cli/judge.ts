@@ -2,7 +2,8 @@
 import { z } from "zod";
 import { runJudgeWorker } from "../judge/worker.ts";
 import { PairStore } from "../store/pairs.ts";
-import { buildJudge, JUDGE_USAGE, openSharedKv } from "./_services.ts";
+import { openSharedKv } from "../store/open.ts";
+import { buildJudge, JUDGE_USAGE } from "./_services.ts";
 import { log, numberOption, parseCommand, validate } from "./common.ts";
 
 /** Usage text of the command. */

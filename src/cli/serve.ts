@@ -1,14 +1,10 @@
 /** `serve`: the Hono server on the shared KV, hot-swapping policy versions as the trainer publishes them. */
-import { join } from "node:path";
 import { z } from "zod";
 import { describeBackend, initBackend } from "../model/backend.ts";
-import { loadModel } from "../model/checkpoint.ts";
-import { resolveModel } from "../model/hub.ts";
-import { createApp } from "../server/app.ts";
-import { PolicyHolder } from "../server/policy.ts";
-import { type CheckpointStore, DirCheckpointStore, KvCheckpointStore, pollPointer } from "../store/checkpoints.ts";
+import { startServerRole } from "../roles/server.ts";
+import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
-import { buildJudge, openSharedKv } from "./_services.ts";
+import { buildJudge } from "./_services.ts";
 import { backendOption, log, numberOption, parseCommand, validate } from "./common.ts";
 
 /** Usage text of the command. */
@@ -32,7 +28,7 @@ a new version is swapped in without failing requests), or --model until one is p
 
 const Options = z.object({
   kv: z.string().default("data/dpo.kv"),
-  checkpoints: z.string().regex(/^(dir:.+|kv)$/, "expected dir:PATH or kv").default("dir:data/checkpoints"),
+  checkpoints: CheckpointsSpecSchema.default("dir:data/checkpoints"),
   model: z.string().optional(),
   host: z.string().default("127.0.0.1"),
   port: numberOption((n) => n.int().min(0).max(65535)).default(8000),
@@ -45,11 +41,6 @@ const Options = z.object({
   backend: backendOption,
   "cache-dir": z.string().default("data/cache"),
 });
-
-/** The checkpoint store named by `--checkpoints`. */
-export function openCheckpoints(kv: Deno.Kv, spec: string): CheckpointStore {
-  return spec === "kv" ? new KvCheckpointStore(kv) : new DirCheckpointStore(kv, spec.slice("dir:".length));
-}
 
 /** Runs the command until SIGINT/SIGTERM. */
 export async function runServe(args: string[]): Promise<void> {
@@ -74,66 +65,40 @@ export async function runServe(args: string[]): Promise<void> {
   const keys = [...opts["api-key"], ...(Deno.env.get("DPO_API_KEYS") ?? "").split(",").filter((k) => k.length > 0)];
   if (keys.length === 0) keys.push(`dpo-${crypto.randomUUID().replaceAll("-", "")}`);
   log(describeBackend(await initBackend(opts.backend)));
-  const kv = await openSharedKv(opts.kv);
-  const store = new PairStore(kv);
-  const checkpoints = openCheckpoints(kv, opts.checkpoints);
-  const load = async (version: number) => {
-    const dir = await checkpoints.materialize(version, join(opts["cache-dir"], `policy-v${version}`));
-    const { model, tokenizer } = await loadModel(dir, { trainable: false });
-    return { model, tokenizer, version };
-  };
-  const current = await checkpoints.current();
-  let initial;
-  if (current) initial = await load(current.version);
-  else {
-    if (!opts.model) throw new Error("Cannot serve: no policy version is published yet and no --model was given");
-    const { model, tokenizer } = await loadModel(await resolveModel(opts.model), { trainable: false });
-    initial = { model, tokenizer, version: 0 };
-  }
-  const policy = new PolicyHolder(initial);
   const score = opts.judge ? (await buildJudge({ judge: opts.judge, verifier: opts.verifier })).score : undefined;
-  const app = createApp({
-    store,
-    policy,
-    apiKeys: keys,
-    score,
-    webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET"),
-    limits: { requestsPerMinute: opts["rate-limit"] },
-    pendingTtlMs: opts["pending-hours"] * 3600_000,
-  });
+  const kv = await openSharedKv(opts.kv);
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
-  const polling = pollPointer(kv, opts["poll-ms"], async (pointer) => {
-    if (!pointer || pointer.version === policy.version) return;
-    try {
-      policy.swap(await load(pointer.version));
-      log(`serving policy v${pointer.version}`);
-    } catch (err) {
-      log(`cannot load policy v${pointer.version}, still serving v${policy.version}: ${(err as Error).message}`);
-    }
-  }, stop.signal);
-  // Pending pairs expire even when no judge process runs (human labeling only).
-  const sweeper = setInterval(() => {
-    store.expirePending().catch((err) => log(`cannot expire pending pairs: ${(err as Error).message}`));
-  }, 60_000);
-  const server = Deno.serve({
-    hostname: opts.host,
-    port: opts.port,
-    signal: stop.signal,
-    onListen: ({ hostname, port }) => {
-      log(`listening on http://${hostname}:${port} (policy v${policy.version}, KV ${opts.kv})`);
-      if (!opts["api-key"].length && !Deno.env.get("DPO_API_KEYS")) log(`API key: ${keys[0]}`);
-    },
-  }, app.fetch);
   try {
-    await Promise.all([server.finished, polling]);
+    const server = await startServerRole({
+      kv,
+      store: new PairStore(kv),
+      checkpoints: openCheckpoints(kv, opts.checkpoints),
+      model: opts.model,
+      host: opts.host,
+      port: opts.port,
+      pollMs: opts["poll-ms"],
+      cacheDir: opts["cache-dir"],
+      app: {
+        apiKeys: keys,
+        labelKeys: (Deno.env.get("DPO_LABEL_KEYS") ?? "").split(",").filter((k) => k.length > 0),
+        score,
+        webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET"),
+        limits: { requestsPerMinute: opts["rate-limit"] },
+        pendingTtlMs: opts["pending-hours"] * 3600_000,
+      },
+      signal: stop.signal,
+      log,
+    });
+    log(`listening on ${server.url} (policy v${server.policy.version}, KV ${opts.kv})`);
+    if (!opts["api-key"].length && !Deno.env.get("DPO_API_KEYS")) log(`API key: ${keys[0]}`);
+    await server.finished;
   } finally {
-    clearInterval(sweeper);
+    stop.abort();
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
-    policy.dispose();
     kv.close();
   }
 }

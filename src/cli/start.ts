@@ -1,61 +1,280 @@
 /**
- * `start`: the embedded default. Until it runs the whole online loop (issue 5), it exercises the
- * shipped base policy end to end: backend choice, loading, batched generation with the KV cache,
- * the arithmetic verifier, and sequence log-probs.
+ * `start`: the embedded default, the whole online loop in one process on local files under `data/`.
+ * The server (Hono), the judge loop and the prompt feeder run on the main event loop; the trainer runs
+ * in a Web Worker (workers/trainer.ts), so training never stalls a request. Ctrl-C stops every part
+ * cleanly; starting again continues from the same KV, checkpoints, trainer state and keys.
  */
-import { z } from "zod";
-import { fileURLToPath } from "node:url";
-import { generate } from "../model/generate.ts";
-import { heldOutArithmeticPrompts, score } from "../judge/arithmetic.ts";
-import { scorePairs } from "../model/logprobs.ts";
-import { backendOption, loadForCli, log, MODEL_OPTIONS, MODEL_USAGE, parseCommand, validate } from "./common.ts";
+import { join } from "node:path";
+import { type BackendReport, describeBackend, initBackend } from "../model/backend.ts";
+import { runJudgeWorker } from "../judge/worker.ts";
+import type { Judge } from "../judge/types.ts";
+import { runFeeder } from "../roles/feeder.ts";
+import { loadPromptSource } from "../roles/prompts.ts";
+import { type RunningServer, startServerRole } from "../roles/server.ts";
+import type { TrainerRoleOptions } from "../roles/trainer.ts";
+import { startTrainerWorker, type TrainerWorkerHandle } from "../roles/trainer_worker.ts";
+import { openCheckpoints, openSharedKv } from "../store/open.ts";
+import { PairStore } from "../store/pairs.ts";
+import { fileExists } from "../util/fs.ts";
+import { buildJudge, type JudgeFlags } from "./_services.ts";
+import { loadOrCreateKeys } from "./_keys.ts";
+import {
+  DEFAULT_CONFIG_FILE,
+  DEFAULT_MODEL,
+  dpoSettings,
+  readStartConfigFile,
+  resolveStartConfig,
+  settingsUsage,
+  type StartConfig,
+  type StartDefaults,
+  startFlagSpec,
+} from "./_start_config.ts";
+import { log, parseCommand } from "./common.ts";
+import { banner, ProgressReporter } from "./_start_output.ts";
 
-/** The model `start` uses when none is given: the shipped base policy (scripts/make_base_model.ts). */
-export const DEFAULT_MODEL = fileURLToPath(new URL("../../models/arith-tiny", import.meta.url));
+/**
+ * Every training and feeder default of `start`, in one place (the DPO ones by TRL name). Flags, the
+ * environment and the config file override them; `--help` lists them.
+ */
+export const START_DEFAULTS: StartDefaults = {
+  // Trainer: rounds of on-policy pairs, the reference refreshed after every round (iterative DPO).
+  mode: "rounds",
+  round_size: 64,
+  round_epochs: 2,
+  ref_refresh_rounds: 1,
+  publish_every: 4,
+  max_staleness: 4,
+  keep: 5,
+  trainer_poll_ms: 500,
+  eval_prompts: 200,
+  // Feeder: what the server samples for each prompt.
+  feeder: true,
+  n: 4,
+  temperature: 1.0,
+  max_new_tokens: 6,
+  feeder_concurrency: 2,
+  feeder_pause_ms: 0,
+  feeder_max_backlog: 128,
+  // DPO.
+  loss_type: ["sigmoid", "sft"],
+  beta: 0.1,
+  label_smoothing: 0,
+  length_normalize: false,
+  optimizer: "adamw",
+  learning_rate: 1e-4,
+  weight_decay: 0,
+  lr_scheduler_type: "constant",
+  warmup_steps: 0,
+  per_device_train_batch_size: 16,
+  gradient_accumulation_steps: 1,
+  max_grad_norm: 1.0,
+  precompute_ref_log_probs: true,
+  sync_ref_model: false,
+  ref_model_mixup_alpha: 0.6,
+  ref_model_sync_steps: 512,
+};
+
+export { DEFAULT_MODEL };
 
 /** Usage text of the command. */
 export const START_USAGE = `Usage: deno task start [options]
 
-Runs the shipped base policy (${DEFAULT_MODEL}) on held-out arithmetic prompts:
-samples answers with the KV cache, checks them with the arithmetic verifier and prints their log-probs.
+Runs the whole online DPO loop in one process: the server, the judge, the trainer (in a Web Worker) and a
+prompt feeder that keeps asking the server for pairs, on a local KV file under the data directory. The
+defaults: the shipped tiny base policy (models/arith-tiny), the built-in arithmetic task and its verifier
+judge; every published version is evaluated on held-out prompts (accuracy, win rate against the base).
+Prints the URLs and the API key, then progress. Ctrl-C stops cleanly; starting again continues.
 
-${MODEL_USAGE}`;
+Settings come from flags, then the environment, then a config file, then the defaults:
+  --config FILE
+      JSON object of settings by config key; unknown keys are an error
+      (default ${DEFAULT_CONFIG_FILE} in the working directory when it exists; env DPO_CONFIG)
+${settingsUsage(START_DEFAULTS)}
 
-const Options = z.object({
-  model: z.string().default(DEFAULT_MODEL),
-  backend: backendOption,
-  "cache-dir": z.string().optional(),
-});
+Keys (environment only):
+  DPO_API_KEYS=k1,k2    API keys; default one made on first start and kept in DATA_DIR/api-key
+  DPO_LABEL_KEYS=k1,k2  label keys (dashboard and label page); default one kept in DATA_DIR/label-key
+  DPO_WEBHOOK_SECRET    accept feedback signed with this Standard Webhooks secret`;
 
-const PROMPTS = heldOutArithmeticPrompts(8, { minOperand: 0, maxOperand: 99 });
+/** New tokens of a greedy held-out answer: the arithmetic task's answers are at most four characters. */
+const EVAL_MAX_NEW_TOKENS = 6;
 
-/** Runs the command. */
+/** Runs the command until SIGINT/SIGTERM. */
 export async function runStart(args: string[]): Promise<void> {
-  const values = parseCommand(args, MODEL_OPTIONS);
+  const values = parseCommand(args, startFlagSpec());
   if (values.help) return void console.log(START_USAGE);
-  const opts = validate(Options, values);
-  const { model, tokenizer } = await loadForCli(opts);
-  const promptIds = PROMPTS.map((p) => tokenizer.encode(p));
-  const start = performance.now();
-  const results = await generate(model, tokenizer, promptIds, { maxNewTokens: 6, temperature: 0.7, seed: 1 });
-  const seconds = (performance.now() - start) / 1000;
-  const tokens = results.reduce((a, r) => a + r.tokenIds.length, 0);
-  const scores = await scorePairs(
-    model,
-    results.map((r, i) => ({ promptIds: promptIds[i]!, completionIds: r.tokenIds })),
-    { eosId: tokenizer.eosTokenId, maxLength: model.config.n_positions },
-  );
-  let correct = 0;
-  results.forEach((r, i) => {
-    const right = score(PROMPTS[i]!, r.text) === 1;
-    if (right) correct++;
-    console.log(
-      `${PROMPTS[i]}${r.text.padEnd(6)} ${right ? "right" : "wrong"}   log π(y|x) ${scores[i]!.logp.toFixed(2)}`,
-    );
+  const cfg = resolveStartConfig({
+    flags: values,
+    env: (name) => Deno.env.get(name),
+    file: await configFile(values.config as string | undefined),
+    defaults: START_DEFAULTS,
   });
-  console.log(
-    `\n${correct}/${PROMPTS.length} right (the base policy is imperfect on purpose: DPO has room to improve)`,
-  );
-  log(`generated ${tokens} tokens in ${seconds.toFixed(2)} s (${(tokens / seconds).toFixed(1)} tokens/s, batch of 8)`);
-  model.dispose();
+  const apiKeys = await loadOrCreateKeys({
+    env: Deno.env.get("DPO_API_KEYS"),
+    envName: "DPO_API_KEYS",
+    dataDir: cfg.data_dir,
+    file: "api-key",
+    prefix: "dpo-",
+  });
+  const labelKeys = await loadOrCreateKeys({
+    env: Deno.env.get("DPO_LABEL_KEYS"),
+    envName: "DPO_LABEL_KEYS",
+    dataDir: cfg.data_dir,
+    file: "label-key",
+    prefix: "label-",
+  });
+  const judge = cfg.judge === "human" ? undefined : await buildJudge(judgeFlags(cfg));
+  const prompts = await loadPromptSource(cfg.task, crypto.getRandomValues(new Uint32Array(1))[0]!);
+  const backend = await initBackend(cfg.backend);
+  log(describeBackend(backend));
+  const kv = await openSharedKv(cfg.kv);
+  const store = new PairStore(kv);
+
+  // Ctrl-C (or SIGTERM) once: a clean stop; twice: out at once.
+  let requestStop!: () => void;
+  const stopRequested = new Promise<void>((resolve) => requestStop = resolve);
+  let signals = 0;
+  const onSignal = () => {
+    if (++signals > 1) {
+      log("stopping now (second signal)");
+      Deno.exit(130);
+    }
+    log("stopping: feeder, judge, then the trainer after its current step (Ctrl-C again to force)");
+    requestStop();
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+
+  const feederStop = new AbortController();
+  const judgeStop = new AbortController();
+  const serverStop = new AbortController();
+  const progress = new ProgressReporter(store);
+  let trainer: TrainerWorkerHandle | undefined;
+  let server: RunningServer | undefined;
+  const running: Promise<unknown>[] = [];
+  try {
+    // The worker gets the backend `auto` settled on here, so that it neither probes again nor picks another.
+    trainer = startTrainerWorker(trainerOptions(cfg, backend.backend), (e) => {
+      if (e.type === "log") log(`trainer: ${e.message}`);
+      progress.onTrainer(e);
+    });
+    const feederKey = `feeder-${crypto.randomUUID().replaceAll("-", "")}`;
+    server = await startServerRole({
+      kv,
+      store,
+      checkpoints: openCheckpoints(kv, cfg.checkpoints),
+      model: cfg.model,
+      host: cfg.host,
+      port: cfg.port,
+      pollMs: cfg.serve_poll_ms,
+      cacheDir: join(cfg.data_dir, "cache"),
+      app: {
+        apiKeys: [...apiKeys.keys, feederKey],
+        labelKeys: labelKeys.keys,
+        score: judge?.score?.bind(judge),
+        webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET"),
+        limits: { requestsPerMinute: cfg.rate_limit },
+      },
+      signal: serverStop.signal,
+      log: (m) => log(`server: ${m}`),
+    });
+    progress.server = server;
+    const { url } = server;
+    if (judge) running.push(runJudge(store, judge, cfg, judgeStop.signal));
+    if (cfg.feeder) {
+      running.push(runFeeder({
+        url,
+        apiKey: feederKey,
+        nextPrompt: prompts.next,
+        n: cfg.n,
+        temperature: cfg.temperature,
+        maxNewTokens: cfg.max_new_tokens,
+        concurrency: cfg.feeder_concurrency,
+        pauseMs: cfg.feeder_pause_ms,
+        maxBacklog: cfg.feeder_max_backlog,
+        signal: feederStop.signal,
+        onError: (m) => log(`feeder: ${m}`),
+      }));
+    }
+    const label = labelKeys.keys[0]!;
+    console.log(banner(cfg, {
+      url,
+      apiKey: apiKeys.source === "DPO_API_KEYS"
+        ? "(from DPO_API_KEYS)"
+        : `${apiKeys.keys[0]} (kept in ${apiKeys.source})`,
+      dashboard: `${url}/#key=${label}`,
+      labelPage: `${url}/label#key=${label}`,
+      backend: `${backend.backend} (${backend.detail})`,
+      judge,
+      prompts: prompts.description,
+      servedVersion: server.policy.version,
+    }));
+    progress.start();
+    // Runs until a signal, or until a part fails (the trainer's fatal error, the server's pointer polling).
+    await Promise.race([stopRequested, trainer.done, server.finished, ...running]);
+  } finally {
+    progress.stop();
+    feederStop.abort();
+    judgeStop.abort();
+    await Promise.allSettled(running);
+    await trainer?.stop();
+    serverStop.abort();
+    await server?.finished.catch((err) => log(`server: ${(err as Error).message}`));
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    kv.close();
+  }
+  await trainer.done; // a trainer that failed makes the command fail, after the clean stop above
+  log("stopped");
+}
+
+/** The config file: --config, else DPO_CONFIG, else dpo.config.json when it exists. */
+async function configFile(flag: string | undefined) {
+  const path = flag ?? (Deno.env.get("DPO_CONFIG") || undefined) ??
+    ((await fileExists(DEFAULT_CONFIG_FILE)) ? DEFAULT_CONFIG_FILE : undefined);
+  return path === undefined ? undefined : { path, values: await readStartConfigFile(path) };
+}
+
+function judgeFlags(cfg: StartConfig): JudgeFlags {
+  if (cfg.judge.startsWith("verifier:")) return { judge: "verifier", verifier: cfg.judge.slice("verifier:".length) };
+  return { judge: cfg.judge, "hf-model": cfg.hf_model, "hf-endpoint": cfg.hf_endpoint };
+}
+
+function trainerOptions(cfg: StartConfig, backend: BackendReport["backend"]): TrainerRoleOptions {
+  return {
+    kv: cfg.kv,
+    checkpoints: cfg.checkpoints,
+    model: cfg.model,
+    stateDir: join(cfg.data_dir, "trainer"),
+    mode: cfg.mode,
+    roundSize: cfg.round_size,
+    roundEpochs: cfg.round_epochs,
+    publishEvery: cfg.publish_every,
+    refRefreshRounds: cfg.ref_refresh_rounds,
+    maxStaleness: cfg.max_staleness,
+    keep: cfg.keep,
+    // One `start` per data directory: its trainer's leases are its own to release after a stop.
+    owner: `start-${Deno.hostname()}`,
+    releaseOwnLeases: true,
+    leaseMs: 300_000,
+    pollMs: cfg.trainer_poll_ms,
+    backend,
+    dpo: dpoSettings(cfg),
+    eval: cfg.task === "arithmetic" && cfg.eval_prompts > 0
+      ? { task: "arithmetic", prompts: cfg.eval_prompts, maxNewTokens: EVAL_MAX_NEW_TOKENS }
+      : undefined,
+  };
+}
+
+function runJudge(store: PairStore, judge: Judge, cfg: StartConfig, signal: AbortSignal): Promise<void> {
+  return runJudgeWorker({
+    store,
+    judge,
+    owner: `start-judge-${Deno.pid}`,
+    concurrency: cfg.judge_concurrency,
+    leaseMs: 60_000,
+    pollMs: 200,
+    signal,
+    onError: (id, err) => log(`judge: ${id}: failed, will retry (${err.message})`),
+  });
 }

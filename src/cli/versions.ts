@@ -1,8 +1,7 @@
 /** `versions`: list published policy versions, or roll the served pointer back to one. */
 import { z } from "zod";
-import { openSharedKv } from "./_services.ts";
+import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { numberOption, parseCommand, validate, writeStdout } from "./common.ts";
-import { openCheckpoints } from "./serve.ts";
 
 /** Usage text of the command. */
 export const VERSIONS_USAGE = `Usage: deno task cli versions [--rollback N] [options]
@@ -16,7 +15,7 @@ version N the served one again; servers pick the change up at their next poll.
 
 const Options = z.object({
   kv: z.string().default("data/dpo.kv"),
-  checkpoints: z.string().regex(/^(dir:.+|kv)$/, "expected dir:PATH or kv").default("dir:data/checkpoints"),
+  checkpoints: CheckpointsSpecSchema.default("dir:data/checkpoints"),
   rollback: numberOption((n) => n.int().positive()).optional(),
 });
 

@@ -100,8 +100,9 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
       }
       if (o.signal.aborted) break;
       trained.push(...round);
-      trained = await publish(o, trained);
+      // Refresh before publishing: the trainer checkpoint saved with the version holds the new reference.
       if (o.refRefreshRounds > 0 && ++rounds % o.refRefreshRounds === 0) o.trainer.refreshReference(1);
+      trained = await publish(o, trained);
     }
   }
 }

@@ -8,6 +8,7 @@
  * | `["pair_by_time", createdAt, id]` | `null` | with the pair, never moved |
  * | `["pair_by_expiry", expiresAt, id]` | `null` | while a pair with `expiresAt` awaits judgment |
  * | `["pair_count", status]` | `Deno.KvU64` | `sum` in the same commit as every transition |
+ * | `["activity", minute, kind]` | `Deno.KvU64` | `sum` in the same commit as the insert or transition it counts; pruned after 3 days |
  * | `["lease", role, id]` | `Lease` | by `claim`/`renew`, with `expireIn`; deleted by the transition it leads to |
  * | `["idem", key]` | pair id | with the pair, `expireIn` 24 h |
  * | `["completion", id]` | `Completion` | by `recordCompletion` (with `expireIn`) and its feedback (without) |
@@ -15,6 +16,8 @@
  * | `["feedback_count", "desirable" \| "undesirable"]` | `Deno.KvU64` | with the feedback |
  * | `["trained_pairs", version, chunk]` | pair ids | by the trainer right after publishing `version` |
  * | `["train_metrics", at, step]` | step metrics | by the trainer after every step |
+ * | `["trainer_status"]` | `{ owner, step, policy_version, ref_version, updated_at }` | by the trainer after each step and publish |
+ * | `["eval", version]` | `VersionEval` | by the trainer after publishing `version` (held-out accuracy, win rate) |
  * | `["policy", "current"]` | `PolicyPointer` | by the commit that ends a publish, and by `rollback` |
  * | `["policy", "last_version"]` | number | by the commit that allocates a version number (never lowered) |
  * | `["ckpt_version", version]` | `PublishedVersion` | with the pointer switch that publishes it; deleted by `prune` |
@@ -24,7 +27,7 @@
  * Pair ids sort by creation time, so an index whose key ends in the id lists oldest first forward and
  * newest first in reverse.
  */
-import type { LeaseRole, PairStatus } from "./schema.ts";
+import type { ActivityKind, LeaseRole, PairStatus } from "./schema.ts";
 
 /** The pair record. */
 export function pairKey(id: string): Deno.KvKey {
@@ -72,6 +75,19 @@ export function pairExpiryEnd(nowMs: number): Deno.KvKey {
 export function pairCountKey(status: PairStatus): Deno.KvKey {
   return ["pair_count", status];
 }
+
+/** The counter of one kind of event in one minute (`minute`: ms since the epoch, a multiple of 60,000). */
+export function activityKey(minute: number, kind: ActivityKind): Deno.KvKey {
+  return ["activity", minute, kind];
+}
+
+/** Where the activity counters of `minute` start (an inclusive start or exclusive end of a range). */
+export function activityMinuteKey(minute: number): Deno.KvKey {
+  return ["activity", minute];
+}
+
+/** All activity counters, oldest minute first. */
+export const ACTIVITY_PREFIX: Deno.KvKey = ["activity"];
 
 /** The lease of one role on one pair. */
 export function leaseKey(role: LeaseRole, id: string): Deno.KvKey {
@@ -169,3 +185,16 @@ export function trainMetricsKey(at: number, step: number): Deno.KvKey {
 
 /** All recorded training metrics, oldest first. */
 export const TRAIN_METRICS_PREFIX: Deno.KvKey = ["train_metrics"];
+
+/** The held-out evaluation of one published policy version. */
+export function evalKey(version: number): Deno.KvKey {
+  return ["eval", version];
+}
+
+/** All evaluations, oldest version first. */
+export const EVAL_PREFIX: Deno.KvKey = ["eval"];
+
+/** What the trainer is doing now: its step, the policy version it trains from and its reference version. */
+export function trainerStatusKey(): Deno.KvKey {
+  return ["trainer_status"];
+}

@@ -1,0 +1,481 @@
+/**
+ * The settings of `start`: one zod schema, one table naming each setting's flag and environment
+ * variable, and four sources merged with flags over the environment over the config file over the
+ * defaults. Every problem names where its value came from (`--beta`, `DPO_BETA`,
+ * `dpo.config.json: beta`) and what is expected.
+ */
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { ParseArgsConfig } from "node:util";
+import { z } from "zod";
+import { DpoConfigSchema } from "../dpo/config.ts";
+import { BACKENDS } from "../model/backend.ts";
+import { CheckpointsSpecSchema } from "../store/open.ts";
+import { CONFIG_FLAGS, type Kind } from "./_dpo_flags.ts";
+import { ConfigError } from "./common.ts";
+
+/** The model `start` uses when none is given: the shipped base policy (scripts/make_base_model.ts). */
+export const DEFAULT_MODEL = fileURLToPath(new URL("../../models/arith-tiny", import.meta.url));
+
+/** The config file read when it exists and no other is named. */
+export const DEFAULT_CONFIG_FILE = "dpo.config.json";
+
+const PositiveInt = z.number().int().positive();
+const Count = z.number().int().nonnegative();
+
+// Offline-only DPO settings: online training has no planned end, no KTO examples and no data order to seed.
+const {
+  seed: _seed,
+  max_steps: _maxSteps,
+  num_train_epochs: _epochs,
+  desirable_weight: _desirable,
+  undesirable_weight: _undesirable,
+  ...DPO_SHAPE
+} = DpoConfigSchema.shape;
+
+/** The DPO settings `start` takes (TRL names). */
+export const DPO_KEYS = Object.keys(DPO_SHAPE) as (keyof typeof DPO_SHAPE)[];
+
+/** The settings, with the defaults of everything but training and the feeder (those come from `START_DEFAULTS`). */
+export const StartConfigSchema = z.strictObject({
+  model: z.string().min(1).default(DEFAULT_MODEL),
+  backend: z.enum(BACKENDS).default("auto"),
+  data_dir: z.string().min(1).default("data"),
+  kv: z.string().min(1).optional(),
+  checkpoints: CheckpointsSpecSchema.optional(),
+  host: z.string().min(1).default("127.0.0.1"),
+  port: z.number().int().min(0).max(65535).default(8000),
+  rate_limit: PositiveInt.default(600),
+  serve_poll_ms: PositiveInt.default(1000),
+  judge: z.string().regex(/^(arithmetic|hf|human|verifier:.+)$/, "expected arithmetic, verifier:MODULE, hf or human")
+    .default("arithmetic"),
+  hf_model: z.string().min(1).optional(),
+  hf_endpoint: z.url().optional(),
+  judge_concurrency: PositiveInt.default(4),
+  task: z.string().min(1).default("arithmetic"),
+  // Training and the feeder: no defaults here, START_DEFAULTS holds them all.
+  feeder: z.boolean(),
+  n: z.number().int().min(2).max(8),
+  temperature: z.number().min(0).max(2),
+  max_new_tokens: z.number().int().min(1).max(512),
+  feeder_concurrency: PositiveInt,
+  feeder_pause_ms: Count,
+  feeder_max_backlog: PositiveInt,
+  mode: z.enum(["stream", "rounds"]),
+  round_size: PositiveInt,
+  round_epochs: PositiveInt,
+  ref_refresh_rounds: Count,
+  publish_every: PositiveInt,
+  max_staleness: Count,
+  keep: PositiveInt,
+  trainer_poll_ms: PositiveInt,
+  // The arithmetic task holds out 962 of its 10,000 two-digit additions.
+  eval_prompts: Count.max(962),
+  ...DPO_SHAPE,
+}).superRefine((c, ctx) => {
+  const problem = (key: string, message: string) => ctx.addIssue({ code: "custom", path: [key], message });
+  if (c.judge === "hf" && !c.hf_model && !c.hf_endpoint) problem("judge", "judge hf needs hf_model or hf_endpoint");
+  if (c.kv === ":memory:") {
+    problem("kv", "the trainer runs in a worker with a KV connection of its own: give a file path or a URL");
+  }
+  if (c.sync_ref_model && c.mode === "rounds" && c.ref_refresh_rounds > 0) {
+    problem(
+      "sync_ref_model",
+      "choose one reference schedule: sync_ref_model (TR-DPO soft mix) or ref_refresh_rounds (a copy every N rounds; set it to 0)",
+    );
+  }
+  // The DPO engine's rules across its settings (each setting's own checks ran above, as part of this schema).
+  const dpo = DpoConfigSchema.safeParse(dpoSettings(c));
+  for (const issue of dpo.success ? [] : dpo.error.issues.filter((i) => i.code === "custom")) {
+    problem(String(issue.path[0] ?? "beta"), issue.message);
+  }
+});
+
+/** The settings as given (any may be missing but those of `START_DEFAULTS`). */
+export type StartConfigInput = z.input<typeof StartConfigSchema>;
+
+/** The training and feeder settings, whose defaults all live in one object, `START_DEFAULTS`. */
+export const TRAINING_KEYS = [
+  "feeder",
+  "n",
+  "temperature",
+  "max_new_tokens",
+  "feeder_concurrency",
+  "feeder_pause_ms",
+  "feeder_max_backlog",
+  "mode",
+  "round_size",
+  "round_epochs",
+  "ref_refresh_rounds",
+  "publish_every",
+  "max_staleness",
+  "keep",
+  "trainer_poll_ms",
+  "eval_prompts",
+] as const;
+
+/** Defaults for `start`: every training and feeder setting, and any other setting to override. */
+export type StartDefaults = Pick<StartConfigInput, typeof TRAINING_KEYS[number]> & Partial<StartConfigInput>;
+
+/** The validated settings, with the KV and checkpoint locations resolved against the data directory. */
+export type StartConfig = z.infer<typeof StartConfigSchema> & { kv: string; checkpoints: string };
+
+/** The DPO settings of a config, by TRL name (absent ones left out, so the engine's defaults apply). */
+export function dpoSettings(c: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(DPO_KEYS.filter((k) => c[k] !== undefined).map((k) => [k, c[k]]));
+}
+
+interface SettingDoc {
+  flag: string;
+  kind: Kind;
+  metavar: string;
+  help: string;
+  section: Section;
+  /** Shown instead of the value when the default is derived. */
+  defaultText?: string;
+}
+
+type Section = "general" | "server" | "judge" | "feeder" | "trainer" | "dpo";
+
+const SECTIONS: Record<Section, string> = {
+  general: "General",
+  server: "Server",
+  judge: "Judge",
+  feeder: "Task and prompt feeder",
+  trainer: "Trainer (a Web Worker) and evaluation",
+  dpo: "DPO (TRL's names)",
+};
+
+type StartKey = keyof z.infer<typeof StartConfigSchema>;
+type OwnKey = Exclude<StartKey, typeof DPO_KEYS[number]>;
+
+const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: string; kind?: Kind }> = {
+  model: {
+    metavar: "DIR|hf:OWNER/NAME",
+    help: "the base policy: trained from when nothing is published, and what versions are evaluated against",
+    section: "general",
+    defaultText: "models/arith-tiny (shipped)",
+  },
+  backend: { metavar: BACKENDS.join("|"), help: "compute backend of the server and the trainer", section: "general" },
+  data_dir: { metavar: "DIR", help: "local state: KV file, checkpoints, trainer state, keys", section: "general" },
+  kv: {
+    metavar: "PATH|URL",
+    help: "the KV: a file, or an http(s) URL of a remote KV (token in DENO_KV_ACCESS_TOKEN)",
+    section: "general",
+    defaultText: "DATA_DIR/dpo.kv",
+  },
+  checkpoints: {
+    metavar: "dir:PATH|kv",
+    help: "where policy versions are published: a directory, or KV itself",
+    section: "general",
+    defaultText: "dir:DATA_DIR/checkpoints",
+  },
+  host: { metavar: "HOST", help: "where the server listens", section: "server" },
+  port: { metavar: "N", help: "port; 0 picks a free one", section: "server" },
+  rate_limit: {
+    metavar: "N",
+    help: "requests per minute per API key (the feeder has a key of its own)",
+    section: "server",
+  },
+  serve_poll_ms: { metavar: "MS", help: "how often the server looks for a new policy version", section: "server" },
+  judge: {
+    metavar: "arithmetic|verifier:MODULE|hf|human",
+    help:
+      "arithmetic: the built-in verifier; verifier:MODULE: a module exporting score or compare; hf: an LLM; human: none, pairs wait for the label page or the feedback API",
+    section: "judge",
+  },
+  hf_model: { metavar: "NAME", help: "model of the hf judge (token in HF_TOKEN)", section: "judge" },
+  hf_endpoint: {
+    metavar: "URL",
+    help: "OpenAI-compatible server of the hf judge (TGI, vLLM, llama.cpp)",
+    section: "judge",
+  },
+  judge_concurrency: { metavar: "N", help: "pairs judged at once", section: "judge" },
+  task: {
+    metavar: "arithmetic|FILE",
+    help: 'the prompts: the built-in arithmetic task, or a prompt file (one per line; *.jsonl: {"prompt"} lines)',
+    section: "feeder",
+  },
+  feeder: {
+    flag: "no-feeder",
+    kind: "negated",
+    metavar: "",
+    help: "run the prompt feeder, which keeps asking the server for pairs (--no-feeder: only API clients do)",
+    section: "feeder",
+  },
+  n: { metavar: "N", help: "responses sampled per prompt; the judge sees the best and the worst", section: "feeder" },
+  temperature: { metavar: "T", help: "sampling temperature of the feeder's pairs", section: "feeder" },
+  max_new_tokens: { metavar: "N", help: "longest response of the feeder's pairs", section: "feeder" },
+  feeder_concurrency: { metavar: "N", help: "feeder requests in flight", section: "feeder" },
+  feeder_pause_ms: { metavar: "MS", help: "feeder's wait after each request", section: "feeder" },
+  feeder_max_backlog: {
+    metavar: "N",
+    help: "the feeder waits while this many pairs await judgment or training",
+    section: "feeder",
+  },
+  mode: {
+    metavar: "stream|rounds",
+    help: "a step per batch as pairs arrive, or rounds of round_size pairs",
+    section: "trainer",
+  },
+  round_size: { metavar: "K", help: "rounds mode: pairs per round", section: "trainer" },
+  round_epochs: { metavar: "E", help: "rounds mode: passes over a round", section: "trainer" },
+  ref_refresh_rounds: {
+    metavar: "N",
+    help: "rounds mode: copy the policy into the reference every N rounds (0: never)",
+    section: "trainer",
+  },
+  publish_every: { metavar: "N", help: "stream mode: publish every N steps", section: "trainer" },
+  max_staleness: {
+    metavar: "V",
+    help: "skip pairs sampled from a policy more than V versions old",
+    section: "trainer",
+  },
+  keep: { metavar: "N", help: "published versions kept", section: "trainer" },
+  trainer_poll_ms: { metavar: "MS", help: "trainer's wait when there are not enough pairs", section: "trainer" },
+  eval_prompts: {
+    metavar: "N",
+    help: "held-out prompts every version is evaluated on, arithmetic task only (0: no evaluation)",
+    section: "trainer",
+  },
+};
+
+// Online meanings of the DPO settings where `_dpo_flags.ts` says only a value or an offline default.
+const DPO_DOCS: Partial<Record<typeof DPO_KEYS[number], { help: string; defaultText?: string }>> = {
+  loss_type: { help: "sigmoid (DPO), ipo, hinge, robust, sft; several are summed" },
+  loss_weights: { help: "one weight per loss type", defaultText: "1 each" },
+  optimizer: { help: "AdamW (decoupled weight decay) or SGD" },
+  learning_rate: { help: "peak learning rate" },
+  weight_decay: { help: "weight decay" },
+  lr_scheduler_type: { help: "after warmup; online training has no planned end, so linear and cosine hardly decay" },
+  warmup_steps: { help: "linear warmup, in optimizer steps" },
+  gradient_accumulation_steps: { help: "micro-batches per optimizer step" },
+  max_grad_norm: { help: "global gradient-norm clipping" },
+  max_length: { help: "longest prompt + completion", defaultText: "the model's context" },
+  ref_refresh_steps: { help: "copy the policy into the reference every N optimizer steps", defaultText: "off" },
+  ref_model_mixup_alpha: { help: "TR-DPO: α in π_ref ← α·π + (1−α)·π_ref" },
+  ref_model_sync_steps: { help: "TR-DPO: mix every N optimizer steps" },
+};
+
+/** Every setting's flag, kind, metavar, help and section, by config key. */
+export const SETTING_DOCS: Record<StartKey, SettingDoc> = {
+  ...Object.fromEntries(
+    Object.entries(OWN_DOCS).map(([key, d]) => [key, { flag: key.replaceAll("_", "-"), kind: ownKind(key), ...d }]),
+  ),
+  ...Object.fromEntries(
+    Object.entries(CONFIG_FLAGS).filter(([, f]) => f.field in DPO_SHAPE).map(([flag, f]) => {
+      const [metavar, meaning] = splitHelp(f.help);
+      const description = (DPO_SHAPE as Record<string, z.ZodType>)[f.field]!.description;
+      const own = DPO_DOCS[f.field as typeof DPO_KEYS[number]];
+      return [f.field, {
+        flag,
+        kind: f.kind,
+        metavar,
+        help: own?.help ?? (meaning || description || f.field),
+        section: "dpo",
+        defaultText: own?.defaultText,
+      }];
+    }),
+  ),
+} as Record<StartKey, SettingDoc>;
+
+/** The environment variable of a setting. */
+export function envName(key: string): string {
+  return `DPO_${key.toUpperCase()}`;
+}
+
+/** The parseArgs spec of `start`: a flag per setting, and --config, --help. */
+export function startFlagSpec(): NonNullable<ParseArgsConfig["options"]> {
+  const spec: NonNullable<ParseArgsConfig["options"]> = {
+    help: { type: "boolean", short: "h" },
+    config: { type: "string" },
+  };
+  for (const doc of Object.values(SETTING_DOCS)) {
+    spec[doc.flag] = { type: doc.kind === "boolean" || doc.kind === "negated" ? "boolean" : "string" };
+  }
+  return spec;
+}
+
+/** Where the settings come from, highest precedence first. */
+export interface StartConfigSources {
+  /** Parsed flags (`startFlagSpec`), by flag name. */
+  flags: Record<string, unknown>;
+  /** The environment. */
+  env: (name: string) => string | undefined;
+  /** The config file's path (as given, for messages) and its JSON object. */
+  file?: { path: string; values: Record<string, unknown> };
+  defaults: StartDefaults;
+}
+
+/** Merges the sources (flags > environment > file > defaults) and validates the result as one config. */
+export function resolveStartConfig(sources: StartConfigSources): StartConfig {
+  const merged: Record<string, unknown> = {};
+  const origin: Record<string, string> = {};
+  const problems: string[] = [];
+  const put = (key: string, value: unknown, from: string) => {
+    merged[key] = value;
+    origin[key] = from;
+  };
+  for (const [key, value] of Object.entries(sources.defaults)) {
+    if (value !== undefined) put(key, value, `the default of ${key}`);
+  }
+  for (const [key, value] of Object.entries(sources.file?.values ?? {})) {
+    put(key, value, `${sources.file!.path}: ${key}`);
+  }
+  for (const [key, doc] of Object.entries(SETTING_DOCS)) {
+    const name = envName(key);
+    const text = sources.env(name);
+    if (text === undefined || text === "") continue;
+    try {
+      put(key, fromText(text, doc.kind === "negated" ? "boolean" : doc.kind), name);
+    } catch (err) {
+      problems.push(`Cannot use ${name}: ${(err as Error).message}: current value is '${text}'`);
+    }
+  }
+  for (const [key, doc] of Object.entries(SETTING_DOCS)) {
+    const value = sources.flags[doc.flag];
+    if (value === undefined) continue;
+    try {
+      put(
+        key,
+        doc.kind === "negated" ? !value : doc.kind === "boolean" ? value : fromText(String(value), doc.kind),
+        `--${doc.flag}`,
+      );
+    } catch (err) {
+      problems.push(`Cannot use --${doc.flag}: ${(err as Error).message}: current value is '${value}'`);
+    }
+  }
+  // A value that cannot be read is left out (the layer below stands in), so that every problem is named at once.
+  const parsed = StartConfigSchema.safeParse(merged);
+  if (!parsed.success) problems.push(...parsed.error.issues.map((issue) => describeIssue(issue, merged, origin)));
+  if (problems.length > 0 || !parsed.success) throw new ConfigError(problems.join("; "));
+  const c = parsed.data;
+  return {
+    ...c,
+    kv: c.kv ?? join(c.data_dir, "dpo.kv"),
+    checkpoints: c.checkpoints ?? `dir:${join(c.data_dir, "checkpoints")}`,
+  };
+}
+
+/** Reads a config file: a JSON object of settings by config key. */
+export async function readStartConfigFile(path: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    throw new ConfigError(`Cannot read config file '${path}': ${(err as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`Cannot read config file '${path}' as it is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ConfigError(`Cannot read config file '${path}' as it must hold a JSON object of settings`);
+  }
+  return value as Record<string, unknown>;
+}
+
+/** The settings part of `--help`: each flag with its environment variable, config key and default. */
+export function settingsUsage(defaults: StartDefaults): string {
+  const shown = StartConfigSchema.safeParse({ ...defaults });
+  const values: Record<string, unknown> = shown.success ? shown.data : { ...defaults };
+  const lines: string[] = [];
+  for (const [section, title] of Object.entries(SECTIONS)) {
+    lines.push("", `${title}:`);
+    for (const [key, doc] of Object.entries(SETTING_DOCS)) {
+      if (doc.section !== section) continue;
+      const flag = `--${doc.flag}${doc.metavar ? ` ${doc.metavar}` : ""}`;
+      lines.push(`  ${flag}`);
+      const value = doc.defaultText ?? formatValue(values[key]);
+      lines.push(`      ${doc.help} (default ${value})`);
+      lines.push(`      env ${envName(key)}, config "${key}"`);
+    }
+  }
+  return lines.join("\n");
+}
+
+// The kind follows from the schema, so the table cannot disagree with it.
+function ownKind(key: string): Kind {
+  let def = (StartConfigSchema.shape as Record<string, z.ZodType>)[key]!._zod.def;
+  while (def.type === "default" || def.type === "optional") {
+    def = (def as { innerType: z.ZodType } & typeof def).innerType._zod.def;
+  }
+  return def.type === "number" ? "number" : def.type === "boolean" ? "boolean" : "string";
+}
+
+/** Splits `_dpo_flags.ts` help ("N  pairs per micro-batch (default 8)") into metavar and meaning, without the offline default. */
+function splitHelp(help: string): [string, string] {
+  const [metavar = "", meaning = ""] = help.split(/ {2,}/, 2);
+  return [metavar.trim(), meaning.replace(/\s*\(default[^)]*\)\s*$/, "").trim()];
+}
+
+function fromText(text: string, kind: Exclude<Kind, "negated">): unknown {
+  const number = (s: string) => {
+    const n = Number(s.trim());
+    if (s.trim() === "" || !Number.isFinite(n)) throw new Error("expected a number");
+    return n;
+  };
+  switch (kind) {
+    case "number":
+      return number(text);
+    case "numbers":
+      return text.split(",").map(number);
+    case "list":
+      return text.split(",").map((s) => s.trim());
+    case "boolean":
+      if (/^(1|true|yes|on)$/i.test(text.trim())) return true;
+      if (/^(0|false|no|off)$/i.test(text.trim())) return false;
+      throw new Error("expected true or false");
+    case "string":
+      return text;
+  }
+}
+
+function describeIssue(
+  issue: z.core.$ZodIssue,
+  merged: Record<string, unknown>,
+  origin: Record<string, string>,
+): string {
+  if (issue.code === "unrecognized_keys") {
+    return issue.keys.map((key) => {
+      const near = closest(key, Object.keys(SETTING_DOCS));
+      return `Cannot use ${origin[key] ?? key}: unknown setting${near ? ` (did you mean '${near}'?)` : ""}`;
+    }).join("; ");
+  }
+  const key = String(issue.path[0] ?? "");
+  const value = merged[key];
+  if (value === undefined) return `Cannot start without setting '${key}': it is required`;
+  // A rule across settings says what is wrong in its own words; a value's check gets the value.
+  const current = issue.code === "custom" ? "" : `: current value is ${JSON.stringify(value)}`;
+  return `Cannot use ${origin[key] ?? key}: ${issue.message}${current}`;
+}
+
+function formatValue(v: unknown): string {
+  if (v === undefined) return "none";
+  if (Array.isArray(v)) return v.join(",");
+  return String(v);
+}
+
+/** The known key nearest to `key` in edit distance, when it is near enough to be a typo. */
+function closest(key: string, known: string[]): string | undefined {
+  let best: string | undefined, bestDistance = Infinity;
+  for (const k of known) {
+    const d = editDistance(key, k);
+    if (d < bestDistance) [best, bestDistance] = [k, d];
+  }
+  return bestDistance <= Math.max(2, Math.floor(key.length / 4)) ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) {
+      next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    row = next;
+  }
+  return row[b.length]!;
+}

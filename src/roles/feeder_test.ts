@@ -1,0 +1,77 @@
+import assert from "node:assert/strict";
+import { runFeeder } from "./feeder.ts";
+
+/** A stand-in server: counts pair requests and reports every pair made as awaiting judgment. */
+function fakeServer(options: { failFirst?: number } = {}) {
+  const seen = { created: 0, inFlight: 0, maxInFlight: 0, bodies: [] as Record<string, unknown>[], auth: new Set() };
+  let failures = options.failFirst ?? 0;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    seen.auth.add(req.headers.get("authorization"));
+    if (new URL(req.url).pathname === "/v1/stats") {
+      return Response.json({ pairs: { awaiting_judgment: seen.created, labeled: 0 } });
+    }
+    if (failures-- > 0) return Response.json({ error: { code: "internal", message: "boom" } }, { status: 500 });
+    seen.inFlight++;
+    seen.maxInFlight = Math.max(seen.maxInFlight, seen.inFlight);
+    seen.bodies.push(await req.json());
+    await new Promise((r) => setTimeout(r, 10));
+    seen.inFlight--;
+    seen.created++;
+    return Response.json({ id: `p${seen.created}`, status: "awaiting_judgment" }, { status: 201 });
+  });
+  return { seen, server, url: `http://127.0.0.1:${server.addr.port}` };
+}
+
+Deno.test("feeder: asks for pairs with its settings, a bounded number in flight, and waits at the backlog", async () => {
+  const { seen, server, url } = fakeServer();
+  const stop = new AbortController();
+  const made: string[] = [];
+  let prompt = 0;
+  const feeding = runFeeder({
+    url,
+    apiKey: "feeder-key",
+    nextPrompt: () => `prompt ${prompt++}`,
+    n: 4,
+    temperature: 0.7,
+    maxNewTokens: 6,
+    concurrency: 2,
+    pauseMs: 0,
+    maxBacklog: 5,
+    signal: stop.signal,
+    onPair: (p) => made.push(p.id),
+  });
+  await new Promise((r) => setTimeout(r, 400));
+  stop.abort();
+  await feeding;
+  await server.shutdown();
+  assert.equal(seen.created, 5);
+  assert.equal(made.length, 5);
+  assert.equal(seen.maxInFlight, 2);
+  assert.deepEqual([...seen.auth], ["Bearer feeder-key"]);
+  assert.deepEqual(seen.bodies[0], { prompt: "prompt 0", n: 4, temperature: 0.7, max_new_tokens: 6 });
+});
+
+Deno.test("feeder: a failing server is reported, not repeated at every retry, and the feeder goes on", async () => {
+  const { seen, server, url } = fakeServer({ failFirst: 2 });
+  const stop = new AbortController();
+  const errors: string[] = [];
+  const feeding = runFeeder({
+    url,
+    apiKey: "feeder-key",
+    nextPrompt: () => "p",
+    n: 2,
+    temperature: 1,
+    maxNewTokens: 1,
+    concurrency: 1,
+    pauseMs: 0,
+    maxBacklog: 2,
+    signal: stop.signal,
+    onError: (m) => errors.push(m),
+  });
+  await new Promise((r) => setTimeout(r, 1200));
+  stop.abort();
+  await feeding;
+  await server.shutdown();
+  assert.deepEqual(errors, ["POST /v1/pairs answered 500: boom"]);
+  assert.equal(seen.created, 2);
+});

@@ -1,0 +1,56 @@
+/**
+ * Where the feeder's prompts come from: the built-in arithmetic task (its training split, never a
+ * held-out problem) or a prompt file, one prompt per line, or JSON lines `{"prompt": "..."}` when the
+ * file ends in `.jsonl`.
+ */
+import { z } from "zod";
+import { createArithmeticPrompts } from "../judge/arithmetic.ts";
+
+/** An endless source of prompts. */
+export interface PromptSource {
+  /** What the prompts are, for logs. */
+  description: string;
+  next(): string;
+}
+
+const PromptLine = z.object({ prompt: z.string().min(1, "must not be empty") });
+
+/** Reads a prompt file's text: JSON lines `{"prompt"}` when `jsonl`, else one prompt per line; blank lines are skipped. */
+export function parsePromptFile(text: string, name: string, jsonl: boolean): string[] {
+  const prompts: string[] = [];
+  text.split(/\r?\n/).forEach((line, i) => {
+    if (line.trim() === "") return;
+    if (!jsonl) return void prompts.push(line);
+    let value: unknown;
+    try {
+      value = JSON.parse(line);
+    } catch {
+      throw new Error(`Cannot read prompt file '${name}' line ${i + 1}: not valid JSON`);
+    }
+    const parsed = PromptLine.safeParse(value);
+    if (!parsed.success) {
+      const problem = parsed.error.issues.map((p) => `'${p.path.join(".") || "line"}' ${p.message}`).join("; ");
+      throw new Error(`Cannot read prompt file '${name}' line ${i + 1}: expected {"prompt": string}: ${problem}`);
+    }
+    prompts.push(parsed.data.prompt);
+  });
+  if (prompts.length === 0) throw new Error(`Cannot use prompt file '${name}' as it holds no prompt`);
+  return prompts;
+}
+
+/** The prompts of a task: `arithmetic`, or the path of a prompt file (cycled through from a random start). */
+export async function loadPromptSource(task: string, seed: number): Promise<PromptSource> {
+  if (task === "arithmetic") {
+    const next = createArithmeticPrompts({ seed, minOperand: 0, maxOperand: 99, split: "train" });
+    return { description: "arithmetic (two-digit additions, training split)", next };
+  }
+  const text = await Deno.readTextFile(task).catch((err) => {
+    throw new Error(`Cannot read prompt file '${task}': ${(err as Error).message}`);
+  });
+  const prompts = parsePromptFile(text, task, /\.(jsonl|ndjson)$/i.test(task));
+  let i = seed % prompts.length;
+  return {
+    description: `${prompts.length} prompts from ${task}`,
+    next: () => prompts[i++ % prompts.length]!,
+  };
+}

@@ -1,0 +1,95 @@
+/**
+ * The serve role: the Hono app on the shared KV, serving the published policy version the KV pointer
+ * names (polled, hot-swapped) or the starting model until one is published, and sweeping expired
+ * pending pairs. The `serve` command runs it alone; `start` runs it beside the other roles.
+ */
+import { join } from "node:path";
+import { loadModel } from "../model/checkpoint.ts";
+import { resolveModel } from "../model/hub.ts";
+import { type AppDeps, createApp } from "../server/app.ts";
+import { PolicyHolder } from "../server/policy.ts";
+import { type CheckpointStore, pollPointer } from "../store/checkpoints.ts";
+import type { PairStore } from "../store/pairs.ts";
+
+/** Options of `startServerRole`. */
+export interface ServerRoleOptions {
+  kv: Deno.Kv;
+  store: PairStore;
+  checkpoints: CheckpointStore;
+  /** The policy before any version is published. */
+  model?: string;
+  host: string;
+  /** 0 picks a free port. */
+  port: number;
+  /** How often to look for a new policy version, ms. */
+  pollMs: number;
+  /** Where KV-stored versions are unpacked. */
+  cacheDir: string;
+  /** The rest of the app's dependencies (keys, scorer, limits...). */
+  app: Omit<AppDeps, "store" | "policy">;
+  /** Closes the server and stops polling. */
+  signal: AbortSignal;
+  log: (message: string) => void;
+}
+
+/** A listening server. */
+export interface RunningServer {
+  /** `http://host:port`, with the port actually bound. */
+  url: string;
+  policy: PolicyHolder;
+  /** Settles once the server is closed and polling has stopped (rejects when polling failed). */
+  finished: Promise<void>;
+}
+
+/** Loads the policy to serve, builds the app and listens; resolves once it listens. */
+export async function startServerRole(o: ServerRoleOptions): Promise<RunningServer> {
+  const load = async (version: number) => {
+    const dir = await o.checkpoints.materialize(version, join(o.cacheDir, `policy-v${version}`));
+    const { model, tokenizer } = await loadModel(dir, { trainable: false });
+    return { model, tokenizer, version };
+  };
+  const current = await o.checkpoints.current();
+  let initial;
+  if (current) initial = await load(current.version);
+  else {
+    if (!o.model) throw new Error("Cannot serve: no policy version is published yet and no --model was given");
+    const { model, tokenizer } = await loadModel(await resolveModel(o.model), { trainable: false });
+    initial = { model, tokenizer, version: 0 };
+  }
+  const policy = new PolicyHolder(initial);
+  const app = createApp({ ...o.app, store: o.store, policy });
+  const polling = pollPointer(o.kv, o.pollMs, async (pointer) => {
+    if (!pointer || pointer.version === policy.version) return;
+    try {
+      policy.swap(await load(pointer.version));
+      o.log(`serving policy v${pointer.version}`);
+    } catch (err) {
+      o.log(`cannot load policy v${pointer.version}, still serving v${policy.version}: ${(err as Error).message}`);
+    }
+  }, o.signal);
+  // Pending pairs expire even when no judge runs (human labeling only).
+  const sweeper = setInterval(() => {
+    o.store.expirePending().catch((err) => o.log(`cannot expire pending pairs: ${(err as Error).message}`));
+  }, 60_000);
+  let listening!: (url: string) => void;
+  const url = new Promise<string>((resolve) => listening = resolve);
+  let server: Deno.HttpServer;
+  try {
+    server = Deno.serve({
+      hostname: o.host,
+      port: o.port,
+      signal: o.signal,
+      onListen: ({ hostname, port }) =>
+        listening(`http://${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`),
+    }, app.fetch);
+  } catch (err) {
+    clearInterval(sweeper);
+    policy.dispose();
+    throw new Error(`Cannot listen on ${o.host}:${o.port}: ${(err as Error).message}`);
+  }
+  const finished = Promise.all([server.finished, polling]).then(() => {}).finally(() => {
+    clearInterval(sweeper);
+    policy.dispose();
+  });
+  return { url: await url, policy, finished };
+}

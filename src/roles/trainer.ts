@@ -1,0 +1,307 @@
+/**
+ * The trainer role (DESIGN.md's `train`): trains online on the pairs judged in the shared KV, publishes
+ * policy versions for the servers to swap in, evaluates every version on held-out prompts, and reports
+ * what it does as events. The `worker` command runs it in a process of its own; `start` runs it in a Web
+ * Worker (workers/trainer.ts), off the server's event loop. Its options are plain data for that reason.
+ */
+import { join } from "node:path";
+import { z } from "zod";
+import { BACKENDS, describeBackend, initBackend } from "../model/backend.ts";
+import { type LoadedModel, loadModel, saveModel } from "../model/checkpoint.ts";
+import { resolveModel } from "../model/hub.ts";
+import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
+import { parseDpoConfig } from "../dpo/config.ts";
+import { answerHeldOut, type Answers, compareWithBase, type VersionEval, VersionEvalSchema } from "../dpo/evaluate.ts";
+import { reconcile, runOnlineTrainer } from "../dpo/online.ts";
+import type { DpoTrainer, StepMetrics } from "../dpo/trainer.ts";
+import { heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
+import { evalKey, trainedPairsKey, trainedPairsPrefix, trainMetricsKey } from "../store/keys.ts";
+import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
+import { PairStore } from "../store/pairs.ts";
+import { writeTrainerStatus } from "../store/trainer_status.ts";
+import { commitWithinLimits } from "../store/_size.ts";
+import { writeAtomic } from "../util/fs.ts";
+
+/** Tasks whose held-out prompts and checker the trainer can evaluate versions on. */
+export const EVAL_TASKS = ["arithmetic"] as const;
+
+const PositiveInt = z.number().int().positive();
+const Count = z.number().int().nonnegative();
+
+/** What the trainer role runs with (plain data, so that it crosses a worker's message boundary). */
+export const TrainerRoleOptionsSchema = z.object({
+  /** The shared KV: a file path or an http(s) URL. */
+  kv: z.string().min(1),
+  /** Where versions are published: `dir:PATH` or `kv`. */
+  checkpoints: CheckpointsSpecSchema,
+  /** The starting policy when none is published yet, and the base that versions are evaluated against. */
+  model: z.string().min(1).optional(),
+  /** The starting reference; default the starting policy. */
+  ref: z.string().min(1).optional(),
+  /** The trainer's own checkpoint (optimizer state) lives here. */
+  stateDir: z.string().min(1),
+  mode: z.enum(["stream", "rounds"]),
+  roundSize: PositiveInt,
+  roundEpochs: PositiveInt,
+  publishEvery: PositiveInt,
+  refRefreshRounds: Count,
+  maxStaleness: Count,
+  /** Published versions kept. */
+  keep: PositiveInt,
+  owner: z.string().min(1),
+  leaseMs: PositiveInt,
+  pollMs: PositiveInt,
+  backend: z.enum(BACKENDS),
+  /** DPO settings by TRL name, validated by `parseDpoConfig` (a resumed run's own settings underneath). */
+  dpo: z.record(z.string(), z.unknown()),
+  /** Evaluate every published version on held-out prompts of a task; off when absent. */
+  eval: z.object({ task: z.enum(EVAL_TASKS), prompts: PositiveInt, maxNewTokens: PositiveInt }).optional(),
+  /**
+   * Release the train leases `owner` still holds from a run that stopped, so that a restart takes its
+   * unfinished pairs at once instead of after the leases lapse. Only where the owner name is this
+   * trainer's alone (`start` on its data directory): another live trainer of the same name would lose its work.
+   */
+  releaseOwnLeases: z.boolean().default(false),
+});
+/** What the trainer role runs with. */
+export type TrainerRoleOptions = z.input<typeof TrainerRoleOptionsSchema>;
+
+const StepMetricsSchema = z.custom<StepMetrics>(
+  (v) => typeof v === "object" && v !== null && typeof (v as { step?: unknown }).step === "number",
+  "expected step metrics",
+);
+
+/** What the trainer reports, in order: logs, a ready event, then steps and publishes. */
+export const TrainerEventSchema = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("log"), message: z.string() }),
+  z.object({
+    type: z.literal("ready"),
+    policy_version: Count,
+    step: Count,
+    /** The base policy's held-out accuracy, when evaluation is on. */
+    base_accuracy: z.number().nullable(),
+  }),
+  z.object({ type: z.literal("step"), metrics: StepMetricsSchema }),
+  z.object({ type: z.literal("publish"), version: PositiveInt, pairs: Count, eval: VersionEvalSchema.nullable() }),
+]);
+/** What the trainer reports. */
+export type TrainerEvent = z.infer<typeof TrainerEventSchema>;
+
+/** Options of `runTrainerRole` besides the plain-data ones. */
+export interface TrainerRoleHooks {
+  /** Stops the role: the current step finishes or is abandoned; unpublished work is redone after a restart. */
+  signal: AbortSignal;
+  onEvent: (event: TrainerEvent) => void;
+}
+
+const PublishedState = z.object({ version: z.number().int().positive() });
+
+/** Runs the trainer until `signal` aborts. */
+export async function runTrainerRole(input: TrainerRoleOptions, hooks: TrainerRoleHooks): Promise<void> {
+  const parsed = TrainerRoleOptionsSchema.safeParse(input);
+  if (!parsed.success) throw new Error(`Cannot start the trainer: ${z.prettifyError(parsed.error)}`);
+  const opts = parsed.data;
+  const log = (message: string) => hooks.onEvent({ type: "log", message });
+  if (opts.eval && !opts.model) {
+    throw new Error(
+      "Cannot evaluate policy versions: the base they are compared with is the starting model, and none was given",
+    );
+  }
+  log(describeBackend(await initBackend(opts.backend)));
+  const kv = await openSharedKv(opts.kv);
+  try {
+    await train(kv, opts, hooks, log);
+  } finally {
+    kv.close();
+  }
+}
+
+type Options = z.infer<typeof TrainerRoleOptionsSchema>;
+
+async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (m: string) => void): Promise<void> {
+  const store = new PairStore(kv);
+  const checkpoints = openCheckpoints(kv, opts.checkpoints);
+  const current = await checkpoints.current();
+  const stateDir = join(opts.stateDir, "checkpoint");
+  const statePath = join(opts.stateDir, "published.json");
+
+  // Resume the trainer's own checkpoint when it belongs to the version being served; otherwise start
+  // from the served version (or the starting model) with a fresh optimizer.
+  const saved = await Deno.readTextFile(statePath).then((t) => PublishedState.parse(JSON.parse(t)), () => null);
+  let policy: LoadedModel, reference: LoadedModel;
+  let resume: Awaited<ReturnType<typeof loadTrainingCheckpoint>> | undefined;
+  const modelDir = opts.model ? await resolveModel(opts.model) : undefined;
+  if (current && saved?.version === current.version) {
+    resume = await loadTrainingCheckpoint(stateDir);
+    ({ policy, reference } = resume);
+    log(`resuming the trainer at step ${resume.trainerState.step} (policy v${current.version})`);
+  } else {
+    const dir = current
+      ? await checkpoints.materialize(current.version, join(opts.stateDir, `start-v${current.version}`))
+      : modelDir;
+    if (!dir) throw new Error("Cannot start the trainer: no policy version is published yet and no --model was given");
+    policy = await loadModel(dir);
+    reference = await loadModel(opts.ref ? await resolveModel(opts.ref) : dir, { trainable: false });
+    log(`starting from ${current ? `policy v${current.version}` : dir}`);
+  }
+  const config = parseDpoConfig({
+    ...(resume?.config ?? {}),
+    lr_scheduler_type: "constant",
+    ...opts.dpo,
+  }, "the training settings");
+  const trainer = createTrainer(policy, reference, config, resume);
+  let version = current?.version ?? 0;
+  const status = () =>
+    writeTrainerStatus(kv, {
+      owner: opts.owner,
+      step: trainer.step,
+      policy_version: version,
+      ref_version: trainer.refVersion,
+      updated_at: Date.now(),
+    });
+
+  if (opts.releaseOwnLeases) {
+    let released = 0;
+    for await (const pair of store.iterate({ status: "labeled" })) {
+      if (await store.release(pair.id, "train", opts.owner)) released++;
+    }
+    if (released > 0) log(`released ${released} lease(s) this trainer held when it last stopped`);
+  }
+  if (current) {
+    const ids: string[] = [];
+    for await (const e of kv.list<string[]>({ prefix: trainedPairsPrefix(current.version) })) ids.push(...e.value);
+    const fixed = await reconcile({ store, owner: opts.owner, leaseMs: opts.leaseMs }, current.version, ids);
+    if (fixed > 0) log(`marked ${fixed} pair(s) trained into v${current.version} (the last run stopped in between)`);
+  }
+
+  const evaluator = opts.eval
+    ? await createEvaluator(kv, opts.eval, { trainer, policy, modelDir: modelDir!, fresh: !current && !resume, log })
+    : undefined;
+  // The served version's record is missing when the last run stopped between publishing and evaluating.
+  if (evaluator && (await kv.get(evalKey(version))).value === null) {
+    await evaluator.evaluate(version, trainer);
+  }
+  await status();
+  hooks.onEvent({
+    type: "ready",
+    policy_version: version,
+    step: trainer.step,
+    base_accuracy: evaluator?.baseAccuracy ?? null,
+  });
+
+  const maxLength = Math.min(config.max_length ?? Infinity, policy.model.config.n_positions);
+  const tok = policy.tokenizer;
+  log(`training online as ${opts.owner}: ${opts.mode}, ${config.per_device_train_batch_size} pairs a step`);
+  try {
+    await runOnlineTrainer({
+      store,
+      publisher: checkpoints,
+      trainer,
+      encode: (pair) => {
+        const promptIds = tok.encode(pair.promptText);
+        // Completions are cut to fit the context (they were generated within it, imports may not be).
+        const room = Math.max(1, maxLength - Math.max(promptIds.length, 1) - 1);
+        return {
+          promptIds,
+          chosenIds: tok.encode(pair.responses[pair.chosen!]!).slice(0, room),
+          rejectedIds: tok.encode(pair.responses[pair.rejected!]!).slice(0, room),
+        };
+      },
+      savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
+      recordTrainedPairs: async (v, ids) => {
+        for (let i = 0; i * 1000 < ids.length; i++) {
+          const chunk = ids.slice(i * 1000, (i + 1) * 1000);
+          await commitWithinLimits(kv.atomic().set(trainedPairsKey(v, i), chunk), `v${v}'s pair ids`);
+        }
+      },
+      owner: opts.owner,
+      mode: opts.mode,
+      batchPairs: config.per_device_train_batch_size * config.gradient_accumulation_steps,
+      roundPairs: opts.roundSize,
+      roundEpochs: opts.roundEpochs,
+      publishEverySteps: opts.publishEvery,
+      refRefreshRounds: opts.refRefreshRounds,
+      maxStaleness: opts.maxStaleness,
+      leaseMs: opts.leaseMs,
+      pollMs: opts.pollMs,
+      signal: hooks.signal,
+      onStep: async (m) => {
+        const record = kv.atomic().set(trainMetricsKey(Date.now(), m.step), m, { expireIn: 30 * 24 * 3600_000 });
+        await commitWithinLimits(record, `step ${m.step}'s metrics`);
+        await status();
+        hooks.onEvent({ type: "step", metrics: m });
+      },
+      onPublish: async (published, pairs) => {
+        version = published;
+        await saveTrainingCheckpoint(stateDir, trainer, { policy, reference });
+        await writeAtomic(statePath, new TextEncoder().encode(JSON.stringify({ version: published }) + "\n"));
+        const pruned = await checkpoints.prune(opts.keep);
+        log(`published policy v${published} (${pairs} pairs)${pruned.length ? `; pruned ${pruned.join(", ")}` : ""}`);
+        const result = evaluator ? await evaluator.evaluate(published, trainer) : null;
+        await status();
+        hooks.onEvent({ type: "publish", version: published, pairs, eval: result });
+      },
+    });
+  } finally {
+    policy.model.dispose();
+    reference.model.dispose();
+    trainer.optimizer.dispose();
+  }
+}
+
+interface Evaluator {
+  baseAccuracy: number;
+  /** Evaluates the trainer's policy as `version`, stores the result under `evalKey(version)` and logs it. */
+  evaluate(version: number, trainer: DpoTrainer): Promise<VersionEval>;
+}
+
+/** Answers the held-out prompts with the base policy once; every version is then compared with those answers. */
+async function createEvaluator(
+  kv: Deno.Kv,
+  spec: NonNullable<Options["eval"]>,
+  from: { trainer: DpoTrainer; policy: LoadedModel; modelDir: string; fresh: boolean; log: (m: string) => void },
+): Promise<Evaluator> {
+  const prompts = heldOutArithmeticPrompts(spec.prompts, { minOperand: 0, maxOperand: 99 });
+  const answer = (model: LoadedModel["model"]) =>
+    answerHeldOut(model, from.policy.tokenizer, prompts, arithmeticScore, { maxNewTokens: spec.maxNewTokens });
+  const started = performance.now();
+  let base: Answers;
+  if (from.fresh) base = await answer(from.trainer.policy); // nothing trained yet: the policy is the base
+  else {
+    const loaded = await loadModel(from.modelDir, { trainable: false });
+    try {
+      base = await answer(loaded.model);
+    } finally {
+      loaded.model.dispose();
+    }
+  }
+  const baseSeconds = (performance.now() - started) / 1000;
+  const baseEval = compareWithBase(0, base, base, baseSeconds);
+  from.log(
+    `base policy: held-out accuracy ${percent(baseEval.accuracy)} on ${prompts.length} ${spec.task} prompts ` +
+      `(${baseSeconds.toFixed(1)} s)`,
+  );
+  return {
+    baseAccuracy: baseEval.accuracy,
+    async evaluate(version, trainer) {
+      const t = performance.now();
+      const result = version === 0
+        ? baseEval
+        : compareWithBase(version, await answer(trainer.policy), base, (performance.now() - t) / 1000);
+      await commitWithinLimits(kv.atomic().set(evalKey(version), result), `v${version}'s evaluation`);
+      if (version > 0) {
+        from.log(
+          `policy v${version}: held-out accuracy ${percent(result.accuracy)} (base ${
+            percent(result.base_accuracy)
+          }), ` +
+            `win rate vs base ${result.win_rate_vs_base.toFixed(3)} (${result.seconds.toFixed(1)} s)`,
+        );
+      }
+      return result;
+    },
+  };
+}
+
+function percent(x: number): string {
+  return `${(100 * x).toFixed(1)}%`;
+}
