@@ -219,6 +219,19 @@ Deno.test("train --kto: unpaired thumbs up/down data, one JSON line per step wit
 });
 
 /** A `start` process in `dir`, its stdout and stderr collected as they come. */
+/** The exit code of a child that should exit within `ms`; one that does not is killed and fails the test. */
+async function exitCodeWithin(child: Deno.ChildProcess, ms: number): Promise<number> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((resolve) => timer = setTimeout(() => resolve("late"), ms));
+  const result = await Promise.race([child.status, late]);
+  clearTimeout(timer);
+  if (result === "late") {
+    child.kill("SIGKILL");
+    throw new Error(`the process did not exit within ${ms} ms of SIGINT`);
+  }
+  return result.code;
+}
+
 function spawnStart(dir: string, args: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", join(ROOT, "main.ts"), "start", ...args],
@@ -300,7 +313,7 @@ Deno.test({
 
       const stopAt = Date.now();
       run.child.kill("SIGINT");
-      assert.equal((await run.child.status).code, 0, run.text());
+      assert.equal(await exitCodeWithin(run.child, 10_000), 0, run.text());
       assert.ok(Date.now() - stopAt < 10_000, `stopped in ${Date.now() - stopAt} ms`);
       const published = lastPublished(run.text())!;
 
@@ -335,7 +348,7 @@ Deno.test({
       const after = await res.json();
       assert.ok(after.pairs.trained >= before.pairs.trained!, JSON.stringify(after));
       run.child.kill("SIGINT");
-      assert.equal((await run.child.status).code, 0, run.text());
+      assert.equal(await exitCodeWithin(run.child, 10_000), 0, run.text());
     } catch (err) {
       console.error(run.text().slice(-4000));
       throw err;
