@@ -174,7 +174,7 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   port: { metavar: "N", help: "port; 0 picks a free one", section: "server" },
   rate_limit: {
     metavar: "N",
-    help: "requests per minute per API key (the feeder has a key of its own)",
+    help: "requests per minute per API key (the feeder has a key of its own, not limited)",
     section: "server",
   },
   serve_poll_ms: { metavar: "MS", help: "how often the server looks for a new policy version", section: "server" },

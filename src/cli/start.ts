@@ -170,6 +170,7 @@ export async function runStart(args: string[]): Promise<void> {
       cacheDir: join(cfg.data_dir, "cache"),
       app: {
         apiKeys: [...apiKeys.keys, feederKey],
+        unlimitedKeys: [feederKey],
         labelKeys: labelKeys.keys,
         score: judge?.score?.bind(judge),
         webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET"),

@@ -33,6 +33,8 @@ export interface AppDeps {
    * dashboard and pairs, giving feedback); refused with 403 elsewhere.
    */
   labelKeys?: string[];
+  /** API keys the per-key rate limit does not apply to: clients of the server's own (`start`'s feeder). */
+  unlimitedKeys?: string[];
   /** Scores a response (a verifier judge): pairs are then best against worst instead of two at random. */
   score?: (prompt: string | ChatMessage[], completion: string) => Promise<number>;
   /** Standard Webhooks secret: feedback signed with it is accepted without an API key. */
@@ -123,7 +125,12 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
     labelKeys: deps.labelKeys,
     labelAllowed: (c) => LABEL_KEY_ROUTES.some(([method, path]) => c.req.method === method && path.test(c.req.path)),
   });
-  const throttle = rateLimit({ limit: limits.requestsPerMinute, windowMs: 60_000, now });
+  const throttle = rateLimit({
+    limit: limits.requestsPerMinute,
+    windowMs: 60_000,
+    exempt: deps.unlimitedKeys,
+    now,
+  });
   // Signed feedback from labelers' systems needs no API key: the signature is the credential.
   app.use("/v1/*", limit, async (c, next) => {
     if (deps.webhookSecret && c.req.header("webhook-signature") && /\/feedback$/.test(c.req.path)) {

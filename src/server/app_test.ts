@@ -196,6 +196,13 @@ Deno.test("rate limits per key answer 429 with Retry-After; metrics are Promethe
   const limited = await call("GET", "/v1/stats");
   assert.equal(limited.status, 429);
   assert.ok(Number(limited.headers.get("retry-after")) >= 1);
+  // A key of the server's own (start's feeder) is not limited; the limited key stays limited.
+  const feeder = { authorization: "Bearer feeder" };
+  const own = await setup({ apiKeys: [KEY, "feeder"], unlimitedKeys: ["feeder"], limits: { requestsPerMinute: 3 } });
+  for (let i = 0; i < 6; i++) assert.equal((await own.call("GET", "/v1/stats", undefined, feeder)).status, 200);
+  for (let i = 0; i < 3; i++) assert.equal((await own.call("GET", "/v1/stats")).status, 200);
+  assert.equal((await own.call("GET", "/v1/stats")).status, 429);
+  own.close();
   const metrics = await (await call("GET", "/metrics")).text();
   assert.match(metrics, /^# TYPE dpo_pairs gauge$/m);
   assert.match(metrics, /^dpo_policy_version 1$/m);

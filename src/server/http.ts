@@ -99,6 +99,8 @@ export interface RateLimitOptions {
   /** Requests per window per key. */
   limit: number;
   windowMs: number;
+  /** Keys the limit does not apply to (an in-process client of the server's own, such as the feeder). */
+  exempt?: string[];
   now?: () => number;
 }
 
@@ -109,8 +111,10 @@ export interface RateLimitOptions {
 export function rateLimit(options: RateLimitOptions): MiddlewareHandler<{ Variables: { apiKey: string } }> {
   const windows = new Map<string, { start: number; count: number }>();
   const now = options.now ?? Date.now;
+  const exempt = new Set(options.exempt);
   return async (c, next) => {
     const key = c.get("apiKey") ?? "anonymous";
+    if (exempt.has(key)) return await next();
     const t = now();
     let w = windows.get(key);
     if (!w || t - w.start >= options.windowMs) {
