@@ -27,6 +27,7 @@ import { parseDpoConfig } from "../src/dpo/config.ts";
 import type { PreferencePair } from "../src/dpo/trainer.ts";
 import { answerHeldOut, type Answers } from "../src/dpo/evaluate.ts";
 import { createArithmeticPrompts, heldOutArithmeticPrompts, score } from "../src/judge/arithmetic.ts";
+import { bestAgainstWorst } from "../src/judge/verifier.ts";
 import { writeAtomic } from "../src/util/fs.ts";
 
 const { values } = parseArgs({
@@ -95,14 +96,12 @@ async function sampleRound(policy: LoadedModel, prompts: string[], seed: number)
   const round: Round = { pairs: [], ties: 0 };
   prompts.forEach((prompt, i) => {
     const answers = out.slice(i * N, (i + 1) * N).map((g) => g.text);
-    const scored = answers.map((text) => ({ text, score: score(prompt, text) }));
-    const best = scored.reduce((a, b) => (b.score > a.score ? b : a));
-    const worst = scored.reduce((a, b) => (b.score < a.score ? b : a));
-    if (best.score === worst.score) return void round.ties++;
+    const picked = bestAgainstWorst(answers.map((text) => score(prompt, text)));
+    if (!picked) return void round.ties++;
     round.pairs.push({
       promptIds: ids[i]!,
-      chosenIds: tokenizer.encode(best.text),
-      rejectedIds: tokenizer.encode(worst.text),
+      chosenIds: tokenizer.encode(answers[picked[0]]!),
+      rejectedIds: tokenizer.encode(answers[picked[1]]!),
     });
   });
   return round;

@@ -39,6 +39,7 @@ import {
   solve,
 } from "../src/judge/arithmetic.ts";
 import { createProgress } from "../src/util/progress.ts";
+import { answerHeldOut } from "../src/dpo/evaluate.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -220,17 +221,14 @@ async function main(): Promise<void> {
     optimizer.dispose();
   }
   const heldOut = heldOutArithmeticPrompts(200, { minOperand: 0, maxOperand: 99 });
-  const results = await generate(model, tokenizer, heldOut.map((p) => tokenizer.encode(p)), {
-    temperature: 0,
-    maxNewTokens: 5,
-  });
-  const correct = results.filter((r, i) => score(heldOut[i]!, r.text) === 1).length;
+  const greedy = await answerHeldOut(model, tokenizer, heldOut, score, { maxNewTokens: 5 });
+  const correct = greedy.scores.filter((s) => s === 1).length;
   console.log(
     `held-out greedy accuracy: ${correct}/${heldOut.length} = ${(100 * correct / heldOut.length).toFixed(1)}%`,
   );
-  const slips = results.filter((r, i) => {
+  const slips = greedy.texts.filter((text, i) => {
     const p = parseArithmeticPrompt(heldOut[i]!);
-    return p.answer !== carryless(p.x, p.y) && r.text.trim() === String(carryless(p.x, p.y));
+    return p.answer !== carryless(p.x, p.y) && text.trim() === String(carryless(p.x, p.y));
   }).length;
   console.log(`greedy answers that forgot to carry: ${slips}/${heldOut.length}`);
   const k = 4;

@@ -10,6 +10,11 @@ export interface KeySet {
   created: boolean;
 }
 
+/** The comma-separated keys of an environment variable's value (blanks around them and empty ones dropped). */
+export function splitKeys(value: string | undefined): string[] {
+  return (value ?? "").split(",").map((k) => k.trim()).filter((k) => k.length > 0);
+}
+
 /**
  * The keys from an environment variable (comma-separated) when it is set, else the key kept in
  * `dataDir/file`, made on first use (readable by the owner only).
@@ -17,7 +22,7 @@ export interface KeySet {
 export async function loadOrCreateKeys(
   options: { env: string | undefined; envName: string; dataDir: string; file: string; prefix: string },
 ): Promise<KeySet> {
-  const fromEnv = (options.env ?? "").split(",").map((k) => k.trim()).filter((k) => k.length > 0);
+  const fromEnv = splitKeys(options.env);
   for (const key of fromEnv) {
     if (key.length < 8) {
       throw new Error(

@@ -5,6 +5,7 @@ import { startServerRole } from "../roles/server.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { buildJudge } from "./_services.ts";
+import { splitKeys } from "./_keys.ts";
 import { backendOption, log, numberOption, parseCommand, validate } from "./common.ts";
 
 /** Usage text of the command. */
@@ -62,7 +63,7 @@ export async function runServe(args: string[]): Promise<void> {
   });
   if (values.help) return void console.log(SERVE_USAGE);
   const opts = validate(Options, values);
-  const keys = [...opts["api-key"], ...(Deno.env.get("DPO_API_KEYS") ?? "").split(",").filter((k) => k.length > 0)];
+  const keys = [...opts["api-key"], ...splitKeys(Deno.env.get("DPO_API_KEYS"))];
   if (keys.length === 0) keys.push(`dpo-${crypto.randomUUID().replaceAll("-", "")}`);
   log(describeBackend(await initBackend(opts.backend)));
   const score = opts.judge ? (await buildJudge({ judge: opts.judge, verifier: opts.verifier })).score : undefined;
@@ -83,7 +84,7 @@ export async function runServe(args: string[]): Promise<void> {
       cacheDir: opts["cache-dir"],
       app: {
         apiKeys: keys,
-        labelKeys: (Deno.env.get("DPO_LABEL_KEYS") ?? "").split(",").filter((k) => k.length > 0),
+        labelKeys: splitKeys(Deno.env.get("DPO_LABEL_KEYS")),
         score,
         webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET"),
         limits: { requestsPerMinute: opts["rate-limit"] },

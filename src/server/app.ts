@@ -11,6 +11,7 @@ import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import type { ChatMessage } from "../model/tokenizer.ts";
 import { verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
+import { bestAgainstWorst } from "../judge/verifier.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
 import type { PairStore } from "../store/pairs.ts";
 import type { Pair } from "../store/schema.ts";
@@ -367,10 +368,8 @@ async function pickCandidates(
   score: AppDeps["score"],
 ): Promise<[number, number]> {
   if (score) {
-    const scores = await Promise.all(responses.map((r) => score(prompt, r)));
-    const best = scores.indexOf(Math.max(...scores));
-    const worst = scores.indexOf(Math.min(...scores));
-    if (best !== worst) return [best, worst];
+    const picked = bestAgainstWorst(await Promise.all(responses.map((r) => score(prompt, r))));
+    if (picked) return picked;
   }
   const a = Math.floor(Math.random() * responses.length);
   const b = (a + 1 + Math.floor(Math.random() * (responses.length - 1))) % responses.length;
