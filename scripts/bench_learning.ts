@@ -61,8 +61,14 @@ const TEMPERATURE = Number(values.temperature);
 const BATCH = Number(values["batch-size"]);
 const SEED = Number(values.seed);
 const MAX_NEW_TOKENS = 6;
-const ARMS = values.arms!.split(",") as Arm[];
 type Arm = "online" | "frozen" | "offline";
+const ARMS = values.arms!.split(",") as Arm[];
+for (const [name, v] of Object.entries({ pairs: BUDGET, round: ROUND, epochs: EPOCHS, n: N, "batch-size": BATCH })) {
+  if (!(Number.isInteger(v) && v > 0)) throw new Error(`Cannot run: --${name} must be a positive integer, got ${v}`);
+}
+if (N < 2) throw new Error(`Cannot run: --n must be at least 2 (a pair needs two answers), got ${N}`);
+const unknown = ARMS.filter((a) => !["online", "frozen", "offline"].includes(a));
+if (unknown.length > 0) throw new Error(`Cannot run: --arms takes online, frozen, offline; got ${unknown.join(", ")}`);
 
 const config = parseDpoConfig({
   beta: Number(values.beta),

@@ -19,6 +19,7 @@ a new version is swapped in without failing requests), or --model until one is p
   --model DIR|hf:...        the policy before any version is published
   --host HOST --port N      where to listen (default 127.0.0.1:8000)
   --api-key KEY             accepted bearer key (repeatable; also DPO_API_KEYS=k1,k2); one is made up if none
+                            (DPO_LABEL_KEYS=k1,k2: keys for the dashboard and label page only)
   --judge arithmetic|verifier  score responses so pairs are best against worst (optional)
   --verifier PATH           for --judge verifier
   --poll-ms MS              how often to look for a new policy version (default 2000)
