@@ -2,7 +2,9 @@ import assert from "node:assert/strict";
 import * as tf from "../model/tf.ts";
 import { assertClose, assertNoLeak, fixturePath, useBackend } from "../model/_test_utils.ts";
 import {
+  clipCoefficient,
   clipGradNorm,
+  globalNorm,
   learningRateAt,
   type LrSchedule,
   Optimizer,
@@ -106,40 +108,77 @@ function runNamed(name: string): Run {
   return run;
 }
 
+// Two ways through each run: the composed ops with clipGradNorm's scaled copies (every backend but
+// wasm), and on wasm the fused update with the clipping coefficient passed in, as the trainer does.
 for (const run of fixture.runs) {
-  Deno.test(`${run.name}: lr, grad norm, parameters and final state match PyTorch`, async () => {
-    await useBackend("wasm");
-    await assertNoLeak(async () => {
-      const params = makeParams(fixture.params);
-      const optimizer = new Optimizer(params, configOf(run));
-      for (const [i, expected] of run.steps.entries()) {
-        assert.ok(Math.abs(lrOf(run, i) - expected.lr) <= 1e-15, `${run.name} step ${i}: lr`);
-        // Without clipping (SGD) a huge maxNorm still reports the norm and copies the gradients unscaled.
-        const raw = gradsAt(i);
-        const { norm, grads, finite } = await clipGradNorm(raw, run.max_norm ?? 1e30);
-        tf.dispose([...raw.values()]);
-        assert.ok(finite);
-        assert.ok(Math.abs(norm - expected.grad_norm) <= 1e-6 * expected.grad_norm, `step ${i}: norm ${norm}`);
-        optimizer.step(grads, lrOf(run, i));
-        tf.dispose([...grads.values()]);
-        const actual = await readParams(params);
-        for (const [name, values] of Object.entries(expected.params)) {
-          assertNear(actual[name]!, values, `${run.name} step ${i}: ${name}`);
+  for (const fused of [false, true]) {
+    const how = fused ? "fused, clipping scale passed in" : "composed ops, clipGradNorm";
+    Deno.test(`${run.name} (${how}): lr, grad norm, parameters and final state match PyTorch`, async () => {
+      await useBackend("wasm");
+      await assertNoLeak(async () => {
+        const params = makeParams(fixture.params);
+        const optimizer = new Optimizer(params, configOf(run), { fused });
+        for (const [i, expected] of run.steps.entries()) {
+          assert.ok(Math.abs(lrOf(run, i) - expected.lr) <= 1e-15, `${run.name} step ${i}: lr`);
+          // Without clipping (SGD) a huge maxNorm still reports the norm and copies the gradients unscaled.
+          const raw = gradsAt(i);
+          const maxNorm = run.max_norm ?? 1e30;
+          let norm: number;
+          if (fused) {
+            norm = await globalNorm([...raw.values()]);
+            optimizer.step(raw, lrOf(run, i), clipCoefficient(norm, maxNorm));
+            tf.dispose([...raw.values()]);
+          } else {
+            const clipped = await clipGradNorm(raw, maxNorm);
+            tf.dispose([...raw.values()]);
+            assert.ok(clipped.finite);
+            norm = clipped.norm;
+            optimizer.step(clipped.grads, lrOf(run, i));
+            tf.dispose([...clipped.grads.values()]);
+          }
+          assert.ok(Math.abs(norm - expected.grad_norm) <= 1e-6 * expected.grad_norm, `step ${i}: norm ${norm}`);
+          const actual = await readParams(params);
+          for (const [name, values] of Object.entries(expected.params)) {
+            assertNear(actual[name]!, values, `${run.name} step ${i}: ${name}`);
+          }
         }
-      }
-      const state = await optimizer.state();
-      assert.equal(state.step, run.state.step);
-      assert.deepEqual([...state.tensors.keys()], Object.keys(run.state.tensors));
-      for (const [name, expected] of Object.entries(run.state.tensors)) {
-        const actual = state.tensors.get(name)!;
-        assert.deepEqual(actual.shape, expected.shape, name);
-        assertNear(actual.values, expected.values, `${run.name} state ${name}`);
-      }
-      optimizer.dispose();
-      tf.dispose([...params.values()]);
-    }, run.name);
-  });
+        const state = await optimizer.state();
+        assert.equal(state.step, run.state.step);
+        assert.deepEqual([...state.tensors.keys()].sort(), Object.keys(run.state.tensors).sort());
+        for (const [name, expected] of Object.entries(run.state.tensors)) {
+          const actual = state.tensors.get(name)!;
+          assert.deepEqual(actual.shape, expected.shape, name);
+          assertNear(actual.values, expected.values, `${run.name} state ${name}`);
+        }
+        optimizer.dispose();
+        tf.dispose([...params.values()]);
+      }, run.name);
+    });
+  }
 }
+
+Deno.test("the fused update never writes through to a tensor sharing a parameter's storage", async () => {
+  await useBackend("wasm");
+  await assertNoLeak(async () => {
+    const params = makeParams(fixture.params);
+    // As a reference refresh does: `reference.assign(policy)` shares the policy's storage.
+    const copies = [...params].map(([name, p]) => [name, tf.variable(p, false)] as const);
+    const before = await readParams(new Map(copies));
+    const optimizer = new Optimizer(params, { name: "adamw", learningRate: 0.1 });
+    const grads = gradsAt(0);
+    optimizer.step(grads, 0.1);
+    const after = await readParams(new Map(copies));
+    const moved = await readParams(params);
+    for (const [name] of copies) {
+      assert.deepEqual(after[name], before[name], `${name}: the sharer keeps its values`);
+      assert.notDeepEqual(moved[name], before[name], `${name}: the parameter moved`);
+    }
+    optimizer.step(grads, 0.1); // now unshared: in place
+    assert.deepEqual(await readParams(new Map(copies)), before);
+    optimizer.dispose();
+    tf.dispose([...grads.values(), ...params.values(), ...copies.map(([, v]) => v)]);
+  });
+});
 
 Deno.test("the adamw fixture clips exactly where PyTorch did, and the clipped norm is max_norm", async () => {
   await useBackend("wasm");

@@ -9,7 +9,7 @@ import type { Gpt2Model } from "../model/gpt2.ts";
 import { buildScoringBatch, scoreRows, type TokenPair } from "../model/logprobs.ts";
 import type { DpoConfig } from "./config.ts";
 import { ktoLoss, preferenceLoss } from "./losses.ts";
-import { clipGradNorm, learningRateAt, Optimizer } from "./optimizer.ts";
+import { clipCoefficient, globalNorm, learningRateAt, Optimizer } from "./optimizer.ts";
 
 /** A preference pair as token ids (no eos: the scorer appends it). */
 export interface PreferencePair {
@@ -108,6 +108,11 @@ export class DpoTrainer {
   skippedSteps = 0;
   /** Sequences scored under the reference so far (the cache's effect, for tests and benchmarks). */
   referenceRowsScored = 0;
+  /**
+   * Where the last `trainStep` spent its time, in seconds: reference log-probs (zero when cached),
+   * policy forward and backward with the loss and its statistics, and clipping plus the optimizer update.
+   */
+  lastStepTimes = { reference_s: 0, forward_backward_s: 0, update_s: 0 };
   #eosId: number;
   #bosId?: number;
   #refCache = new Map<string, RefLogps>();
@@ -194,7 +199,9 @@ export class DpoTrainer {
    */
   async trainStep(pairs: PreferencePair[], totalSteps: number): Promise<StepMetrics> {
     if (pairs.length === 0) throw new Error("Cannot take a DPO step on an empty batch");
+    const t0 = performance.now();
     const refs = await this.referenceLogps(pairs);
+    const t1 = performance.now();
     const micro = Math.ceil(pairs.length / this.config.gradient_accumulation_steps);
     const vars = this.policy.trainableVariables();
     const sums = new Map<string, tf.Tensor>();
@@ -265,7 +272,14 @@ export class DpoTrainer {
         }
       }
     }
+    const t2 = performance.now();
     const update = await this.applyUpdate(sums, stats.loss, totalSteps);
+    const t3 = performance.now();
+    this.lastStepTimes = {
+      reference_s: (t1 - t0) / 1e3,
+      forward_backward_s: (t2 - t1) / 1e3,
+      update_s: (t3 - t2) / 1e3,
+    };
     const metrics = summarize(stats, lengths, vocab, pairs.length, {
       step: this.step,
       ...update,
@@ -282,19 +296,20 @@ export class DpoTrainer {
    */
   private async applyUpdate(sums: Map<string, tf.Tensor>, loss: number, totalSteps: number) {
     const named = new Map([...this.policy.params].map(([name, v]) => [name, sums.get(v.name)!]));
-    const clipped = await clipGradNorm(named, this.config.max_grad_norm, { consume: true });
+    // The clipping scale goes into the update: no scaled copy of the gradients.
+    const norm = await globalNorm([...named.values()]);
     const lr = learningRateAt(this.step, {
       base: this.config.learning_rate,
       schedule: this.config.lr_scheduler_type,
       warmupSteps: this.config.warmup_steps,
       totalSteps,
     });
-    const skipped = !clipped.finite || !Number.isFinite(loss);
+    const skipped = !Number.isFinite(norm) || !Number.isFinite(loss);
     if (skipped) this.skippedSteps++;
-    else this.optimizer.step(clipped.grads, lr);
-    tf.dispose([...clipped.grads.values()]);
+    else this.optimizer.step(named, lr, clipCoefficient(norm, this.config.max_grad_norm));
+    tf.dispose([...named.values()]);
     this.step++;
-    return { grad_norm: clipped.norm, learning_rate: lr, skipped };
+    return { grad_norm: norm, learning_rate: lr, skipped };
   }
 
   /**

@@ -15,6 +15,7 @@ import {
   layerNorm,
   layerNormBackward,
   layerNormForward,
+  sumRows,
 } from "./_ops.ts";
 
 /** Keys and values of every layer for the tokens seen so far: [B, H, P, D] each. */
@@ -285,7 +286,7 @@ function blockBackward(
   const unheads = (t: tf.Tensor) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [B * T, C]) as tf.Tensor2D;
   /** Gradients of y = x W + b: [dx, dW, db]. */
   const linearGrads = (dy: tf.Tensor2D, x: tf.Tensor2D, weight: tf.Tensor) =>
-    [tf.matMul(dy, weight, false, true), tf.matMul(x, dy, true, false), tf.sum(dy, 0)] as const;
+    [tf.matMul(dy, weight, false, true), tf.matMul(x, dy, true, false), sumRows(dy)] as const;
 
   // MLP: out = x1 + c_proj(act(c_fc(ln_2(x1)))).
   const dMlp = rows(dOut); // [B*T, C]
