@@ -1,8 +1,9 @@
 /** Batched incremental decoding with a KV cache, stop strings, eos and streaming. */
 import * as tf from "./tf.ts";
-import { forwardTensors, padBatch, type TokenBatch } from "./batch.ts";
+import { padBatch, type TokenBatch } from "./batch.ts";
 import type { Gpt2Model, KVCache } from "./gpt2.ts";
-import { createRng, sampleToken, type SamplingParams } from "./sampling.ts";
+import { sampleToken, type SamplingParams } from "./sampling.ts";
+import { advance, appendStep, generations, lastLogits, planDecode } from "./_decode.ts";
 
 /** One streamed token. */
 export interface TokenEvent {
@@ -49,15 +50,6 @@ export interface Generation {
   finishReason: "stop" | "length";
 }
 
-interface Row {
-  tokens: number[];
-  text: string;
-  emitted: number;
-  done: boolean;
-  finishReason: "stop" | "length";
-  rng: () => number;
-}
-
 /** Generates a continuation for every prompt (token ids) in one batch. */
 export async function generate(
   model: Gpt2Model,
@@ -65,27 +57,8 @@ export async function generate(
   prompts: number[][],
   options: GenerateOptions = {},
 ): Promise<Generation[]> {
-  const context = model.config.n_positions;
-  const inputs = prompts.map((p) => (p.length > 0 ? p : [codec.bosTokenId ?? codec.eosTokenId]));
-  const longest = Math.max(...inputs.map((p) => p.length));
-  if (longest >= context) {
-    throw new Error(
-      `Cannot generate: a prompt has ${longest} tokens, leaving no room in the model's ${context}-token context`,
-    );
-  }
-  const budget = Math.min(options.maxNewTokens ?? 64, context - longest);
-  const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
-  const rows: Row[] = inputs.map((_, b) => ({
-    tokens: [],
-    text: "",
-    emitted: 0,
-    done: false,
-    finishReason: "length",
-    rng: createRng(seed + b * 0x9e3779b1),
-  }));
+  const { inputs, budget, rows, greedy } = planDecode(model.config.n_positions, codec, prompts, options);
   const useCache = options.useCache ?? true;
-  // Greedy picks on the device and reads B ids, not B x V logits (unless the caller wants the logits).
-  const greedy = (options.temperature === 0 || options.topK === 1) && !options.onLogits;
   let batch: TokenBatch = padBatch(inputs, codec.eosTokenId, "left");
   let cache: KVCache | undefined;
   try {
@@ -113,7 +86,7 @@ export async function generate(
   } finally {
     if (cache) tf.dispose([...cache.keys, ...cache.values]);
   }
-  return rows.map((row) => ({ tokenIds: row.tokens, text: row.text, finishReason: row.finishReason }));
+  return generations(rows);
 }
 
 type StepOutput = { logits: tf.Tensor; cache?: KVCache };
@@ -126,70 +99,6 @@ function nextLogits(
   useCache: boolean,
   argmax: boolean,
 ): StepOutput {
-  const out = model.forward({ ...forwardTensors(batch), cache }, useCache);
-  const [B, T, C] = out.hidden.shape;
-  const last = tf.reshape(tf.slice(out.hidden, [0, T - 1, 0], [B, 1, C]), [B, C]) as tf.Tensor2D; // [B, C]
-  const logits = model.logits(last); // [B, V]
-  return { logits: argmax ? tf.argMax(logits, -1) : logits, cache: out.cache };
-}
-
-/** The next step's batch when the cache holds everything before it: one new token per row. */
-function appendStep(batch: TokenBatch, next: number[]): TokenBatch {
-  const B = batch.batch;
-  const S = batch.past + batch.length;
-  const mask = new Uint8Array(B * (S + 1));
-  for (let b = 0; b < B; b++) {
-    mask.set(batch.mask.subarray(b * S, (b + 1) * S), b * (S + 1));
-    mask[b * (S + 1) + S] = 1;
-  }
-  return { ids: Int32Array.from(next), mask, batch: B, length: 1, past: S };
-}
-
-/** Records a token, finds eos or stop strings, and streams the text that became final. */
-function advance(
-  row: Row,
-  index: number,
-  token: number,
-  codec: TextCodec,
-  options: GenerateOptions & { last: boolean },
-): void {
-  const stops = options.stop ?? [];
-  if (token === codec.eosTokenId && (options.stopAtEos ?? true)) {
-    row.done = true;
-    row.finishReason = "stop";
-  } else {
-    row.tokens.push(token);
-    row.text = codec.decode(row.tokens, { skipSpecialTokens: true });
-    let cut = -1;
-    for (const s of stops) {
-      const at = s.length > 0 ? row.text.indexOf(s) : -1;
-      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
-    }
-    if (cut >= 0) {
-      row.text = row.text.slice(0, cut);
-      row.done = true;
-      row.finishReason = "stop";
-    } else if (options.last) {
-      row.done = true;
-    }
-  }
-  // Hold back an incomplete UTF-8 character and any tail that may begin a stop string.
-  let final = row.done ? row.text.length : stableLength(row.text, stops);
-  final = Math.max(final, row.emitted);
-  options.onToken?.({ index, tokenId: token, text: row.text.slice(row.emitted, final) });
-  row.emitted = final;
-}
-
-function stableLength(text: string, stops: string[]): number {
-  let end = text.length;
-  while (end > 0 && text[end - 1] === "\uFFFD") end--;
-  for (const s of stops) {
-    for (let k = Math.min(s.length - 1, end); k > 0; k--) {
-      if (text.slice(end - k, end) === s.slice(0, k)) {
-        end -= k;
-        break;
-      }
-    }
-  }
-  return end;
+  const out = lastLogits(model, batch, cache, useCache);
+  return { logits: argmax ? tf.argMax(out.logits, -1) : out.logits, cache: out.cache };
 }

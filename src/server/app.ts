@@ -7,7 +7,7 @@
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
-import { streamSSE } from "hono/streaming";
+import { type SSEStreamingApi, streamSSE } from "hono/streaming";
 import { z } from "zod";
 import type { ChatMessage } from "../model/tokenizer.ts";
 import { verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
@@ -265,7 +265,11 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
     const body = await jsonBody(c, ChatRequest);
     const id = `chatcmpl-${crypto.randomUUID().replaceAll("-", "")}`;
     const created = Math.floor(now() / 1000);
-    return await policy.use(async (p) => {
+    // A streamed response outlives this handler: the version is held until the stream ends.
+    const lease = policy.acquire();
+    let streaming = false;
+    try {
+      const p = lease.policy;
       const promptText = renderPrompt(p.tokenizer, body.messages);
       const promptIds = p.tokenizer.encode(promptText);
       const model = body.model ?? `policy-v${p.version}`;
@@ -296,7 +300,7 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
           },
         });
       }
-      return streamSSE(c, async (sse) => {
+      const send = async (sse: SSEStreamingApi) => {
         const chunk = (delta: Record<string, string>, finishReason: string | null) =>
           sse.writeSSE({
             data: JSON.stringify({
@@ -319,8 +323,13 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
         await finish(g!.text, g!.tokenIds.length);
         await chunk({}, g!.finishReason);
         await sse.writeSSE({ data: "[DONE]" });
-      });
-    });
+      };
+      const response = streamSSE(c, (sse) => send(sse).finally(lease.release));
+      streaming = true;
+      return response;
+    } finally {
+      if (!streaming) lease.release();
+    }
   });
 
   const CompletionFeedback = z.object({ label: z.boolean(), annotator: z.string().min(1).max(200).optional() });
@@ -353,7 +362,7 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
 
   app.get("/metrics", async (c) => {
     const [pairs, feedback] = await Promise.all([store.counts(), store.feedbackCounts()]);
-    return c.text(metrics.render({ pairs, feedback, policyVersion: policy.version }), 200, {
+    return c.text(metrics.render({ pairs, feedback, policyVersion: policy.version, decoding: policy.decoding }), 200, {
       "content-type": "text/plain; version=0.0.4",
     });
   });

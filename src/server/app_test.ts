@@ -227,3 +227,21 @@ Deno.test("a policy swap mid-request fails nothing; new requests get the new ver
   assert.equal(after.policy_version, 2);
   close();
 });
+
+Deno.test("concurrent generating requests share decoding steps; /metrics shows the batch", async () => {
+  const { call, close } = await setup();
+  const messages = [{ role: "user", content: "Tell a story" }];
+  const responses = await Promise.all([
+    call("POST", "/v1/pairs", { prompt: "Hi", n: 3, max_new_tokens: 8 }),
+    call("POST", "/v1/chat/completions", { messages, max_tokens: 8, stream: true }),
+    call("POST", "/v1/chat/completions", { messages, max_tokens: 8, seed: 3 }),
+  ]);
+  assert.deepEqual(responses.map((r) => r.status), [201, 200, 200]);
+  await Promise.all(responses.map((r) => r.text()));
+  const metrics = await (await call("GET", "/metrics")).text();
+  const value = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, "m").exec(metrics)?.[1]);
+  assert.ok(value("dpo_decode_steps_total") > 0, metrics);
+  assert.ok(value("dpo_decode_row_steps_total") > 2 * value("dpo_decode_steps_total"), "more than 2 rows per step");
+  assert.equal(value("dpo_decode_running_rows"), 0);
+  close();
+});

@@ -5,6 +5,8 @@ export interface ScrapeState {
   pairs: Record<string, number>;
   feedback: { desirable: number; undesirable: number };
   policyVersion: number;
+  /** The serving version's decoding loop, when batching is on. */
+  decoding?: { steps: number; rowSteps: number; running: number; waiting: number };
 }
 
 /** In-process counters of one server instance. */
@@ -54,6 +56,18 @@ export class Metrics {
       ...[...this.#verdicts].map(([c, n]) => [`choice="${c}"`, n] as [string, number]),
     ]);
     family("dpo_generated_tokens_total", "counter", "Tokens generated (this instance).", [["", this.#tokens]]);
+    const d = state.decoding;
+    if (d) {
+      // Counters of the serving version's loop: a swap starts them again at 0, which Prometheus reads as a reset.
+      family("dpo_decode_steps_total", "counter", "Batched decoding steps of the serving version.", [["", d.steps]]);
+      family("dpo_decode_row_steps_total", "counter", "Rows summed over those steps (rows per step = ratio).", [
+        ["", d.rowSteps],
+      ]);
+      family("dpo_decode_running_rows", "gauge", "Rows decoding now.", [["", d.running]]);
+      family("dpo_decode_waiting_requests", "gauge", "Generation requests waiting for room in the batch.", [
+        ["", d.waiting],
+      ]);
+    }
     return lines.join("\n") + "\n";
   }
 }

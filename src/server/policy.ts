@@ -1,9 +1,11 @@
 /**
  * The policy being served, swappable while requests run: a request holds the version it started
  * with until it finishes, and a replaced version's weights are freed only after its last request.
+ * Each version decodes through one scheduler, so concurrent requests share forward steps.
  */
 import type { Gpt2Model } from "../model/gpt2.ts";
 import { generate, type GenerateOptions, type Generation } from "../model/generate.ts";
+import { DecodeScheduler, type SchedulerStats } from "../model/scheduler.ts";
 import type { ChatMessage, Tokenizer } from "../model/tokenizer.ts";
 
 /** One servable policy version. */
@@ -13,50 +15,112 @@ export interface PolicyVersion {
   version: number;
 }
 
+/** A version as requests see it: with the way to generate from it. */
+export interface ServedPolicy extends PolicyVersion {
+  /** `generate` on this version: through its scheduler, or alone when batching is off. */
+  generate(prompts: number[][], options: GenerateOptions): Promise<Generation[]>;
+}
+
+/** Options of `PolicyHolder`. */
+export interface PolicyHolderOptions {
+  /** Decode concurrent requests in one loop per version (continuous batching). Default true. */
+  batching?: boolean;
+  /** Most rows a version's decoding loop runs at once. Default 32. */
+  maxBatchRows?: number;
+}
+
+/** A hold on one version, released once what needs it is done. */
+export interface PolicyLease {
+  policy: ServedPolicy;
+  /** Ends the hold; the second and later calls do nothing. */
+  release(): void;
+}
+
 interface Held {
-  policy: PolicyVersion;
+  served: ServedPolicy;
+  scheduler?: DecodeScheduler;
   users: number;
   retired: boolean;
 }
 
 /** Holds the current policy and hands it out per request. */
 export class PolicyHolder {
+  readonly #options: PolicyHolderOptions;
   #current: Held;
 
-  constructor(initial: PolicyVersion) {
-    this.#current = { policy: initial, users: 0, retired: false };
+  constructor(initial: PolicyVersion, options: PolicyHolderOptions = {}) {
+    this.#options = options;
+    this.#current = this.#serve(initial);
   }
 
   /** The version new requests get. */
   get version(): number {
-    return this.#current.policy.version;
+    return this.#current.served.version;
+  }
+
+  /** The current version's decoding counters (undefined when batching is off). */
+  get decoding(): SchedulerStats | undefined {
+    return this.#current.scheduler?.stats;
   }
 
   /** Runs `fn` with the current policy; a swap during `fn` does not free what it uses. */
-  async use<T>(fn: (policy: PolicyVersion) => Promise<T>): Promise<T> {
+  async use<T>(fn: (policy: ServedPolicy) => Promise<T>): Promise<T> {
+    const lease = this.acquire();
+    try {
+      return await fn(lease.policy);
+    } finally {
+      lease.release();
+    }
+  }
+
+  /** Holds the current policy until `release`: for work that outlives a call, such as a streamed response. */
+  acquire(): PolicyLease {
     const held = this.#current;
     held.users++;
-    try {
-      return await fn(held.policy);
-    } finally {
-      held.users--;
-      if (held.retired && held.users === 0) held.policy.model.dispose();
-    }
+    let released = false;
+    return {
+      policy: held.served,
+      release: () => {
+        if (released) return;
+        released = true;
+        held.users--;
+        if (held.retired && held.users === 0) free(held);
+      },
+    };
   }
 
   /** Serves `next` from now on; the previous version is freed when its last request ends. */
   swap(next: PolicyVersion): void {
     const old = this.#current;
-    this.#current = { policy: next, users: 0, retired: false };
+    this.#current = this.#serve(next);
     old.retired = true;
-    if (old.users === 0) old.policy.model.dispose();
+    if (old.users === 0) free(old);
   }
 
   /** Frees the current version (shutdown). */
   dispose(): void {
     this.#current.retired = true;
-    if (this.#current.users === 0) this.#current.policy.model.dispose();
+    if (this.#current.users === 0) free(this.#current);
   }
+
+  #serve(policy: PolicyVersion): Held {
+    if (this.#options.batching === false) {
+      const served = {
+        ...policy,
+        generate: (p: number[][], o: GenerateOptions) => generate(policy.model, policy.tokenizer, p, o),
+      };
+      return { served, users: 0, retired: false };
+    }
+    const scheduler = new DecodeScheduler(policy.model, policy.tokenizer, { maxBatchRows: this.#options.maxBatchRows });
+    const served = { ...policy, generate: (p: number[][], o: GenerateOptions) => scheduler.submit(p, o) };
+    return { served, scheduler, users: 0, retired: false };
+  }
+}
+
+/** Frees a retired version: its scheduler refuses new work and finishes what it has, then the weights go. */
+function free(held: Held): void {
+  if (!held.scheduler) return held.served.model.dispose();
+  held.scheduler.close().then(() => held.served.model.dispose());
 }
 
 /** The prompt text a policy sees: the text as is, or messages through the chat template. */
@@ -71,11 +135,11 @@ export function renderPrompt(tokenizer: Tokenizer, prompt: string | ChatMessage[
 
 /** Samples `n` responses to one prompt in one batch. */
 export function sampleResponses(
-  policy: PolicyVersion,
+  policy: ServedPolicy,
   promptText: string,
   n: number,
   options: GenerateOptions,
 ): Promise<Generation[]> {
   const ids = policy.tokenizer.encode(promptText);
-  return generate(policy.model, policy.tokenizer, Array.from({ length: n }, () => ids), options);
+  return policy.generate(Array.from({ length: n }, () => ids), options);
 }
