@@ -1,10 +1,11 @@
-"""PyTorch side of `deno task bench`: the same GPT-2 work as scripts/bench_model.ts, timed the same way.
+"""PyTorch side of `deno task bench`: the same work as scripts/bench.ts, timed the same way.
 
-    /usr/bin/python3 scripts/bench_torch.py '{"n_layer": 4, "n_embd": 256, ...}'
+    OPENBLAS_NUM_THREADS=1 /usr/bin/python3 scripts/bench_torch.py '{"n_layer": 4, "n_embd": 256, ...}'
 
-Prints one JSON object: tokens/s for forward scoring, forward+backward, cached generation, and the
-process's peak resident memory. Requires Debian's python3-torch. Plain torch (no transformers): the
-model is GPT-2 as in scripts/make_fixtures.py, with a KV cache for generation.
+Prints one JSON object: a DPO optimizer step (reference log-probs cached, sigmoid loss, AdamW, clipping
+at 1) with where it spent its time, forward-only reference scoring, greedy batched generation with a KV
+cache, the sgemm peak of this process, and its peak resident memory. Requires Debian's python3-torch.
+Plain torch (no transformers): the model is GPT-2 as in scripts/make_fixtures.py.
 """
 
 import json
@@ -19,11 +20,11 @@ torch.set_num_threads(os.cpu_count() or 1)
 
 
 class Gpt2(torch.nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, seed=0):
         super().__init__()
         self.c = c
         C, V, P, L = c["n_embd"], c["vocab_size"], c["n_positions"], c["n_layer"]
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(seed)
         w = lambda *s: torch.nn.Parameter(torch.randn(*s, generator=g) * 0.02)
         z = lambda *s: torch.nn.Parameter(torch.zeros(*s))
         o = lambda *s: torch.nn.Parameter(torch.ones(*s))
@@ -62,13 +63,11 @@ class Gpt2(torch.nn.Module):
 
 
 def completion_logp(model, ids, n_prompt):
+    """Summed log-probs of every row's tokens after the prompt, the LM head only where they are predicted."""
     B, T = ids.shape
-    pos = torch.arange(T).expand(B, T)
-    hidden, _ = model(ids, pos)
-    h = hidden[:, n_prompt - 1 : T - 1]  # positions predicting the completion
-    logits = h @ model.wte.T
-    logp = logits.log_softmax(-1).gather(-1, ids[:, n_prompt:].unsqueeze(-1)).squeeze(-1)
-    return logp.sum(-1)
+    hidden, _ = model(ids, torch.arange(T).expand(B, T))
+    logits = hidden[:, n_prompt - 1 : T - 1] @ model.wte.T
+    return logits.log_softmax(-1).gather(-1, ids[:, n_prompt:].unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
 def timed(fn, min_seconds, min_iters=2):
@@ -88,36 +87,71 @@ def peak_rss_mb():
     return float("nan")
 
 
+def sgemm_gflops(n=2048, min_seconds=1.0):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timed(lambda: a @ b, min_seconds) / 1e9
+
+
 def main():
     c = json.loads(sys.argv[1])
-    model = Gpt2(c)
-    B, T, n_prompt = c["batch"], c["seq_len"], c["prompt_len"]
+    B, P, N = c["pairs"], c["prompt_len"], c["completion_len"]
+    policy, reference = Gpt2(c, 0), Gpt2(c, 1000).requires_grad_(False)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, c["vocab_size"], (B, T), generator=g)
-    out = {}
+    prompt = torch.randint(0, c["vocab_size"], (B, P), generator=g)
+    chosen = torch.randint(0, c["vocab_size"], (B, N), generator=g)
+    rejected = torch.randint(0, c["vocab_size"], (B, N), generator=g)
+    ids = torch.cat([torch.cat([prompt, chosen], 1), torch.cat([prompt, rejected], 1)], 0)  # [2B, P+N]
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
     with torch.no_grad():
-        out["forward_s"] = timed(lambda: completion_logp(model, ids, n_prompt), c["min_seconds"])
+        ref = completion_logp(reference, ids, P)  # cached, as precompute_ref_log_probs does
+    opt = torch.optim.AdamW(policy.parameters(), lr=c["learning_rate"], weight_decay=0.0)
+    phases = {"forward_s": 0.0, "backward_s": 0.0, "update_s": 0.0}
 
     def step():
-        model.zero_grad(set_to_none=True)
-        completion_logp(model, ids, n_prompt).sum().backward()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        logp = completion_logp(policy, ids, P)  # chosen and rejected in one batch
+        z = (logp[:B] - logp[B:]) - (ref[:B] - ref[B:])
+        loss = -torch.nn.functional.logsigmoid(c["beta"] * z).mean()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        loss.item()
+        t3 = time.perf_counter()
+        phases["forward_s"] += t1 - t0
+        phases["backward_s"] += t2 - t1
+        phases["update_s"] += t3 - t2
+        phases["n"] = phases.get("n", 0) + 1
 
-    out["train_s"] = timed(step, c["min_seconds"])
-    gen_prompt = ids[:, : c["gen_prompt_len"]]
+    out["dpo_step_s"] = timed(step, c["min_seconds"])
+    n = phases.pop("n")
+    out["dpo_phases"] = {k: v / n for k, v in phases.items()}
+    del opt
+
+    def score():
+        with torch.no_grad():
+            completion_logp(reference, ids, P).sum().item()
+
+    out["score_s"] = timed(score, c["min_seconds"])
+
+    G = c["gen_batch"]
+    gen_prompt = torch.randint(0, c["vocab_size"], (G, c["gen_prompt_len"]), generator=g)
 
     def gen():
         with torch.no_grad():
-            P = gen_prompt.shape[1]
-            hidden, cache = model(gen_prompt, torch.arange(P).expand(B, P))
+            L = gen_prompt.shape[1]
+            hidden, cache = policy(gen_prompt, torch.arange(L).expand(G, L))
             for t in range(c["gen_tokens"]):
-                nxt = (hidden[:, -1] @ model.wte.T).argmax(-1, keepdim=True)
+                nxt = (hidden[:, -1] @ policy.wte.T).argmax(-1, keepdim=True)
                 if t < c["gen_tokens"] - 1:  # as in generate.ts: no forward after the last token
-                    hidden, cache = model(nxt, torch.full((B, 1), P + t), cache)
+                    hidden, cache = policy(nxt, torch.full((G, 1), L + t), cache)
 
     out["generate_s"] = timed(gen, c["min_seconds"], 1)
     out["peak_rss_mb"] = peak_rss_mb()
-    out["threads"] = torch.get_num_threads()
-    out["torch"] = torch.__version__
+    out["sgemm_gflops"] = sgemm_gflops()
     print(json.dumps(out))
 
 

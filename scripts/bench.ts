@@ -1,0 +1,512 @@
+/**
+ * `deno task bench`: DPO training steps, forward-only reference scoring and batched generation of
+ * GPT-2-shaped models on every TF.js backend available, next to the same work in PyTorch on the same
+ * machine in the same run, with where a DPO step spends its time and the fraction of the machine's
+ * matmul peak it reaches.
+ *
+ *   deno task bench [--sizes tiny,gpt2-8x512,gpt2-small] [--backends wasm,wasm-noblas,cpu,webgpu,tensorflow]
+ *                   [--seconds 3] [--budget 20] [--no-torch]
+ *
+ * Sizes: `tiny` (the shipped model's shape, 257-token vocabulary), `gpt2-8x512` (the small size, GPT-2's
+ * 50,257-token vocabulary) and `gpt2-small` (GPT-2 small, 124M: the largest whose measurements fit in
+ * about a minute here); `gpt2-4x256` on request. Every size and backend runs in its own process, so peak
+ * memory (VmHWM) is its own; a backend whose first DPO step takes longer than `--budget` seconds is
+ * reported as too slow for that size instead of being measured. PyTorch (Debian's python3-torch,
+ * installed with apt-get when missing and possible) runs scripts/bench_torch.py on the same work.
+ */
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import * as tf from "../src/model/tf.ts";
+import { fmt, parameterCount, peakRssMb, randomModel, SIZES, torchAvailable } from "./_bench_common.ts";
+import { describeBackend, initBackend } from "../src/model/backend.ts";
+import { buildScoringBatch, scoreRows } from "../src/model/logprobs.ts";
+import { generate } from "../src/model/generate.ts";
+import { parseDpoConfig } from "../src/dpo/config.ts";
+import { DpoTrainer, type PreferencePair } from "../src/dpo/trainer.ts";
+
+/** The work, identical on both sides. DPO: 4 pairs of 64 prompt + 64 completion tokens, twice (1,024 tokens a step). */
+const WORK = {
+  pairs: 4,
+  prompt_len: 64,
+  completion_len: 64,
+  beta: 0.1,
+  learning_rate: 1e-6,
+  gen_batch: 8,
+  gen_prompt_len: 16,
+  gen_tokens: 64,
+};
+const DPO_TOKENS = WORK.pairs * 2 * (WORK.prompt_len + WORK.completion_len);
+const GEN_TOKENS = WORK.gen_batch * WORK.gen_tokens;
+const DEFAULT_SIZES = ["tiny", "gpt2-8x512", "gpt2-small"];
+/** Backend variants: `wasm` with matmuls in OpenBLAS when it loads, `wasm-noblas` with wasm's own kernels. */
+const BACKENDS = ["wasm", "wasm-noblas", "cpu", "webgpu", "tensorflow"] as const;
+type Variant = typeof BACKENDS[number];
+const PEAK_N = 2048;
+/**
+ * PyTorch runs in both settings and each of its figures is the better one: with OpenBLAS's threads on
+ * top of its own OpenMP threads small ops oversubscribe the cores (generation ran 4-5x slower), with
+ * one OpenBLAS thread a matmul runs on one core.
+ */
+const TORCH_SETTINGS: Record<string, Record<string, string>> = {
+  "1 BLAS thread": { OPENBLAS_NUM_THREADS: "1" },
+  [`${navigator.hardwareConcurrency} BLAS threads`]: { OPENBLAS_NUM_THREADS: `${navigator.hardwareConcurrency}` },
+};
+
+/** Where a DPO step's time went, in seconds. */
+interface Breakdown {
+  matmuls: number;
+  attention: number;
+  log_softmax: number;
+  embedding: number;
+  other_kernels: number;
+  optimizer: number;
+  overhead: number;
+  /** Multiply-add FLOPs of the step's matmuls (2·M·N·K each). */
+  matmul_flops: number;
+}
+
+interface Result {
+  backend: string;
+  dpo?: { step_s: number } | { skipped: string };
+  score_s?: number;
+  generate_s?: number;
+  breakdown?: Breakdown;
+  peak_rss_mb: number;
+  sgemm_gflops?: number;
+  error?: string;
+}
+
+interface TorchResult {
+  dpo_step_s: number;
+  dpo_phases: { forward_s: number; backward_s: number; update_s: number };
+  score_s: number;
+  generate_s: number;
+  peak_rss_mb: number;
+  sgemm_gflops: number;
+  torch: string;
+  threads: number;
+  /** Which of TORCH_SETTINGS gave each figure. */
+  settings?: { dpo: string; score: string; generate: string };
+}
+
+/** The better figure of each kind over PyTorch's runs in TORCH_SETTINGS. */
+async function runTorch(script: string, config: unknown, timeout: number): Promise<TorchResult | { error: string }> {
+  const runs: [string, TorchResult][] = [];
+  let failure: { error: string } | undefined;
+  for (const [name, env] of Object.entries(TORCH_SETTINGS)) {
+    const r = await runChild<TorchResult>("/usr/bin/python3", [script, JSON.stringify(config)], env, timeout);
+    if ("error" in r) failure = r;
+    else runs.push([name, r]);
+  }
+  if (runs.length === 0) return failure!;
+  const best = (key: "dpo_step_s" | "score_s" | "generate_s") => runs.reduce((a, b) => (b[1][key] < a[1][key] ? b : a));
+  const [dpoName, dpo] = best("dpo_step_s");
+  const [scoreName, score] = best("score_s");
+  const [generateName, generate] = best("generate_s");
+  return {
+    ...dpo,
+    score_s: score.score_s,
+    generate_s: generate.generate_s,
+    sgemm_gflops: Math.max(...runs.map(([, r]) => r.sgemm_gflops)),
+    settings: { dpo: dpoName, score: scoreName, generate: generateName },
+  };
+}
+
+/** Mean seconds per call after one warm-up call (timed: undefined with the reason when it exceeds `budget`). */
+async function timed(fn: () => Promise<void>, seconds: number, budget: number, minIters = 2) {
+  const warm = performance.now();
+  await fn();
+  const warmS = (performance.now() - warm) / 1000;
+  if (warmS > budget) return { skipped: `first call took ${warmS.toFixed(0)} s (> --budget ${budget})` };
+  let n = 0;
+  const start = performance.now();
+  while (n < minIters || (performance.now() - start) / 1000 < seconds) {
+    await fn();
+    n++;
+  }
+  return { seconds: (performance.now() - start) / 1000 / n };
+}
+
+async function initVariant(variant: Variant) {
+  if (variant === "wasm-noblas") return await initBackend("wasm", { nativeMatmul: false });
+  return await initBackend(variant);
+}
+
+/** Measures one size on one backend in this process; prints a JSON Result. */
+async function worker(sizeName: string, variant: Variant, seconds: number, budget: number): Promise<void> {
+  const size = SIZES[sizeName]!;
+  let backend: string;
+  try {
+    backend = describeBackend(await initVariant(variant));
+  } catch (error) {
+    console.log(JSON.stringify({ backend: variant, error: (error as Error).message, peak_rss_mb: peakRssMb() }));
+    return;
+  }
+  const eos = size.vocab_size - 1;
+  const policy = randomModel(size, 0, true);
+  const reference = randomModel(size, 1000, false);
+  const ids = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729) % eos);
+  // The trainer appends the eos to each completion: 63 random tokens + eos = 64.
+  const pairs: PreferencePair[] = Array.from({ length: WORK.pairs }, (_, b) => ({
+    promptIds: ids(WORK.prompt_len, b),
+    chosenIds: ids(WORK.completion_len - 1, 100 + b),
+    rejectedIds: ids(WORK.completion_len - 1, 200 + b),
+  }));
+  const result: Result = { backend, peak_rss_mb: 0 };
+
+  const config = parseDpoConfig({
+    beta: WORK.beta,
+    learning_rate: WORK.learning_rate,
+    loss_type: ["sigmoid"],
+    per_device_train_batch_size: WORK.pairs,
+    gradient_accumulation_steps: 1,
+    max_grad_norm: 1,
+    precompute_ref_log_probs: true,
+  });
+  const trainer = new DpoTrainer({ policy, reference, config, eosId: eos });
+  const dpo = await timed(
+    async () => {
+      const m = await trainer.trainStep(pairs, 1000);
+      if (!Number.isFinite(m.loss)) throw new Error(`Cannot benchmark: step ${m.step} has loss ${m.loss}`);
+    },
+    seconds,
+    budget,
+  );
+  if ("skipped" in dpo) {
+    // Too slow for the DPO step: the rest would be too slow as well.
+    result.dpo = { skipped: dpo.skipped! };
+    result.peak_rss_mb = peakRssMb();
+    console.log(JSON.stringify(result));
+    return;
+  } else {
+    result.dpo = { step_s: dpo.seconds };
+    // On wasm the update runs outside kernels, so kernel kinds and the update's clock add up.
+    if (tf.getBackend() === "wasm") result.breakdown = await profileStep(trainer, pairs, size.vocab_size);
+  }
+  trainer.optimizer.dispose();
+
+  const rows = [...pairs.map((p) => p.chosenIds), ...pairs.map((p) => p.rejectedIds)].map((c, i) => ({
+    promptIds: pairs[i % WORK.pairs]!.promptIds,
+    completionIds: c,
+  }));
+  const batch = buildScoringBatch(rows, { eosId: eos, maxLength: size.n_positions });
+  const score = await timed(
+    async () => {
+      const s = tf.tidy(() => scoreRows(reference, batch).logps);
+      await s.data();
+      s.dispose();
+    },
+    seconds,
+    budget,
+  );
+  if ("seconds" in score) result.score_s = score.seconds;
+
+  const codec = { eosTokenId: -1, decode: () => "" };
+  const prompts = Array.from({ length: WORK.gen_batch }, (_, b) => ids(WORK.gen_prompt_len, 300 + b));
+  const gen = await timed(
+    async () => {
+      await generate(policy, codec, prompts, { temperature: 0, maxNewTokens: WORK.gen_tokens, stopAtEos: false });
+    },
+    seconds,
+    budget,
+    1,
+  );
+  if ("seconds" in gen) result.generate_s = gen.seconds;
+
+  result.peak_rss_mb = peakRssMb();
+  if (variant === "wasm") result.sgemm_gflops = sgemmGflops();
+  console.log(JSON.stringify(result));
+  policy.dispose();
+  reference.dispose();
+}
+
+/**
+ * One more DPO step under `tf.profile`: kernel times by kind, the trainer's own clock for clipping and
+ * the optimizer (one host loop on wasm, no kernels), and what is left: building and uploading the batch,
+ * reading metrics back, TF.js's dispatch and bookkeeping.
+ */
+async function profileStep(trainer: DpoTrainer, pairs: PreferencePair[], vocab: number): Promise<Breakdown> {
+  const backend = tf.getBackend();
+  const start = performance.now();
+  const info = await tf.profile(async () => {
+    await trainer.trainStep(pairs, 1000);
+  });
+  const wall = (performance.now() - start) / 1000;
+  const out: Breakdown = {
+    matmuls: 0,
+    attention: 0,
+    log_softmax: 0,
+    embedding: 0,
+    other_kernels: 0,
+    optimizer: trainer.lastStepTimes.update_s,
+    overhead: 0,
+    matmul_flops: 0,
+  };
+  let kernels = 0;
+  for (const k of info.kernels) {
+    // Named ops (customGrad blocks, op wrappers) nest real kernels: count only registered kernels.
+    if (!tf.getKernel(k.name, backend)) continue;
+    const s = (k.kernelTimeMs as number) / 1000;
+    const shapes = k.inputShapes.filter((x): x is number[] => Array.isArray(x));
+    kernels += s;
+    const rank4 = shapes.some((x) => x.length === 4);
+    if (k.name === "BatchMatMul" || k.name === "_FusedMatMul") {
+      out.matmul_flops += matmulFlops(shapes[0]!, k.outputShapes[0] as number[]);
+      if (rank4) out.attention += s;
+      else out.matmuls += s;
+    } else if (/Gather|Segment|Scatter/.test(k.name)) out.embedding += s;
+    else if (rank4) out.attention += s;
+    else if (shapes.some((x) => x.length === 2 && x[1] === vocab)) out.log_softmax += s; // [rows, V] logits
+    else out.other_kernels += s;
+  }
+  out.overhead = Math.max(0, wall - kernels - out.optimizer);
+  return out;
+}
+
+/** 2·M·N·K of a (batched) matmul from its first input's and its output's shapes, whatever the transposes. */
+function matmulFlops(a: number[], out: number[]): number {
+  const prod = (x: number[]) => x.reduce((p, q) => p * q, 1);
+  const m = out.at(-2)!;
+  const k = prod(a.slice(-2)) / m; // a is [.., M, K] or [.., K, M]
+  return 2 * prod(out) * k;
+}
+
+/** GFLOP/s of one large sgemm through the backend in use (OpenBLAS on the wasm heap): the peak. */
+function sgemmGflops(): number {
+  const a = tf.randomUniform([PEAK_N, PEAK_N], -1, 1);
+  const b = tf.randomUniform([PEAK_N, PEAK_N], -1, 1);
+  tf.matMul(a, b).dispose();
+  let n = 0;
+  const start = performance.now();
+  while (n < 3 || performance.now() - start < 1000) {
+    tf.matMul(a, b).dataSync();
+    n++;
+  }
+  const s = (performance.now() - start) / 1000 / n;
+  tf.dispose([a, b]);
+  return (2 * PEAK_N ** 3) / s / 1e9;
+}
+
+async function runChild<T>(cmd: string, args: string[], env: Record<string, string>, timeoutS: number) {
+  const options = {
+    args,
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(timeoutS * 1000),
+  } as const;
+  try {
+    const out = await new Deno.Command(cmd, options).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    if (options.signal.aborted) return { error: `did not finish in ${timeoutS} s` };
+    if (!out.success) {
+      const line = stderr.split("\n").find((l) => /error|Error/.test(l))?.trim() ?? `exit code ${out.code}`;
+      const reason = line.replace(/ Build with.*/, "");
+      return { error: reason.includes("Aborted()") ? `${reason} (out of wasm memory: 4 GiB at most)` : reason };
+    }
+    return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!) as T;
+  } catch (error) {
+    if ((error as Error).name === "AbortError" || (error as Error).name === "TimeoutError") {
+      return { error: `did not finish in ${timeoutS} s` };
+    }
+    throw error;
+  }
+}
+
+/** PyTorch's version, after trying to install Debian's package when it is missing (as root, with apt-get). */
+async function ensureTorch(): Promise<string | undefined> {
+  const found = await torchAvailable();
+  if (found) return found;
+  if (Deno.uid?.() !== 0) return undefined;
+  console.error("# PyTorch missing: apt-get install -y python3-torch ...");
+  const env = { DEBIAN_FRONTEND: "noninteractive" };
+  for (const args of [["update"], ["install", "-y", "--no-install-recommends", "python3-torch"]]) {
+    const out = await new Deno.Command("apt-get", { args, env, stdout: "null", stderr: "inherit" }).output()
+      .catch(() => undefined);
+    if (!out?.success) return undefined;
+  }
+  return await torchAvailable();
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      worker: { type: "string" },
+      backend: { type: "string", default: "wasm" },
+      sizes: { type: "string", default: DEFAULT_SIZES.join(",") },
+      backends: { type: "string", default: BACKENDS.join(",") },
+      seconds: { type: "string", default: "3" },
+      budget: { type: "string", default: "20" },
+      "no-torch": { type: "boolean", default: false },
+    },
+  });
+  const seconds = Number(values.seconds);
+  const budget = Number(values.budget);
+  if (!(seconds > 0) || !(budget > 0)) throw new Error("--seconds and --budget must be numbers > 0");
+  const sizes = values.sizes!.split(",");
+  for (const s of sizes) if (!SIZES[s]) throw new Error(`Unknown size '${s}' (known: ${Object.keys(SIZES)})`);
+  const variants = values.backends!.split(",") as Variant[];
+  for (const v of variants) if (!BACKENDS.includes(v)) throw new Error(`Unknown backend '${v}' (known: ${BACKENDS})`);
+  if (values.worker) return await worker(values.worker, values.backend as Variant, seconds, budget);
+
+  const torchVersion = values["no-torch"] ? undefined : await ensureTorch();
+  const self = fileURLToPath(import.meta.url);
+  const torchScript = fileURLToPath(new URL("./bench_torch.py", import.meta.url));
+  console.log(`# ${navigator.hardwareConcurrency} cores; TF.js 4.22 backends: ${variants.join(", ")}`);
+  console.log(
+    `# PyTorch: ${
+      torchVersion
+        ? `${torchVersion}, ${navigator.hardwareConcurrency} threads; each figure the better of ${
+          Object.keys(TORCH_SETTINGS).join(" and ")
+        }`
+        : "not available (apt-get install python3-torch)"
+    }`,
+  );
+  console.log(
+    `# work: DPO step = ${WORK.pairs} pairs x 2 x (${WORK.prompt_len} prompt + ${WORK.completion_len} completion)` +
+      ` = ${DPO_TOKENS} tokens, reference log-probs cached, sigmoid, AdamW, clipping at 1;` +
+      ` reference scoring = the same ${DPO_TOKENS} tokens, forward only; generation = batch ${WORK.gen_batch},` +
+      ` ${WORK.gen_prompt_len}-token prompts, ${WORK.gen_tokens} new tokens, greedy, KV cache.` +
+      ` Mean over >= ${seconds} s after a warm-up.`,
+  );
+  const timeout = Math.max(60, 3 * budget + 10 * seconds);
+  const notes: string[] = [];
+  /** Backends too slow at a smaller size are not tried at larger ones. */
+  const tooSlow = new Map<Variant, string>();
+  for (const name of sizes) {
+    const size = SIZES[name]!;
+    const params = parameterCount(size);
+    console.log(
+      `\n## ${name}: ${size.n_layer} layers x ${size.n_embd}, vocabulary ${fmt(size.vocab_size)}, ${
+        (params / 1e6).toFixed(1)
+      }M parameters`,
+    );
+    printRow(["", "DPO pairs/s", "DPO tok/s", "scoring tok/s", "generate tok/s", "peak RSS MB"]);
+    const ours = new Map<Variant, Result | { error: string }>();
+    for (const v of variants) {
+      if (tooSlow.has(v)) {
+        printRow([`tfjs ${v}`, `skipped: ${tooSlow.get(v)}`]);
+        continue;
+      }
+      const args = [
+        "run",
+        "-A",
+        self,
+        "--worker",
+        name,
+        "--backend",
+        v,
+        "--seconds",
+        `${seconds}`,
+        "--budget",
+        `${budget}`,
+      ];
+      const r = await runChild<Result>(Deno.execPath(), args, {}, timeout);
+      ours.set(v, r);
+      const slow = ("dpo" in r && r.dpo && "skipped" in r.dpo) ||
+        ("error" in r && /did not finish/.test(r.error ?? ""));
+      if (slow) tooSlow.set(v, `too slow at ${name}`);
+      if ("backend" in r && !r.error) notes.push(`${name} ${v}: ${r.backend}`);
+      printRow([`tfjs ${v}`, ...cells(r)]);
+    }
+    let theirs: TorchResult | { error: string } | undefined;
+    if (torchVersion) {
+      const config = { ...size, ...WORK, min_seconds: seconds };
+      theirs = await runTorch(torchScript, config, timeout);
+      printRow(["pytorch", ...torchCells(theirs)]);
+    }
+    const main = ours.get(variants[0]!);
+    if (theirs && !("error" in theirs) && main && !("error" in main && main.error)) {
+      const r = main as Result;
+      const ratio = (a: number | undefined, b: number) => a === undefined ? "" : `${(b / a).toFixed(2)}x`;
+      const dpo = r.dpo && "step_s" in r.dpo ? r.dpo.step_s : undefined;
+      printRow([
+        `ratio (${variants[0]})`,
+        ratio(dpo, theirs.dpo_step_s),
+        ratio(dpo, theirs.dpo_step_s),
+        ratio(r.score_s, theirs.score_s),
+        ratio(r.generate_s, theirs.generate_s),
+        `${(r.peak_rss_mb / theirs.peak_rss_mb).toFixed(2)}x`,
+      ]);
+    }
+    if (theirs && "settings" in theirs && theirs.settings) {
+      const { dpo, score, generate } = theirs.settings;
+      notes.push(`${name} pytorch: DPO with ${dpo}, scoring with ${score}, generation with ${generate}`);
+    }
+    printBreakdown(main as Result | undefined, theirs);
+  }
+  console.log("\nratio = our throughput / PyTorch's (above 1 is faster); for memory, ours / PyTorch's.");
+  for (const n of notes) console.log(`# ${n}`);
+}
+
+function cells(r: Result | { error: string }): string[] {
+  if ("error" in r && r.error) return [`failed: ${r.error}`];
+  const res = r as Result;
+  if (!res.dpo) return ["(not run)"];
+  if ("skipped" in res.dpo) return [`too slow: ${res.dpo.skipped}`];
+  const per = (s: number | undefined, n: number) => s === undefined ? "too slow" : fmt(n / s, n / s < 10 ? 1 : 0);
+  return [
+    (WORK.pairs / res.dpo.step_s).toFixed(2),
+    per(res.dpo.step_s, DPO_TOKENS),
+    per(res.score_s, DPO_TOKENS),
+    per(res.generate_s, GEN_TOKENS),
+    fmt(res.peak_rss_mb),
+  ];
+}
+
+function torchCells(r: TorchResult | { error: string }): string[] {
+  if ("error" in r) return [`failed: ${r.error}`];
+  return [
+    (WORK.pairs / r.dpo_step_s).toFixed(2),
+    fmt(DPO_TOKENS / r.dpo_step_s),
+    fmt(DPO_TOKENS / r.score_s),
+    fmt(GEN_TOKENS / r.generate_s),
+    fmt(r.peak_rss_mb),
+  ];
+}
+
+/** Where one DPO step went, ours and PyTorch's, and the fraction of the sgemm peak each reached. */
+function printBreakdown(ours: Result | undefined, theirs: TorchResult | { error: string } | undefined): void {
+  const b = ours?.breakdown;
+  if (!ours || !b || !ours.dpo || !("step_s" in ours.dpo)) return;
+  const step = ours.dpo.step_s;
+  const total = b.matmuls + b.attention + b.log_softmax + b.embedding + b.other_kernels + b.optimizer + b.overhead;
+  const part = (label: string, s: number) => `${label} ${(s * 1000).toFixed(0)} ms (${(100 * s / total).toFixed(0)}%)`;
+  console.log(
+    `DPO step (profiled, ${(total * 1000).toFixed(0)} ms): ` + [
+      part("matmuls", b.matmuls),
+      part("attention", b.attention),
+      part("log-softmax over the vocabulary", b.log_softmax),
+      part("embedding", b.embedding),
+      part("other kernels (LayerNorm, GELU, residuals, reshapes)", b.other_kernels),
+      part("optimizer (clip + AdamW)", b.optimizer),
+      part("data movement and dispatch", b.overhead),
+    ].join(", "),
+  );
+  const gflop = b.matmul_flops / 1e9;
+  const peak = ours.sgemm_gflops;
+  const of = (rate: number, p: number | undefined) => p ? ` = ${(100 * rate / p).toFixed(0)}% of the peak` : "";
+  let line = `matmul work ${gflop.toFixed(1)} GFLOP a step; sgemm ${PEAK_N}^3 peak ${
+    peak ? `${peak.toFixed(0)} GFLOP/s (OpenBLAS through TF.js)` : "not measured"
+  }; ours: ${(gflop / b.matmuls).toFixed(0)} GFLOP/s in matmul kernels${of(gflop / b.matmuls, peak)}, ${
+    (gflop / step).toFixed(0)
+  } GFLOP/s over the whole step${of(gflop / step, peak)}`;
+  if (theirs && !("error" in theirs)) {
+    const p = theirs.dpo_phases;
+    line += `; PyTorch (sgemm peak ${theirs.sgemm_gflops.toFixed(0)} GFLOP/s): ${
+      (gflop / theirs.dpo_step_s).toFixed(0)
+    } GFLOP/s over the step${of(gflop / theirs.dpo_step_s, theirs.sgemm_gflops)}, forward ${
+      (p.forward_s * 1000).toFixed(0)
+    } ms, backward ${(p.backward_s * 1000).toFixed(0)} ms, optimizer ${(p.update_s * 1000).toFixed(0)} ms`;
+  }
+  console.log(line);
+}
+
+function printRow(cells: string[]): void {
+  const widths = [20, 12, 10, 14, 15, 12];
+  if (cells.length === 2) return console.log(`${cells[0]!.padEnd(widths[0]!)} ${cells[1]}`);
+  console.log(cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" "));
+}
+
+if (import.meta.main) await main();
