@@ -413,7 +413,7 @@ async function main(): Promise<void> {
     let theirs: TorchResult | { error: string } | undefined;
     if (torchVersion) {
       const config = { ...size, ...WORK, min_seconds: seconds };
-      theirs = await runTorch(torchScript, config, timeout);
+      theirs = await runTorch(torchScript, config, Math.max(timeout, 300)); // no budget on PyTorch's side
       printRow(["pytorch", ...torchCells(theirs)]);
     }
     const main = ours.get(variants[0]!);
