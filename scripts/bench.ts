@@ -65,6 +65,9 @@ interface Breakdown {
   matmul_flops: number;
 }
 
+/** A child that could not measure: why (the backend did not start, it crashed, it ran out of time). */
+type Failure = { error: string };
+
 interface Result {
   backend: string;
   dpo?: { step_s: number } | { skipped: string };
@@ -73,7 +76,6 @@ interface Result {
   breakdown?: Breakdown;
   peak_rss_mb: number;
   sgemm_gflops?: number;
-  error?: string;
 }
 
 interface TorchResult {
@@ -90,9 +92,9 @@ interface TorchResult {
 }
 
 /** The better figure of each kind over PyTorch's runs in TORCH_SETTINGS. */
-async function runTorch(script: string, config: unknown, timeout: number): Promise<TorchResult | { error: string }> {
+async function runTorch(script: string, config: unknown, timeout: number): Promise<TorchResult | Failure> {
   const runs: [string, TorchResult][] = [];
-  let failure: { error: string } | undefined;
+  let failure: Failure | undefined;
   for (const [name, env] of Object.entries(TORCH_SETTINGS)) {
     const r = await runChild<TorchResult>("/usr/bin/python3", [script, JSON.stringify(config)], env, timeout);
     if ("error" in r) failure = r;
@@ -112,8 +114,13 @@ async function runTorch(script: string, config: unknown, timeout: number): Promi
   };
 }
 
-/** Mean seconds per call after one warm-up call (timed: undefined with the reason when it exceeds `budget`). */
-async function timed(fn: () => Promise<void>, seconds: number, budget: number, minIters = 2) {
+/** Mean seconds per call after one warm-up call, or why not: the warm-up took longer than `budget` seconds. */
+async function timed(
+  fn: () => Promise<void>,
+  seconds: number,
+  budget: number,
+  minIters = 2,
+): Promise<{ seconds: number } | { skipped: string }> {
   const warm = performance.now();
   await fn();
   const warmS = (performance.now() - warm) / 1000;
@@ -139,7 +146,7 @@ async function worker(sizeName: string, variant: Variant, seconds: number, budge
   try {
     backend = describeBackend(await initVariant(variant));
   } catch (error) {
-    console.log(JSON.stringify({ backend: variant, error: (error as Error).message, peak_rss_mb: peakRssMb() }));
+    console.log(JSON.stringify({ error: (error as Error).message } satisfies Failure));
     return;
   }
   const eos = size.vocab_size - 1;
@@ -174,15 +181,14 @@ async function worker(sizeName: string, variant: Variant, seconds: number, budge
   );
   if ("skipped" in dpo) {
     // Too slow for the DPO step: the rest would be too slow as well.
-    result.dpo = { skipped: dpo.skipped! };
+    result.dpo = dpo;
     result.peak_rss_mb = peakRssMb();
     console.log(JSON.stringify(result));
     return;
-  } else {
-    result.dpo = { step_s: dpo.seconds };
-    // On wasm the update runs outside kernels, so kernel kinds and the update's clock add up.
-    if (tf.getBackend() === "wasm") result.breakdown = await profileStep(trainer, pairs, size.vocab_size);
   }
+  result.dpo = { step_s: dpo.seconds };
+  // On wasm the update runs outside kernels, so kernel kinds and the update's clock add up.
+  if (tf.getBackend() === "wasm") result.breakdown = await profileStep(trainer, pairs, size.vocab_size);
   trainer.optimizer.dispose();
 
   const rows = [...pairs.map((p) => p.chosenIds), ...pairs.map((p) => p.rejectedIds)].map((c, i) => ({
@@ -279,7 +285,9 @@ function sgemmGflops(): number {
   let n = 0;
   const start = performance.now();
   while (n < 3 || performance.now() - start < 1000) {
-    tf.matMul(a, b).dataSync();
+    const c = tf.matMul(a, b);
+    c.dataSync();
+    c.dispose();
     n++;
   }
   const s = (performance.now() - start) / 1000 / n;
@@ -287,7 +295,12 @@ function sgemmGflops(): number {
   return (2 * PEAK_N ** 3) / s / 1e9;
 }
 
-async function runChild<T>(cmd: string, args: string[], env: Record<string, string>, timeoutS: number) {
+async function runChild<T>(
+  cmd: string,
+  args: string[],
+  env: Record<string, string>,
+  timeoutS: number,
+): Promise<T | Failure> {
   const options = {
     args,
     env: { NO_COLOR: "1", ...env },
@@ -383,7 +396,7 @@ async function main(): Promise<void> {
       }M parameters`,
     );
     printRow(["", "DPO pairs/s", "DPO tok/s", "scoring tok/s", "generate tok/s", "peak RSS MB"]);
-    const ours = new Map<Variant, Result | { error: string }>();
+    const ours = new Map<Variant, Result | Failure>();
     for (const v of variants) {
       if (tooSlow.has(v)) {
         printRow([`tfjs ${v}`, `skipped: ${tooSlow.get(v)}`]);
@@ -404,45 +417,43 @@ async function main(): Promise<void> {
       ];
       const r = await runChild<Result>(Deno.execPath(), args, {}, timeout);
       ours.set(v, r);
-      const slow = ("dpo" in r && r.dpo && "skipped" in r.dpo) ||
-        ("error" in r && /did not finish/.test(r.error ?? ""));
+      const slow = "error" in r ? /did not finish/.test(r.error) : r.dpo !== undefined && "skipped" in r.dpo;
       if (slow) tooSlow.set(v, `too slow at ${name}`);
-      if ("backend" in r && !r.error) notes.push(`${name} ${v}: ${r.backend}`);
+      if (!("error" in r)) notes.push(`${name} ${v}: ${r.backend}`);
       printRow([`tfjs ${v}`, ...cells(r)]);
     }
-    let theirs: TorchResult | { error: string } | undefined;
+    let theirs: TorchResult | Failure | undefined;
     if (torchVersion) {
       const config = { ...size, ...WORK, min_seconds: seconds };
       theirs = await runTorch(torchScript, config, Math.max(timeout, 300)); // no budget on PyTorch's side
       printRow(["pytorch", ...torchCells(theirs)]);
     }
-    const main = ours.get(variants[0]!);
-    if (theirs && !("error" in theirs) && main && !("error" in main && main.error)) {
-      const r = main as Result;
+    const first = ours.get(variants[0]!);
+    const primary = first && !("error" in first) ? first : undefined;
+    if (theirs && !("error" in theirs) && primary) {
       const ratio = (a: number | undefined, b: number) => a === undefined ? "" : `${(b / a).toFixed(2)}x`;
-      const dpo = r.dpo && "step_s" in r.dpo ? r.dpo.step_s : undefined;
+      const dpo = primary.dpo && "step_s" in primary.dpo ? primary.dpo.step_s : undefined;
       printRow([
         `ratio (${variants[0]})`,
         ratio(dpo, theirs.dpo_step_s),
         ratio(dpo, theirs.dpo_step_s),
-        ratio(r.score_s, theirs.score_s),
-        ratio(r.generate_s, theirs.generate_s),
-        `${(r.peak_rss_mb / theirs.peak_rss_mb).toFixed(2)}x`,
+        ratio(primary.score_s, theirs.score_s),
+        ratio(primary.generate_s, theirs.generate_s),
+        `${(primary.peak_rss_mb / theirs.peak_rss_mb).toFixed(2)}x`,
       ]);
     }
     if (theirs && "settings" in theirs && theirs.settings) {
       const { dpo, score, generate } = theirs.settings;
       notes.push(`${name} pytorch: DPO with ${dpo}, scoring with ${score}, generation with ${generate}`);
     }
-    printBreakdown(main as Result | undefined, theirs);
+    printBreakdown(primary, theirs);
   }
   console.log("\nratio = our throughput / PyTorch's (above 1 is faster); for memory, ours / PyTorch's.");
   for (const n of notes) console.log(`# ${n}`);
 }
 
-function cells(r: Result | { error: string }): string[] {
-  if ("error" in r && r.error) return [`failed: ${r.error}`];
-  const res = r as Result;
+function cells(res: Result | Failure): string[] {
+  if ("error" in res) return [`failed: ${res.error}`];
   if (!res.dpo) return ["(not run)"];
   if ("skipped" in res.dpo) return [`too slow: ${res.dpo.skipped}`];
   const per = (s: number | undefined, n: number) => s === undefined ? "too slow" : fmt(n / s, n / s < 10 ? 1 : 0);
@@ -455,7 +466,7 @@ function cells(r: Result | { error: string }): string[] {
   ];
 }
 
-function torchCells(r: TorchResult | { error: string }): string[] {
+function torchCells(r: TorchResult | Failure): string[] {
   if ("error" in r) return [`failed: ${r.error}`];
   return [
     (WORK.pairs / r.dpo_step_s).toFixed(2),
@@ -467,7 +478,7 @@ function torchCells(r: TorchResult | { error: string }): string[] {
 }
 
 /** Where one DPO step went, ours and PyTorch's, and the fraction of the sgemm peak each reached. */
-function printBreakdown(ours: Result | undefined, theirs: TorchResult | { error: string } | undefined): void {
+function printBreakdown(ours: Result | undefined, theirs: TorchResult | Failure | undefined): void {
   const b = ours?.breakdown;
   if (!ours || !b || !ours.dpo || !("step_s" in ours.dpo)) return;
   const step = ours.dpo.step_s;
@@ -488,7 +499,7 @@ function printBreakdown(ours: Result | undefined, theirs: TorchResult | { error:
   const peak = ours.sgemm_gflops;
   const of = (rate: number, p: number | undefined) => p ? ` = ${(100 * rate / p).toFixed(0)}% of the peak` : "";
   let line = `matmul work ${gflop.toFixed(1)} GFLOP a step; sgemm ${PEAK_N}^3 peak ${
-    peak ? `${peak.toFixed(0)} GFLOP/s (OpenBLAS through TF.js)` : "not measured"
+    peak ? `${peak.toFixed(0)} GFLOP/s (the wasm matmul kernel in use)` : "not measured"
   }; ours: ${(gflop / b.matmuls).toFixed(0)} GFLOP/s in matmul kernels${of(gflop / b.matmuls, peak)}, ${
     (gflop / step).toFixed(0)
   } GFLOP/s over the whole step${of(gflop / step, peak)}`;
