@@ -210,10 +210,10 @@ export class Optimizer {
   }
 
   /**
-   * UPDATES.adamw as one pass over the heap: the same operations in the same order. Composed, the update is ~12 ops per parameter, each
-   * allocating a parameter-sized tensor; here nothing is allocated after the first step. The
-   * parameter is written in place unless its storage is shared (after `reference.assign(policy)`,
-   * say), in which case it gets fresh storage and the sharer keeps the old values.
+   * UPDATES.adamw as one pass over the heap: the same operations in the same order. Composed, the
+   * update is ~12 ops per parameter, each allocating a parameter-sized tensor; here nothing is
+   * allocated after the first step. The parameter is written in place unless its storage is shared
+   * (after `reference.assign(policy)`, say): then it gets fresh storage and the sharer keeps the old values.
    */
   #fusedAdamW(name: string, p: tf.Variable, g: tf.Tensor, lr: number, t: number, gradScale: number): void {
     const [beta1, beta2] = this.config.betas;
@@ -234,9 +234,9 @@ export class Optimizer {
     const pv = heap.view(p);
     const gv = heap.view(g);
     const out = shared ? new Float32Array(p.size) : pv;
-    // Float64 arithmetic, rounded to float32 where a value is stored: as close to torch as float32
-    // throughout (the fixtures agree to 1e-5). Math.fround at every step made the loop 4x slower, and
-    // the constants folded out of it (the clipping scale into β's complements) another 25%.
+    // Float64 arithmetic, stored as float32: as close to torch as float32 throughout (the fixtures agree
+    // to 1e-5). Math.fround at every step made the loop 4x slower; folding the constants out of it (the
+    // clipping scale into β's complements) saved another 25%.
     const c1 = (1 - beta1) * gradScale;
     const c2 = (1 - beta2) * gradScale * gradScale;
     const inv = 1 / bc2Sqrt;
@@ -338,9 +338,7 @@ export async function clipGradNorm(
   maxNorm: number,
   options: { consume?: boolean } = {},
 ): Promise<ClippedGrads> {
-  if (!(Number.isFinite(maxNorm) && maxNorm > 0)) {
-    throw new Error(`Cannot clip gradients as 'maxNorm' must be finite and > 0: current value is ${maxNorm}`);
-  }
+  checkMaxNorm(maxNorm);
   const norm = await globalNorm([...grads.values()]);
   const finite = Number.isFinite(norm);
   const coef = clipCoefficient(norm, maxNorm);
@@ -358,11 +356,15 @@ export async function clipGradNorm(
  * when that is below 1, else 1 (also for a norm that is not finite: such a step is skipped).
  */
 export function clipCoefficient(norm: number, maxNorm: number): number {
+  checkMaxNorm(maxNorm);
+  const coef = maxNorm / (norm + 1e-6);
+  return Number.isFinite(norm) && coef < 1 ? coef : 1;
+}
+
+function checkMaxNorm(maxNorm: number): void {
   if (!(Number.isFinite(maxNorm) && maxNorm > 0)) {
     throw new Error(`Cannot clip gradients as 'maxNorm' must be finite and > 0: current value is ${maxNorm}`);
   }
-  const coef = maxNorm / (norm + 1e-6);
-  return Number.isFinite(norm) && coef < 1 ? coef : 1;
 }
 
 /** The global L2 norm sqrt(Σ‖g‖²) of `tensors`, accumulated in float64; NaN or Infinity when one is not finite. */
