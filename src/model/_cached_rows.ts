@@ -4,7 +4,7 @@
  */
 import * as tf from "./tf.ts";
 import type { TokenBatch } from "./batch.ts";
-import type { KVCache } from "./gpt2.ts";
+import type { KVCache } from "./causal_lm.ts";
 
 /** Rows with their cache: per layer keys and values [B, H, S, D], and which of the S keys are real. */
 export interface CachedRows {

@@ -1,7 +1,7 @@
 /** What `generate` and the decoding scheduler share: prompt checks, per-row state, the step batch, token bookkeeping. */
 import * as tf from "./tf.ts";
 import { forwardTensors, type TokenBatch } from "./batch.ts";
-import type { Gpt2Model, KVCache } from "./gpt2.ts";
+import type { CausalLM, KVCache } from "./causal_lm.ts";
 import { createRng } from "./sampling.ts";
 import type { GenerateOptions, Generation, TextCodec } from "./generate.ts";
 
@@ -66,7 +66,7 @@ export function generations(rows: DecodeRow[]): Generation[] {
  * step's keys and values. Synchronous; call inside `tf.tidy`.
  */
 export function lastLogits(
-  model: Gpt2Model,
+  model: CausalLM,
   batch: TokenBatch,
   cache: KVCache | undefined,
   withCache: boolean,
@@ -89,7 +89,7 @@ export function appendStep(batch: TokenBatch, next: number[]): TokenBatch {
   return { ids: Int32Array.from(next), mask, batch: B, length: 1, past: S };
 }
 
-/** Records a token, finds eos or stop strings, and streams the text that became final. */
+/** Records a token, finds end tokens (eos, end-of-turn) or stop strings, and streams the text that became final. */
 export function advance(
   row: DecodeRow,
   index: number,
@@ -98,7 +98,8 @@ export function advance(
   options: GenerateOptions & { last: boolean },
 ): void {
   const stops = options.stop ?? [];
-  if (token === codec.eosTokenId && (options.stopAtEos ?? true)) {
+  const ends = token === codec.eosTokenId || codec.stopTokenIds?.has(token) === true;
+  if (ends && (options.stopAtEos ?? true)) {
     row.done = true;
     row.finishReason = "stop";
   } else {

@@ -134,3 +134,17 @@ export function activationBackward(
       return tf.mul(dy, tf.add(aux, tf.mul(tf.mul(tf.mul(x, 1.702), aux), tf.sub(1, aux))));
   }
 }
+
+/**
+ * Row lookup `table[ids]` whose gradient is built straight from the rows' gradients
+ * (UnsortedSegmentSum). tf.gather's own gradient adds an identity transpose of the
+ * whole [V, C] table, which on wasm costs more than the lookup's matmul-sized peers.
+ */
+export function embed(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor1D): tf.Tensor2D {
+  const rows = table.shape[0]!;
+  const op = customOp(
+    ([t]) => ({ value: tf.gather(t!, ids), saved: [ids] }),
+    (dy, [saved]) => [tf.unsortedSegmentSum(dy, saved as tf.Tensor1D, rows)],
+  );
+  return op(table) as tf.Tensor2D;
+}

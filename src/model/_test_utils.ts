@@ -30,6 +30,15 @@ export interface Expected {
   logits: { case_index: number; shape: [number, number]; values: number[][] }[];
   greedy: { prompt: string; prompt_ids: number[]; generated_ids: number[] }[];
   grads: Record<string, { shape: number[]; values: number[] }>;
+  /** Llama-family fixtures: a conversation through the ChatML template, its answer scored up to <|im_end|>. */
+  chat?: {
+    messages: { role: string; content: string }[];
+    text: string;
+    ids: number[];
+    answer_ids: number[];
+    end_token_id: number;
+    logp_sum: number;
+  };
 }
 
 /**

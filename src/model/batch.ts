@@ -1,6 +1,6 @@
 /** Padded batches of token sequences and the masks, positions and attention bias they imply. */
 import * as tf from "./tf.ts";
-import type { ForwardInput } from "./gpt2.ts";
+import type { ForwardInput } from "./causal_lm.ts";
 
 /** Added to attention scores a query must not see: exp() of it is exactly 0 in f32. */
 const MASKED = -1e9;
@@ -38,7 +38,7 @@ export function padBatch(rows: number[][], padId: number, side: "left" | "right"
 }
 
 /**
- * Tensors for `Gpt2Model.forward`: ids, positions counting real tokens only
+ * Tensors for `CausalLM.forward`: ids, positions counting real tokens only
  * (so left padding never shifts a sequence), and a causal bias that also hides
  * padding keys. The caller disposes them (or builds them inside a tidy).
  */

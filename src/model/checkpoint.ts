@@ -1,20 +1,35 @@
 /** Loading and saving models in Hugging Face layout, with every malformed case a clear error. */
 import * as tf from "./tf.ts";
-import { join } from "node:path";
-import { configEosId, type Gpt2Config, parseModelConfig } from "./config.ts";
-import { Gpt2Model, gpt2ParameterShapes } from "./gpt2.ts";
+import { join, resolve } from "node:path";
+import { configEosId, type ModelConfig, parseModelConfig } from "./config.ts";
+import { createModel, parameterShapes } from "./architectures.ts";
+import type { CausalLM } from "./causal_lm.ts";
+import { isAdapterDir, loadAdapter, mergeAdapter, readAdapterConfig, saveAdapter } from "./lora.ts";
+import { resolveModel } from "./hub.ts";
 import { encodeSafetensors, readSafetensors, type StoredTensor } from "./safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
 import { fileExists, writeAtomic } from "../util/fs.ts";
 
 /** A model ready to use: weights, tokenizer and where they came from. */
 export interface LoadedModel {
-  model: Gpt2Model;
+  model: CausalLM;
   tokenizer: Tokenizer;
-  /** The directory it was loaded from. */
+  /** The directory of the (base) model's files. */
   dir: string;
   /** config.json as read, unknown keys included, for saving. */
   rawConfig: Record<string, unknown>;
+  /** The PEFT adapter directory the model's adapter came from, when one was loaded. */
+  adapterDir?: string;
+}
+
+/** Options of `loadModel`. */
+export interface LoadModelOptions {
+  /** Whether the weights take gradients; default true (an adapter's base never does). */
+  trainable?: boolean;
+  /** For an adapter directory: fold the adapter into the base (serving) instead of keeping it attached. */
+  mergeAdapter?: boolean;
+  /** For an adapter directory: the base model (a directory or hf:OWNER/NAME), overriding base_model_name_or_path. */
+  base?: string;
 }
 
 /** Files copied verbatim from a model directory when saving, when present. */
@@ -27,16 +42,24 @@ const TOKENIZER_FILES = [
   "merges.txt",
 ];
 
-/** Buffers some GPT-2 checkpoints carry that are not weights (the causal mask). */
-const IGNORED = /^(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)$/;
+/** Buffers some checkpoints carry that are not weights (GPT-2's causal mask, older Llama's RoPE frequencies). */
+const IGNORED =
+  /^(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)$|^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/;
 
-/** Loads a model directory in Hugging Face layout. */
-export async function loadModel(dir: string, options: { trainable?: boolean } = {}): Promise<LoadedModel> {
+/**
+ * Loads a model directory in Hugging Face layout, or a PEFT adapter directory (`adapter_config.json`):
+ * its base (from `base_model_name_or_path`, or `options.base`) with the adapter attached or merged.
+ */
+export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<LoadedModel> {
+  if (await isAdapterDir(dir)) return await loadWithAdapter(dir, options);
   const configPath = join(dir, "config.json");
   const configText = await readText(configPath, "model config");
   const config = parseModelConfig(configText, configPath);
   const stored = await readWeights(dir, config);
-  const tokenizer = await loadTokenizer(dir, { eosTokenId: configEosId(config) });
+  const tokenizer = await loadTokenizer(dir, {
+    eosTokenId: configEosId(config),
+    stopTokenIds: [config.eos_token_id ?? []].flat(),
+  });
   if (tokenizer.vocabSize > config.vocab_size) {
     throw new Error(
       `Cannot load model '${dir}': tokenizer.json has ${tokenizer.vocabSize} tokens but config.json vocab_size is ${config.vocab_size} (tokenizer and model do not match)`,
@@ -45,11 +68,41 @@ export async function loadModel(dir: string, options: { trainable?: boolean } = 
   // Tensors are made only once every check has passed, so a failed load leaves none behind.
   const weights = new Map([...stored].map(([name, t]) => [name, tf.tensor(t.values, t.shape, "float32")]));
   return {
-    model: new Gpt2Model(config, weights, options.trainable ?? true),
+    model: createModel(config, weights, options.trainable ?? true),
     tokenizer,
     dir,
     rawConfig: JSON.parse(configText),
   };
+}
+
+async function loadWithAdapter(dir: string, options: LoadModelOptions): Promise<LoadedModel> {
+  const config = await readAdapterConfig(dir);
+  const spec = options.base ?? config.base_model_name_or_path;
+  if (!spec) {
+    throw new Error(
+      `Cannot load LoRA adapter '${dir}': adapter_config.json names no base_model_name_or_path; give the base model`,
+    );
+  }
+  const baseDir = await resolveModel(await baseSpec(spec));
+  if (await isAdapterDir(baseDir)) {
+    throw new Error(`Cannot load LoRA adapter '${dir}': its base '${spec}' is itself an adapter`);
+  }
+  const base = await loadModel(baseDir, { trainable: false });
+  try {
+    await loadAdapter(base.model, dir);
+    if (options.mergeAdapter) mergeAdapter(base.model);
+  } catch (err) {
+    base.model.dispose();
+    throw err;
+  }
+  return { ...base, adapterDir: dir };
+}
+
+/** A base as PEFT names it: a directory, or a Hub id written OWNER/NAME (read as hf:OWNER/NAME). */
+async function baseSpec(name: string): Promise<string> {
+  const exists = await Deno.stat(name).then(() => true, () => false);
+  if (name.startsWith("hf:") || exists || !/^[\w.-]+\/[\w.-]+$/.test(name)) return name;
+  return `hf:${name}`;
 }
 
 async function readText(path: string, what: string): Promise<string> {
@@ -62,13 +115,13 @@ async function readText(path: string, what: string): Promise<string> {
 }
 
 /** Reads model.safetensors (or the shards of model.safetensors.index.json) and checks names and shapes. */
-async function readWeights(dir: string, config: Gpt2Config): Promise<Map<string, StoredTensor>> {
+async function readWeights(dir: string, config: ModelConfig): Promise<Map<string, StoredTensor>> {
   const stored = new Map<string, { tensor: StoredTensor; file: string }>();
   for (const file of await weightFiles(dir)) {
     const { tensors } = await readSafetensors(file);
     for (const [name, tensor] of tensors) stored.set(name, { tensor, file });
   }
-  const expected = gpt2ParameterShapes(config);
+  const expected = parameterShapes(config);
   const found = new Map<string, { tensor: StoredTensor; file: string }>();
   const extra: string[] = [];
   for (const [name, entry] of stored) {
@@ -85,7 +138,9 @@ async function readWeights(dir: string, config: Gpt2Config): Promise<Map<string,
     throw new Error(`Cannot load weights from ${where}: ${missing.length} tensor(s) missing: ${list(missing)}`);
   }
   if (extra.length > 0) {
-    throw new Error(`Cannot load weights from ${where}: unexpected tensor(s) for a gpt2 model: ${list(extra)}`);
+    throw new Error(
+      `Cannot load weights from ${where}: unexpected tensor(s) for a ${config.model_type} model: ${list(extra)}`,
+    );
   }
   for (const [name, { tensor, file }] of found) {
     const shape = expected.get(name)!;
@@ -128,14 +183,16 @@ async function weightFiles(dir: string): Promise<string[]> {
 }
 
 /**
- * Saves a model to `outDir` in Hugging Face layout (F32 safetensors), copying the
- * tokenizer files from `sourceDir`. Each file is written to a temporary name and
- * renamed, so a crash never leaves a half-written file under its final name.
+ * Saves a model to `outDir` in Hugging Face layout (F32 safetensors), copying the tokenizer files
+ * from `loaded.dir`; a model with a LoRA adapter saves only the adapter, in PEFT's layout, naming
+ * `loaded.dir` as its base. Each file is written to a temporary name and renamed, so a crash never
+ * leaves a half-written file under its final name.
  */
 export async function saveModel(
   loaded: Pick<LoadedModel, "model" | "rawConfig" | "dir">,
   outDir: string,
 ): Promise<void> {
+  if (loaded.model.adapter) return await saveAdapter(loaded.model, outDir, resolve(loaded.dir));
   await Deno.mkdir(outDir, { recursive: true });
   const entries: [string, { shape: number[]; values: Float32Array }][] = [];
   for (const [name, v] of [...loaded.model.params].sort(([a], [b]) => a.localeCompare(b))) {

@@ -69,7 +69,7 @@ Deno.test("malformed checkpoints are clear errors naming the file and the proble
     [
       "unsupported model_type",
       (d) => editConfig(d, (c) => c.model_type = "bert"),
-      /config\.json': model_type "bert" is not supported \(supported: gpt2\)/,
+      /config\.json': model_type "bert" is not supported \(supported: gpt2, llama, qwen2\)/,
     ],
     [
       "invalid config value",

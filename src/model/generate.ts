@@ -1,7 +1,7 @@
 /** Batched incremental decoding with a KV cache, stop strings, eos and streaming. */
 import * as tf from "./tf.ts";
 import { padBatch, type TokenBatch } from "./batch.ts";
-import type { Gpt2Model, KVCache } from "./gpt2.ts";
+import type { CausalLM, KVCache } from "./causal_lm.ts";
 import { sampleToken, type SamplingParams } from "./sampling.ts";
 import { advance, appendStep, generations, lastLogits, planDecode } from "./_decode.ts";
 
@@ -20,7 +20,7 @@ export interface GenerateOptions extends SamplingParams {
   maxNewTokens?: number;
   /** Generation stops before the first occurrence of any of these strings. */
   stop?: string[];
-  /** Stop when the model emits its end-of-sequence token. Default true. */
+  /** Stop when the model emits an end token: the codec's `eosTokenId` or one of its `stopTokenIds`. Default true. */
   stopAtEos?: boolean;
   /** Seed for sampling; the same seed, prompts and model give the same tokens. Default random. */
   seed?: number;
@@ -39,6 +39,8 @@ export interface TextCodec {
   decode(ids: number[], options?: { skipSpecialTokens?: boolean }): string;
   eosTokenId: number;
   bosTokenId?: number;
+  /** More ids that end generation, such as a chat template's end-of-turn (`<|im_end|>`); never part of the text. */
+  stopTokenIds?: ReadonlySet<number>;
 }
 
 /** One finished sequence. */
@@ -46,18 +48,18 @@ export interface Generation {
   tokenIds: number[];
   /** Decoded text, cut before a stop string, without special tokens. */
   text: string;
-  /** `stop`: eos or a stop string; `length`: the token budget or the context ran out. */
+  /** `stop`: an end token (eos, end-of-turn) or a stop string; `length`: the token budget or the context ran out. */
   finishReason: "stop" | "length";
 }
 
 /** Generates a continuation for every prompt (token ids) in one batch. */
 export async function generate(
-  model: Gpt2Model,
+  model: CausalLM,
   codec: TextCodec,
   prompts: number[][],
   options: GenerateOptions = {},
 ): Promise<Generation[]> {
-  const { inputs, budget, rows, greedy } = planDecode(model.config.n_positions, codec, prompts, options);
+  const { inputs, budget, rows, greedy } = planDecode(model.contextLength, codec, prompts, options);
   const useCache = options.useCache ?? true;
   let batch: TokenBatch = padBatch(inputs, codec.eosTokenId, "left");
   let cache: KVCache | undefined;
@@ -93,7 +95,7 @@ type StepOutput = { logits: tf.Tensor; cache?: KVCache };
 
 /** One forward step: the last position's logits [B, V] (or their argmax [B]) and, with caching, the extended cache. */
 function nextLogits(
-  model: Gpt2Model,
+  model: CausalLM,
   batch: TokenBatch,
   cache: KVCache | undefined,
   useCache: boolean,

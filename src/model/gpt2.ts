@@ -12,37 +12,13 @@ import {
   activationBackward,
   activationForward,
   customOp,
+  embed,
   layerNorm,
   layerNormBackward,
   layerNormForward,
   sumRows,
 } from "./_ops.ts";
-
-/** Keys and values of every layer for the tokens seen so far: [B, H, P, D] each. */
-export type KVCache = {
-  keys: tf.Tensor4D[];
-  values: tf.Tensor4D[];
-};
-
-/** The inputs of one forward call, built by `src/model/batch.ts`. */
-export interface ForwardInput {
-  /** [B, T] token ids (int32). */
-  ids: tf.Tensor2D;
-  /** [B, T] position ids (int32): left padding shifts them so real tokens start at 0. */
-  positions: tf.Tensor2D;
-  /** [B, 1, T, S] additive attention bias: 0 where a query may attend a key, a large negative value elsewhere. */
-  bias: tf.Tensor4D;
-  /** Past keys and values to attend to and extend; absent for a fresh sequence. */
-  cache?: KVCache;
-}
-
-/** The outputs of one forward call. */
-export interface ForwardOutput {
-  /** [B, T, C] final hidden states (after ln_f). */
-  hidden: tf.Tensor3D;
-  /** The cache extended with this call's keys and values, when `withCache` was asked for. */
-  cache?: KVCache;
-}
+import { CausalLM, type ForwardInput, type ForwardOutput, type LinearModule } from "./causal_lm.ts";
 
 /** The canonical tensor names and shapes a GPT-2 checkpoint must hold. */
 export function gpt2ParameterShapes(config: Gpt2Config): Map<string, number[]> {
@@ -108,42 +84,38 @@ export function initGpt2Weights(config: Gpt2Config, seed: number): Map<string, t
 }
 
 /** A GPT-2 language model: its config and its weights as TF.js variables. */
-export class Gpt2Model {
+export class Gpt2Model extends CausalLM {
   readonly config: Gpt2Config;
-  /** Weights by canonical Hugging Face name. */
-  readonly params: Map<string, tf.Variable>;
 
   /** Takes ownership of `weights` (shapes already checked by the loader). */
   constructor(config: Gpt2Config, weights: Map<string, tf.Tensor>, trainable = true) {
+    super(weights, trainable);
     this.config = config;
-    this.params = new Map();
-    for (const [name, t] of weights) {
-      this.params.set(name, tf.variable(t, trainable, undefined, "float32"));
-      t.dispose();
+  }
+
+  get contextLength(): number {
+    return this.config.n_positions;
+  }
+
+  linearModules(): Map<string, LinearModule> {
+    const C = this.config.n_embd;
+    const F = innerSize(this.config);
+    const modules = new Map<string, LinearModule>();
+    for (let i = 0; i < this.config.n_layer; i++) {
+      const p = `transformer.h.${i}`;
+      modules.set(`${p}.attn.c_attn`, { inFeatures: C, outFeatures: 3 * C, fanInFanOut: true });
+      modules.set(`${p}.attn.c_proj`, { inFeatures: C, outFeatures: C, fanInFanOut: true });
+      modules.set(`${p}.mlp.c_fc`, { inFeatures: C, outFeatures: F, fanInFanOut: true });
+      modules.set(`${p}.mlp.c_proj`, { inFeatures: F, outFeatures: C, fanInFanOut: true });
     }
-  }
-
-  /** The variables a gradient is taken with respect to. */
-  trainableVariables(): tf.Variable[] {
-    return [...this.params.values()];
-  }
-
-  /** Frees every weight. */
-  dispose(): void {
-    for (const v of this.params.values()) v.dispose();
-    this.params.clear();
-  }
-
-  private p(name: string): tf.Variable {
-    const v = this.params.get(name);
-    if (!v) throw new Error(`Cannot run the model: weight '${name}' is missing`);
-    return v;
+    return modules;
   }
 
   /**
    * The transformer: embeddings, blocks, final LayerNorm. Synchronous; call inside `tf.tidy`.
-   * Without a cache each block is one op with a hand-written gradient (training and scoring);
-   * with one, blocks also return their keys and values (generation).
+   * Without a cache or an active adapter each block is one op with a hand-written gradient (training
+   * and scoring); otherwise blocks are composed ops (TF.js differentiates the adapter's matrices) and
+   * also return their keys and values (generation).
    */
   forward(input: ForwardInput, withCache = false): ForwardOutput {
     const [B, T] = input.ids.shape;
@@ -154,12 +126,13 @@ export class Gpt2Model {
     const keys: tf.Tensor4D[] = [];
     const values: tf.Tensor4D[] = [];
     for (let i = 0; i < this.config.n_layer; i++) {
-      if (!withCache && !input.cache) {
+      if (!withCache && !input.cache && !this.adapterActive()) {
         x = this.trainableBlock(i, x, input.bias);
         continue;
       }
       const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
-      const out = blockForward(this.config, i, this.blockWeights(i), x, input.bias, past);
+      const lora = (module: string, rows: tf.Tensor2D) => this.loraDelta(`transformer.h.${i}.${module}`, rows);
+      const out = blockForward(this.config, i, this.blockWeights(i), x, input.bias, past, lora);
       x = out.out;
       keys.push(out.k);
       values.push(out.v);
@@ -169,7 +142,7 @@ export class Gpt2Model {
     return withCache ? { hidden, cache: { keys, values } } : { hidden };
   }
 
-  /** Next-token logits for hidden states: [N, C] -> [N, V], through the (tied) LM head. */
+  /** Next-token logits through the (tied) LM head. */
   logits(hidden: tf.Tensor2D): tf.Tensor2D {
     const head = this.config.tie_word_embeddings ? "transformer.wte.weight" : "lm_head.weight";
     return tf.matMul(hidden, this.p(head), false, true); // [N, V]
@@ -198,13 +171,18 @@ export class Gpt2Model {
 /** How many activations `blockForward` saves for `blockBackward`. */
 const SAVED_COUNT = 14;
 
-/** y = x W + b for x [B, T, in], W [in, out] (Conv1D): [B*T, out]. One fused kernel (no tape: see blockBackward). */
-function linear(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
-  return tf.fused.matMul({
-    a: tf.reshape(x, [-1, w.shape[0]!]) as tf.Tensor2D,
-    b: w as tf.Tensor2D,
-    bias: b,
-  }) as tf.Tensor2D;
+/** A LoRA update for a block's module (`attn.c_attn`) on rows [N, in], or null. */
+type LoraHook = (module: string, rows: tf.Tensor2D) => tf.Tensor2D | null;
+
+/**
+ * y = x W + b for x [B, T, in], W [in, out] (Conv1D): [B*T, out]. One fused kernel (no tape: see
+ * blockBackward), plus the adapter's update for `module` when a LoRA hook is given.
+ */
+function linear(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, lora?: LoraHook, module?: string): tf.Tensor2D {
+  const rows = tf.reshape(x, [-1, w.shape[0]!]) as tf.Tensor2D;
+  const y = tf.fused.matMul({ a: rows, b: w as tf.Tensor2D, bias: b }) as tf.Tensor2D;
+  const delta = lora?.(module!, rows);
+  return delta ? tf.add(y, delta) : y;
 }
 
 /** Attention score scale: 1/sqrt(D), and 1/(layer+1) with scale_attn_by_inverse_layer_idx. */
@@ -227,6 +205,7 @@ function blockForward(
   x: tf.Tensor3D,
   bias: tf.Tensor4D,
   past?: { k: tf.Tensor4D; v: tf.Tensor4D },
+  lora?: LoraHook,
 ) {
   const [B, T, C] = x.shape;
   const H = config.n_head;
@@ -235,20 +214,20 @@ function blockForward(
   const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D;
   // Attention.
   const ln1 = layerNormForward(x, w["ln_1.weight"], w["ln_1.bias"], eps); // [B, T, C]
-  const qkv = linear(ln1.y, w["attn.c_attn.weight"], w["attn.c_attn.bias"]); // [B*T, 3C]
+  const qkv = linear(ln1.y, w["attn.c_attn.weight"], w["attn.c_attn.bias"], lora, "attn.c_attn"); // [B*T, 3C]
   const [q, kNew, vNew] = tf.split(qkv, 3, 1).map(heads) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // [B, H, T, D]
   const k = past ? tf.concat([past.k, kNew], 2) : kNew; // [B, H, S, D]
   const v = past ? tf.concat([past.v, vNew], 2) : vNew; // [B, H, S, D]
   const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), attentionScale(config, layer)), bias); // [B, H, T, S]
   const probs = tf.softmax(scores); // [B, H, T, S]
   const merged = tf.reshape(tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]), [B * T, C]); // [B*T, C]
-  const attnOut = linear(merged, w["attn.c_proj.weight"], w["attn.c_proj.bias"]); // [B*T, C]
+  const attnOut = linear(merged, w["attn.c_proj.weight"], w["attn.c_proj.bias"], lora, "attn.c_proj"); // [B*T, C]
   const x1 = tf.add(x, tf.reshape(attnOut, [B, T, C])); // [B, T, C]
   // MLP.
   const ln2 = layerNormForward(x1, w["ln_2.weight"], w["ln_2.bias"], eps); // [B, T, C]
-  const pre = linear(ln2.y, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"]); // [B*T, F]
+  const pre = linear(ln2.y, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"], lora, "mlp.c_fc"); // [B*T, F]
   const act = activationForward(config.activation_function, pre); // [B*T, F]
-  const mlpOut = linear(act.y, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"]); // [B*T, C]
+  const mlpOut = linear(act.y, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"], lora, "mlp.c_proj"); // [B*T, C]
   const out = tf.add(x1, tf.reshape(mlpOut, [B, T, C])) as tf.Tensor3D; // [B, T, C]
   const saved = [ln1.xhat, ln1.rstd, ln1.y, q, k, v, probs, merged, ln2.xhat, ln2.rstd, ln2.y, pre, act.aux];
   return { out, k, v, saved: [...saved, act.y] as tf.Tensor[] };
@@ -325,18 +304,4 @@ function blockBackward(
     dProjW,
     dProjB,
   ];
-}
-
-/**
- * Row lookup `table[ids]` whose gradient is built straight from the rows' gradients
- * (UnsortedSegmentSum). tf.gather's own gradient adds an identity transpose of the
- * whole [V, C] table, which on wasm costs more than the lookup's matmul-sized peers.
- */
-function embed(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor1D): tf.Tensor2D {
-  const rows = table.shape[0]!;
-  const op = customOp(
-    ([t]) => ({ value: tf.gather(t!, ids), saved: [ids] }),
-    (dy, [saved]) => [tf.unsortedSegmentSum(dy, saved as tf.Tensor1D, rows)],
-  );
-  return op(table) as tf.Tensor2D;
 }

@@ -1,17 +1,22 @@
 /**
  * Sequence log-probabilities, the number DPO is made of:
  * ids = encode(prompt) ++ encode(completion) ++ [eos], and log π(y|x) sums the
- * log-probs of the completion tokens and the eos.
+ * log-probs of the completion tokens and the eos (for a chat answer, its template's end-of-turn).
  */
 import * as tf from "./tf.ts";
 import { forwardTensors, padBatch, type TokenBatch } from "./batch.ts";
-import type { Gpt2Model } from "./gpt2.ts";
+import type { CausalLM } from "./causal_lm.ts";
 import { customOp } from "./_ops.ts";
 
 /** A prompt and completion as token ids, without the eos. */
 export interface TokenPair {
   promptIds: number[];
   completionIds: number[];
+  /**
+   * The token that ends this completion, instead of `ScoringOptions.eosId`: a chat answer ends with its
+   * template's end-of-turn (`<|im_end|>`), the token the policy stops on, not with eos.
+   */
+  eosId?: number;
 }
 
 /** A right-padded batch plus where each scored token sits in it. */
@@ -29,7 +34,7 @@ export interface ScoringBatch {
 
 /** Options for `buildScoringBatch`. */
 export interface ScoringOptions {
-  /** Appended after every completion. */
+  /** Appended after every completion that names no `eosId` of its own; pads the batch. */
   eosId: number;
   /** Context for an empty prompt (the first token needs a prefix); default `eosId`. */
   bosId?: number;
@@ -41,7 +46,7 @@ export interface ScoringOptions {
 export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): ScoringBatch {
   const rows = pairs.map((p, i) => {
     const prompt = p.promptIds.length > 0 ? p.promptIds : [options.bosId ?? options.eosId];
-    const ids = [...prompt, ...p.completionIds, options.eosId];
+    const ids = [...prompt, ...p.completionIds, p.eosId ?? options.eosId];
     if (ids.length > options.maxLength) {
       throw new Error(
         `Cannot score sequence ${i}: it has ${ids.length} tokens (prompt ${prompt.length}, completion ${p.completionIds.length}, eos 1) but the model's context is ${options.maxLength}`,
@@ -76,7 +81,7 @@ export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): 
  * (TRL's `logits/*` metrics divide them by tokens × vocab). The LM head runs only on the positions
  * that predict scored tokens, not on the prompt. Synchronous; call in `tf.tidy` or a gradient closure.
  */
-export function scoreRows(model: Gpt2Model, batch: ScoringBatch): { logps: tf.Tensor1D; logitSums: tf.Tensor1D } {
+export function scoreRows(model: CausalLM, batch: ScoringBatch): { logps: tf.Tensor1D; logitSums: tf.Tensor1D } {
   const logits = scoredLogits(model, batch); // [N, V]
   const rows = tf.tensor1d(batch.rows, "int32");
   const R = batch.counts.length;
@@ -87,18 +92,18 @@ export function scoreRows(model: Gpt2Model, batch: ScoringBatch): { logps: tf.Te
 }
 
 /** Per-token log-probs [N] of the scored tokens. Synchronous; call in `tf.tidy`. */
-export function tokenLogProbs(model: Gpt2Model, batch: ScoringBatch): tf.Tensor1D {
+export function tokenLogProbs(model: CausalLM, batch: ScoringBatch): tf.Tensor1D {
   return targetLogProbs(scoredLogits(model, batch), batch.targets);
 }
 
 /** Sum of the scored log-probs per row: [B]. Synchronous; call in `tf.tidy`. */
-export function sequenceLogProbs(model: Gpt2Model, batch: ScoringBatch): tf.Tensor1D {
+export function sequenceLogProbs(model: CausalLM, batch: ScoringBatch): tf.Tensor1D {
   const perToken = tokenLogProbs(model, batch);
   return tf.unsortedSegmentSum(perToken, tf.tensor1d(batch.rows, "int32"), batch.counts.length);
 }
 
 /** Logits [N, V] at the positions that predict the scored tokens. */
-function scoredLogits(model: Gpt2Model, batch: ScoringBatch): tf.Tensor2D {
+function scoredLogits(model: CausalLM, batch: ScoringBatch): tf.Tensor2D {
   const { hidden } = model.forward(forwardTensors(batch.tokens)); // [B, T, C]
   const [B, T, C] = hidden.shape;
   const picked = tf.gather(tf.reshape(hidden, [B * T, C]), tf.tensor1d(batch.positions, "int32")); // [N, C]
@@ -137,7 +142,7 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Ten
 
 /** Scores pairs in batches; returns the sum (or mean with `average`) and the count per pair, in order. */
 export async function scorePairs(
-  model: Gpt2Model,
+  model: CausalLM,
   pairs: TokenPair[],
   options: ScoringOptions & { batchSize?: number; average?: boolean },
 ): Promise<{ logp: number; nTokens: number }[]> {

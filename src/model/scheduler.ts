@@ -7,7 +7,7 @@
  */
 import * as tf from "./tf.ts";
 import { padBatch, type TokenBatch } from "./batch.ts";
-import type { Gpt2Model, KVCache } from "./gpt2.ts";
+import type { CausalLM, KVCache } from "./causal_lm.ts";
 import type { GenerateOptions, Generation, TextCodec } from "./generate.ts";
 import { sampleToken } from "./sampling.ts";
 import { advance, appendStep, type DecodePlan, generations, lastLogits, planDecode } from "./_decode.ts";
@@ -67,7 +67,7 @@ type StepTensors = { cache: KVCache; argmax?: tf.Tensor1D; sampled?: tf.Tensor2D
  * finish; the model stays the caller's to dispose, after `close` resolves.
  */
 export class DecodeScheduler {
-  readonly #model: Gpt2Model;
+  readonly #model: CausalLM;
   readonly #codec: TextCodec;
   readonly #maxRows: number;
   readonly #yieldMs: number;
@@ -78,7 +78,7 @@ export class DecodeScheduler {
   #closed = false;
   #stats = { prefills: 0, steps: 0, rowSteps: 0, tokens: 0, finished: 0 };
 
-  constructor(model: Gpt2Model, codec: TextCodec, options: SchedulerOptions = {}) {
+  constructor(model: CausalLM, codec: TextCodec, options: SchedulerOptions = {}) {
     const maxRows = options.maxBatchRows ?? 32;
     if (!Number.isInteger(maxRows) || maxRows < 1) {
       throw new Error(
@@ -104,7 +104,7 @@ export class DecodeScheduler {
     }
     let plan: DecodePlan;
     try {
-      plan = planDecode(this.#model.config.n_positions, this.#codec, prompts, options);
+      plan = planDecode(this.#model.contextLength, this.#codec, prompts, options);
     } catch (err) {
       return Promise.reject(err);
     }

@@ -1,7 +1,7 @@
 /** The decoding scheduler gives every request what `generate` gives it alone, in fewer forward calls. */
 import assert from "node:assert/strict";
 import { type LoadedModel, loadModel } from "./checkpoint.ts";
-import type { Gpt2Model } from "./gpt2.ts";
+import type { CausalLM } from "./causal_lm.ts";
 import { assertNoLeak, fixturePath, useBackend } from "./_test_utils.ts";
 import { generate, type GenerateOptions, type Generation, type TextCodec } from "./generate.ts";
 import { DecodeScheduler } from "./scheduler.ts";
@@ -130,7 +130,7 @@ Deno.test("scheduler: a bad request or a throwing callback fails alone; a closed
     await assertNoLeak(async () => {
       const scheduler = new DecodeScheduler(m.model, m.tokenizer, { maxBatchRows: 2 });
       const options = { temperature: 0, maxNewTokens: 6, stopAtEos: false };
-      const tooLong = Array.from({ length: m.model.config.n_positions }, () => 5);
+      const tooLong = Array.from({ length: m.model.contextLength }, () => 5);
       const results = await Promise.allSettled([
         scheduler.submit([prompts[0]!], options),
         scheduler.submit([tooLong], options),
@@ -162,7 +162,7 @@ Deno.test("scheduler: a failing forward step fails the requests in it; later req
   await withModel(async (m, prompts) => {
     await assertNoLeak(async () => {
       let calls = 0;
-      const flaky: Gpt2Model = Object.create(m.model);
+      const flaky: CausalLM = Object.create(m.model);
       flaky.forward = (input, withCache) => {
         if (++calls === 3) throw new Error("device lost");
         return m.model.forward(input, withCache);

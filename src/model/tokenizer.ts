@@ -14,6 +14,8 @@ export interface ChatMessage {
 export interface LoadTokenizerOptions {
   /** End-of-sequence id to use instead of the one named in `tokenizer_config.json`. */
   eosTokenId?: number;
+  /** More ids that end generation, such as every id of config.json's `eos_token_id` list (Llama 3). */
+  stopTokenIds?: number[];
 }
 
 /** The files a tokenizer is built from, already read and parsed. */
@@ -69,10 +71,26 @@ const TokenizerConfigSchema = z.looseObject({
 
 type TokenizerConfig = z.infer<typeof TokenizerConfigSchema>;
 
+/** `generation_config.json`: only the ids that end generation are read (Qwen2.5-Instruct lists two). */
+const GenerationConfigSchema = z.looseObject({
+  eos_token_id: z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullish(),
+});
+
+/** Stands in for an assistant's answer when finding the token that a chat template ends a turn with. */
+const TURN_PROBE = "TURNPROBE7f3a";
+
 /** The id-level view of a Hugging Face tokenizer that the rest of the project uses. */
 export class Tokenizer {
-  /** End-of-sequence id; generation stops on it and completions end with it. */
+  /** End-of-sequence id; generation stops on it, plain-text completions end with it, padding uses it. */
   readonly eosTokenId: number;
+  /**
+   * The token the chat template closes an assistant turn with (`<|im_end|>`, `<|eot_id|>`), found by
+   * rendering a probe answer; undefined without a template or when nothing special follows the answer.
+   * A chat answer ends with it: generation stops on it and training scores it as the answer's last token.
+   */
+  readonly endOfTurnId?: number;
+  /** Every id that ends generation: eos, the ids the model's configs list as eos, and the end-of-turn token. */
+  readonly stopTokenIds: ReadonlySet<number>;
   /** Beginning-of-sequence id, if the model names one. */
   readonly bosTokenId?: number;
   /** Padding id, if the model names one. */
@@ -98,6 +116,7 @@ export class Tokenizer {
     inner: HfTokenizer;
     config: TokenizerConfig;
     eosTokenId: number;
+    stopTokenIds: number[];
     chatTemplate?: string;
     isByteLevel: boolean;
     specialIds: Set<number>;
@@ -118,6 +137,26 @@ export class Tokenizer {
     let maxId = -1;
     for (const id of init.inner.get_vocab(true).values()) maxId = Math.max(maxId, id);
     this.vocabSize = maxId + 1;
+    this.endOfTurnId = this.#findEndOfTurn();
+    const stops = [this.eosTokenId, ...init.stopTokenIds];
+    this.stopTokenIds = new Set(this.endOfTurnId === undefined ? stops : [...stops, this.endOfTurnId]);
+  }
+
+  /** The special or added token that follows an assistant's answer in the rendered template, if any. */
+  #findEndOfTurn(): number | undefined {
+    if (this.chatTemplate === undefined) return undefined;
+    let text: string;
+    try {
+      text = this.applyChatTemplate([{ role: "user", content: "Hi" }, { role: "assistant", content: TURN_PROBE }]);
+    } catch {
+      // A template that cannot render this conversation says nothing about its turns; using it reports why.
+      return undefined;
+    }
+    const at = text.lastIndexOf(TURN_PROBE);
+    if (at < 0) return undefined;
+    // Llama 2's template writes a space before its `</s>`.
+    const [next] = this.encode(text.slice(at + TURN_PROBE.length).trimStart());
+    return next !== undefined && (this.isAddedId(next) || this.isSpecialId(next)) ? next : undefined;
   }
 
   /** Token ids of `text`, without BOS/EOS or any post-processor template (callers append EOS themselves). */
@@ -245,6 +284,7 @@ export function createTokenizer(sources: TokenizerSources, options: LoadTokenize
     inner,
     config,
     eosTokenId,
+    stopTokenIds: options.stopTokenIds ?? [],
     chatTemplate,
     isByteLevel: decoderType === "ByteLevel" && !(config.clean_up_tokenization_spaces ?? false),
     specialIds,
@@ -253,7 +293,10 @@ export function createTokenizer(sources: TokenizerSources, options: LoadTokenize
   });
 }
 
-/** Reads `tokenizer.json` (required), `tokenizer_config.json` and `chat_template.jinja` (optional) from `dir`. */
+/**
+ * Reads `tokenizer.json` (required), `tokenizer_config.json` and `chat_template.jinja` (optional) from `dir`,
+ * and the ids that end generation from `generation_config.json` (optional).
+ */
 export async function loadTokenizer(dir: string, options: LoadTokenizerOptions = {}): Promise<Tokenizer> {
   const jsonPath = join(dir, "tokenizer.json");
   const configPath = join(dir, "tokenizer_config.json");
@@ -267,10 +310,21 @@ export async function loadTokenizer(dir: string, options: LoadTokenizerOptions =
     throw new Error(`Cannot load tokenizer config from '${configPath}': the file is not a JSON object`);
   }
   const chatTemplateFile = await readText(templatePath, "chat template", false);
+  const generationEos = await readGenerationEos(join(dir, "generation_config.json"));
   return createTokenizer(
     { tokenizerJson, tokenizerConfig, chatTemplateFile, origin: jsonPath, configOrigin: configPath },
-    options,
+    { ...options, stopTokenIds: [...options.stopTokenIds ?? [], ...generationEos] },
   );
+}
+
+/** The `eos_token_id`s of a `generation_config.json`; none when the file does not exist. */
+async function readGenerationEos(path: string): Promise<number[]> {
+  const text = await readText(path, "generation config", false);
+  if (text === undefined) return [];
+  const parsed = GenerationConfigSchema.safeParse(parseJsonFile(text, path, "generation config"));
+  if (!parsed.success) throw new Error(`Cannot load generation config from '${path}': ${describeIssues(parsed.error)}`);
+  const eos = parsed.data.eos_token_id;
+  return eos == null ? [] : Array.isArray(eos) ? eos : [eos];
 }
 
 /** Turns token ids into text one id at a time, never splitting a UTF-8 character. */

@@ -72,7 +72,7 @@ function tokenizerJson(): Record<string, unknown> {
 async function withTokenizer(
   files: Record<string, string>,
   fn: (tok: Tokenizer, dir: string) => Promise<void> | void,
-  options?: { eosTokenId?: number },
+  options?: { eosTokenId?: number; stopTokenIds?: number[] },
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "tokenizer_test_" });
   try {
@@ -313,5 +313,104 @@ Deno.test("the fixture tokenizer encodes like the independent Python BPE, and de
   for (const c of cases) {
     assert.deepEqual(tokenizer.encode(c.text), c.ids, JSON.stringify(c.text));
     assert.equal(tokenizer.decode(c.ids), c.text);
+  }
+});
+
+/** BASE with more special tokens after <|endoftext|>, numbered from ENDOFTEXT_ID + 1. */
+function withSpecials(tokens: string[], config: Record<string, unknown>): Record<string, string> {
+  const json = tokenizerJson();
+  const added = json.added_tokens as Record<string, unknown>[];
+  tokens.forEach((content, i) => added.push({ ...added[0], id: ENDOFTEXT_ID + 1 + i, content, normalized: false }));
+  return { "tokenizer.json": JSON.stringify(json), "tokenizer_config.json": JSON.stringify(config) };
+}
+
+const CHATML = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}" +
+  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+const LLAMA3 = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n" +
+  "{{ m['content'] | trim }}<|eot_id|>{% endfor %}" +
+  "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+const LLAMA2 =
+  "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}" +
+  "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}";
+
+Deno.test("endOfTurnId: the special token a template writes right after an assistant's answer", async () => {
+  const cases: [string, string[], Record<string, unknown>, string | undefined][] = [
+    ["ChatML (Qwen2.5 base: eos is not the end-of-turn)", ["<|im_start|>", "<|im_end|>"], {
+      eos_token: "<|endoftext|>",
+      chat_template: CHATML,
+    }, "<|im_end|>"],
+    ["Llama 3", ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], {
+      bos_token: "<|begin_of_text|>",
+      eos_token: "<|endoftext|>",
+      chat_template: LLAMA3,
+    }, "<|eot_id|>"],
+    ["Llama 2 (a space before eos)", ["<s>", "</s>"], {
+      bos_token: "<s>",
+      eos_token: "</s>",
+      chat_template: LLAMA2,
+    }, "</s>"],
+    ["eos after every turn", [], { eos_token: "<|endoftext|>", chat_template: TEMPLATE }, "<|endoftext|>"],
+    ["plain text after the answer", [], {
+      chat_template: "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}",
+    }, undefined],
+    [
+      "nothing after the answer",
+      [],
+      { chat_template: "{% for m in messages %}{{ m.content }}{% endfor %}" },
+      undefined,
+    ],
+    ["a template that refuses the probe", [], {
+      chat_template: "{% if messages | length > 1 %}{{ raise_exception('one message only') }}{% endif %}x",
+    }, undefined],
+    ["no template", [], {}, undefined],
+  ];
+  for (const [name, specials, config, end] of cases) {
+    await withTokenizer(withSpecials(specials, config), (tok) => {
+      assert.equal(tok.endOfTurnId, end === undefined ? undefined : tok.tokenToId(end), name);
+      assert.ok(tok.stopTokenIds.has(tok.eosTokenId), `${name}: eos always ends generation`);
+      assert.equal(tok.stopTokenIds.size, end === undefined || tok.endOfTurnId === tok.eosTokenId ? 1 : 2, name);
+    });
+  }
+  // The probe swallows the template's error; using the template still reports it.
+  await withTokenizer(withSpecials([], cases[6]![2]), (tok) => {
+    assert.throws(
+      () => tok.applyChatTemplate([{ role: "user", content: "a" }, { role: "user", content: "b" }]),
+      /one message only/,
+    );
+  });
+});
+
+Deno.test("stopTokenIds: eos, the stopTokenIds option and generation_config.json's eos_token_id", async () => {
+  const files = withSpecials(["<|im_start|>", "<|im_end|>"], { eos_token: "<|endoftext|>", chat_template: CHATML });
+  const imEnd = ENDOFTEXT_ID + 2;
+  await withTokenizer(
+    { ...files, "generation_config.json": JSON.stringify({ eos_token_id: [imEnd, 7], top_p: 0.8 }) },
+    (tok) => {
+      assert.deepEqual([...tok.stopTokenIds].sort((a, b) => a - b), [7, 9, ENDOFTEXT_ID, imEnd]);
+    },
+    { stopTokenIds: [9] },
+  );
+  await withTokenizer({ ...files, "generation_config.json": JSON.stringify({ eos_token_id: 5 }) }, (tok) => {
+    assert.deepEqual([...tok.stopTokenIds].sort((a, b) => a - b), [5, ENDOFTEXT_ID, imEnd]);
+  });
+  await withTokenizer({ ...files, "generation_config.json": JSON.stringify({ do_sample: true }) }, (tok) => {
+    assert.deepEqual([...tok.stopTokenIds].sort((a, b) => a - b), [ENDOFTEXT_ID, imEnd]);
+  });
+  await assertLoadFails(
+    { ...files, "generation_config.json": JSON.stringify({ eos_token_id: "<|im_end|>" }) },
+    /^Cannot load generation config from '.*generation_config\.json': 'eos_token_id': /,
+  );
+  await assertLoadFails(
+    { ...files, "generation_config.json": "{" },
+    /^Cannot load generation config from '.*generation_config\.json': the file is not valid JSON/,
+  );
+});
+
+Deno.test("the chat fixtures: <|im_end|> ends a turn, generation_config.json adds its eos list", async () => {
+  for (const name of ["llama_tiny", "qwen2_tiny", "llama_tiny_llama3"]) {
+    const tok = await loadTokenizer(fileURLToPath(new URL(`../../tests/fixtures/${name}`, import.meta.url)));
+    assert.equal(tok.eosTokenId, tok.tokenToId("<|endoftext|>"), name);
+    assert.equal(tok.endOfTurnId, tok.tokenToId("<|im_end|>"), name);
+    assert.deepEqual([...tok.stopTokenIds].sort((a, b) => a - b), [316, 318], name);
   }
 });

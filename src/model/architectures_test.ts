@@ -1,4 +1,8 @@
-/** GPT-2 checked against PyTorch fixtures (scripts/make_fixtures.py) on every CPU backend. */
+/**
+ * Every architecture checked against PyTorch fixtures on every backend: GPT-2 (scripts/make_fixtures.py),
+ * Llama with GQA and a sharded checkpoint, Llama with llama3 RoPE scaling, an explicit head_dim and an
+ * untied head, and Qwen2 with q/k/v biases and yarn (scripts/make_llama_fixtures.py).
+ */
 import * as tf from "./tf.ts";
 import assert from "node:assert/strict";
 import { type LoadedModel, loadModel } from "./checkpoint.ts";
@@ -7,7 +11,7 @@ import { buildScoringBatch, scorePairs, tokenLogProbs } from "./logprobs.ts";
 import { forwardTensors, padBatch } from "./batch.ts";
 import { generate } from "./generate.ts";
 
-const MODELS = ["gpt2_tiny", "gpt2_tiny_gelu"] as const;
+const MODELS = ["gpt2_tiny", "gpt2_tiny_gelu", "llama_tiny", "llama_tiny_llama3", "qwen2_tiny"] as const;
 const VARIANTS: { backend: "wasm" | "cpu" | "webgpu"; native: boolean; label: string }[] = [
   { backend: "wasm", native: true, label: "wasm+blas" },
   { backend: "wasm", native: false, label: "wasm" },
@@ -37,7 +41,7 @@ for (const v of VARIANTS) {
             assert.deepEqual(tokenizer.encode(c.completion), c.completion_ids, "completion ids");
           }
           const pairs = expected.cases.map((c) => ({ promptIds: c.prompt_ids, completionIds: c.completion_ids }));
-          const opts = { eosId: expected.eos_token_id, maxLength: model.config.n_positions };
+          const opts = { eosId: expected.eos_token_id, maxLength: model.contextLength };
           const sums = await scorePairs(model, pairs, { ...opts, batchSize: 1 });
           assertClose(sums.map((s) => s.logp), expected.cases.map((c) => c.logp_sum), 1e-4, "logp_sum");
           assert.deepEqual(sums.map((s) => s.nTokens), expected.cases.map((c) => c.n_tokens));
@@ -68,7 +72,7 @@ for (const v of VARIANTS) {
       await withModel(name, async ({ model }) => {
         await assertNoLeak(async () => {
           const pairs = expected.cases.map((c) => ({ promptIds: c.prompt_ids, completionIds: c.completion_ids }));
-          const batch = buildScoringBatch(pairs, { eosId: expected.eos_token_id, maxLength: model.config.n_positions });
+          const batch = buildScoringBatch(pairs, { eosId: expected.eos_token_id, maxLength: model.contextLength });
           const { value, grads } = tf.variableGrads(() => tf.sum(tokenLogProbs(model, batch)) as tf.Scalar);
           const total = expected.cases.reduce((a, c) => a + c.logp_sum, 0);
           assertClose([await value.data()].flatMap((d) => [...d]), [total], 1e-3, "summed logp");
@@ -84,58 +88,78 @@ for (const v of VARIANTS) {
     });
   }
 
-  Deno.test(`gpt2_tiny on ${v.label}: greedy generation matches PyTorch, cached equals recomputed`, async () => {
-    await useBackend(v.backend, v.native);
-    const expected = await readExpected("gpt2_tiny");
-    await withModel("gpt2_tiny", async ({ model, tokenizer }) => {
-      await assertNoLeak(async () => {
-        for (const g of expected.greedy) {
-          const logits: Float32Array[][] = [[], []];
-          const runs = await Promise.all([true, false].map((useCache, i) =>
-            generate(model, tokenizer, [g.prompt_ids], {
-              temperature: 0,
-              maxNewTokens: g.generated_ids.length,
-              stopAtEos: false,
-              useCache,
-              onLogits: (l) => logits[i]!.push(l.slice()),
-            })
-          ));
-          assert.deepEqual(runs[0]![0]!.tokenIds, g.generated_ids, `greedy from ${JSON.stringify(g.prompt)}`);
-          assert.deepEqual(runs[1]![0]!.tokenIds, g.generated_ids, "greedy without cache");
-          logits[0]!.forEach((l, step) => assertClose(l, logits[1]![step]!, 1e-4, `step ${step} logits`));
-        }
-      }, "generation");
+  for (const name of MODELS) {
+    Deno.test(`${name} on ${v.label}: greedy generation matches PyTorch, cached equals recomputed`, async () => {
+      await useBackend(v.backend, v.native);
+      const expected = await readExpected(name);
+      await withModel(name, async ({ model, tokenizer }) => {
+        await assertNoLeak(async () => {
+          for (const g of expected.greedy) {
+            const logits: Float32Array[][] = [[], []];
+            const runs = await Promise.all(
+              [true, false].map((useCache, i) =>
+                generate(model, tokenizer, [g.prompt_ids], {
+                  temperature: 0,
+                  maxNewTokens: g.generated_ids.length,
+                  stopAtEos: false,
+                  useCache,
+                  onLogits: (l) => logits[i]!.push(l.slice()),
+                })
+              ),
+            );
+            assert.deepEqual(runs[0]![0]!.tokenIds, g.generated_ids, `greedy from ${JSON.stringify(g.prompt)}`);
+            assert.deepEqual(runs[1]![0]!.tokenIds, g.generated_ids, "greedy without cache");
+            logits[0]!.forEach((l, step) => assertClose(l, logits[1]![step]!, 1e-4, `step ${step} logits`));
+          }
+        }, "generation");
+      });
+    });
+  }
+}
+
+Deno.test("llama-family chat fixtures: the template, special tokens and an answer ended by <|im_end|> match PyTorch", async () => {
+  await useBackend("wasm");
+  for (const name of ["llama_tiny", "llama_tiny_llama3", "qwen2_tiny"]) {
+    const { chat } = await readExpected(name);
+    await withModel(name, async ({ model, tokenizer }) => {
+      assert.equal(tokenizer.applyChatTemplate(chat!.messages, { addGenerationPrompt: true }), chat!.text);
+      assert.deepEqual(tokenizer.encode(chat!.text), chat!.ids, `${name}: special tokens split out before BPE`);
+      const pair = { promptIds: chat!.ids, completionIds: chat!.answer_ids };
+      const [score] = await scorePairs(model, [pair], { eosId: chat!.end_token_id, maxLength: model.contextLength });
+      assertClose([score!.logp], [chat!.logp_sum], 1e-4, `${name}: answer log-prob`);
+    });
+  }
+});
+
+for (const name of ["gpt2_tiny", "qwen2_tiny"]) {
+  Deno.test(`${name}: batching and padding never change a log-prob`, async () => {
+    await useBackend("wasm");
+    const expected = await readExpected(name);
+    await withModel(name, async ({ model }) => {
+      const pairs = expected.cases.map((c) => ({ promptIds: c.prompt_ids, completionIds: c.completion_ids }));
+      const opts = { eosId: expected.eos_token_id, maxLength: 64 };
+      const alone = await scorePairs(model, pairs, { ...opts, batchSize: 1 });
+      const together = await scorePairs(model, pairs, { ...opts, batchSize: pairs.length });
+      const reversed = (await scorePairs(model, [...pairs].reverse(), { ...opts, batchSize: 3 })).reverse();
+      assertClose(together.map((s) => s.logp), alone.map((s) => s.logp), 1e-5, "batched vs alone");
+      assertClose(reversed.map((s) => s.logp), alone.map((s) => s.logp), 1e-5, "other batching vs alone");
+    });
+  });
+
+  Deno.test(`${name}: batched generation with left padding equals each prompt alone`, async () => {
+    await useBackend("wasm");
+    const expected = await readExpected(name);
+    await withModel(name, async ({ model, tokenizer }) => {
+      const prompts = [expected.greedy[0]!.prompt_ids, expected.cases[0]!.prompt_ids, expected.greedy[1]!.prompt_ids];
+      const opts = { temperature: 0, maxNewTokens: 10, stopAtEos: false };
+      const batched = await generate(model, tokenizer, prompts, opts);
+      for (const [i, p] of prompts.entries()) {
+        const [alone] = await generate(model, tokenizer, [p], opts);
+        assert.deepEqual(batched[i]!.tokenIds, alone!.tokenIds, `prompt ${i}`);
+      }
     });
   });
 }
-
-Deno.test("batching and padding never change a log-prob", async () => {
-  await useBackend("wasm");
-  const expected = await readExpected("gpt2_tiny");
-  await withModel("gpt2_tiny", async ({ model }) => {
-    const pairs = expected.cases.map((c) => ({ promptIds: c.prompt_ids, completionIds: c.completion_ids }));
-    const opts = { eosId: expected.eos_token_id, maxLength: 64 };
-    const alone = await scorePairs(model, pairs, { ...opts, batchSize: 1 });
-    const together = await scorePairs(model, pairs, { ...opts, batchSize: pairs.length });
-    const reversed = (await scorePairs(model, [...pairs].reverse(), { ...opts, batchSize: 3 })).reverse();
-    assertClose(together.map((s) => s.logp), alone.map((s) => s.logp), 1e-5, "batched vs alone");
-    assertClose(reversed.map((s) => s.logp), alone.map((s) => s.logp), 1e-5, "other batching vs alone");
-  });
-});
-
-Deno.test("batched generation with left padding equals each prompt alone", async () => {
-  await useBackend("wasm");
-  const expected = await readExpected("gpt2_tiny");
-  await withModel("gpt2_tiny", async ({ model, tokenizer }) => {
-    const prompts = [expected.greedy[0]!.prompt_ids, expected.cases[0]!.prompt_ids, expected.greedy[1]!.prompt_ids];
-    const opts = { temperature: 0, maxNewTokens: 10, stopAtEos: false };
-    const batched = await generate(model, tokenizer, prompts, opts);
-    for (const [i, p] of prompts.entries()) {
-      const [alone] = await generate(model, tokenizer, [p], opts);
-      assert.deepEqual(batched[i]!.tokenIds, alone!.tokenIds, `prompt ${i}`);
-    }
-  });
-});
 
 Deno.test("sampling: a seed reproduces tokens, stop strings cut the text, streaming adds up", async () => {
   await useBackend("wasm");

@@ -1,0 +1,109 @@
+/**
+ * What every architecture shares: the forward contract the scorer, the decoder and the trainer use,
+ * weights as TF.js variables under their Hugging Face names, and an optional LoRA adapter on the
+ * linear layers (with it, only the adapter trains; disabled, the model is its frozen base).
+ */
+import * as tf from "./tf.ts";
+import type { ModelConfig } from "./config.ts";
+import type { LoraAdapter } from "./lora.ts";
+
+/** Keys and values of every layer for the tokens seen so far: [B, KV heads, P, D] each. */
+export type KVCache = {
+  keys: tf.Tensor4D[];
+  values: tf.Tensor4D[];
+};
+
+/** The inputs of one forward call, built by `src/model/batch.ts`. */
+export interface ForwardInput {
+  /** [B, T] token ids (int32). */
+  ids: tf.Tensor2D;
+  /** [B, T] position ids (int32): left padding shifts them so real tokens start at 0. */
+  positions: tf.Tensor2D;
+  /** [B, 1, T, S] additive attention bias: 0 where a query may attend a key, a large negative value elsewhere. */
+  bias: tf.Tensor4D;
+  /** Past keys and values to attend to and extend; absent for a fresh sequence. */
+  cache?: KVCache;
+}
+
+/** The outputs of one forward call. */
+export interface ForwardOutput {
+  /** [B, T, C] final hidden states (after the final norm). */
+  hidden: tf.Tensor3D;
+  /** The cache extended with this call's keys and values, when `withCache` was asked for. */
+  cache?: KVCache;
+}
+
+/** A linear layer LoRA can adapt, by module name (`model.layers.0.self_attn.q_proj`). */
+export interface LinearModule {
+  inFeatures: number;
+  outFeatures: number;
+  /** The weight is stored [in, out] (GPT-2's Conv1D, PEFT's `fan_in_fan_out`) rather than [out, in] (nn.Linear). */
+  fanInFanOut: boolean;
+}
+
+/** A causal language model: its config, its weights, and an optional LoRA adapter. */
+export abstract class CausalLM {
+  abstract readonly config: ModelConfig;
+  /** Weights by canonical Hugging Face name. */
+  readonly params: Map<string, tf.Variable>;
+  /** Attached by `attachAdapter` (lora.ts); while attached and enabled it adds its low-rank updates. */
+  adapter?: LoraAdapter;
+
+  /** Takes ownership of `weights` (shapes already checked by the loader). */
+  constructor(weights: Map<string, tf.Tensor>, trainable: boolean) {
+    this.params = new Map();
+    for (const [name, t] of weights) {
+      this.params.set(name, tf.variable(t, trainable, undefined, "float32"));
+      t.dispose();
+    }
+  }
+
+  /** The longest sequence the model's positions allow. */
+  abstract get contextLength(): number;
+
+  /** The linear layers, by module name, with their sizes and weight layout. */
+  abstract linearModules(): Map<string, LinearModule>;
+
+  /**
+   * The transformer up to the final norm. Synchronous; call inside `tf.tidy`. With `withCache` it
+   * also returns every layer's keys and values (generation).
+   */
+  abstract forward(input: ForwardInput, withCache?: boolean): ForwardOutput;
+
+  /** Next-token logits for hidden states: [N, C] -> [N, V]. */
+  abstract logits(hidden: tf.Tensor2D): tf.Tensor2D;
+
+  /** What a gradient is taken with respect to, by name: the adapter's weights when one is attached. */
+  trainableParams(): Map<string, tf.Variable> {
+    return this.adapter?.params ?? this.params;
+  }
+
+  /** The variables a gradient is taken with respect to. */
+  trainableVariables(): tf.Variable[] {
+    return [...this.trainableParams().values()];
+  }
+
+  /** Frees every weight, the adapter's included. */
+  dispose(): void {
+    for (const v of this.params.values()) v.dispose();
+    this.params.clear();
+    this.adapter?.dispose();
+    this.adapter = undefined;
+  }
+
+  protected p(name: string): tf.Variable {
+    const v = this.params.get(name);
+    if (!v) throw new Error(`Cannot run the model: weight '${name}' is missing`);
+    return v;
+  }
+
+  /** True when an attached adapter changes the forward pass. */
+  protected adapterActive(): boolean {
+    return this.adapter !== undefined && this.adapter.enabled;
+  }
+
+  /** The adapter's update for `module` on rows x [N, in]: [N, out], or null where it adds none. */
+  protected loraDelta(module: string, x: tf.Tensor2D): tf.Tensor2D | null {
+    return this.adapter?.enabled ? this.adapter.delta(module, x) : null;
+  }
+}
