@@ -8,6 +8,7 @@ import { runServe, SERVE_USAGE } from "./src/cli/serve.ts";
 import { JUDGE_COMMAND_USAGE, runJudgeCommand } from "./src/cli/judge.ts";
 import { runWorker, WORKER_USAGE } from "./src/cli/worker.ts";
 import { runVersions, VERSIONS_USAGE } from "./src/cli/versions.ts";
+import { MERGE_USAGE, runMerge } from "./src/cli/merge.ts";
 
 const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: string; summary: string }> = {
   start: {
@@ -22,6 +23,7 @@ const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: 
   judge: { run: runJudgeCommand, usage: JUDGE_COMMAND_USAGE, summary: "judge pairs awaiting judgment (role judge)" },
   worker: { run: runWorker, usage: WORKER_USAGE, summary: "train online and publish policy versions (role train)" },
   versions: { run: runVersions, usage: VERSIONS_USAGE, summary: "list published policy versions, or roll back" },
+  merge: { run: runMerge, usage: MERGE_USAGE, summary: "fold a LoRA adapter into its base model" },
 };
 
 const USAGE = `Usage: deno task cli <command> [options]   (deno task start runs 'start')

@@ -12,7 +12,7 @@ import { parseArgs } from "node:util";
 import { fmt, randomModel, SIZES } from "./_bench_common.ts";
 import { type BackendChoice, BACKENDS, describeBackend, initBackend } from "../src/model/backend.ts";
 import { generate } from "../src/model/generate.ts";
-import type { Gpt2Model } from "../src/model/gpt2.ts";
+import type { CausalLM } from "../src/model/causal_lm.ts";
 import { DecodeScheduler } from "../src/model/scheduler.ts";
 
 const PROMPT_TOKENS = 16;
@@ -59,7 +59,7 @@ async function timed(run: (prompt: number[]) => Promise<unknown>, all: number[][
   return (performance.now() - start) / 1000;
 }
 
-async function measure(model: Gpt2Model, concurrency: number, tokens: number) {
+async function measure(model: CausalLM, concurrency: number, tokens: number) {
   const codec = { eosTokenId: model.config.vocab_size - 1, decode: () => "" };
   const opts = { temperature: 0, maxNewTokens: tokens, stopAtEos: false };
   const all = prompts(concurrency, model.config.vocab_size);

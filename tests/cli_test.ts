@@ -174,6 +174,66 @@ Deno.test("train: one JSON line per step, a loadable model in --out, and --resum
   }
 });
 
+Deno.test("train --use-peft writes only a PEFT adapter and resumes; merge folds an adapter, matching PyTorch", async () => {
+  const pairs = JSON.parse(await Deno.readTextFile(join(ROOT, "tests/fixtures/dpo/expected.json"))).pairs as {
+    prompt: string;
+    chosen: string;
+    rejected: string;
+  }[];
+  const lora = JSON.parse(await Deno.readTextFile(join(ROOT, "tests/fixtures/lora/llama_tiny/expected.json"))) as {
+    cases: { prompt: string; completion: string; logp_sum: number }[];
+  };
+  const llama = join(ROOT, "tests/fixtures/llama_tiny");
+  const dir = await Deno.makeTempDir({ prefix: "lora_cli_" });
+  try {
+    const data = join(dir, "prefs.jsonl");
+    await Deno.writeTextFile(data, pairs.map((p) => JSON.stringify(p)).join("\n") + "\n");
+    const out = join(dir, "out");
+    const common = ["--data", data, "--out", out, "--batch-size", "2", "--learning-rate", "1e-2", "--backend", "wasm"];
+    const peft = ["--use-peft", "--lora-r", "4", "--lora-target-modules", "q_proj,v_proj,down_proj"];
+    const first = await cli(["train", "--model", llama, ...common, ...peft, "--max-steps", "2"]);
+    assert.equal(first.code, 0, first.stderr);
+    const steps = first.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.ok(Math.abs(steps[0].loss - Math.LN2) < 1e-5, "a fresh adapter is the base: loss ln 2");
+    assert.notEqual(steps[1]["rewards/chosen"], 0, "after one update the adapter moves the policy off its base");
+    const files = [...Deno.readDirSync(out)].map((e) => e.name).sort();
+    assert.deepEqual(files, [
+      "adapter_config.json",
+      "adapter_model.safetensors",
+      "checkpoint.json",
+      "optimizer.safetensors",
+      "trainer_state.json",
+    ]);
+    const config = JSON.parse(await Deno.readTextFile(join(out, "adapter_config.json")));
+    assert.deepEqual([config.r, config.lora_alpha, config.base_model_name_or_path], [4, 32, llama]);
+    const resumed = await cli(["train", "--resume", out, ...common, "--max-steps", "3"]);
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.deepEqual(resumed.stdout.trim().split("\n").map((l) => JSON.parse(l).step), [3]);
+
+    const merged = join(dir, "merged");
+    const merge = await cli([
+      "merge",
+      "--adapter",
+      join(ROOT, "tests/fixtures/lora/llama_tiny"),
+      "--base",
+      llama,
+      "--out",
+      merged,
+    ]);
+    assert.equal(merge.code, 0, merge.stderr);
+    const stdin = lora.cases.map((c) => JSON.stringify({ prompt: c.prompt, completion: c.completion })).join("\n");
+    const scored = await cli(["logprobs", "--model", merged, "--data", "-"], { stdin });
+    assert.equal(scored.code, 0, scored.stderr);
+    const logps = scored.stdout.trim().split("\n").map((l) => JSON.parse(l).logp);
+    assertClose(logps, lora.cases.map((c) => c.logp_sum), 1e-4, "the merged model scores as base + adapter");
+    const again = await cli(["merge", "--adapter", llama, "--out", join(dir, "other")]);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /it holds no adapter_config\.json \(not a LoRA adapter directory\)/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("train --kto: unpaired thumbs up/down data, one JSON line per step with the KL reference point", async () => {
   const dir = await Deno.makeTempDir({ prefix: "kto_cli_" });
   try {

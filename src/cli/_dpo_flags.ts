@@ -48,6 +48,24 @@ export const CONFIG_FLAGS: Record<string, { field: keyof z.input<typeof DpoConfi
       kind: "number",
       help: "W  KTO weight of undesirable examples (default 1)",
     },
+    "use-peft": {
+      field: "use_peft",
+      kind: "boolean",
+      help: "   train a LoRA adapter; the frozen base is the reference",
+    },
+    "lora-r": { field: "lora_r", kind: "number", help: "R  LoRA rank (default 16)" },
+    "lora-alpha": { field: "lora_alpha", kind: "number", help: "A  updates scaled by A / R (default 32)" },
+    "lora-dropout": {
+      field: "lora_dropout",
+      kind: "number",
+      help: "P  (default 0.05; off unless --no-disable-dropout)",
+    },
+    "lora-target-modules": {
+      field: "lora_target_modules",
+      kind: "list",
+      help: "M[,M...]  layers to adapt, or all-linear (default q_proj,v_proj; c_attn for gpt2)",
+    },
+    "no-disable-dropout": { field: "disable_dropout", kind: "negated", help: "   train with dropout (lora_dropout)" },
     "no-precompute-ref-log-probs": {
       field: "precompute_ref_log_probs",
       kind: "negated",

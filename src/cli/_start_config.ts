@@ -193,7 +193,8 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   judge_concurrency: { metavar: "N", help: "pairs judged at once", section: "judge" },
   task: {
     metavar: "arithmetic|FILE",
-    help: 'the prompts: the built-in arithmetic task, or a prompt file (one per line; *.jsonl: {"prompt"} lines)',
+    help:
+      'the prompts: the built-in arithmetic task, or a prompt file (one per line; *.jsonl: {"prompt"}, text or chat)',
     section: "feeder",
   },
   feeder: {

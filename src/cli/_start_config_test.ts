@@ -62,8 +62,8 @@ Deno.test("start settings: the defaults are START_DEFAULTS, with paths under the
   assert.equal(resolve({ args: ["--kv", "https://kv.example/db"] }).kv, "https://kv.example/db");
   assert.deepEqual(Object.keys(dpoSettings(c)).sort().slice(0, 3), [
     "beta",
+    "disable_dropout",
     "gradient_accumulation_steps",
-    "label_smoothing",
   ]);
 });
 

@@ -2,6 +2,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { z } from "zod";
 import { BACKENDS, describeBackend, initBackend } from "../model/backend.ts";
+import { describeModel } from "../model/architectures.ts";
 import { type LoadedModel, loadModel } from "../model/checkpoint.ts";
 import { resolveModel } from "../model/hub.ts";
 
@@ -72,8 +73,7 @@ export async function loadForCli(
   const report = await initBackend(opts.backend);
   log(describeBackend(report));
   const dir = await resolveModel(opts.model, { cacheDir: opts["cache-dir"] });
-  const loaded = await loadModel(dir, { trainable: false });
-  const c = loaded.model.config;
-  log(`model: ${dir} (gpt2, ${c.n_layer} layers, ${c.n_embd} wide, ${c.vocab_size} tokens, context ${c.n_positions})`);
+  const loaded = await loadModel(dir, { trainable: false, mergeAdapter: true });
+  log(`model: ${dir} (${describeModel(loaded.model)})`);
   return loaded;
 }

@@ -83,7 +83,7 @@ export async function runLogprobs(args: string[]): Promise<void> {
     promptIds: tokenizer.encode(l.prompt),
     completionIds: tokenizer.encode(l.completion),
   }));
-  const context = model.config.n_positions;
+  const context = model.contextLength;
   pairs.forEach((p, i) => {
     const n = Math.max(p.promptIds.length, 1) + p.completionIds.length + 1;
     if (n > context) {
@@ -100,7 +100,7 @@ export async function runLogprobs(args: string[]): Promise<void> {
     const results = await scorePairs(model, pairs.slice(i, i + size), {
       eosId: tokenizer.eosTokenId,
       bosId: tokenizer.bosTokenId,
-      maxLength: model.config.n_positions,
+      maxLength: model.contextLength,
       batchSize: size,
       average: opts.average,
     });

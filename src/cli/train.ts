@@ -79,7 +79,7 @@ export async function runTrain(args: string[]): Promise<void> {
   const report = await initBackend(opts.backend);
   log(describeBackend(report));
 
-  let policy: LoadedModel, reference: LoadedModel;
+  let policy: LoadedModel, reference: LoadedModel | null;
   let resumeState: Awaited<ReturnType<typeof loadTrainingCheckpoint>> | undefined;
   let config;
   if (opts.resume) {
@@ -91,12 +91,11 @@ export async function runTrain(args: string[]): Promise<void> {
     config = parseDpoConfig({ ...fromFile, ...configFromFlags(values) }, "the training settings");
     const policyDir = await resolveModel(opts.model!, { cacheDir: opts["cache-dir"] });
     policy = await loadModel(policyDir);
-    // The reference has weights of its own, even when it starts as the policy.
-    reference = await loadModel(opts.ref ? await resolveModel(opts.ref, { cacheDir: opts["cache-dir"] }) : policyDir, {
-      trainable: false,
-    });
+    // The reference has weights of its own, even when it starts as the policy; with LoRA it is the base.
+    const refDir = opts.ref ? await resolveModel(opts.ref, { cacheDir: opts["cache-dir"] }) : policyDir;
+    reference = config.use_peft || policy.model.adapter ? null : await loadModel(refDir, { trainable: false });
   }
-  const maxLength = Math.min(config.max_length ?? Infinity, policy.model.config.n_positions);
+  const maxLength = Math.min(config.max_length ?? Infinity, policy.model.contextLength);
   const text = await Deno.readTextFile(opts.data).catch((err) => {
     throw new Error(`Cannot read data file '${opts.data}': ${(err as Error).message}`);
   });
@@ -141,7 +140,7 @@ export async function runTrain(args: string[]): Promise<void> {
     progress.done();
   }
   policy.model.dispose();
-  reference.model.dispose();
+  reference?.model.dispose();
   trainer.optimizer.dispose();
 }
 

@@ -1,12 +1,14 @@
 /**
  * Training checkpoints: the policy in Hugging Face layout at the top (so the directory is itself a
- * model), the reference under `reference/`, the optimizer state, the trainer's counters and config,
+ * model; with LoRA, the adapter in PEFT's layout, naming its base), the reference under `reference/`
+ * (none with LoRA: the base is the reference), the optimizer state, the trainer's counters and config,
  * and a manifest of sha256 sums that loading verifies. A checkpoint is written into a temporary
  * directory and renamed into place: a crash leaves the previous checkpoint or none, never half of one.
  */
 import { join } from "node:path";
 import { z } from "zod";
 import { type LoadedModel, loadModel, saveModel } from "../model/checkpoint.ts";
+import { attachNewAdapter, LoraConfigSchema } from "../model/lora.ts";
 import { decodeSafetensors, encodeSafetensors } from "../model/safetensors.ts";
 import { writeAtomic } from "../util/fs.ts";
 import { type DpoConfig, parseDpoConfig } from "./config.ts";
@@ -32,7 +34,8 @@ const Manifest = z.object({ files: z.record(z.string(), z.string().regex(/^[0-9a
 /** What a loaded checkpoint holds: models ready to train, and the state to resume from. */
 export interface TrainingCheckpoint {
   policy: LoadedModel;
-  reference: LoadedModel;
+  /** Null when the policy has a LoRA adapter. */
+  reference: LoadedModel | null;
   config: DpoConfig;
   trainerState: TrainerState;
   optimizerState: OptimizerState;
@@ -40,17 +43,22 @@ export interface TrainingCheckpoint {
 
 /**
  * A trainer over loaded models; with a checkpoint's states it continues where that run stopped.
+ * With `use_peft` and a policy without an adapter, a fresh LoRA adapter is attached (and `reference`
+ * must be null); a policy loaded with its adapter keeps training that adapter.
  * Used by the offline `train` command and the online worker alike.
  */
 export function createTrainer(
   policy: LoadedModel,
-  reference: LoadedModel,
+  reference: LoadedModel | null,
   config: DpoConfig,
   resume?: Pick<TrainingCheckpoint, "trainerState" | "optimizerState">,
 ): DpoTrainer {
+  if (config.use_peft && !policy.model.adapter) {
+    attachNewAdapter(policy.model, loraConfig(config), config.seed);
+  }
   const trainer = new DpoTrainer({
     policy: policy.model,
-    reference: reference.model,
+    reference: reference?.model ?? null,
     config,
     eosId: policy.tokenizer.eosTokenId,
     bosId: policy.tokenizer.bosTokenId,
@@ -60,6 +68,17 @@ export function createTrainer(
     trainer.optimizer.load(resume.optimizerState);
   }
   return trainer;
+}
+
+/** The adapter a DPO config asks for, as PEFT's LoRA config. */
+export function loraConfig(config: DpoConfig) {
+  return LoraConfigSchema.parse({
+    r: config.lora_r,
+    lora_alpha: config.lora_alpha,
+    lora_dropout: config.lora_dropout,
+    target_modules: config.lora_target_modules ?? null,
+    use_rslora: config.use_rslora,
+  });
 }
 
 /** Hex sha256 of bytes. */
@@ -72,14 +91,17 @@ export async function sha256(bytes: Uint8Array): Promise<string> {
 export async function saveTrainingCheckpoint(
   dir: string,
   trainer: DpoTrainer,
-  sources: { policy: Pick<LoadedModel, "rawConfig" | "dir">; reference: Pick<LoadedModel, "rawConfig" | "dir"> },
+  sources: { policy: Pick<LoadedModel, "rawConfig" | "dir">; reference: Pick<LoadedModel, "rawConfig" | "dir"> | null },
 ): Promise<void> {
   await assertReplaceable(dir);
   await assertFinite(trainer);
   const tmp = `${dir}.tmp-${crypto.randomUUID()}`;
   try {
     await saveModel({ ...sources.policy, model: trainer.policy }, tmp);
-    await saveModel({ ...sources.reference, model: trainer.reference }, join(tmp, REFERENCE_DIR));
+    if (trainer.reference) {
+      if (!sources.reference) throw new Error("the trainer has a reference model but no source was given for it");
+      await saveModel({ ...sources.reference, model: trainer.reference }, join(tmp, REFERENCE_DIR));
+    }
     const opt = await trainer.optimizer.state();
     await writeAtomic(join(tmp, OPTIMIZER_FILE), encodeSafetensors(opt.tensors, { step: String(opt.step) }));
     const s = trainer.state();
@@ -134,10 +156,12 @@ export async function loadTrainingCheckpoint(dir: string): Promise<TrainingCheck
     tensors.set(name, { shape: t.shape, values: t.values as Float32Array });
   }
   const policy = await loadModel(dir);
-  const reference = await loadModel(join(dir, REFERENCE_DIR), { trainable: false }).catch((err) => {
-    policy.model.dispose();
-    throw err;
-  });
+  const reference = policy.model.adapter
+    ? null
+    : await loadModel(join(dir, REFERENCE_DIR), { trainable: false }).catch((err) => {
+      policy.model.dispose();
+      throw err;
+    });
   return {
     policy,
     reference,
@@ -149,8 +173,9 @@ export async function loadTrainingCheckpoint(dir: string): Promise<TrainingCheck
 
 /** A checkpoint never holds a NaN or an infinity (skipped updates keep them out; this makes sure). */
 async function assertFinite(trainer: DpoTrainer): Promise<void> {
-  for (const [role, model] of [["policy", trainer.policy], ["reference", trainer.reference]] as const) {
-    for (const [name, v] of model.params) {
+  const models = [["policy", trainer.policy.trainableParams()], ["reference", trainer.reference?.params]] as const;
+  for (const [role, params] of models) {
+    for (const [name, v] of params ?? []) {
       const values = await v.data();
       for (let i = 0; i < values.length; i++) {
         if (!Number.isFinite(values[i])) {

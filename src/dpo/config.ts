@@ -32,7 +32,26 @@ export const DpoConfigSchema = z.object({
   ref_refresh_steps: z.number().int().positive().optional().describe(
     "iterative DPO: copy the policy into the reference every N optimizer steps",
   ),
+  disable_dropout: z.boolean().default(true).describe("train without dropout (the adapter's lora_dropout included)"),
+  use_peft: z.boolean().default(false).describe(
+    "train a LoRA adapter on a frozen base; the reference is the base with the adapter disabled",
+  ),
+  lora_r: z.number().int().positive().default(16).describe("LoRA rank"),
+  lora_alpha: z.number().positive().default(32).describe("LoRA scale numerator: updates are scaled by alpha / r"),
+  lora_dropout: z.number().min(0).lt(1).default(0.05),
+  lora_target_modules: z.union([z.string(), z.array(z.string()).min(1)]).optional().describe(
+    "layers to adapt: names (a dotted suffix matches), a regex, or 'all-linear'; default PEFT's per model type",
+  ),
+  use_rslora: z.boolean().default(false).describe("scale updates by alpha / sqrt(r)"),
 }).superRefine((c, ctx) => {
+  if (c.use_peft && (c.sync_ref_model || c.ref_refresh_steps !== undefined)) {
+    ctx.addIssue({
+      code: "custom",
+      path: [c.sync_ref_model ? "sync_ref_model" : "ref_refresh_steps"],
+      message: "with 'use_peft' the reference is the frozen base model and cannot be refreshed; " +
+        "turn off 'sync_ref_model' and 'ref_refresh_steps'",
+    });
+  }
   if (c.loss_weights && c.loss_weights.length !== c.loss_type.length) {
     ctx.addIssue({
       code: "custom",

@@ -1,7 +1,8 @@
 /**
  * Preference datasets in TRL's formats, read from JSONL: standard `{prompt, chosen, rejected}` strings,
  * or conversational messages (`{prompt, chosen, rejected}` as message lists, or `{chosen, rejected}`
- * sharing the prompt as their common leading messages), rendered with the model's chat template.
+ * sharing the prompt as their common leading messages), rendered with the model's chat template; a rendered
+ * answer ends with the template's end-of-turn token (what the policy stops on), not with an added eos.
  * A malformed line is reported with its number and either stops the run or is skipped, never trained on.
  */
 import { z } from "zod";
@@ -70,11 +71,13 @@ export function readKtoExamples(
         'expected {"prompt", "completion", "label": boolean} as strings or as lists of {"role", "content"} messages',
       );
     }
-    const example = {
+    const example: KtoExample = {
       promptIds: tokenizer.encode(texts.prompt),
       completionIds: tokenizer.encode(texts.completion),
       desirable: texts.label,
     };
+    const answer = conversational.success ? beforeEndOfTurn(example.completionIds, tokenizer) : null;
+    if (answer) Object.assign(example, { completionIds: answer, eosId: tokenizer.endOfTurnId });
     const length = Math.max(1, example.promptIds.length) + example.completionIds.length + 1;
     if (length > options.maxLength) {
       throw new Error(`prompt + completion + eos is ${length} tokens, more than max_length ${options.maxLength}`);
@@ -82,6 +85,17 @@ export function readKtoExamples(
     return example;
   });
   return { examples: items, bad };
+}
+
+/**
+ * A rendered chat answer's ids up to its template's end-of-turn, or null without one. TRL scores a
+ * conversational answer up to its end-of-turn, which becomes the terminator: what the template writes
+ * after it (ChatML's "\n") is never generated, and an eos after it would be a second terminator.
+ */
+function beforeEndOfTurn(ids: number[], tokenizer: Tokenizer): number[] | null {
+  const end = tokenizer.endOfTurnId;
+  const at = end === undefined ? -1 : ids.lastIndexOf(end);
+  return at >= 0 ? ids.slice(0, at) : null;
 }
 
 /** Parses every non-empty line with `parse`; a failure stops the run or is collected, per `onBadLine`. */
@@ -118,11 +132,16 @@ function toPair(raw: string, tokenizer: Tokenizer, maxLength: number): Preferenc
     throw new Error(`not valid JSON (${(err as Error).message})`);
   }
   const texts = toTexts(value, tokenizer);
-  const pair = {
+  const pair: PreferencePair = {
     promptIds: tokenizer.encode(texts.prompt),
     chosenIds: tokenizer.encode(texts.chosen),
     rejectedIds: tokenizer.encode(texts.rejected),
   };
+  const chosen = texts.chat ? beforeEndOfTurn(pair.chosenIds, tokenizer) : null;
+  const rejected = texts.chat ? beforeEndOfTurn(pair.rejectedIds, tokenizer) : null;
+  if (chosen && rejected) {
+    Object.assign(pair, { chosenIds: chosen, rejectedIds: rejected, eosId: tokenizer.endOfTurnId });
+  }
   const longest = Math.max(1, pair.promptIds.length) + Math.max(pair.chosenIds.length, pair.rejectedIds.length) + 1;
   if (longest > maxLength) {
     throw new Error(`prompt + completion + eos is ${longest} tokens, more than max_length ${maxLength}`);
@@ -131,9 +150,12 @@ function toPair(raw: string, tokenizer: Tokenizer, maxLength: number): Preferenc
   return pair;
 }
 
-function toTexts(value: unknown, tokenizer: Tokenizer): { prompt: string; chosen: string; rejected: string } {
+function toTexts(
+  value: unknown,
+  tokenizer: Tokenizer,
+): { prompt: string; chosen: string; rejected: string; chat: boolean } {
   const standard = Standard.safeParse(value);
-  if (standard.success) return standard.data;
+  if (standard.success) return { ...standard.data, chat: false };
   const explicit = ExplicitPrompt.safeParse(value);
   if (explicit.success) return render(tokenizer, explicit.data.prompt, explicit.data.chosen, explicit.data.rejected);
   const implicit = ImplicitPrompt.safeParse(value);
@@ -166,5 +188,5 @@ function render(tokenizer: Tokenizer, prompt: ChatMessage[], chosen: ChatMessage
     }
     return full.slice(promptText.length);
   };
-  return { prompt: promptText, chosen: completion(chosen), rejected: completion(rejected) };
+  return { prompt: promptText, chosen: completion(chosen), rejected: completion(rejected), chat: true };
 }

@@ -5,7 +5,7 @@
  * same function.
  */
 import { z } from "zod";
-import type { Gpt2Model } from "../model/gpt2.ts";
+import type { CausalLM } from "../model/causal_lm.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { generate } from "../model/generate.ts";
 
@@ -44,7 +44,7 @@ export interface AnswerOptions {
 
 /** Answers every prompt greedily and scores the answers. */
 export async function answerHeldOut(
-  model: Gpt2Model,
+  model: CausalLM,
   tokenizer: Tokenizer,
   prompts: string[],
   score: ScoreFn,

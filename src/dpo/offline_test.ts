@@ -35,7 +35,7 @@ async function fresh(config: DpoConfig) {
 
 function disposeAll(t: Awaited<ReturnType<typeof fresh>>) {
   t.trainer.policy.dispose();
-  t.trainer.reference.dispose();
+  t.trainer.reference!.dispose();
   t.trainer.optimizer.dispose();
 }
 
@@ -70,7 +70,7 @@ Deno.test("training resumed from a checkpoint continues exactly as if it had not
     assert.equal(ckpt.trainerState.step, 2);
     const resumed = new DpoTrainer({
       policy: ckpt.policy.model,
-      reference: ckpt.reference.model,
+      reference: ckpt.reference!.model,
       config: { ...ckpt.config, max_steps: 5 },
       eosId: ckpt.policy.tokenizer.eosTokenId,
     });
@@ -84,8 +84,8 @@ Deno.test("training resumed from a checkpoint continues exactly as if it had not
     for (const [name, v] of straight.trainer.policy.params) {
       assert.deepEqual(await resumed.policy.params.get(name)!.data(), await v.data(), `policy ${name}`);
       assert.deepEqual(
-        await resumed.reference.params.get(name)!.data(),
-        await straight.trainer.reference.params.get(name)!.data(),
+        await resumed.reference!.params.get(name)!.data(),
+        await straight.trainer.reference!.params.get(name)!.data(),
         `reference ${name}`,
       );
     }
@@ -95,7 +95,7 @@ Deno.test("training resumed from a checkpoint continues exactly as if it had not
     for (const [name, t] of b.tensors) assert.deepEqual(a.tensors.get(name)!.values, t.values, name);
     disposeAll(straight);
     resumed.policy.dispose();
-    resumed.reference.dispose();
+    resumed.reference!.dispose();
     resumed.optimizer.dispose();
   } finally {
     await Deno.remove(dir, { recursive: true });

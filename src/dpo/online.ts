@@ -5,6 +5,7 @@
  * killed at any moment loses nothing: unpublished work is redone from the last published version
  * once the leases expire, and published pairs are marked trained again on restart (idempotently).
  */
+import type { Tokenizer } from "../model/tokenizer.ts";
 import type { PairStore } from "../store/pairs.ts";
 import type { Pair } from "../store/schema.ts";
 import type { DpoTrainer, PreferencePair, StepMetrics } from "./trainer.ts";
@@ -51,6 +52,28 @@ export interface OnlineTrainerOptions {
   signal: AbortSignal;
   onStep?: (metrics: StepMetrics) => void | Promise<void>;
   onPublish?: (version: number, pairs: number) => void | Promise<void>;
+}
+
+/**
+ * A labeled pair as the trainer sees it: the prompt exactly as the policy saw it, and each response as
+ * the policy wrote it. A conversation's answers end with the template's end-of-turn token, the one the
+ * policy stopped on (a plain prompt's with eos). Responses are cut to fit `maxLength` (imports may not).
+ */
+export function encodeStoredPair(tokenizer: Tokenizer, pair: Pair, maxLength: number): PreferencePair {
+  const promptIds = tokenizer.encode(pair.promptText);
+  const room = Math.max(1, maxLength - Math.max(promptIds.length, 1) - 1);
+  const completion = (index: number | undefined) => {
+    if (index === undefined) throw new Error(`Cannot train on pair '${pair.id}' as it has no verdict`);
+    return tokenizer.encode(pair.responses[index]!).slice(0, room);
+  };
+  // Without a template the server shows messages as a plain transcript, which ends like any text.
+  const chat = pair.messages !== undefined && tokenizer.chatTemplate !== undefined;
+  return {
+    promptIds,
+    chosenIds: completion(pair.chosen),
+    rejectedIds: completion(pair.rejected),
+    ...(chat && tokenizer.endOfTurnId !== undefined ? { eosId: tokenizer.endOfTurnId } : {}),
+  };
 }
 
 /** Runs until `signal` aborts; what was trained but not published by then is redone later. */

@@ -1,12 +1,13 @@
 /**
- * The DPO engine: a policy and a frozen reference with weights of their own, reference log-probs
+ * The DPO engine: a policy and a frozen reference (weights of its own, or the policy's base with its
+ * LoRA adapter disabled), reference log-probs
  * cached per pair and reference version, one forward over chosen and rejected together, gradient
  * accumulation, clipping, NaN-safe updates, reference refreshes (iterative DPO and TR-DPO), and
  * checkpoints that resume exactly. The offline CLI and the online worker both drive this class.
  */
 import * as tf from "../model/tf.ts";
-import type { Gpt2Model } from "../model/gpt2.ts";
-import { buildScoringBatch, scoreRows, type TokenPair } from "../model/logprobs.ts";
+import type { CausalLM } from "../model/causal_lm.ts";
+import { buildScoringBatch, scoreRows, type ScoringBatch, type TokenPair } from "../model/logprobs.ts";
 import type { DpoConfig } from "./config.ts";
 import { ktoLoss, preferenceLoss } from "./losses.ts";
 import { clipCoefficient, globalNorm, learningRateAt, Optimizer } from "./optimizer.ts";
@@ -16,6 +17,8 @@ export interface PreferencePair {
   promptIds: number[];
   chosenIds: number[];
   rejectedIds: number[];
+  /** What ends both completions instead of the trainer's `eosId`: a chat template's end-of-turn. */
+  eosId?: number;
 }
 
 /** What one optimizer step reports, with TRL's metric names. */
@@ -50,6 +53,8 @@ export interface KtoExample {
   promptIds: number[];
   completionIds: number[];
   desirable: boolean;
+  /** The completion's terminator, when not the trainer's eos (a chat answer's end-of-turn). */
+  eosId?: number;
 }
 
 /** What one KTO step reports (TRL's KTO metric names). */
@@ -71,10 +76,10 @@ export interface KtoMetrics {
 
 /** Options of `DpoTrainer`. */
 export interface DpoTrainerOptions {
-  /** The model being trained; its variables are updated in place. */
-  policy: Gpt2Model;
-  /** The reference: separate weights, never given a gradient. */
-  reference: Gpt2Model;
+  /** The model being trained; its variables (its adapter's, when it has one) are updated in place. */
+  policy: CausalLM;
+  /** The reference: separate weights, never given a gradient; null when the policy has a LoRA adapter. */
+  reference: CausalLM | null;
   config: DpoConfig;
   /** Appended after every completion. */
   eosId: number;
@@ -97,8 +102,9 @@ export interface TrainerState {
 
 /** Runs DPO steps on batches of preference pairs. */
 export class DpoTrainer {
-  readonly policy: Gpt2Model;
-  readonly reference: Gpt2Model;
+  readonly policy: CausalLM;
+  /** Null: the reference is the policy with its adapter disabled. */
+  readonly reference: CausalLM | null;
   readonly config: DpoConfig;
   readonly optimizer: Optimizer;
   /** Optimizer steps taken (skipped ones included: they consume their batch). */
@@ -118,12 +124,19 @@ export class DpoTrainer {
   #refCache = new Map<string, RefLogps>();
 
   constructor(options: DpoTrainerOptions) {
+    if ((options.reference === null) !== (options.policy.adapter !== undefined)) {
+      throw new Error(
+        options.reference === null
+          ? "Cannot train without a reference model unless the policy has a LoRA adapter (its base is the reference)"
+          : "Cannot train a LoRA policy against a separate reference: its base with the adapter disabled is the reference",
+      );
+    }
     this.policy = options.policy;
     this.reference = options.reference;
     this.config = options.config;
     this.#eosId = options.eosId;
     this.#bosId = options.bosId;
-    this.optimizer = new Optimizer(options.policy.params, {
+    this.optimizer = new Optimizer(options.policy.trainableParams(), {
       name: options.config.optimizer,
       learningRate: options.config.learning_rate,
       weightDecay: options.config.weight_decay,
@@ -147,15 +160,15 @@ export class DpoTrainer {
     return {
       eosId: this.#eosId,
       bosId: this.#bosId,
-      maxLength: Math.min(this.config.max_length ?? Infinity, this.policy.config.n_positions),
+      maxLength: Math.min(this.config.max_length ?? Infinity, this.policy.contextLength),
     };
   }
 
   /** chosen rows then rejected rows, in one batch: one forward pass serves both. */
   private layout(pairs: PreferencePair[]) {
     const rows: TokenPair[] = [
-      ...pairs.map((p) => ({ promptIds: p.promptIds, completionIds: p.chosenIds })),
-      ...pairs.map((p) => ({ promptIds: p.promptIds, completionIds: p.rejectedIds })),
+      ...pairs.map((p) => ({ promptIds: p.promptIds, completionIds: p.chosenIds, eosId: p.eosId })),
+      ...pairs.map((p) => ({ promptIds: p.promptIds, completionIds: p.rejectedIds, eosId: p.eosId })),
     ];
     return buildScoringBatch(rows, this.scoringOptions());
   }
@@ -170,7 +183,7 @@ export class DpoTrainer {
     const size = this.config.per_device_train_batch_size;
     for (let i = 0; i < missing.length; i += size) {
       const chunk = missing.slice(i, i + size);
-      const sums = tf.tidy(() => scoreRows(this.reference, this.layout(chunk)).logps);
+      const sums = this.#referenceScores(this.layout(chunk));
       this.referenceRowsScored += 2 * chunk.length;
       const values = await sums.data();
       sums.dispose();
@@ -185,6 +198,30 @@ export class DpoTrainer {
     const got = pairs.map((p) => this.#refCache.get(pairKey(p))!);
     if (!cache) this.#refCache.clear();
     return { chosen: got.map((r) => r.chosen), rejected: got.map((r) => r.rejected) };
+  }
+
+  /** Summed log-probs under the reference, without gradient. */
+  #referenceScores(batch: ScoringBatch): tf.Tensor1D {
+    if (this.reference) return tf.tidy(() => scoreRows(this.reference!, batch).logps);
+    const adapter = this.policy.adapter!;
+    adapter.enabled = false;
+    try {
+      return tf.tidy(() => scoreRows(this.policy, batch).logps);
+    } finally {
+      adapter.enabled = true;
+    }
+  }
+
+  /** Runs the policy's forward passes of a step in training mode (the adapter's dropout, unless disabled). */
+  #training<T>(fn: () => T): T {
+    const adapter = this.policy.adapter;
+    if (!adapter || this.config.disable_dropout) return fn();
+    adapter.training = true;
+    try {
+      return fn();
+    } finally {
+      adapter.training = false;
+    }
   }
 
   /** Forgets cached reference log-probs (the online worker drops pairs it has trained on). */
@@ -222,29 +259,31 @@ export class DpoTrainer {
       const counts = batch.counts;
       const weight = B / pairs.length;
       const kept: tf.Tensor[] = [];
-      const { value, grads } = tf.variableGrads(() => {
-        const { logps, logitSums } = scoreRows(this.policy, batch); // [2B]
-        const out = preferenceLoss({
-          policyChosen: tf.slice(logps, 0, B) as tf.Tensor1D,
-          policyRejected: tf.slice(logps, B, B) as tf.Tensor1D,
-          refChosen: tf.tensor1d(refs.chosen.slice(start, start + B)),
-          refRejected: tf.tensor1d(refs.rejected.slice(start, start + B)),
-          chosenLengths: tf.tensor1d(counts.slice(0, B)),
-          rejectedLengths: tf.tensor1d(counts.slice(B)),
-        }, {
-          beta: this.config.beta,
-          labelSmoothing: this.config.label_smoothing,
-          lossTypes: this.config.loss_type,
-          lossWeights: this.config.loss_weights,
-          lengthNormalize: this.config.length_normalize,
-        });
-        kept.push(
-          ...[out.chosenRewards, out.rejectedRewards, out.chosenLogps, out.rejectedLogps, logitSums, logps].map(
-            tf.keep,
-          ),
-        );
-        return tf.mul(out.loss, weight) as tf.Scalar;
-      }, vars);
+      const { value, grads } = this.#training(() =>
+        tf.variableGrads(() => {
+          const { logps, logitSums } = scoreRows(this.policy, batch); // [2B]
+          const out = preferenceLoss({
+            policyChosen: tf.slice(logps, 0, B) as tf.Tensor1D,
+            policyRejected: tf.slice(logps, B, B) as tf.Tensor1D,
+            refChosen: tf.tensor1d(refs.chosen.slice(start, start + B)),
+            refRejected: tf.tensor1d(refs.rejected.slice(start, start + B)),
+            chosenLengths: tf.tensor1d(counts.slice(0, B)),
+            rejectedLengths: tf.tensor1d(counts.slice(B)),
+          }, {
+            beta: this.config.beta,
+            labelSmoothing: this.config.label_smoothing,
+            lossTypes: this.config.loss_type,
+            lossWeights: this.config.loss_weights,
+            lengthNormalize: this.config.length_normalize,
+          });
+          kept.push(
+            ...[out.chosenRewards, out.rejectedRewards, out.chosenLogps, out.rejectedLogps, logitSums, logps].map(
+              tf.keep,
+            ),
+          );
+          return tf.mul(out.loss, weight) as tf.Scalar;
+        }, vars)
+      );
       const [chosenRewards, rejectedRewards, chosenLogps, rejectedLogps, logitSums, rawLogps] = await Promise.all(
         kept.map((t) => t.data()),
       );
@@ -295,7 +334,7 @@ export class DpoTrainer {
    * learning rate, and update, or skip the update when the loss or a gradient is not finite.
    */
   private async applyUpdate(sums: Map<string, tf.Tensor>, loss: number, totalSteps: number) {
-    const named = new Map([...this.policy.params].map(([name, v]) => [name, sums.get(v.name)!]));
+    const named = new Map([...this.policy.trainableParams()].map(([name, v]) => [name, sums.get(v.name)!]));
     // The clipping scale goes into the update: no scaled copy of the gradients.
     const norm = await globalNorm([...named.values()]);
     const lr = learningRateAt(this.step, {
@@ -320,14 +359,14 @@ export class DpoTrainer {
   async ktoStep(examples: KtoExample[], totalSteps: number): Promise<KtoMetrics> {
     const n = examples.length;
     if (n < 2) throw new Error(`Cannot take a KTO step: the KL estimate needs at least 2 examples, got ${n}`);
-    const rows = examples.map((e) => ({ promptIds: e.promptIds, completionIds: e.completionIds }));
-    const mismatched = examples.map((e, i) => ({
-      promptIds: e.promptIds,
-      completionIds: examples[(i + n - 1) % n]!.completionIds,
-    }));
+    const rows = examples.map((e) => ({ promptIds: e.promptIds, completionIds: e.completionIds, eosId: e.eosId }));
+    const mismatched = examples.map((e, i) => {
+      const other = examples[(i + n - 1) % n]!;
+      return { promptIds: e.promptIds, completionIds: other.completionIds, eosId: other.eosId };
+    });
     const all = buildScoringBatch([...rows, ...mismatched], this.scoringOptions());
     const mismatchedBatch = buildScoringBatch(mismatched, this.scoringOptions());
-    const refAll = tf.tidy(() => scoreRows(this.reference, all).logps);
+    const refAll = this.#referenceScores(all);
     const klPolicy = tf.tidy(() => scoreRows(this.policy, mismatchedBatch).logps);
     const [refValues, klPolicyValues] = await Promise.all([refAll.data(), klPolicy.data()]);
     tf.dispose([refAll, klPolicy]);
@@ -335,22 +374,24 @@ export class DpoTrainer {
     const batch = buildScoringBatch(rows, this.scoringOptions());
     const kept: tf.Tensor[] = [];
     const vars = this.policy.trainableVariables();
-    const { value, grads } = tf.variableGrads(() => {
-      const { logps } = scoreRows(this.policy, batch);
-      const out = ktoLoss({
-        policy: logps,
-        ref: tf.tensor1d(refValues.slice(0, n)),
-        desirable: tf.tensor1d(examples.map((e) => (e.desirable ? 1 : 0))),
-        klPolicy: tf.tensor1d(klPolicyValues),
-        klRef: tf.tensor1d(refValues.slice(n)),
-      }, {
-        beta: this.config.beta,
-        desirableWeight: this.config.desirable_weight,
-        undesirableWeight: this.config.undesirable_weight,
-      });
-      kept.push(tf.keep(out.kl), tf.keep(out.rewards), tf.keep(logps));
-      return out.loss;
-    }, vars);
+    const { value, grads } = this.#training(() =>
+      tf.variableGrads(() => {
+        const { logps } = scoreRows(this.policy, batch);
+        const out = ktoLoss({
+          policy: logps,
+          ref: tf.tensor1d(refValues.slice(0, n)),
+          desirable: tf.tensor1d(examples.map((e) => (e.desirable ? 1 : 0))),
+          klPolicy: tf.tensor1d(klPolicyValues),
+          klRef: tf.tensor1d(refValues.slice(n)),
+        }, {
+          beta: this.config.beta,
+          desirableWeight: this.config.desirable_weight,
+          undesirableWeight: this.config.undesirable_weight,
+        });
+        kept.push(tf.keep(out.kl), tf.keep(out.rewards), tf.keep(logps));
+        return out.loss;
+      }, vars)
+    );
     const [kl, rewards, logps] = await Promise.all(kept.map((t) => t.data()));
     tf.dispose(kept);
     const loss = (await value.data())[0]!;
@@ -389,8 +430,10 @@ export class DpoTrainer {
 
   /** π_ref ← α·π_θ + (1−α)·π_ref (α = 1: a hard copy); cached reference log-probs become stale. */
   refreshReference(alpha: number): void {
+    const reference = this.reference;
+    if (!reference) throw new Error("Cannot refresh the reference of a LoRA policy: the reference is its frozen base");
     tf.tidy(() => {
-      for (const [name, ref] of this.reference.params) {
+      for (const [name, ref] of reference.params) {
         const p = this.policy.params.get(name)!;
         ref.assign(alpha === 1 ? p : tf.add(tf.mul(p, alpha), tf.mul(ref, 1 - alpha)));
       }
@@ -400,7 +443,7 @@ export class DpoTrainer {
 }
 
 function pairKey(p: PreferencePair): string {
-  return `${p.promptIds.join(",")}|${p.chosenIds.join(",")}|${p.rejectedIds.join(",")}`;
+  return `${p.promptIds.join(",")}|${p.chosenIds.join(",")}|${p.rejectedIds.join(",")}|${p.eosId ?? ""}`;
 }
 
 function sumOf(values: ArrayLike<number>): number {

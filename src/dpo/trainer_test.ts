@@ -92,7 +92,7 @@ Deno.test("a NaN batch changes nothing and is counted", async () => {
   await useBackend("wasm");
   const pairs = fixturePairs(await readDpoExpected());
   const { trainer, dispose } = await makeTrainer({ ...SGD, learning_rate: 0.5 });
-  const ln = trainer.reference.params.get("transformer.ln_f.weight")!;
+  const ln = trainer.reference!.params.get("transformer.ln_f.weight")!;
   ln.assign(tf.fill(ln.shape, NaN));
   const before = await Promise.all([...trainer.policy.params.values()].map((v) => v.data()));
   const m = await trainer.trainStep(pairs, 2);
@@ -147,4 +147,60 @@ Deno.test("a KTO step matches PyTorch's KTO loss with TRL's mismatched pairs", a
   assert.ok(m.grad_norm > 0);
   await assert.rejects(trainer.ktoStep([{ promptIds: [1], completionIds: [2], desirable: true }], 1), /at least 2/);
   dispose();
+});
+
+Deno.test("LoRA DPO matches PyTorch: the reference is the base with the adapter off, only the adapter moves", async () => {
+  await useBackend("wasm");
+  for (const [base, adapter] of [["llama_tiny", "lora/llama_tiny"], ["gpt2_tiny", "lora/gpt2_tiny"]] as const) {
+    const expected = JSON.parse(await Deno.readTextFile(fixturePath(`${adapter}/expected.json`))).dpo as {
+      beta: number;
+      loss: number;
+      pairs: {
+        prompt_ids: number[];
+        chosen_ids: number[];
+        rejected_ids: number[];
+        ref_chosen_logp: number;
+        ref_rejected_logp: number;
+      }[];
+      grads: Record<string, { shape: number[]; values: number[] }>;
+    };
+    const policy = await loadModel(fixturePath(adapter), { base: fixturePath(base) });
+    const lr = 0.5;
+    const config = parseDpoConfig({ ...SGD, beta: expected.beta, learning_rate: lr, max_grad_norm: 1e9 });
+    assert.throws(
+      () => new DpoTrainer({ policy: policy.model, reference: policy.model, config, eosId: 316 }),
+      /its base with the adapter disabled is the reference/,
+    );
+    const trainer = new DpoTrainer({
+      policy: policy.model,
+      reference: null,
+      config,
+      eosId: policy.tokenizer.eosTokenId,
+    });
+    const pairs = expected.pairs.map((p) => ({
+      promptIds: p.prompt_ids,
+      chosenIds: p.chosen_ids,
+      rejectedIds: p.rejected_ids,
+    }));
+    const refs = await trainer.referenceLogps(pairs);
+    assertClose(refs.chosen, expected.pairs.map((p) => p.ref_chosen_logp), 1e-4, `${base}: reference chosen`);
+    assertClose(refs.rejected, expected.pairs.map((p) => p.ref_rejected_logp), 1e-4, `${base}: reference rejected`);
+    const frozen = await Promise.all([...policy.model.params.values()].map((v) => v.data()));
+    const before = new Map<string, Float32Array>();
+    for (const name of Object.keys(expected.grads)) {
+      before.set(name, (await policy.model.adapter!.params.get(name)!.data()) as Float32Array);
+    }
+    const m = await trainer.trainStep(pairs, 1);
+    assertClose([m.loss], [expected.loss], 1e-5, `${base}: loss`);
+    for (const [name, g] of Object.entries(expected.grads)) {
+      const after = await policy.model.adapter!.params.get(name)!.data();
+      const grad = Array.from(after, (a, i) => (before.get(name)![i]! - a) / lr);
+      assertClose(grad, g.values, 2e-4, `${base}: gradient of ${name} (from one SGD step)`);
+    }
+    const now = await Promise.all([...policy.model.params.values()].map((v) => v.data()));
+    now.forEach((a, i) => assert.deepEqual(a, frozen[i], "the base never moves"));
+    assert.throws(() => trainer.refreshReference(1), /the reference is its frozen base/);
+    policy.model.dispose();
+    trainer.optimizer.dispose();
+  }
 });

@@ -4,6 +4,8 @@
  * waits while enough pairs already wait for a judge or the trainer (so that a slow trainer, or a human
  * judge, is not buried under pairs sampled from an ever older policy).
  */
+import type { Prompt } from "../judge/types.ts";
+import type { ChatMessage } from "../model/tokenizer.ts";
 import { pause } from "../util/time.ts";
 
 /** Options of `runFeeder`. */
@@ -11,7 +13,8 @@ export interface FeederOptions {
   /** The server, `http://host:port`. */
   url: string;
   apiKey: string;
-  nextPrompt: () => string;
+  /** The next prompt: text, or chat messages (sent as `messages`). */
+  nextPrompt: () => Prompt;
   /** Responses sampled per prompt. */
   n: number;
   temperature: number;
@@ -65,7 +68,7 @@ export async function runFeeder(o: FeederOptions): Promise<void> {
           method: "POST",
           headers,
           body: JSON.stringify({
-            prompt: o.nextPrompt(),
+            ...promptField(o.nextPrompt()),
             n: o.n,
             temperature: o.temperature,
             max_new_tokens: o.maxNewTokens,
@@ -117,4 +120,9 @@ function reporter(onError: FeederOptions["onError"]): (message: string) => void 
     lastAt = now;
     held = 0;
   };
+}
+
+/** `/v1/pairs` takes a conversation as `messages`. */
+function promptField(prompt: Prompt): { prompt: string } | { messages: ChatMessage[] } {
+  return typeof prompt === "string" ? { prompt } : { messages: prompt };
 }

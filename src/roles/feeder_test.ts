@@ -30,7 +30,8 @@ Deno.test("feeder: asks for pairs with its settings, a bounded number in flight,
   const feeding = runFeeder({
     url,
     apiKey: "feeder-key",
-    nextPrompt: () => `prompt ${prompt++}`,
+    // Every other prompt is a conversation, sent as `messages`.
+    nextPrompt: () => prompt % 2 ? [{ role: "user", content: `prompt ${prompt++}` }] : `prompt ${prompt++}`,
     n: 4,
     temperature: 0.7,
     maxNewTokens: 6,
@@ -48,7 +49,10 @@ Deno.test("feeder: asks for pairs with its settings, a bounded number in flight,
   assert.equal(made.length, 5);
   assert.equal(seen.maxInFlight, 2);
   assert.deepEqual([...seen.auth], ["Bearer feeder-key"]);
-  assert.deepEqual(seen.bodies[0], { prompt: "prompt 0", n: 4, temperature: 0.7, max_new_tokens: 6 });
+  const settings = { n: 4, temperature: 0.7, max_new_tokens: 6 };
+  assert.deepEqual(seen.bodies.find((b) => b.prompt === "prompt 0"), { prompt: "prompt 0", ...settings });
+  const conversation = [{ role: "user", content: "prompt 1" }];
+  assert.deepEqual(seen.bodies.find((b) => b.messages), { messages: conversation, ...settings });
 });
 
 Deno.test("feeder: a failing server is reported, not repeated at every retry, and the feeder goes on", async () => {

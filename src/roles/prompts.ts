@@ -1,23 +1,31 @@
 /**
  * Where the feeder's prompts come from: the built-in arithmetic task (its training split, never a
- * held-out problem) or a prompt file, one prompt per line, or JSON lines `{"prompt": "..."}` when the
- * file ends in `.jsonl`.
+ * held-out problem) or a prompt file, one prompt per line, or, when the file ends in `.jsonl`, JSON
+ * lines in TRL's prompt-only formats: `{"prompt": "..."}`, or a conversation
+ * `{"prompt": [{"role": "user", "content": "..."}]}` that the server renders with the model's chat template.
  */
 import { z } from "zod";
 import { createArithmeticPrompts } from "../judge/arithmetic.ts";
+import type { Prompt } from "../judge/types.ts";
 
 /** An endless source of prompts. */
 export interface PromptSource {
   /** What the prompts are, for logs. */
   description: string;
-  next(): string;
+  next(): Prompt;
 }
 
-const PromptLine = z.object({ prompt: z.string().min(1, "must not be empty") });
+const Message = z.object({ role: z.enum(["system", "user", "assistant", "tool"]), content: z.string() });
+const PromptLine = z.object({
+  prompt: z.union([z.string().min(1, "must not be empty"), z.array(Message).min(1, "must not be empty")]),
+});
 
-/** Reads a prompt file's text: JSON lines `{"prompt"}` when `jsonl`, else one prompt per line; blank lines are skipped. */
-export function parsePromptFile(text: string, name: string, jsonl: boolean): string[] {
-  const prompts: string[] = [];
+/**
+ * Reads a prompt file's text: JSON lines `{"prompt"}` (a string or messages) when `jsonl`, else one
+ * prompt per line; blank lines are skipped.
+ */
+export function parsePromptFile(text: string, name: string, jsonl: boolean): Prompt[] {
+  const prompts: Prompt[] = [];
   text.split(/\r?\n/).forEach((line, i) => {
     if (line.trim() === "") return;
     if (!jsonl) return void prompts.push(line);
@@ -30,7 +38,11 @@ export function parsePromptFile(text: string, name: string, jsonl: boolean): str
     const parsed = PromptLine.safeParse(value);
     if (!parsed.success) {
       const problem = parsed.error.issues.map((p) => `'${p.path.join(".") || "line"}' ${p.message}`).join("; ");
-      throw new Error(`Cannot read prompt file '${name}' line ${i + 1}: expected {"prompt": string}: ${problem}`);
+      throw new Error(
+        `Cannot read prompt file '${name}' line ${
+          i + 1
+        }: expected {"prompt": string or [{"role", "content"}]}: ${problem}`,
+      );
     }
     prompts.push(parsed.data.prompt);
   });

@@ -6,10 +6,16 @@ import { loadPromptSource, parsePromptFile } from "./prompts.ts";
 Deno.test("prompt files: one prompt per line, or JSON lines with a prompt; problems name the line", () => {
   assert.deepEqual(parsePromptFile("Hello\n\n  Two words \r\nlast", "p.txt", false), ["Hello", "  Two words ", "last"]);
   assert.deepEqual(parsePromptFile('{"prompt": "a"}\n\n{"prompt": "b", "id": 2}\n', "p.jsonl", true), ["a", "b"]);
+  const conversation = [{ role: "system", content: "Be brief." }, { role: "user", content: "Hi" }];
+  assert.deepEqual(parsePromptFile(JSON.stringify({ prompt: conversation }), "c.jsonl", true), [conversation]);
+  assert.throws(
+    () => parsePromptFile(JSON.stringify({ prompt: [{ role: "robot", content: "x" }] }), "c.jsonl", true),
+    /'c\.jsonl' line 1: expected \{"prompt": string or \[\{"role", "content"\}\]\}: 'prompt' Invalid input/,
+  );
   assert.throws(() => parsePromptFile('{"prompt": "a"}\n{oops', "p.jsonl", true), /'p\.jsonl' line 2: not valid JSON/);
   assert.throws(
     () => parsePromptFile('{"text": "a"}', "p.jsonl", true),
-    /'p\.jsonl' line 1: expected \{"prompt": string\}: 'prompt'/,
+    /'p\.jsonl' line 1: expected \{"prompt": string or \[\{"role", "content"\}\]\}: 'prompt'/,
   );
   assert.throws(
     () => parsePromptFile("\n \n", "p.txt", false),

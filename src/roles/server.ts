@@ -45,7 +45,8 @@ export interface RunningServer {
 export async function startServerRole(o: ServerRoleOptions): Promise<RunningServer> {
   const load = async (version: number) => {
     const dir = await o.checkpoints.materialize(version, join(o.cacheDir, `policy-v${version}`));
-    const { model, tokenizer } = await loadModel(dir, { trainable: false });
+    // A LoRA version is an adapter: served merged into its base, as fast as a full checkpoint.
+    const { model, tokenizer } = await loadModel(dir, { trainable: false, mergeAdapter: true });
     return { model, tokenizer, version };
   };
   const current = await o.checkpoints.current();
@@ -53,7 +54,7 @@ export async function startServerRole(o: ServerRoleOptions): Promise<RunningServ
   if (current) initial = await load(current.version);
   else {
     if (!o.model) throw new Error("Cannot serve: no policy version is published yet and no --model was given");
-    const { model, tokenizer } = await loadModel(await resolveModel(o.model), { trainable: false });
+    const { model, tokenizer } = await loadModel(await resolveModel(o.model), { trainable: false, mergeAdapter: true });
     initial = { model, tokenizer, version: 0 };
   }
   const policy = new PolicyHolder(initial);

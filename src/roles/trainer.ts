@@ -12,7 +12,7 @@ import { resolveModel } from "../model/hub.ts";
 import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
 import { answerHeldOut, type Answers, compareWithBase, type VersionEval, VersionEvalSchema } from "../dpo/evaluate.ts";
-import { reconcile, runOnlineTrainer } from "../dpo/online.ts";
+import { encodeStoredPair, reconcile, runOnlineTrainer } from "../dpo/online.ts";
 import type { DpoTrainer, StepMetrics } from "../dpo/trainer.ts";
 import { heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
 import { evalKey, trainedPairsKey, trainedPairsPrefix, trainMetricsKey } from "../store/keys.ts";
@@ -128,7 +128,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
   // Resume the trainer's own checkpoint when it belongs to the version being served; otherwise start
   // from the served version (or the starting model) with a fresh optimizer.
   const saved = await Deno.readTextFile(statePath).then((t) => PublishedState.parse(JSON.parse(t)), () => null);
-  let policy: LoadedModel, reference: LoadedModel;
+  let policy: LoadedModel, reference: LoadedModel | null;
   let resume: Awaited<ReturnType<typeof loadTrainingCheckpoint>> | undefined;
   const modelDir = opts.model ? await resolveModel(opts.model) : undefined;
   if (current && saved?.version === current.version) {
@@ -141,7 +141,10 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       : modelDir;
     if (!dir) throw new Error("Cannot start the trainer: no policy version is published yet and no --model was given");
     policy = await loadModel(dir);
-    reference = await loadModel(opts.ref ? await resolveModel(opts.ref) : dir, { trainable: false });
+    // With LoRA the reference is the policy's frozen base (a published version is an adapter on it).
+    reference = opts.dpo.use_peft || policy.model.adapter
+      ? null
+      : await loadModel(opts.ref ? await resolveModel(opts.ref) : dir, { trainable: false });
     log(`starting from ${current ? `policy v${current.version}` : dir}`);
   }
   const config = parseDpoConfig({
@@ -189,7 +192,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
     base_accuracy: evaluator?.baseAccuracy ?? null,
   });
 
-  const maxLength = Math.min(config.max_length ?? Infinity, policy.model.config.n_positions);
+  const maxLength = Math.min(config.max_length ?? Infinity, policy.model.contextLength);
   const tok = policy.tokenizer;
   log(`training online as ${opts.owner}: ${opts.mode}, ${config.per_device_train_batch_size} pairs a step`);
   try {
@@ -197,16 +200,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       store,
       publisher: checkpoints,
       trainer,
-      encode: (pair) => {
-        const promptIds = tok.encode(pair.promptText);
-        // Completions are cut to fit the context (they were generated within it, imports may not be).
-        const room = Math.max(1, maxLength - Math.max(promptIds.length, 1) - 1);
-        return {
-          promptIds,
-          chosenIds: tok.encode(pair.responses[pair.chosen!]!).slice(0, room),
-          rejectedIds: tok.encode(pair.responses[pair.rejected!]!).slice(0, room),
-        };
-      },
+      encode: (pair) => encodeStoredPair(tok, pair, maxLength),
       savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
       recordTrainedPairs: async (v, ids) => {
         for (let i = 0; i * 1000 < ids.length; i++) {
@@ -244,7 +238,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
     });
   } finally {
     policy.model.dispose();
-    reference.model.dispose();
+    reference?.model.dispose();
     trainer.optimizer.dispose();
   }
 }

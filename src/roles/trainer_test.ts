@@ -6,6 +6,9 @@ import { evalKey, trainedPairsPrefix } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
 import { readTrainerStatus } from "../store/trainer_status.ts";
 import { runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./trainer.ts";
+import { loadModel } from "../model/checkpoint.ts";
+import { scorePairs } from "../model/logprobs.ts";
+import { openCheckpoints } from "../store/open.ts";
 
 const MODEL = fileURLToPath(new URL("../../tests/fixtures/gpt2_tiny", import.meta.url));
 
@@ -128,4 +131,82 @@ Deno.test("trainer role: evaluation needs the base model, said before anything l
     }, { signal: AbortSignal.abort(), onEvent: () => {} }),
     /Cannot evaluate policy versions: the base they are compared with is the starting model, and none was given/,
   );
+});
+
+Deno.test({
+  name: "trainer role with LoRA: publishes only the adapter; a new trainer continues it, a server loads it merged",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "trainer_lora_" });
+    const kvPath = join(dir, "dpo.kv");
+    const kv = await Deno.openKv(kvPath);
+    const store = new PairStore(kv);
+    const llama = fileURLToPath(new URL("../../tests/fixtures/llama_tiny", import.meta.url));
+    const options: TrainerRoleOptions = {
+      kv: kvPath,
+      checkpoints: "kv",
+      model: llama,
+      stateDir: join(dir, "trainer"),
+      mode: "stream",
+      roundSize: 4,
+      roundEpochs: 1,
+      publishEvery: 1,
+      refRefreshRounds: 0,
+      maxStaleness: 4,
+      keep: 5,
+      owner: "trainer-lora",
+      leaseMs: 60_000,
+      pollMs: 20,
+      backend: "wasm",
+      dpo: { per_device_train_batch_size: 2, learning_rate: 1e-2, use_peft: true, lora_r: 4 },
+      releaseOwnLeases: true,
+    };
+    const runUntil = async (o: TrainerRoleOptions, versions: number) => {
+      const events: TrainerEvent[] = [];
+      const stop = new AbortController();
+      await runTrainerRole(o, {
+        signal: stop.signal,
+        onEvent: (e) => {
+          events.push(e);
+          if (events.filter((x) => x.type === "publish").length >= versions) stop.abort();
+        },
+      });
+      return events;
+    };
+    const addPairs = async (from: number, to: number) => {
+      for (let i = from; i < to; i++) {
+        await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` });
+      }
+    };
+    try {
+      await addPairs(0, 4);
+      await runUntil(options, 2);
+      const checkpoints = openCheckpoints(kv, "kv");
+      const v2 = (await checkpoints.get(2))!;
+      assert.deepEqual(Object.keys(v2.files).sort(), ["adapter_config.json", "adapter_model.safetensors"]);
+      const served = await loadModel(await checkpoints.materialize(2, join(dir, "served")), {
+        trainable: false,
+        mergeAdapter: true,
+      });
+      assert.equal(served.model.adapter, undefined, "served merged");
+      const base = await loadModel(llama, { trainable: false });
+      const pair = [{ promptIds: [5, 6, 7], completionIds: [8, 9] }];
+      const opts = { eosId: 316, maxLength: 64 };
+      const [a] = await scorePairs(served.model, pair, opts);
+      const [b] = await scorePairs(base.model, pair, opts);
+      assert.notEqual(a!.logp, b!.logp, "the published adapter changes the policy");
+      served.model.dispose();
+      base.model.dispose();
+
+      // A trainer without the first one's state starts from the served version: base + its adapter.
+      await addPairs(4, 6);
+      const fresh = await runUntil({ ...options, stateDir: join(dir, "other"), owner: "trainer-lora-2" }, 1);
+      assert.ok(fresh.some((e) => e.type === "log" && /starting from policy v2/.test(e.message)));
+      assert.deepEqual(fresh.flatMap((e) => (e.type === "publish" ? [e.version] : [])), [3]);
+    } finally {
+      kv.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

@@ -3,14 +3,14 @@
  * with until it finishes, and a replaced version's weights are freed only after its last request.
  * Each version decodes through one scheduler, so concurrent requests share forward steps.
  */
-import type { Gpt2Model } from "../model/gpt2.ts";
+import type { CausalLM } from "../model/causal_lm.ts";
 import { generate, type GenerateOptions, type Generation } from "../model/generate.ts";
 import { DecodeScheduler, type SchedulerStats } from "../model/scheduler.ts";
 import type { ChatMessage, Tokenizer } from "../model/tokenizer.ts";
 
 /** One servable policy version. */
 export interface PolicyVersion {
-  model: Gpt2Model;
+  model: CausalLM;
   tokenizer: Tokenizer;
   version: number;
 }

@@ -1,0 +1,54 @@
+/** `merge`: folds a LoRA adapter (PEFT layout) into its base and saves the result as a full model. */
+import { z } from "zod";
+import { describeBackend, initBackend } from "../model/backend.ts";
+import { describeModel } from "../model/architectures.ts";
+import { loadModel, saveModel } from "../model/checkpoint.ts";
+import { resolveModel } from "../model/hub.ts";
+import { isAdapterDir } from "../model/lora.ts";
+import { backendOption, log, parseCommand, validate } from "./common.ts";
+
+/** Usage text of the command. */
+export const MERGE_USAGE = `Usage: deno task cli merge --adapter DIR --out DIR [options]
+
+Loads the adapter's base (its adapter_config.json's base_model_name_or_path, or --base), adds the
+adapter's update to the weights it adapts (W + lora_alpha / r * B A) and saves a full model in
+Hugging Face layout, with the base's tokenizer files.
+
+  --adapter DIR                    a LoRA adapter directory (adapter_config.json, adapter_model.safetensors)
+  --base DIR|hf:OWNER/NAME[@REV]   the base model, instead of the one the adapter names
+  --out DIR                        where to write the merged model (must not exist, or be empty)
+  --backend B                      compute backend (default auto)`;
+
+const Options = z.object({
+  adapter: z.string({ error: "is required" }),
+  out: z.string({ error: "is required" }),
+  base: z.string().optional(),
+  backend: backendOption,
+});
+
+/** Runs the command. */
+export async function runMerge(args: string[]): Promise<void> {
+  const values = parseCommand(args, {
+    help: { type: "boolean", short: "h" },
+    adapter: { type: "string" },
+    base: { type: "string" },
+    out: { type: "string" },
+    backend: { type: "string", default: "auto" },
+  });
+  if (values.help) return void console.log(MERGE_USAGE);
+  const opts = validate(Options, values);
+  if (!(await isAdapterDir(opts.adapter))) {
+    throw new Error(`Cannot merge '${opts.adapter}': it holds no adapter_config.json (not a LoRA adapter directory)`);
+  }
+  const outEntries = await Array.fromAsync(Deno.readDir(opts.out)).catch(() => []);
+  if (outEntries.length > 0) throw new Error(`Cannot merge into '${opts.out}': it exists and is not empty`);
+  log(describeBackend(await initBackend(opts.backend)));
+  const base = opts.base ? await resolveModel(opts.base) : undefined;
+  const loaded = await loadModel(opts.adapter, { trainable: false, mergeAdapter: true, base });
+  try {
+    await saveModel(loaded, opts.out);
+    log(`merged ${opts.adapter} into ${loaded.dir} (${describeModel(loaded.model)}): wrote ${opts.out}`);
+  } finally {
+    loaded.model.dispose();
+  }
+}
