@@ -84,6 +84,12 @@ export const StartConfigSchema = z.strictObject({
       "choose one reference schedule: sync_ref_model (TR-DPO soft mix) or ref_refresh_rounds (a copy every N rounds; set it to 0)",
     );
   }
+  if (c.use_peft && c.mode === "rounds" && c.ref_refresh_rounds > 0) {
+    problem(
+      "ref_refresh_rounds",
+      "with use_peft the reference is the frozen base and is never refreshed: set it to 0 (--ref-refresh-rounds 0)",
+    );
+  }
   // The DPO engine's rules across its settings (each setting's own checks ran above, as part of this schema).
   const dpo = DpoConfigSchema.safeParse(dpoSettings(c));
   for (const issue of dpo.success ? [] : dpo.error.issues.filter((i) => i.code === "custom")) {

@@ -62,7 +62,8 @@ function peftName(module: string, which: "A" | "B"): string {
 /** The modules of `model` that `config.target_modules` selects, with PEFT's matching rules. */
 export function targetModules(model: CausalLM, config: LoraConfig): Map<string, LinearModule> {
   const linear = model.linearModules();
-  const targets = config.target_modules ?? DEFAULT_TARGETS[model.config.model_type]!;
+  const given = config.target_modules ?? DEFAULT_TARGETS[model.config.model_type]!;
+  const targets = Array.isArray(given) && given.length === 1 && given[0] === "all-linear" ? "all-linear" : given;
   const picked = new Map<string, LinearModule>();
   for (const [name, m] of linear) {
     const hit = targets === "all-linear"

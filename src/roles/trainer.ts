@@ -102,6 +102,11 @@ export async function runTrainerRole(input: TrainerRoleOptions, hooks: TrainerRo
   if (!parsed.success) throw new Error(`Cannot start the trainer: ${z.prettifyError(parsed.error)}`);
   const opts = parsed.data;
   const log = (message: string) => hooks.onEvent({ type: "log", message });
+  if (opts.dpo.use_peft === true && opts.mode === "rounds" && opts.refRefreshRounds > 0) {
+    throw new Error(
+      "Cannot start the trainer: with use_peft the reference is the frozen base; set refRefreshRounds to 0",
+    );
+  }
   if (opts.eval && !opts.model) {
     throw new Error(
       "Cannot evaluate policy versions: the base they are compared with is the starting model, and none was given",
