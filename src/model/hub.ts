@@ -35,6 +35,7 @@ const OPTIONAL_FILES = [
   "chat_template.jinja",
 ];
 const REQUIRED_FILES = ["config.json", "tokenizer.json"];
+const ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"] as const;
 const SINGLE_WEIGHTS = "model.safetensors";
 const SHARD_INDEX = "model.safetensors.index.json";
 /** Written last: its presence means every file of the model is in the directory. */
@@ -106,6 +107,17 @@ export async function resolveModel(spec: string, options: ResolveModelOptions = 
     onProgress: options.onProgress,
   };
   const files: string[] = [];
+  // A PEFT adapter repository: its two files (the base is loaded from the name its config gives).
+  if (await fetchFile(ctx, ADAPTER_FILES[0])) {
+    if (!await fetchFile(ctx, ADAPTER_FILES[1])) {
+      fail(ctx, `the repository has '${ADAPTER_FILES[0]}' but no '${ADAPTER_FILES[1]}' at revision '${ctx.revision}'`);
+    }
+    await writeAtomic(
+      join(dir, COMPLETE_MARKER),
+      new TextEncoder().encode(JSON.stringify({ files: [...ADAPTER_FILES] })),
+    );
+    return dir;
+  }
   for (const path of REQUIRED_FILES) {
     if (!await fetchFile(ctx, path)) fail(ctx, `the repository has no '${path}' at revision '${ctx.revision}'`);
     files.push(path);

@@ -140,9 +140,39 @@ Deno.test("resolveModel fetches only what is missing from an incomplete cache", 
       // The optional files the repo lacks are asked again; present files are not.
       assert.deepEqual(
         [...new Set(fetched)].sort(),
-        ["chat_template.jinja", "generation_config.json", "model.safetensors", "special_tokens_map.json"],
+        [
+          "adapter_config.json",
+          "chat_template.jinja",
+          "generation_config.json",
+          "model.safetensors",
+          "special_tokens_map.json",
+        ],
       );
       assert.deepEqual(await Deno.readFile(join(dir, "model.safetensors")), WEIGHTS);
+    });
+  } finally {
+    await hub.close();
+  }
+});
+
+Deno.test("resolveModel downloads a PEFT adapter repository: its two files, nothing else", async () => {
+  const adapterConfig = json({ peft_type: "LORA", r: 4, base_model_name_or_path: "acme/tiny" });
+  const hub = startFakeHub({
+    "acme/tiny-lora": {
+      revisions: { main: { "adapter_config.json": adapterConfig, "adapter_model.safetensors": WEIGHTS } },
+    },
+    "acme/broken-lora": { revisions: { main: { "adapter_config.json": adapterConfig } } },
+  });
+  try {
+    await withCache(async (cacheDir) => {
+      const opts = { cacheDir, hubUrl: hub.url, accessToken: "" };
+      const dir = await resolveModel("hf:acme/tiny-lora", opts);
+      assert.deepEqual(await listDir(dir), [".dpo-complete.json", "adapter_config.json", "adapter_model.safetensors"]);
+      assert.deepEqual(await Deno.readFile(join(dir, "adapter_model.safetensors")), WEIGHTS);
+      await assert.rejects(
+        resolveModel("hf:acme/broken-lora", opts),
+        /has 'adapter_config\.json' but no 'adapter_model\.safetensors'/,
+      );
     });
   } finally {
     await hub.close();
