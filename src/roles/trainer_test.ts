@@ -12,6 +12,20 @@ import { openCheckpoints } from "../store/open.ts";
 
 const MODEL = fileURLToPath(new URL("../../tests/fixtures/gpt2_tiny", import.meta.url));
 
+/** Runs the role until it has published `versions` versions; returns its events. */
+async function runUntilPublished(options: TrainerRoleOptions, versions: number): Promise<TrainerEvent[]> {
+  const events: TrainerEvent[] = [];
+  const stop = new AbortController();
+  await runTrainerRole(options, {
+    signal: stop.signal,
+    onEvent: (e) => {
+      events.push(e);
+      if (events.filter((x) => x.type === "publish").length >= versions) stop.abort();
+    },
+  });
+  return events;
+}
+
 Deno.test({
   name: "trainer role: publishes versions, evaluates each against the base, records its status, resumes",
   // The role opens its own KV connection and TF.js backend, as it does in a worker.
@@ -42,19 +56,7 @@ Deno.test({
       eval: { task: "arithmetic", prompts: 4, maxNewTokens: 3 },
       releaseOwnLeases: true,
     };
-    /** Runs the role until it has published `versions` versions. */
-    const runUntil = async (versions: number) => {
-      const events: TrainerEvent[] = [];
-      const stop = new AbortController();
-      await runTrainerRole(options, {
-        signal: stop.signal,
-        onEvent: (e) => {
-          events.push(e);
-          if (events.filter((x) => x.type === "publish").length >= versions) stop.abort();
-        },
-      });
-      return events;
-    };
+    const runUntil = (versions: number) => runUntilPublished(options, versions);
     try {
       for (let i = 0; i < 4; i++) {
         await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` });
@@ -162,18 +164,6 @@ Deno.test({
       dpo: { per_device_train_batch_size: 2, learning_rate: 1e-2, use_peft: true, lora_r: 4 },
       releaseOwnLeases: true,
     };
-    const runUntil = async (o: TrainerRoleOptions, versions: number) => {
-      const events: TrainerEvent[] = [];
-      const stop = new AbortController();
-      await runTrainerRole(o, {
-        signal: stop.signal,
-        onEvent: (e) => {
-          events.push(e);
-          if (events.filter((x) => x.type === "publish").length >= versions) stop.abort();
-        },
-      });
-      return events;
-    };
     const addPairs = async (from: number, to: number) => {
       for (let i = from; i < to; i++) {
         await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` });
@@ -181,7 +171,7 @@ Deno.test({
     };
     try {
       await addPairs(0, 4);
-      await runUntil(options, 2);
+      await runUntilPublished(options, 2);
       const checkpoints = openCheckpoints(kv, "kv");
       const v2 = (await checkpoints.get(2))!;
       assert.deepEqual(Object.keys(v2.files).sort(), ["adapter_config.json", "adapter_model.safetensors"]);
@@ -201,7 +191,7 @@ Deno.test({
 
       // A trainer without the first one's state starts from the served version: base + its adapter.
       await addPairs(4, 6);
-      const fresh = await runUntil({ ...options, stateDir: join(dir, "other"), owner: "trainer-lora-2" }, 1);
+      const fresh = await runUntilPublished({ ...options, stateDir: join(dir, "other"), owner: "trainer-lora-2" }, 1);
       assert.ok(fresh.some((e) => e.type === "log" && /starting from policy v2/.test(e.message)));
       assert.deepEqual(fresh.flatMap((e) => (e.type === "publish" ? [e.version] : [])), [3]);
     } finally {
