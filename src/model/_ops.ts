@@ -148,3 +148,33 @@ export function embed(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor1D): tf.Te
   );
   return op(table) as tf.Tensor2D;
 }
+
+/**
+ * `fn` over `inputs` as one op whose backward pass recomputes it (activation checkpointing). A composed
+ * op keeps every intermediate, and every intermediate gradient, until the whole backward pass ends
+ * (TF.js's tape frees nothing early); this op keeps only its inputs, and during the backward pass only
+ * one op's intermediates live at a time, for one more run of `fn`. Gradients are taken with respect to
+ * `inputs`; `constants` (masks, rotary tables) are kept for the recomputation and get none. `fn` must be
+ * deterministic and read no tensor from its closure that the forward pass may have freed.
+ */
+export function recomputed(
+  fn: (inputs: tf.Tensor[], constants: tf.Tensor[]) => tf.Tensor,
+  inputs: tf.Tensor[],
+  constants: tf.Tensor[] = [],
+): tf.Tensor {
+  const n = inputs.length;
+  const op = customOp((all) => ({ value: fn(all.slice(0, n), all.slice(n)), saved: all }), (dy, saved) => {
+    const [xs, cs] = [saved.slice(0, n), saved.slice(n)];
+    // A gradient taken inside a gradient: tf.grads starts a tape of its own in the engine's one slot
+    // and clears it when done, which would lose the outer pass's tape (still needed to free its saved
+    // tensors at the end); it is put back.
+    const engine = tf.engine() as unknown as { state: { activeTape: unknown } };
+    const outer = engine.state.activeTape;
+    try {
+      return [...tf.grads((...ys: tf.Tensor[]) => fn(ys, cs))(xs, dy), ...cs.map((c) => tf.zerosLike(c))];
+    } finally {
+      engine.state.activeTape = outer;
+    }
+  });
+  return op(...inputs, ...constants);
+}

@@ -5,7 +5,8 @@
  */
 import * as tf from "./tf.ts";
 import type { ModelConfig } from "./config.ts";
-import type { LoraAdapter } from "./lora.ts";
+import { type LoraAdapter, peftName } from "./lora.ts";
+import { recomputed } from "./_ops.ts";
 
 /** Keys and values of every layer for the tokens seen so far: [B, KV heads, P, D] each. */
 export type KVCache = {
@@ -40,6 +41,9 @@ export interface LinearModule {
   /** The weight is stored [in, out] (GPT-2's Conv1D, PEFT's `fan_in_fan_out`) rather than [out, in] (nn.Linear). */
   fanInFanOut: boolean;
 }
+
+/** A weight by name as a layer reads it: the model's own, or its stand-in inside a recomputed op. */
+export type WeightLookup = (name: string) => tf.Tensor;
 
 /** A causal language model: its config, its weights, and an optional LoRA adapter. */
 export abstract class CausalLM {
@@ -97,13 +101,45 @@ export abstract class CausalLM {
     return v;
   }
 
+  /** A base weight or an adapter matrix (PEFT name) by name. */
+  protected weight: WeightLookup = (name) => this.params.get(name) ?? this.adapter?.params.get(name) ?? this.p(name);
+
   /** True when an attached adapter changes the forward pass. */
   protected adapterActive(): boolean {
     return this.adapter !== undefined && this.adapter.enabled;
   }
 
-  /** The adapter's update for `module` on rows x [N, in]: [N, out], or null where it adds none. */
-  protected loraDelta(module: string, x: tf.Tensor2D): tf.Tensor2D | null {
-    return this.adapter?.enabled ? this.adapter.delta(module, x) : null;
+  /** The adapter's update for `module` on rows x [N, in], reading A and B through `w`; null where it adds none. */
+  protected loraUpdate(w: WeightLookup, module: string, x: tf.Tensor2D): tf.Tensor2D | null {
+    const adapter = this.adapter;
+    if (!adapter?.enabled || !adapter.adapts(module)) return null;
+    return adapter.update(x, w(peftName(module, "A")), w(peftName(module, "B")));
+  }
+
+  /** Whether training layers can be recomputed ops: not while the adapter draws dropout masks. */
+  protected canRecompute(): boolean {
+    return !this.adapter?.dropoutActive;
+  }
+
+  /**
+   * One layer as a recomputed op (`recomputed`): its inputs are x and, of the base weights `names` and the
+   * adapter's matrices under `prefix`, those that train; `layer` must read every weight through its lookup
+   * and every per-call tensor (masks, rotary tables) from `constants`.
+   */
+  protected checkpointed<T extends tf.Tensor>(
+    x: T,
+    prefix: string,
+    names: string[],
+    constants: tf.Tensor[],
+    layer: (x: T, w: WeightLookup, constants: tf.Tensor[]) => T,
+  ): T {
+    const adapted = this.adapter?.enabled
+      ? [...this.adapter.params.keys()].filter((n) => n.startsWith(`base_model.model.${prefix}.`))
+      : [];
+    const trainable = [...names, ...adapted].filter((n) => (this.weight(n) as tf.Variable).trainable);
+    const slot = new Map(trainable.map((n, i) => [n, i + 1]));
+    const run = (xs: tf.Tensor[], cs: tf.Tensor[]) =>
+      layer(xs[0] as T, (name) => xs[slot.get(name) ?? -1] ?? this.weight(name), cs);
+    return recomputed(run, [x, ...trainable.map(this.weight)], constants) as T;
   }
 }

@@ -18,7 +18,7 @@ import {
   layerNormForward,
   sumRows,
 } from "./_ops.ts";
-import { CausalLM, type ForwardInput, type ForwardOutput, type LinearModule } from "./causal_lm.ts";
+import { CausalLM, type ForwardInput, type ForwardOutput, type LinearModule, type WeightLookup } from "./causal_lm.ts";
 
 /** The canonical tensor names and shapes a GPT-2 checkpoint must hold. */
 export function gpt2ParameterShapes(config: Gpt2Config): Map<string, number[]> {
@@ -125,17 +125,27 @@ export class Gpt2Model extends CausalLM {
     let x = tf.reshape(tf.add(tok, pos), [B, T, C]) as tf.Tensor3D; // [B, T, C]
     const keys: tf.Tensor4D[] = [];
     const values: tf.Tensor4D[] = [];
+    const training = !withCache && !input.cache;
     for (let i = 0; i < this.config.n_layer; i++) {
-      if (!withCache && !input.cache && !this.adapterActive()) {
-        x = this.trainableBlock(i, x, input.bias);
-        continue;
+      const prefix = `transformer.h.${i}`;
+      // A block with an active adapter: composed ops (TF.js differentiates A and B), recomputed in the
+      // backward pass so that its intermediates do not pile up until the pass ends.
+      const block = (xi: tf.Tensor3D, w: WeightLookup, mask: tf.Tensor, past?: { k: tf.Tensor4D; v: tf.Tensor4D }) => {
+        const lora = (module: string, rows: tf.Tensor2D) => this.loraUpdate(w, `${prefix}.${module}`, rows);
+        const weights = namedWeights(BLOCK_WEIGHTS.map((n) => w(`${prefix}.${n}`)));
+        return blockForward(this.config, i, weights, xi, mask as tf.Tensor4D, past, lora);
+      };
+      if (training && !this.adapterActive()) x = this.trainableBlock(i, x, input.bias);
+      else if (training && this.canRecompute()) {
+        const names = BLOCK_WEIGHTS.map((n) => `${prefix}.${n}`);
+        x = this.checkpointed(x, prefix, names, [input.bias], (xi, w, [mask]) => block(xi, w, mask!).out);
+      } else {
+        const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
+        const out = block(x, this.weight, input.bias, past);
+        x = out.out;
+        keys.push(out.k);
+        values.push(out.v);
       }
-      const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
-      const lora = (module: string, rows: tf.Tensor2D) => this.loraDelta(`transformer.h.${i}.${module}`, rows);
-      const out = blockForward(this.config, i, this.blockWeights(i), x, input.bias, past, lora);
-      x = out.out;
-      keys.push(out.k);
-      values.push(out.v);
     }
     const ln = "transformer.ln_f";
     const hidden = layerNorm(x, this.p(`${ln}.weight`), this.p(`${ln}.bias`), this.config.layer_norm_epsilon);

@@ -7,12 +7,20 @@
  * Notation: B batch, T new tokens in this call, P past tokens in the KV cache, S = P + T keys,
  * C = hidden_size, H query heads, K key/value heads, G = H / K query heads per key/value head,
  * D head size, F = intermediate_size, V = vocab. Linear weights are [out, in] (nn.Linear).
- * Dropout is never applied. Gradients come from TF.js's tape over these ops.
+ * Dropout is never applied. Each layer is one recomputed op in training (`recomputed` in _ops.ts): its
+ * gradients come from TF.js's tape over these ops, one layer at a time.
  */
 import * as tf from "./tf.ts";
 import type { LlamaConfig } from "./config.ts";
 import { activationForward, embed } from "./_ops.ts";
-import { CausalLM, type ForwardInput, type ForwardOutput, type KVCache, type LinearModule } from "./causal_lm.ts";
+import {
+  CausalLM,
+  type ForwardInput,
+  type ForwardOutput,
+  type KVCache,
+  type LinearModule,
+  type WeightLookup,
+} from "./causal_lm.ts";
 
 /** The head size: `head_dim` when the config sets it, else hidden_size / num_attention_heads. */
 export function headDim(config: LlamaConfig): number {
@@ -126,6 +134,9 @@ export function ropeFrequencies(config: LlamaConfig): { invFreq: number[]; atten
   };
 }
 
+/** A layer's keys and values so far: [B, K, P, D] each. */
+type Past = { k: tf.Tensor4D; v: tf.Tensor4D };
+
 /** A Llama-family language model: its config and its weights as TF.js variables. */
 export class LlamaModel extends CausalLM {
   readonly config: LlamaConfig;
@@ -133,6 +144,8 @@ export class LlamaModel extends CausalLM {
   readonly #attentionFactor: number;
   /** rotate_half as a matrix: x R = cat(-x2, x1) for x = cat(x1, x2) (a matmul, where slices are slow on wasm). */
   readonly #rotateHalf: tf.Tensor2D; // [D, D]
+  /** Each layer's weight names. */
+  readonly #layerWeights: string[][];
 
   /** Takes ownership of `weights` (shapes already checked by the loader). */
   constructor(config: LlamaConfig, weights: Map<string, tf.Tensor>, trainable = true) {
@@ -148,6 +161,10 @@ export class LlamaModel extends CausalLM {
       r[j * D + j + D / 2] = 1; // out[j + D/2] = x[j]
     }
     this.#rotateHalf = tf.tensor2d(r, [D, D]);
+    this.#layerWeights = Array.from(
+      { length: config.num_hidden_layers },
+      (_, i) => [...this.params.keys()].filter((n) => n.startsWith(`model.layers.${i}.`)),
+    );
   }
 
   get contextLength(): number {
@@ -180,16 +197,28 @@ export class LlamaModel extends CausalLM {
     const bias = G > 1 ? tf.tile(input.bias, [1, 1, G, 1]) as tf.Tensor4D : input.bias; // [B, 1, G*T, S]
     const keys: tf.Tensor4D[] = [];
     const values: tf.Tensor4D[] = [];
+    const training = !withCache && !input.cache && this.canRecompute();
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = `model.layers.${i}`;
-      const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
-      const h = rmsNorm(x, this.p(`${p}.input_layernorm.weight`), c.rms_norm_eps); // [B*T, C]
-      const attn = this.#attention(p, h, { B, T, rotary, bias, past });
-      x = tf.add(x, attn.out); // [B*T, C]
-      const h2 = rmsNorm(x, this.p(`${p}.post_attention_layernorm.weight`), c.rms_norm_eps); // [B*T, C]
-      x = tf.add(x, this.#mlp(p, h2)); // [B*T, C]
-      keys.push(attn.k);
-      values.push(attn.v);
+      const layer = (xi: tf.Tensor2D, w: WeightLookup, [cos, sin, mask]: tf.Tensor[], past?: Past) => {
+        const h = rmsNorm(xi, w(`${p}.input_layernorm.weight`), c.rms_norm_eps); // [B*T, C]
+        const attn = this.#attention(p, h, w, { B, T, rotary: { cos: cos!, sin: sin! }, bias: mask!, past });
+        const x1 = tf.add(xi, attn.out) as tf.Tensor2D; // [B*T, C]
+        const h2 = rmsNorm(x1, w(`${p}.post_attention_layernorm.weight`), c.rms_norm_eps); // [B*T, C]
+        return { out: tf.add(x1, this.#mlp(p, h2, w)) as tf.Tensor2D, k: attn.k, v: attn.v }; // [B*T, C]
+      };
+      // Training and scoring: each layer one op, recomputed in the backward pass, so that its
+      // intermediates do not pile up until the pass ends. Generation: composed, returning the cache.
+      const constants = [rotary.cos, rotary.sin, bias];
+      if (training) {
+        x = this.checkpointed(x, p, this.#layerWeights[i]!, constants, (xi, w, cs) => layer(xi, w, cs).out);
+      } else {
+        const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
+        const out = layer(x, this.weight, constants, past);
+        x = out.out;
+        keys.push(out.k);
+        values.push(out.v);
+      }
     }
     const C = c.hidden_size;
     const hidden = tf.reshape(rmsNorm(x, this.p("model.norm.weight"), c.rms_norm_eps), [B, T, C]) as tf.Tensor3D;
@@ -221,14 +250,14 @@ export class LlamaModel extends CausalLM {
   }
 
   /** y = x W^T + b for rows x [N, in]: [N, out], plus the adapter's update when one is active. */
-  #linear(module: string, x: tf.Tensor2D): tf.Tensor2D {
+  #linear(w: WeightLookup, module: string, x: tf.Tensor2D): tf.Tensor2D {
     const y = tf.fused.matMul({
       a: x,
-      b: this.p(`${module}.weight`),
+      b: w(`${module}.weight`) as tf.Tensor2D,
       transposeB: true,
-      bias: this.params.get(`${module}.bias`),
+      bias: this.params.has(`${module}.bias`) ? w(`${module}.bias`) : undefined,
     }) as tf.Tensor2D;
-    const delta = this.loraDelta(module, x);
+    const delta = this.loraUpdate(w, module, x);
     return delta ? tf.add(y, delta) : y;
   }
 
@@ -240,35 +269,36 @@ export class LlamaModel extends CausalLM {
   #attention(
     prefix: string,
     h: tf.Tensor2D,
+    w: WeightLookup,
     o: {
       B: number;
       T: number;
       rotary: { cos: tf.Tensor; sin: tf.Tensor };
-      bias: tf.Tensor4D;
-      past?: { k: tf.Tensor4D; v: tf.Tensor4D };
+      bias: tf.Tensor;
+      past?: Past;
     },
   ) {
     const { B, T } = o;
     const H = this.config.num_attention_heads, K = kvHeads(this.config), D = headDim(this.config);
     const G = H / K;
     const heads = (t: tf.Tensor, n: number) => tf.transpose(tf.reshape(t, [B, T, n, D]), [0, 2, 1, 3]) as tf.Tensor4D;
-    const q = this.#rope(heads(this.#linear(`${prefix}.self_attn.q_proj`, h), H), o.rotary); // [B, H, T, D]
-    const kNew = this.#rope(heads(this.#linear(`${prefix}.self_attn.k_proj`, h), K), o.rotary); // [B, K, T, D]
-    const vNew = heads(this.#linear(`${prefix}.self_attn.v_proj`, h), K); // [B, K, T, D]
+    const q = this.#rope(heads(this.#linear(w, `${prefix}.self_attn.q_proj`, h), H), o.rotary); // [B, H, T, D]
+    const kNew = this.#rope(heads(this.#linear(w, `${prefix}.self_attn.k_proj`, h), K), o.rotary); // [B, K, T, D]
+    const vNew = heads(this.#linear(w, `${prefix}.self_attn.v_proj`, h), K); // [B, K, T, D]
     const k = o.past ? tf.concat([o.past.k, kNew], 2) as tf.Tensor4D : kNew; // [B, K, S, D]
     const v = o.past ? tf.concat([o.past.v, vNew], 2) as tf.Tensor4D : vNew; // [B, K, S, D]
     const grouped = tf.reshape(q, [B, K, G * T, D]); // [B, K, G*T, D]
     const scores = tf.add(tf.mul(tf.matMul(grouped, k, false, true), 1 / Math.sqrt(D)), o.bias); // [B, K, G*T, S]
     const context = tf.reshape(tf.matMul(tf.softmax(scores), v), [B, H, T, D]); // [B, H, T, D]
     const merged = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [B * T, H * D]) as tf.Tensor2D; // [B*T, H*D]
-    return { out: this.#linear(`${prefix}.self_attn.o_proj`, merged), k, v }; // [B*T, C]
+    return { out: this.#linear(w, `${prefix}.self_attn.o_proj`, merged), k, v }; // [B*T, C]
   }
 
   /** SwiGLU: down(act(gate(x)) * up(x)). */
-  #mlp(prefix: string, x: tf.Tensor2D): tf.Tensor2D {
-    const gate = activationForward(this.config.hidden_act, this.#linear(`${prefix}.mlp.gate_proj`, x)).y; // [N, F]
-    const up = this.#linear(`${prefix}.mlp.up_proj`, x); // [N, F]
-    return this.#linear(`${prefix}.mlp.down_proj`, tf.mul(gate, up) as tf.Tensor2D); // [N, C]
+  #mlp(prefix: string, x: tf.Tensor2D, w: WeightLookup): tf.Tensor2D {
+    const gate = activationForward(this.config.hidden_act, this.#linear(w, `${prefix}.mlp.gate_proj`, x)).y; // [N, F]
+    const up = this.#linear(w, `${prefix}.mlp.up_proj`, x); // [N, F]
+    return this.#linear(w, `${prefix}.mlp.down_proj`, tf.mul(gate, up) as tf.Tensor2D); // [N, C]
   }
 }
 

@@ -55,7 +55,7 @@ interface LoraPair {
 }
 
 /** PEFT's tensor names for a module's matrices. */
-function peftName(module: string, which: "A" | "B"): string {
+export function peftName(module: string, which: "A" | "B"): string {
   return `base_model.model.${module}.lora_${which}.weight`;
 }
 
@@ -115,14 +115,22 @@ export class LoraAdapter {
     return [...this.#modules.keys()];
   }
 
-  /** The update for rows x [N, in] of `module`: [N, out], or null when the module is not adapted. */
-  delta(module: string, x: tf.Tensor2D): tf.Tensor2D | null {
-    const m = this.#modules.get(module);
-    if (!m) return null;
+  /** Whether `module` is adapted. */
+  adapts(module: string): boolean {
+    return this.#modules.has(module);
+  }
+
+  /** True when the forward pass draws dropout masks (not deterministic: it cannot be recomputed). */
+  get dropoutActive(): boolean {
+    return this.training && this.config.lora_dropout > 0;
+  }
+
+  /** (dropout(x) A^T B^T) * scale for rows x [N, in], given a module's A [r, in] and B [out, r]. */
+  update(x: tf.Tensor2D, a: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
     const rate = this.config.lora_dropout;
     const input = this.training && rate > 0 ? tf.dropout(x, rate, undefined, this.#dropoutSeed++) : x;
-    const low = tf.matMul(input, m.a, false, true); // [N, r]
-    return tf.mul(tf.matMul(low, m.b, false, true), this.scale); // [N, out]
+    const low = tf.matMul(input, a as tf.Tensor2D, false, true); // [N, r]
+    return tf.mul(tf.matMul(low, b as tf.Tensor2D, false, true), this.scale); // [N, out]
   }
 
   /** The update to a module's base weight, in the base's layout: scale * B A, transposed for [in, out]. */
