@@ -1,6 +1,16 @@
-/** What the benchmark scripts share: model sizes, random models, PyTorch detection, memory and formatting. */
-import { Gpt2ConfigSchema } from "../src/model/config.ts";
-import { Gpt2Model, gpt2ParameterShapes, initGpt2Weights } from "../src/model/gpt2.ts";
+/**
+ * What the benchmark scripts share: model shapes, random models, the DPO/scoring/generation work both
+ * sides run, child processes (PyTorch's included), peak memory and formatting.
+ */
+import type { z } from "zod";
+import * as tf from "../src/model/tf.ts";
+import { Gpt2ConfigSchema, LlamaConfigSchema, type ModelConfig } from "../src/model/config.ts";
+import { createModel, initWeights, parameterShapes } from "../src/model/architectures.ts";
+import type { CausalLM } from "../src/model/causal_lm.ts";
+import { buildScoringBatch, scoreRows } from "../src/model/logprobs.ts";
+import { generate } from "../src/model/generate.ts";
+import { type DpoConfig, parseDpoConfig } from "../src/dpo/config.ts";
+import type { PreferencePair } from "../src/dpo/trainer.ts";
 
 /** A GPT-2 shape. */
 export interface Size {
@@ -11,6 +21,9 @@ export interface Size {
   n_positions: number;
 }
 
+/** A shape of any architecture: a GPT-2 `Size`, or the fields of a Llama-family `config.json`. */
+export type ModelShape = Size | z.input<typeof LlamaConfigSchema>;
+
 /** The sizes benchmarks run: the shipped model's shape, then GPT-2 shapes with GPT-2's 50,257-token vocabulary. */
 export const SIZES: Record<string, Size> = {
   "tiny": { n_layer: 4, n_embd: 128, n_head: 4, vocab_size: 257, n_positions: 1024 },
@@ -19,10 +32,178 @@ export const SIZES: Record<string, Size> = {
   "gpt2-small": { n_layer: 12, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024 },
 };
 
-/** A GPT-2 of `size` with GPT-2's initialization (N(0, 0.02), LayerNorm at identity), seeded. */
-export function randomModel(size: Size, seed = 0, trainable = true): Gpt2Model {
-  const config = Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size });
-  return new Gpt2Model(config, initGpt2Weights(config, seed), trainable);
+/** The validated config of a shape. */
+export function shapeConfig(shape: ModelShape): ModelConfig {
+  return "model_type" in shape
+    ? LlamaConfigSchema.parse(shape)
+    : Gpt2ConfigSchema.parse({ model_type: "gpt2", ...shape });
+}
+
+/** A model of `shape` with its architecture's initialization, seeded. */
+export function randomModel(shape: ModelShape, seed = 0, trainable = true): CausalLM {
+  const config = shapeConfig(shape);
+  return createModel(config, initWeights(config, seed), trainable);
+}
+
+/** Number of weights of a model of `shape`. */
+export function parameterCount(shape: ModelShape): number {
+  return [...parameterShapes(shapeConfig(shape)).values()].reduce((a, s) => a + s.reduce((x, y) => x * y, 1), 0);
+}
+
+/** The work, identical on both sides. DPO: 4 pairs of 64 prompt + 64 completion tokens, twice (1,024 tokens a step). */
+export const WORK = {
+  pairs: 4,
+  prompt_len: 64,
+  completion_len: 64,
+  beta: 0.1,
+  learning_rate: 1e-6,
+  gen_batch: 8,
+  gen_prompt_len: 16,
+  gen_tokens: 64,
+};
+export const DPO_TOKENS = WORK.pairs * 2 * (WORK.prompt_len + WORK.completion_len);
+export const GEN_TOKENS = WORK.gen_batch * WORK.gen_tokens;
+
+/** `n` deterministic token ids below `eos`. */
+function ids(n: number, seed: number, eos: number): number[] {
+  return Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729) % eos);
+}
+
+/** The DPO batch of WORK. The trainer appends the eos to each completion: 63 tokens + eos = 64. */
+export function workPairs(eos: number): PreferencePair[] {
+  return Array.from({ length: WORK.pairs }, (_, b) => ({
+    promptIds: ids(WORK.prompt_len, b, eos),
+    chosenIds: ids(WORK.completion_len - 1, 100 + b, eos),
+    rejectedIds: ids(WORK.completion_len - 1, 200 + b, eos),
+  }));
+}
+
+/** The DPO step of WORK: sigmoid loss, AdamW, clipping at 1, reference log-probs cached. */
+export function workDpoConfig(): DpoConfig {
+  return parseDpoConfig({
+    beta: WORK.beta,
+    learning_rate: WORK.learning_rate,
+    loss_type: ["sigmoid"],
+    per_device_train_batch_size: WORK.pairs,
+    gradient_accumulation_steps: 1,
+    max_grad_norm: 1,
+    precompute_ref_log_probs: true,
+  });
+}
+
+/** Forward-only scoring of the DPO step's tokens (what an uncached reference costs). */
+export async function scoreWork(model: CausalLM, pairs: PreferencePair[], eos: number): Promise<void> {
+  const rows = [...pairs.map((p) => p.chosenIds), ...pairs.map((p) => p.rejectedIds)].map((c, i) => ({
+    promptIds: pairs[i % pairs.length]!.promptIds,
+    completionIds: c,
+  }));
+  const batch = buildScoringBatch(rows, { eosId: eos, maxLength: model.contextLength });
+  const s = tf.tidy(() => scoreRows(model, batch).logps);
+  await s.data();
+  s.dispose();
+}
+
+/** Batched greedy generation of WORK: `gen_batch` prompts, `gen_tokens` new tokens each, KV cache. */
+export async function generateWork(model: CausalLM, eos: number): Promise<void> {
+  const codec = { eosTokenId: -1, decode: () => "" };
+  const prompts = Array.from({ length: WORK.gen_batch }, (_, b) => ids(WORK.gen_prompt_len, 300 + b, eos));
+  await generate(model, codec, prompts, { temperature: 0, maxNewTokens: WORK.gen_tokens, stopAtEos: false });
+}
+
+/** Options of `timed`. */
+export interface TimedOptions {
+  /** Keep calling until this many seconds have passed. */
+  seconds: number;
+  /** Give up after the warm-up call when it took longer than this (seconds). Default: no limit. */
+  budget?: number;
+  /** Calls to time at least. Default 2. */
+  minIters?: number;
+}
+
+/** Mean seconds per call after one warm-up call, or why not: the warm-up took longer than `budget` seconds. */
+export async function timed(
+  fn: () => Promise<void>,
+  { seconds, budget = Infinity, minIters = 2 }: TimedOptions,
+): Promise<{ seconds: number } | { skipped: string }> {
+  const warm = performance.now();
+  await fn();
+  const warmS = (performance.now() - warm) / 1000;
+  if (warmS > budget) return { skipped: `first call took ${warmS.toFixed(0)} s (> --budget ${budget})` };
+  let n = 0;
+  const start = performance.now();
+  while (n < minIters || (performance.now() - start) / 1000 < seconds) {
+    await fn();
+    n++;
+  }
+  return { seconds: (performance.now() - start) / 1000 / n };
+}
+
+/** A child that could not measure: why (the backend did not start, it crashed, it ran out of time). */
+export type Failure = { error: string };
+
+/** True when a child's result says why it could not measure. */
+export function isFailure<T>(r: T | Failure): r is Failure {
+  return typeof r === "object" && r !== null && "error" in r;
+}
+
+/** Runs a child that prints its result as JSON on its last stdout line. */
+export async function runChild<T>(
+  cmd: string,
+  args: string[],
+  env: Record<string, string>,
+  timeoutS: number,
+): Promise<T | Failure> {
+  const options = {
+    args,
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(timeoutS * 1000),
+  } as const;
+  try {
+    const out = await new Deno.Command(cmd, options).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    if (options.signal.aborted) return { error: `did not finish in ${timeoutS} s` };
+    if (!out.success) {
+      const line = stderr.split("\n").find((l) => /error|Error/.test(l))?.trim() ?? `exit code ${out.code}`;
+      const reason = line.replace(/ Build with.*/, "");
+      // Both are how wasm reports a heap that cannot grow past 4 GiB.
+      const heap = /Aborted\(\)|memory access out of bounds/.test(reason);
+      return { error: heap ? `${reason} (out of wasm memory: 4 GiB at most)` : reason };
+    }
+    return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!) as T;
+  } catch (error) {
+    if ((error as Error).name === "AbortError" || (error as Error).name === "TimeoutError") {
+      return { error: `did not finish in ${timeoutS} s` };
+    }
+    throw error;
+  }
+}
+
+/**
+ * PyTorch runs in both settings and each of its figures is the better one: with OpenBLAS's threads on
+ * top of its own OpenMP threads small ops oversubscribe the cores (generation ran 4-5x slower), with
+ * one OpenBLAS thread a matmul runs on one core.
+ */
+export const TORCH_SETTINGS: Record<string, Record<string, string>> = {
+  "1 BLAS thread": { OPENBLAS_NUM_THREADS: "1" },
+  [`${navigator.hardwareConcurrency} BLAS threads`]: { OPENBLAS_NUM_THREADS: `${navigator.hardwareConcurrency}` },
+};
+
+/** A PyTorch script's result in every TORCH_SETTINGS that succeeded (by setting), or why none did. */
+export async function runTorchSettings<T>(
+  script: string,
+  config: unknown,
+  timeoutS: number,
+): Promise<[string, T][] | Failure> {
+  const runs: [string, T][] = [];
+  let failure: Failure | undefined;
+  for (const [name, env] of Object.entries(TORCH_SETTINGS)) {
+    const r = await runChild<T>("/usr/bin/python3", [script, JSON.stringify(config)], env, timeoutS);
+    if (isFailure(r)) failure = r;
+    else runs.push([name, r]);
+  }
+  return runs.length > 0 ? runs : failure!;
 }
 
 /** The process's peak resident memory (VmHWM), in MB. */
@@ -42,11 +223,20 @@ export async function torchAvailable(): Promise<string | undefined> {
   }
 }
 
+/** PyTorch's version, after trying to install Debian's package when it is missing (as root, with apt-get). */
+export async function ensureTorch(): Promise<string | undefined> {
+  const found = await torchAvailable();
+  if (found) return found;
+  if (Deno.uid?.() !== 0) return undefined;
+  console.error("# PyTorch missing: apt-get install -y python3-torch ...");
+  const env = { DEBIAN_FRONTEND: "noninteractive" };
+  for (const args of [["update"], ["install", "-y", "--no-install-recommends", "python3-torch"]]) {
+    const out = await new Deno.Command("apt-get", { args, env, stdout: "null", stderr: "inherit" }).output()
+      .catch(() => undefined);
+    if (!out?.success) return undefined;
+  }
+  return await torchAvailable();
+}
+
 /** A number with thousands separators. */
 export const fmt = (x: number, digits = 0) => x.toLocaleString("en-US", { maximumFractionDigits: digits });
-
-/** Number of weights of a model of `size`. */
-export function parameterCount(size: Size): number {
-  const config = Gpt2ConfigSchema.parse({ model_type: "gpt2", ...size });
-  return [...gpt2ParameterShapes(config).values()].reduce((a, s) => a + s.reduce((x, y) => x * y, 1), 0);
-}

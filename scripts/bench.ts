@@ -17,40 +17,34 @@
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import * as tf from "../src/model/tf.ts";
-import { fmt, parameterCount, peakRssMb, randomModel, SIZES, torchAvailable } from "./_bench_common.ts";
+import {
+  DPO_TOKENS,
+  ensureTorch,
+  type Failure,
+  fmt,
+  GEN_TOKENS,
+  generateWork,
+  parameterCount,
+  peakRssMb,
+  randomModel,
+  runChild,
+  runTorchSettings,
+  scoreWork,
+  SIZES,
+  timed,
+  TORCH_SETTINGS,
+  WORK,
+  workDpoConfig,
+  workPairs,
+} from "./_bench_common.ts";
 import { describeBackend, initBackend } from "../src/model/backend.ts";
-import { buildScoringBatch, scoreRows } from "../src/model/logprobs.ts";
-import { generate } from "../src/model/generate.ts";
-import { parseDpoConfig } from "../src/dpo/config.ts";
 import { DpoTrainer, type PreferencePair } from "../src/dpo/trainer.ts";
 
-/** The work, identical on both sides. DPO: 4 pairs of 64 prompt + 64 completion tokens, twice (1,024 tokens a step). */
-const WORK = {
-  pairs: 4,
-  prompt_len: 64,
-  completion_len: 64,
-  beta: 0.1,
-  learning_rate: 1e-6,
-  gen_batch: 8,
-  gen_prompt_len: 16,
-  gen_tokens: 64,
-};
-const DPO_TOKENS = WORK.pairs * 2 * (WORK.prompt_len + WORK.completion_len);
-const GEN_TOKENS = WORK.gen_batch * WORK.gen_tokens;
 const DEFAULT_SIZES = ["tiny", "gpt2-8x512", "gpt2-small"];
 /** Backend variants: `wasm` with matmuls in OpenBLAS when it loads, `wasm-noblas` with wasm's own kernels. */
 const BACKENDS = ["wasm", "wasm-noblas", "cpu", "webgpu", "tensorflow"] as const;
 type Variant = typeof BACKENDS[number];
 const PEAK_N = 2048;
-/**
- * PyTorch runs in both settings and each of its figures is the better one: with OpenBLAS's threads on
- * top of its own OpenMP threads small ops oversubscribe the cores (generation ran 4-5x slower), with
- * one OpenBLAS thread a matmul runs on one core.
- */
-const TORCH_SETTINGS: Record<string, Record<string, string>> = {
-  "1 BLAS thread": { OPENBLAS_NUM_THREADS: "1" },
-  [`${navigator.hardwareConcurrency} BLAS threads`]: { OPENBLAS_NUM_THREADS: `${navigator.hardwareConcurrency}` },
-};
 
 /** Where a DPO step's time went, in seconds. */
 interface Breakdown {
@@ -64,9 +58,6 @@ interface Breakdown {
   /** Multiply-add FLOPs of the step's matmuls (2·M·N·K each). */
   matmul_flops: number;
 }
-
-/** A child that could not measure: why (the backend did not start, it crashed, it ran out of time). */
-type Failure = { error: string };
 
 interface Result {
   backend: string;
@@ -93,14 +84,8 @@ interface TorchResult {
 
 /** The better figure of each kind over PyTorch's runs in TORCH_SETTINGS. */
 async function runTorch(script: string, config: unknown, timeout: number): Promise<TorchResult | Failure> {
-  const runs: [string, TorchResult][] = [];
-  let failure: Failure | undefined;
-  for (const [name, env] of Object.entries(TORCH_SETTINGS)) {
-    const r = await runChild<TorchResult>("/usr/bin/python3", [script, JSON.stringify(config)], env, timeout);
-    if ("error" in r) failure = r;
-    else runs.push([name, r]);
-  }
-  if (runs.length === 0) return failure!;
+  const runs = await runTorchSettings<TorchResult>(script, config, timeout);
+  if ("error" in runs) return runs;
   const best = (key: "dpo_step_s" | "score_s" | "generate_s") => runs.reduce((a, b) => (b[1][key] < a[1][key] ? b : a));
   const [dpoName, dpo] = best("dpo_step_s");
   const [scoreName, score] = best("score_s");
@@ -112,26 +97,6 @@ async function runTorch(script: string, config: unknown, timeout: number): Promi
     sgemm_gflops: Math.max(...runs.map(([, r]) => r.sgemm_gflops)),
     settings: { dpo: dpoName, score: scoreName, generate: generateName },
   };
-}
-
-/** Mean seconds per call after one warm-up call, or why not: the warm-up took longer than `budget` seconds. */
-async function timed(
-  fn: () => Promise<void>,
-  seconds: number,
-  budget: number,
-  minIters = 2,
-): Promise<{ seconds: number } | { skipped: string }> {
-  const warm = performance.now();
-  await fn();
-  const warmS = (performance.now() - warm) / 1000;
-  if (warmS > budget) return { skipped: `first call took ${warmS.toFixed(0)} s (> --budget ${budget})` };
-  let n = 0;
-  const start = performance.now();
-  while (n < minIters || (performance.now() - start) / 1000 < seconds) {
-    await fn();
-    n++;
-  }
-  return { seconds: (performance.now() - start) / 1000 / n };
 }
 
 async function initVariant(variant: Variant) {
@@ -152,32 +117,16 @@ async function worker(sizeName: string, variant: Variant, seconds: number, budge
   const eos = size.vocab_size - 1;
   const policy = randomModel(size, 0, true);
   const reference = randomModel(size, 1000, false);
-  const ids = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729) % eos);
-  // The trainer appends the eos to each completion: 63 random tokens + eos = 64.
-  const pairs: PreferencePair[] = Array.from({ length: WORK.pairs }, (_, b) => ({
-    promptIds: ids(WORK.prompt_len, b),
-    chosenIds: ids(WORK.completion_len - 1, 100 + b),
-    rejectedIds: ids(WORK.completion_len - 1, 200 + b),
-  }));
+  const pairs = workPairs(eos);
   const result: Result = { backend, peak_rss_mb: 0 };
-
-  const config = parseDpoConfig({
-    beta: WORK.beta,
-    learning_rate: WORK.learning_rate,
-    loss_type: ["sigmoid"],
-    per_device_train_batch_size: WORK.pairs,
-    gradient_accumulation_steps: 1,
-    max_grad_norm: 1,
-    precompute_ref_log_probs: true,
-  });
+  const config = workDpoConfig();
   const trainer = new DpoTrainer({ policy, reference, config, eosId: eos });
   const dpo = await timed(
     async () => {
       const m = await trainer.trainStep(pairs, 1000);
       if (!Number.isFinite(m.loss)) throw new Error(`Cannot benchmark: step ${m.step} has loss ${m.loss}`);
     },
-    seconds,
-    budget,
+    { seconds, budget },
   );
   if ("skipped" in dpo) {
     // Too slow for the DPO step: the rest would be too slow as well.
@@ -191,32 +140,9 @@ async function worker(sizeName: string, variant: Variant, seconds: number, budge
   if (tf.getBackend() === "wasm") result.breakdown = await profileStep(trainer, pairs, size.vocab_size);
   trainer.optimizer.dispose();
 
-  const rows = [...pairs.map((p) => p.chosenIds), ...pairs.map((p) => p.rejectedIds)].map((c, i) => ({
-    promptIds: pairs[i % WORK.pairs]!.promptIds,
-    completionIds: c,
-  }));
-  const batch = buildScoringBatch(rows, { eosId: eos, maxLength: size.n_positions });
-  const score = await timed(
-    async () => {
-      const s = tf.tidy(() => scoreRows(reference, batch).logps);
-      await s.data();
-      s.dispose();
-    },
-    seconds,
-    budget,
-  );
+  const score = await timed(() => scoreWork(reference, pairs, eos), { seconds, budget });
   if ("seconds" in score) result.score_s = score.seconds;
-
-  const codec = { eosTokenId: -1, decode: () => "" };
-  const prompts = Array.from({ length: WORK.gen_batch }, (_, b) => ids(WORK.gen_prompt_len, 300 + b));
-  const gen = await timed(
-    async () => {
-      await generate(policy, codec, prompts, { temperature: 0, maxNewTokens: WORK.gen_tokens, stopAtEos: false });
-    },
-    seconds,
-    budget,
-    1,
-  );
+  const gen = await timed(() => generateWork(policy, eos), { seconds, budget, minIters: 1 });
   if ("seconds" in gen) result.generate_s = gen.seconds;
 
   result.peak_rss_mb = peakRssMb();
@@ -293,52 +219,6 @@ function sgemmGflops(): number {
   const s = (performance.now() - start) / 1000 / n;
   tf.dispose([a, b]);
   return (2 * PEAK_N ** 3) / s / 1e9;
-}
-
-async function runChild<T>(
-  cmd: string,
-  args: string[],
-  env: Record<string, string>,
-  timeoutS: number,
-): Promise<T | Failure> {
-  const options = {
-    args,
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(timeoutS * 1000),
-  } as const;
-  try {
-    const out = await new Deno.Command(cmd, options).output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    if (options.signal.aborted) return { error: `did not finish in ${timeoutS} s` };
-    if (!out.success) {
-      const line = stderr.split("\n").find((l) => /error|Error/.test(l))?.trim() ?? `exit code ${out.code}`;
-      const reason = line.replace(/ Build with.*/, "");
-      return { error: reason.includes("Aborted()") ? `${reason} (out of wasm memory: 4 GiB at most)` : reason };
-    }
-    return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!) as T;
-  } catch (error) {
-    if ((error as Error).name === "AbortError" || (error as Error).name === "TimeoutError") {
-      return { error: `did not finish in ${timeoutS} s` };
-    }
-    throw error;
-  }
-}
-
-/** PyTorch's version, after trying to install Debian's package when it is missing (as root, with apt-get). */
-async function ensureTorch(): Promise<string | undefined> {
-  const found = await torchAvailable();
-  if (found) return found;
-  if (Deno.uid?.() !== 0) return undefined;
-  console.error("# PyTorch missing: apt-get install -y python3-torch ...");
-  const env = { DEBIAN_FRONTEND: "noninteractive" };
-  for (const args of [["update"], ["install", "-y", "--no-install-recommends", "python3-torch"]]) {
-    const out = await new Deno.Command("apt-get", { args, env, stdout: "null", stderr: "inherit" }).output()
-      .catch(() => undefined);
-    if (!out?.success) return undefined;
-  }
-  return await torchAvailable();
 }
 
 async function main(): Promise<void> {
