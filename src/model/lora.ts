@@ -64,13 +64,18 @@ export function targetModules(model: CausalLM, config: LoraConfig): Map<string, 
   const linear = model.linearModules();
   const given = config.target_modules ?? DEFAULT_TARGETS[model.config.model_type]!;
   const targets = Array.isArray(given) && given.length === 1 && given[0] === "all-linear" ? "all-linear" : given;
+  let pattern: RegExp | undefined;
+  try {
+    if (typeof targets === "string" && targets !== "all-linear") pattern = new RegExp(`^(?:${targets})$`);
+  } catch (err) {
+    throw new Error(
+      `Cannot create a LoRA adapter as target_modules '${targets}' is not a regex: ${(err as Error).message}`,
+    );
+  }
   const picked = new Map<string, LinearModule>();
   for (const [name, m] of linear) {
-    const hit = targets === "all-linear"
-      ? true
-      : typeof targets === "string"
-      ? new RegExp(`^(?:${targets})$`).test(name)
-      : targets.some((t) => name === t || name.endsWith(`.${t}`));
+    const hit = targets === "all-linear" ||
+      (pattern ? pattern.test(name) : (targets as string[]).some((t) => name === t || name.endsWith(`.${t}`)));
     if (hit) picked.set(name, m);
   }
   if (picked.size === 0) {

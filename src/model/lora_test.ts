@@ -139,6 +139,14 @@ Deno.test("a fresh adapter is PEFT's initialization: the model is unchanged, onl
       () => attachNewAdapter(gpt2.model, LoraConfigSchema.parse({ target_modules: ["q_proj"] }), 1),
       /target_modules \["q_proj"\] matches no linear layer of this gpt2 model \(its linear layers are named c_attn, c_proj, c_fc\)/,
     );
+    assert.throws(
+      () => attachNewAdapter(gpt2.model, LoraConfigSchema.parse({ target_modules: "(c_attn" }), 1),
+      /target_modules '\(c_attn' is not a regex/,
+    );
+    const regex = attachNewAdapter(gpt2.model, LoraConfigSchema.parse({ target_modules: ".*\\.1\\.mlp\\..*" }), 1);
+    assert.deepEqual(regex.modules(), ["transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"], "a regex in full");
+    gpt2.model.adapter!.dispose();
+    gpt2.model.adapter = undefined;
     assert.equal(attachNewAdapter(gpt2.model, LoraConfigSchema.parse({}), 1).modules().length, 2, "default: c_attn");
   } finally {
     gpt2.model.dispose();
