@@ -17,6 +17,7 @@ import {
   MODEL_USAGE,
   numberOption,
   parseCommand,
+  UsageError,
   validate,
   writeStdout,
 } from "./common.ts";
@@ -89,6 +90,9 @@ export async function runTrain(args: string[]): Promise<void> {
     log(`resuming from ${opts.resume} at step ${resumeState.trainerState.step}`);
   } else {
     config = parseDpoConfig({ ...fromFile, ...configFromFlags(values) }, "the training settings");
+    if (opts.ref && config.use_peft) {
+      throw new UsageError("--ref: with --use-peft the reference is the model itself with its adapter off");
+    }
     const policyDir = await resolveModel(opts.model!, { cacheDir: opts["cache-dir"] });
     policy = await loadModel(policyDir);
     // The reference has weights of its own, even when it starts as the policy; with LoRA it is the base.

@@ -1,9 +1,9 @@
 /**
  * The DPO engine: a policy and a frozen reference (weights of its own, or the policy's base with its
- * LoRA adapter disabled), reference log-probs
- * cached per pair and reference version, one forward over chosen and rejected together, gradient
- * accumulation, clipping, NaN-safe updates, reference refreshes (iterative DPO and TR-DPO), and
- * checkpoints that resume exactly. The offline CLI and the online worker both drive this class.
+ * LoRA adapter disabled), reference log-probs cached per pair and reference version, one forward over
+ * chosen and rejected together, gradient accumulation, clipping, NaN-safe updates, reference refreshes
+ * (iterative DPO and TR-DPO), and checkpoints that resume exactly. The offline CLI and the online worker
+ * both drive this class.
  */
 import * as tf from "../model/tf.ts";
 import type { CausalLM } from "../model/causal_lm.ts";

@@ -102,6 +102,9 @@ export async function runTrainerRole(input: TrainerRoleOptions, hooks: TrainerRo
   if (!parsed.success) throw new Error(`Cannot start the trainer: ${z.prettifyError(parsed.error)}`);
   const opts = parsed.data;
   const log = (message: string) => hooks.onEvent({ type: "log", message });
+  if (opts.dpo.use_peft === true && opts.ref) {
+    throw new Error("Cannot start the trainer: with use_peft the reference is the base with its adapter off; drop ref");
+  }
   if (opts.dpo.use_peft === true && opts.mode === "rounds" && opts.refRefreshRounds > 0) {
     throw new Error(
       "Cannot start the trainer: with use_peft the reference is the frozen base; set refRefreshRounds to 0",
