@@ -133,13 +133,23 @@ export abstract class CausalLM {
     constants: tf.Tensor[],
     layer: (x: T, w: WeightLookup, constants: tf.Tensor[]) => T,
   ): T {
+    const inputs = this.layerInputs(prefix, names);
+    const run = (xs: tf.Tensor[], cs: tf.Tensor[]) => layer(xs[0] as T, inputs.read(xs.slice(1)), cs);
+    return recomputed(run, [x, ...inputs.names.map(this.weight)], constants) as T;
+  }
+
+  /**
+   * What a layer op takes as inputs: of the base weights `names` and the adapter's matrices under
+   * `prefix`, those that train (frozen ones are read from the model, and get no gradient); `read`
+   * turns the op's copies of them into the lookup its layer uses.
+   */
+  protected layerInputs(prefix: string, names: string[]) {
     const adapted = this.adapter?.enabled
       ? [...this.adapter.params.keys()].filter((n) => n.startsWith(`base_model.model.${prefix}.`))
       : [];
     const trainable = [...names, ...adapted].filter((n) => (this.weight(n) as tf.Variable).trainable);
-    const slot = new Map(trainable.map((n, i) => [n, i + 1]));
-    const run = (xs: tf.Tensor[], cs: tf.Tensor[]) =>
-      layer(xs[0] as T, (name) => xs[slot.get(name) ?? -1] ?? this.weight(name), cs);
-    return recomputed(run, [x, ...trainable.map(this.weight)], constants) as T;
+    const slot = new Map(trainable.map((n, i) => [n, i]));
+    const read = (xs: tf.Tensor[]): WeightLookup => (name) => xs[slot.get(name) ?? -1] ?? this.weight(name);
+    return { names: trainable, read };
   }
 }

@@ -12,7 +12,8 @@
  */
 import * as tf from "./tf.ts";
 import type { LlamaConfig } from "./config.ts";
-import { activationForward, embed } from "./_ops.ts";
+import { activationBackward, activationForward, customOp, embed, sumRows } from "./_ops.ts";
+import { peftName } from "./lora.ts";
 import {
   CausalLM,
   type ForwardInput,
@@ -134,6 +135,9 @@ export function ropeFrequencies(config: LlamaConfig): { invFreq: number[]; atten
   };
 }
 
+/** How many activations `#layer` saves for `#layerBackward`. */
+const LAYER_SAVED = 16;
+
 /** A layer's keys and values so far: [B, K, P, D] each. */
 type Past = { k: tf.Tensor4D; v: tf.Tensor4D };
 
@@ -198,32 +202,174 @@ export class LlamaModel extends CausalLM {
     const keys: tf.Tensor4D[] = [];
     const values: tf.Tensor4D[] = [];
     const training = !withCache && !input.cache && this.canRecompute();
+
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = `model.layers.${i}`;
-      const layer = (xi: tf.Tensor2D, w: WeightLookup, [cos, sin, mask]: tf.Tensor[], past?: Past) => {
-        const h = rmsNorm(xi, w(`${p}.input_layernorm.weight`), c.rms_norm_eps); // [B*T, C]
-        const attn = this.#attention(p, h, w, { B, T, rotary: { cos: cos!, sin: sin! }, bias: mask!, past });
-        const x1 = tf.add(xi, attn.out) as tf.Tensor2D; // [B*T, C]
-        const h2 = rmsNorm(x1, w(`${p}.post_attention_layernorm.weight`), c.rms_norm_eps); // [B*T, C]
-        return { out: tf.add(x1, this.#mlp(p, h2, w)) as tf.Tensor2D, k: attn.k, v: attn.v }; // [B*T, C]
-      };
-      // Training and scoring: each layer one op, recomputed in the backward pass, so that its
-      // intermediates do not pile up until the pass ends. Generation: composed, returning the cache.
+      // Training and scoring: each layer one op with a hand-written gradient (layerBackward), which
+      // keeps only what that needs. Generation: composed, returning the cache.
       const constants = [rotary.cos, rotary.sin, bias];
-      if (training) {
-        x = this.checkpointed(x, p, this.#layerWeights[i]!, constants, (xi, w, cs) => layer(xi, w, cs).out);
-      } else {
+      if (training) x = this.#trainableLayer(i, x, constants, { B, T });
+      else {
         const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
-        const out = layer(x, this.weight, constants, past);
+        const out = this.#layer(p, x, this.weight, { B, T, constants, past });
         x = out.out;
         keys.push(out.k);
         values.push(out.v);
       }
     }
     const C = c.hidden_size;
-    const hidden = tf.reshape(rmsNorm(x, this.p("model.norm.weight"), c.rms_norm_eps), [B, T, C]) as tf.Tensor3D;
+    const hidden = tf.reshape(rmsNorm(x, this.p("model.norm.weight"), c.rms_norm_eps).y, [B, T, C]) as tf.Tensor3D;
     const cache: KVCache = { keys, values };
     return withCache ? { hidden, cache } : { hidden };
+  }
+
+  /**
+   * One decoder layer over rows x [B*T, C]: x1 = x + attention(rmsnorm(x)), out = x1 + mlp(rmsnorm(x1)).
+   * `constants` are cos, sin [B, 1, T, D] and the attention bias [B, 1, G*T, S]. With `lows` it also
+   * returns what `layerBackward` needs.
+   */
+  #layer(
+    p: string,
+    x: tf.Tensor2D,
+    w: WeightLookup,
+    o: { B: number; T: number; constants: tf.Tensor[]; past?: Past; lows?: Map<string, tf.Tensor2D> },
+  ) {
+    const [cos, sin, mask] = o.constants as [tf.Tensor, tf.Tensor, tf.Tensor];
+    const eps = this.config.rms_norm_eps;
+    const norm1 = rmsNorm(x, w(`${p}.input_layernorm.weight`), eps); // [B*T, C]
+    const attn = this.#attention(p, norm1.y, w, { ...o, rotary: { cos, sin }, bias: mask });
+    const x1 = tf.add(x, attn.out) as tf.Tensor2D; // [B*T, C]
+    const norm2 = rmsNorm(x1, w(`${p}.post_attention_layernorm.weight`), eps); // [B*T, C]
+    const mlp = this.#mlp(p, norm2.y, w, o.lows);
+    return { out: tf.add(x1, mlp.out) as tf.Tensor2D, k: attn.k, v: attn.v, norm1, attn, norm2, mlp }; // [B*T, C]
+  }
+
+  /** A layer as one op whose gradient is `layerBackward`: only the trainable weights get one. */
+  #trainableLayer(i: number, x: tf.Tensor2D, constants: tf.Tensor[], shape: { B: number; T: number }): tf.Tensor2D {
+    const p = `model.layers.${i}`;
+    const { names, read } = this.layerInputs(p, this.#layerWeights[i]!);
+    let lowNames: string[] = []; // the adapted modules' x A^T, saved in this order
+    const op = customOp(([xi, ...rest]) => {
+      const w = read(rest);
+      const lows = new Map<string, tf.Tensor2D>();
+      const l = this.#layer(p, xi as tf.Tensor2D, w, { ...shape, constants: rest.slice(names.length), lows });
+      lowNames = [...lows.keys()];
+      const saved = [
+        l.norm1.xhat,
+        l.norm1.rstd,
+        l.norm1.y,
+        l.attn.q,
+        l.k,
+        l.v,
+        l.attn.probs,
+        l.attn.merged,
+        l.norm2.xhat,
+        l.norm2.rstd,
+        l.norm2.y,
+        l.mlp.gate,
+        l.mlp.aux,
+        l.mlp.act,
+        l.mlp.up,
+        l.mlp.m,
+      ];
+      return { value: l.out, saved: [...saved, ...lows.values(), ...rest] };
+    }, (dy, saved) => {
+      const acts = saved.slice(0, LAYER_SAVED);
+      const lows = new Map(lowNames.map((m, j) => [m, saved[LAYER_SAVED + j] as tf.Tensor2D]));
+      const rest = saved.slice(LAYER_SAVED + lowNames.length);
+      const w = read(rest);
+      const constants = rest.slice(names.length);
+      const grads = this.#layerBackward(p, dy as tf.Tensor2D, acts, lows, w, new Set(names), { ...shape, constants });
+      return [grads.dx, ...names.map((name) => grads.weights.get(name)!), ...constants.map((c) => tf.zerosLike(c))];
+    });
+    return op(x, ...names.map(this.weight), ...constants) as tf.Tensor2D;
+  }
+
+  /**
+   * Gradients of `#layer` given dOut [B*T, C] and what the forward saved (`acts`, the adapted modules'
+   * x A^T in `lows`): dx, and the gradient of every weight in `trainable` (no other weight gets one).
+   */
+  #layerBackward(
+    p: string,
+    dOut: tf.Tensor2D,
+    acts: tf.Tensor[],
+    lows: Map<string, tf.Tensor2D>,
+    w: WeightLookup,
+    trainable: Set<string>,
+    o: { B: number; T: number; constants: tf.Tensor[] },
+  ) {
+    const [xhat1, rstd1, h1, q, k, v, probs, merged, xhat2, rstd2, h2, gate, aux, act, up, m] = acts as unknown as [
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor4D,
+      tf.Tensor4D,
+      tf.Tensor4D,
+      tf.Tensor4D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+    ];
+    const [cos, sin] = o.constants as [tf.Tensor, tf.Tensor];
+    const { B, T } = o;
+    const H = this.config.num_attention_heads, K = kvHeads(this.config), D = headDim(this.config);
+    const G = H / K;
+    const grads = new Map<string, tf.Tensor>();
+    const grad = (name: string, value: () => tf.Tensor) => trainable.has(name) && grads.set(name, value());
+    /** Gradients of y = x W^T + b + (x A^T B^T) s for rows x: records the weights', returns dx [N, in]. */
+    const linear = (module: string, dy: tf.Tensor2D, x: tf.Tensor2D): tf.Tensor2D => {
+      let dx = tf.matMul(dy, w(`${module}.weight`) as tf.Tensor2D) as tf.Tensor2D; // [N, in]
+      grad(`${module}.weight`, () => tf.matMul(dy, x, true, false)); // [out, in]
+      grad(`${module}.bias`, () => sumRows(dy)); // [out]
+      const low = lows.get(module);
+      if (low) {
+        const scale = this.adapter!.scale;
+        const a = w(peftName(module, "A")) as tf.Tensor2D, b = w(peftName(module, "B")) as tf.Tensor2D;
+        const dLow = tf.mul(tf.matMul(dy, b), scale) as tf.Tensor2D; // [N, r]
+        dx = tf.add(dx, tf.matMul(dLow, a)) as tf.Tensor2D;
+        grad(peftName(module, "A"), () => tf.matMul(dLow, x, true, false)); // [r, in]
+        grad(peftName(module, "B"), () => tf.mul(tf.matMul(dy, low, true, false), scale)); // [out, r]
+      }
+      return dx;
+    };
+
+    // MLP: out = x1 + down(act(gate(h2)) * up(h2)).
+    const dM = linear(`${p}.mlp.down_proj`, dOut, m); // [N, F]
+    const dGate = activationBackward(this.config.hidden_act, tf.mul(dM, up), gate, aux) as tf.Tensor2D; // [N, F]
+    const dUp = tf.mul(dM, act) as tf.Tensor2D; // [N, F]
+    const dH2 = tf.add(linear(`${p}.mlp.gate_proj`, dGate, h2), linear(`${p}.mlp.up_proj`, dUp, h2)) as tf.Tensor2D;
+    const norm2 = rmsNormBackward(dH2, xhat2, rstd2, w(`${p}.post_attention_layernorm.weight`));
+    grad(`${p}.post_attention_layernorm.weight`, () => norm2.dWeight);
+    const dX1 = tf.add(dOut, norm2.dx) as tf.Tensor2D; // [N, C]
+
+    // Attention: x1 = x + o_proj(merge(softmax(q k^T / sqrt(D) + bias) v)), q and k rotated.
+    const dMerged = linear(`${p}.self_attn.o_proj`, dX1, merged); // [N, H*D]
+    const dContext = tf.reshape(tf.transpose(tf.reshape(dMerged, [B, T, H, D]), [0, 2, 1, 3]), [B, K, G * T, D]);
+    const dProbs = tf.matMul(dContext, v, false, true); // [B, K, G*T, S]
+    const dV = tf.matMul(probs, dContext, true, false) as tf.Tensor4D; // [B, K, S, D]
+    const dScores = tf.mul(tf.mul(probs, tf.sub(dProbs, tf.sum(tf.mul(dProbs, probs), -1, true))), 1 / Math.sqrt(D));
+    const dQ = tf.reshape(tf.matMul(dScores, k), [B, H, T, D]) as tf.Tensor4D; // [B, H, T, D]
+    const dK = tf.matMul(dScores, q, true, false) as tf.Tensor4D; // [B, K, S, D]
+    // RoPE: y = x cos + (x R) sin, so dx = dy cos + (dy sin) R^T.
+    const unrotate = (dy: tf.Tensor4D) => {
+      const back = tf.matMul(tf.reshape(tf.mul(dy, sin), [-1, D]), this.#rotateHalf, false, true);
+      return tf.add(tf.mul(dy, cos), tf.reshape(back, dy.shape));
+    };
+    const rows = (t: tf.Tensor, n: number) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [B * T, n * D]) as tf.Tensor2D;
+    const dH1 = tf.addN([
+      linear(`${p}.self_attn.q_proj`, rows(unrotate(dQ), H), h1),
+      linear(`${p}.self_attn.k_proj`, rows(unrotate(dK), K), h1),
+      linear(`${p}.self_attn.v_proj`, rows(dV, K), h1),
+    ]) as tf.Tensor2D; // [N, C]
+    const norm1 = rmsNormBackward(dH1, xhat1, rstd1, w(`${p}.input_layernorm.weight`));
+    grad(`${p}.input_layernorm.weight`, () => norm1.dWeight);
+    return { dx: tf.add(dX1, norm1.dx) as tf.Tensor2D, weights: grads };
   }
 
   /** Next-token logits through the LM head (the embedding matrix when tied). */
@@ -249,16 +395,25 @@ export class LlamaModel extends CausalLM {
     return tf.add(tf.mul(x, rotary.cos), tf.mul(rotated, rotary.sin)) as tf.Tensor4D;
   }
 
-  /** y = x W^T + b for rows x [N, in]: [N, out], plus the adapter's update when one is active. */
-  #linear(w: WeightLookup, module: string, x: tf.Tensor2D): tf.Tensor2D {
+  /**
+   * y = x W^T + b for rows x [N, in]: [N, out], plus the adapter's update when one is active. `lows`
+   * receives x A^T [N, r] of an adapted module (what its backward pass needs).
+   */
+  #linear(w: WeightLookup, module: string, x: tf.Tensor2D, lows?: Map<string, tf.Tensor2D>): tf.Tensor2D {
     const y = tf.fused.matMul({
       a: x,
       b: w(`${module}.weight`) as tf.Tensor2D,
       transposeB: true,
       bias: this.params.has(`${module}.bias`) ? w(`${module}.bias`) : undefined,
     }) as tf.Tensor2D;
-    const delta = this.loraUpdate(w, module, x);
-    return delta ? tf.add(y, delta) : y;
+    const adapter = this.adapter;
+    if (!lows || !adapter?.enabled || !adapter.adapts(module)) {
+      const delta = this.loraUpdate(w, module, x);
+      return delta ? tf.add(y, delta) : y;
+    }
+    const low = tf.matMul(x, w(peftName(module, "A")) as tf.Tensor2D, false, true) as tf.Tensor2D; // [N, r]
+    lows.set(module, low);
+    return tf.add(y, tf.mul(tf.matMul(low, w(peftName(module, "B")) as tf.Tensor2D, false, true), adapter.scale));
   }
 
   /**
@@ -276,34 +431,48 @@ export class LlamaModel extends CausalLM {
       rotary: { cos: tf.Tensor; sin: tf.Tensor };
       bias: tf.Tensor;
       past?: Past;
+      lows?: Map<string, tf.Tensor2D>;
     },
   ) {
     const { B, T } = o;
     const H = this.config.num_attention_heads, K = kvHeads(this.config), D = headDim(this.config);
     const G = H / K;
     const heads = (t: tf.Tensor, n: number) => tf.transpose(tf.reshape(t, [B, T, n, D]), [0, 2, 1, 3]) as tf.Tensor4D;
-    const q = this.#rope(heads(this.#linear(w, `${prefix}.self_attn.q_proj`, h), H), o.rotary); // [B, H, T, D]
-    const kNew = this.#rope(heads(this.#linear(w, `${prefix}.self_attn.k_proj`, h), K), o.rotary); // [B, K, T, D]
-    const vNew = heads(this.#linear(w, `${prefix}.self_attn.v_proj`, h), K); // [B, K, T, D]
+    const lin = (name: string, x: tf.Tensor2D) => this.#linear(w, `${prefix}.self_attn.${name}`, x, o.lows);
+    const q = this.#rope(heads(lin("q_proj", h), H), o.rotary); // [B, H, T, D]
+    const kNew = this.#rope(heads(lin("k_proj", h), K), o.rotary); // [B, K, T, D]
+    const vNew = heads(lin("v_proj", h), K); // [B, K, T, D]
     const k = o.past ? tf.concat([o.past.k, kNew], 2) as tf.Tensor4D : kNew; // [B, K, S, D]
     const v = o.past ? tf.concat([o.past.v, vNew], 2) as tf.Tensor4D : vNew; // [B, K, S, D]
     const grouped = tf.reshape(q, [B, K, G * T, D]); // [B, K, G*T, D]
     const scores = tf.add(tf.mul(tf.matMul(grouped, k, false, true), 1 / Math.sqrt(D)), o.bias); // [B, K, G*T, S]
-    const context = tf.reshape(tf.matMul(tf.softmax(scores), v), [B, H, T, D]); // [B, H, T, D]
+    const probs = tf.softmax(scores) as tf.Tensor4D; // [B, K, G*T, S]
+    const context = tf.reshape(tf.matMul(probs, v), [B, H, T, D]); // [B, H, T, D]
     const merged = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [B * T, H * D]) as tf.Tensor2D; // [B*T, H*D]
-    return { out: this.#linear(w, `${prefix}.self_attn.o_proj`, merged), k, v }; // [B*T, C]
+    return { out: lin("o_proj", merged), k, v, q: grouped, probs, merged }; // out: [B*T, C]
   }
 
-  /** SwiGLU: down(act(gate(x)) * up(x)). */
-  #mlp(prefix: string, x: tf.Tensor2D, w: WeightLookup): tf.Tensor2D {
-    const gate = activationForward(this.config.hidden_act, this.#linear(w, `${prefix}.mlp.gate_proj`, x)).y; // [N, F]
-    const up = this.#linear(w, `${prefix}.mlp.up_proj`, x); // [N, F]
-    return this.#linear(w, `${prefix}.mlp.down_proj`, tf.mul(gate, up) as tf.Tensor2D); // [N, C]
+  /** SwiGLU: down(act(gate(x)) * up(x)), with its intermediates. */
+  #mlp(prefix: string, x: tf.Tensor2D, w: WeightLookup, lows?: Map<string, tf.Tensor2D>) {
+    const lin = (name: string, rows: tf.Tensor2D) => this.#linear(w, `${prefix}.mlp.${name}`, rows, lows);
+    const gate = lin("gate_proj", x); // [N, F]
+    const { y: act, aux } = activationForward(this.config.hidden_act, gate); // [N, F]
+    const up = lin("up_proj", x); // [N, F]
+    const m = tf.mul(act, up) as tf.Tensor2D; // [N, F]
+    return { out: lin("down_proj", m), gate, aux, act, up, m }; // out: [N, C]
   }
 }
 
-/** RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight. */
-function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor, eps: number): tf.Tensor2D {
+/** RMSNorm over the last axis: y = x / sqrt(mean(x^2) + eps) * weight, with what its backward needs. */
+function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor, eps: number) {
   const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), eps)); // [N, 1]
-  return tf.mul(tf.mul(x, rstd), weight) as tf.Tensor2D;
+  const xhat = tf.mul(x, rstd) as tf.Tensor2D; // [N, C]
+  return { y: tf.mul(xhat, weight) as tf.Tensor2D, xhat, rstd };
+}
+
+/** Gradients of RMSNorm: dx = rstd (dxhat - xhat mean(dxhat xhat)) with dxhat = dy weight; dWeight. */
+function rmsNormBackward(dy: tf.Tensor2D, xhat: tf.Tensor, rstd: tf.Tensor, weight: tf.Tensor) {
+  const dxhat = tf.mul(dy, weight);
+  const dx = tf.mul(rstd, tf.sub(dxhat, tf.mul(xhat, tf.mean(tf.mul(dxhat, xhat), -1, true)))) as tf.Tensor2D;
+  return { dx, dWeight: sumRows(tf.mul(dy, xhat) as tf.Tensor2D) };
 }
