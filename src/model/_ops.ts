@@ -149,32 +149,34 @@ export function embed(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor1D): tf.Te
   return op(table) as tf.Tensor2D;
 }
 
+/** A LoRA update of a linear layer as its backward pass needs it: A [r, in], B [out, r], low = x A^T [N, r]. */
+export interface LoraSaved {
+  a: tf.Tensor;
+  b: tf.Tensor;
+  low: tf.Tensor2D;
+  scale: number;
+}
+
 /**
- * `fn` over `inputs` as one op whose backward pass recomputes it (activation checkpointing). A composed
- * op keeps every intermediate, and every intermediate gradient, until the whole backward pass ends
- * (TF.js's tape frees nothing early); this op keeps only its inputs, and during the backward pass only
- * one op's intermediates live at a time, for one more run of `fn`. Gradients are taken with respect to
- * `inputs`; `constants` (masks, rotary tables) are kept for the recomputation and get none. `fn` must be
- * deterministic and read no tensor from its closure that the forward pass may have freed.
+ * Gradients of y = x W + b (`inOut`: W is [in, out], GPT-2's Conv1D) or y = x W^T + b (W is [out, in]),
+ * plus a LoRA update (x A^T B^T) * scale, for rows x [N, in] and dy [N, out]. dx always; the weight's and
+ * the bias's gradients only when `want` asks (a frozen weight costs no matmul); the adapter's with `lora`.
  */
-export function recomputed(
-  fn: (inputs: tf.Tensor[], constants: tf.Tensor[]) => tf.Tensor,
-  inputs: tf.Tensor[],
-  constants: tf.Tensor[] = [],
-): tf.Tensor {
-  const n = inputs.length;
-  const op = customOp((all) => ({ value: fn(all.slice(0, n), all.slice(n)), saved: all }), (dy, saved) => {
-    const [xs, cs] = [saved.slice(0, n), saved.slice(n)];
-    // A gradient taken inside a gradient: tf.grads starts a tape of its own in the engine's one slot
-    // and clears it when done, which would lose the outer pass's tape (still needed to free its saved
-    // tensors at the end); it is put back.
-    const engine = tf.engine() as unknown as { state: { activeTape: unknown } };
-    const outer = engine.state.activeTape;
-    try {
-      return [...tf.grads((...ys: tf.Tensor[]) => fn(ys, cs))(xs, dy), ...cs.map((c) => tf.zerosLike(c))];
-    } finally {
-      engine.state.activeTape = outer;
-    }
-  });
-  return op(...inputs, ...constants);
+export function linearBackward(
+  dy: tf.Tensor2D,
+  x: tf.Tensor2D,
+  weight: tf.Tensor,
+  o: { inOut: boolean; want: { weight: boolean; bias: boolean }; lora?: LoraSaved },
+) {
+  const w = weight as tf.Tensor2D;
+  let dx = (o.inOut ? tf.matMul(dy, w, false, true) : tf.matMul(dy, w)) as tf.Tensor2D; // [N, in]
+  const dWeight = o.want.weight ? (o.inOut ? tf.matMul(x, dy, true, false) : tf.matMul(dy, x, true, false)) : undefined;
+  const dBias = o.want.bias ? sumRows(dy) : undefined;
+  if (!o.lora) return { dx, dWeight, dBias };
+  const { a, b, low, scale } = o.lora;
+  const dLow = tf.mul(tf.matMul(dy, b as tf.Tensor2D), scale) as tf.Tensor2D; // [N, r]
+  dx = tf.add(dx, tf.matMul(dLow, a as tf.Tensor2D)) as tf.Tensor2D;
+  const dA = tf.matMul(dLow, x, true, false); // [r, in]
+  const dB = tf.mul(tf.matMul(dy, low, true, false), scale); // [out, r]
+  return { dx, dWeight, dBias, dA, dB };
 }

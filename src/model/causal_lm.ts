@@ -6,7 +6,6 @@
 import * as tf from "./tf.ts";
 import type { ModelConfig } from "./config.ts";
 import { type LoraAdapter, peftName } from "./lora.ts";
-import { recomputed } from "./_ops.ts";
 
 /** Keys and values of every layer for the tokens seen so far: [B, KV heads, P, D] each. */
 export type KVCache = {
@@ -116,26 +115,12 @@ export abstract class CausalLM {
     return adapter.update(x, w(peftName(module, "A")), w(peftName(module, "B")));
   }
 
-  /** Whether training layers can be recomputed ops: not while the adapter draws dropout masks. */
-  protected canRecompute(): boolean {
-    return !this.adapter?.dropoutActive;
-  }
-
   /**
-   * One layer as a recomputed op (`recomputed`): its inputs are x and, of the base weights `names` and the
-   * adapter's matrices under `prefix`, those that train; `layer` must read every weight through its lookup
-   * and every per-call tensor (masks, rotary tables) from `constants`.
+   * Whether training layers run as single ops with hand-written gradients: not while the adapter draws
+   * dropout masks (those ops do not differentiate dropout; composed ops do, through TF.js's tape).
    */
-  protected checkpointed<T extends tf.Tensor>(
-    x: T,
-    prefix: string,
-    names: string[],
-    constants: tf.Tensor[],
-    layer: (x: T, w: WeightLookup, constants: tf.Tensor[]) => T,
-  ): T {
-    const inputs = this.layerInputs(prefix, names);
-    const run = (xs: tf.Tensor[], cs: tf.Tensor[]) => layer(xs[0] as T, inputs.read(xs.slice(1)), cs);
-    return recomputed(run, [x, ...inputs.names.map(this.weight)], constants) as T;
+  protected layerOpsApply(): boolean {
+    return !this.adapter?.dropoutActive;
   }
 
   /**

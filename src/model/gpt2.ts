@@ -16,8 +16,10 @@ import {
   layerNorm,
   layerNormBackward,
   layerNormForward,
-  sumRows,
+  linearBackward,
+  type LoraSaved,
 } from "./_ops.ts";
+import { peftName } from "./lora.ts";
 import { CausalLM, type ForwardInput, type ForwardOutput, type LinearModule, type WeightLookup } from "./causal_lm.ts";
 
 /** The canonical tensor names and shapes a GPT-2 checkpoint must hold. */
@@ -127,25 +129,19 @@ export class Gpt2Model extends CausalLM {
     const values: tf.Tensor4D[] = [];
     const training = !withCache && !input.cache;
     for (let i = 0; i < this.config.n_layer; i++) {
-      const prefix = `transformer.h.${i}`;
-      // A block with an active adapter: composed ops (TF.js differentiates A and B), recomputed in the
-      // backward pass so that its intermediates do not pile up until the pass ends.
-      const block = (xi: tf.Tensor3D, w: WeightLookup, mask: tf.Tensor, past?: { k: tf.Tensor4D; v: tf.Tensor4D }) => {
-        const lora = (module: string, rows: tf.Tensor2D) => this.loraUpdate(w, `${prefix}.${module}`, rows);
-        const weights = namedWeights(BLOCK_WEIGHTS.map((n) => w(`${prefix}.${n}`)));
-        return blockForward(this.config, i, weights, xi, mask as tf.Tensor4D, past, lora);
-      };
-      if (training && !this.adapterActive()) x = this.trainableBlock(i, x, input.bias);
-      else if (training && this.canRecompute()) {
-        const names = BLOCK_WEIGHTS.map((n) => `${prefix}.${n}`);
-        x = this.checkpointed(x, prefix, names, [input.bias], (xi, w, [mask]) => block(xi, w, mask!).out);
-      } else {
-        const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
-        const out = block(x, this.weight, input.bias, past);
-        x = out.out;
-        keys.push(out.k);
-        values.push(out.v);
+      // Training and scoring: each block one op with the hand-written blockBackward. Generation, and
+      // training with the adapter's dropout (which that op does not differentiate): composed ops.
+      if (training && this.layerOpsApply()) {
+        x = this.trainableBlock(i, x, input.bias);
+        continue;
       }
+      const lora = (module: string, rows: tf.Tensor2D) =>
+        this.loraUpdate(this.weight, `transformer.h.${i}.${module}`, rows);
+      const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
+      const out = blockForward(this.config, i, this.blockWeights(i), x, input.bias, past, lora);
+      x = out.out;
+      keys.push(out.k);
+      values.push(out.v);
     }
     const ln = "transformer.ln_f";
     const hidden = layerNorm(x, this.p(`${ln}.weight`), this.p(`${ln}.bias`), this.config.layer_norm_epsilon);
@@ -162,19 +158,49 @@ export class Gpt2Model extends CausalLM {
     return namedWeights(BLOCK_WEIGHTS.map((n) => this.p(`transformer.h.${layer}.${n}`)));
   }
 
-  /** One block as one op: TF.js records a single node and keeps only what `blockBackward` needs. */
+  /**
+   * One block as one op: TF.js records a single node and keeps only what `blockBackward` needs, and only
+   * the block's trainable weights (an adapter's included) are inputs that get gradients.
+   */
   private trainableBlock(layer: number, x: tf.Tensor3D, bias: tf.Tensor4D): tf.Tensor3D {
     const config = this.config;
+    const prefix = `transformer.h.${layer}`;
+    const { names, read } = this.layerInputs(prefix, BLOCK_WEIGHTS.map((n) => `${prefix}.${n}`));
+    const weightsOf = (w: WeightLookup) => namedWeights(BLOCK_WEIGHTS.map((n) => w(`${prefix}.${n}`)));
+    const adapter = this.adapter?.enabled ? this.adapter : undefined;
+    let adapted: string[] = []; // the modules whose x A^T the forward saved, in order
     const op = customOp(([xi, ...ws]) => {
-      const w = namedWeights(ws);
-      const out = blockForward(config, layer, w, xi as tf.Tensor3D, bias);
-      return { value: out.out, saved: [...out.saved, ...ws] };
+      const w = read(ws);
+      const lows = new Map<string, tf.Tensor2D>();
+      const lora: LoraHook = (module, rows) => {
+        if (!adapter?.adapts(`${prefix}.${module}`)) return null;
+        const [a, b] = [w(peftName(`${prefix}.${module}`, "A")), w(peftName(`${prefix}.${module}`, "B"))];
+        const low = tf.matMul(rows, a as tf.Tensor2D, false, true) as tf.Tensor2D; // [N, r]
+        lows.set(module, low);
+        return tf.mul(tf.matMul(low, b as tf.Tensor2D, false, true), adapter.scale) as tf.Tensor2D;
+      };
+      const out = blockForward(config, layer, weightsOf(w), xi as tf.Tensor3D, bias, undefined, lora);
+      adapted = [...lows.keys()];
+      return { value: out.out, saved: [...out.saved, ...lows.values(), ...ws] };
     }, (dy, saved) => {
-      const w = namedWeights(saved.slice(SAVED_COUNT));
-      return blockBackward(config, layer, w, dy as tf.Tensor3D, saved.slice(0, SAVED_COUNT));
+      const w = read(saved.slice(SAVED_COUNT + adapted.length));
+      const lora = new Map(adapted.map((module, j) => {
+        const full = `${prefix}.${module}`;
+        const low = saved[SAVED_COUNT + j] as tf.Tensor2D;
+        return [module, { a: w(peftName(full, "A")), b: w(peftName(full, "B")), low, scale: adapter!.scale }];
+      }));
+      const trainable = new Set(names);
+      const g = blockBackward(config, layer, weightsOf(w), dy as tf.Tensor3D, saved.slice(0, SAVED_COUNT), {
+        want: (name) => trainable.has(`${prefix}.${name}`),
+        lora,
+      });
+      const grads = new Map([...g.grads].map(([name, t]) => [`${prefix}.${name}`, t]));
+      for (const [module, d] of g.lora) {
+        grads.set(peftName(`${prefix}.${module}`, "A"), d.dA).set(peftName(`${prefix}.${module}`, "B"), d.dB);
+      }
+      return [g.dx, ...names.map((name) => grads.get(name)!)];
     });
-    const weights = this.blockWeights(layer);
-    return op(x, ...BLOCK_WEIGHTS.map((n) => weights[n])) as tf.Tensor3D;
+    return op(x, ...names.map(this.weight)) as tf.Tensor3D;
   }
 }
 
@@ -243,14 +269,18 @@ function blockForward(
   return { out, k, v, saved: [...saved, act.y] as tf.Tensor[] };
 }
 
-/** Gradients of `blockForward` for [x, ...BLOCK_WEIGHTS], given dOut [B, T, C]. */
+/**
+ * Gradients of `blockForward` given dOut [B, T, C]: dx, the block weights' that `want` names (by
+ * BLOCK_WEIGHTS name), and each adapted module's dA and dB (`lora`, by module name).
+ */
 function blockBackward(
   config: Gpt2Config,
   layer: number,
   w: BlockWeights,
   dOut: tf.Tensor3D,
   saved: tf.Tensor[],
-): tf.Tensor[] {
+  o: { want: (name: string) => boolean; lora: Map<string, LoraSaved> },
+) {
   const [ln1Xhat, ln1Rstd, ln1Y, q, k, v, probs, merged, ln2Xhat, ln2Rstd, ln2Y, pre, aux, actY] = saved as [
     tf.Tensor3D,
     tf.Tensor3D,
@@ -273,20 +303,36 @@ function blockBackward(
   const rows = (t: tf.Tensor) => tf.reshape(t, [B * T, -1]) as tf.Tensor2D;
   const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D;
   const unheads = (t: tf.Tensor) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [B * T, C]) as tf.Tensor2D;
-  /** Gradients of y = x W + b: [dx, dW, db]. */
-  const linearGrads = (dy: tf.Tensor2D, x: tf.Tensor2D, weight: tf.Tensor) =>
-    [tf.matMul(dy, weight, false, true), tf.matMul(x, dy, true, false), sumRows(dy)] as const;
+  const grads = new Map<string, tf.Tensor>();
+  const lora = new Map<string, { dA: tf.Tensor; dB: tf.Tensor }>();
+  /** Gradients of a Conv1D y = x W + b (+ LoRA): records those that train, returns dx [B*T, in]. */
+  const linear = (module: string, dy: tf.Tensor2D, x: tf.Tensor2D): tf.Tensor2D => {
+    const [weight, bias] = [`${module}.weight`, `${module}.bias`];
+    const g = linearBackward(dy, x, w[weight as keyof BlockWeights], {
+      inOut: true,
+      want: { weight: o.want(weight), bias: o.want(bias) },
+      lora: o.lora.get(module),
+    });
+    if (g.dWeight) grads.set(weight, g.dWeight);
+    if (g.dBias) grads.set(bias, g.dBias);
+    if (g.dA && g.dB) lora.set(module, { dA: g.dA, dB: g.dB });
+    return g.dx;
+  };
+  const norm = (name: string, g: { dWeight: tf.Tensor; dBias: tf.Tensor }) => {
+    if (o.want(`${name}.weight`)) grads.set(`${name}.weight`, g.dWeight);
+    if (o.want(`${name}.bias`)) grads.set(`${name}.bias`, g.dBias);
+  };
 
   // MLP: out = x1 + c_proj(act(c_fc(ln_2(x1)))).
-  const dMlp = rows(dOut); // [B*T, C]
-  const [dAct, dProjW, dProjB] = linearGrads(dMlp, actY, w["mlp.c_proj.weight"]);
+  const dAct = linear("mlp.c_proj", rows(dOut), actY); // [B*T, F]
   const dPre = activationBackward(config.activation_function, dAct, pre, aux) as tf.Tensor2D; // [B*T, F]
-  const [dLn2Y, dFcW, dFcB] = linearGrads(dPre, rows(ln2Y), w["mlp.c_fc.weight"]);
+  const dLn2Y = linear("mlp.c_fc", dPre, rows(ln2Y)); // [B*T, C]
   const ln2 = layerNormBackward(tf.reshape(dLn2Y, [B, T, C]), ln2Xhat, ln2Rstd, w["ln_2.weight"]);
+  norm("ln_2", ln2);
   const dX1 = tf.add(dOut, ln2.dx); // [B, T, C]
 
   // Attention: x1 = x + c_proj(merge(softmax(q k^T * scale + bias) v)).
-  const [dMerged, dOutW, dOutB] = linearGrads(rows(dX1), merged, w["attn.c_proj.weight"]);
+  const dMerged = linear("attn.c_proj", rows(dX1), merged); // [B*T, C]
   const dY = heads(dMerged); // [B, H, T, D]
   const dProbs = tf.matMul(dY, v, false, true); // [B, H, T, S]
   const dV = tf.matMul(probs, dY, true, false); // [B, H, S, D]
@@ -296,22 +342,8 @@ function blockBackward(
   const dQ = tf.matMul(dScores, k); // [B, H, T, D]
   const dK = tf.matMul(dScores, q, true, false); // [B, H, S, D]
   const dQkv = tf.concat([unheads(dQ), unheads(dK), unheads(dV)], 1); // [B*T, 3C]
-  const [dLn1Y, dAttnW, dAttnB] = linearGrads(dQkv, rows(ln1Y), w["attn.c_attn.weight"]);
+  const dLn1Y = linear("attn.c_attn", dQkv, rows(ln1Y)); // [B*T, C]
   const ln1 = layerNormBackward(tf.reshape(dLn1Y, [B, T, C]), ln1Xhat, ln1Rstd, w["ln_1.weight"]);
-  const dX = tf.add(dX1, ln1.dx); // [B, T, C]
-  return [
-    dX,
-    ln1.dWeight,
-    ln1.dBias,
-    dAttnW,
-    dAttnB,
-    dOutW,
-    dOutB,
-    ln2.dWeight,
-    ln2.dBias,
-    dFcW,
-    dFcB,
-    dProjW,
-    dProjB,
-  ];
+  norm("ln_1", ln1);
+  return { dx: tf.add(dX1, ln1.dx) as tf.Tensor3D, grads, lora };
 }

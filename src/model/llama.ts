@@ -12,7 +12,7 @@
  */
 import * as tf from "./tf.ts";
 import type { LlamaConfig } from "./config.ts";
-import { activationBackward, activationForward, customOp, embed, sumRows } from "./_ops.ts";
+import { activationBackward, activationForward, customOp, embed, linearBackward, sumRows } from "./_ops.ts";
 import { peftName } from "./lora.ts";
 import {
   CausalLM,
@@ -201,7 +201,7 @@ export class LlamaModel extends CausalLM {
     const bias = G > 1 ? tf.tile(input.bias, [1, 1, G, 1]) as tf.Tensor4D : input.bias; // [B, 1, G*T, S]
     const keys: tf.Tensor4D[] = [];
     const values: tf.Tensor4D[] = [];
-    const training = !withCache && !input.cache && this.canRecompute();
+    const training = !withCache && !input.cache && this.layerOpsApply();
 
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = `model.layers.${i}`;
@@ -322,21 +322,19 @@ export class LlamaModel extends CausalLM {
     const G = H / K;
     const grads = new Map<string, tf.Tensor>();
     const grad = (name: string, value: () => tf.Tensor) => trainable.has(name) && grads.set(name, value());
-    /** Gradients of y = x W^T + b + (x A^T B^T) s for rows x: records the weights', returns dx [N, in]. */
+    /** Gradients of one linear layer: records those of its weights (and adapter) that train; returns dx. */
     const linear = (module: string, dy: tf.Tensor2D, x: tf.Tensor2D): tf.Tensor2D => {
-      let dx = tf.matMul(dy, w(`${module}.weight`) as tf.Tensor2D) as tf.Tensor2D; // [N, in]
-      grad(`${module}.weight`, () => tf.matMul(dy, x, true, false)); // [out, in]
-      grad(`${module}.bias`, () => sumRows(dy)); // [out]
       const low = lows.get(module);
-      if (low) {
-        const scale = this.adapter!.scale;
-        const a = w(peftName(module, "A")) as tf.Tensor2D, b = w(peftName(module, "B")) as tf.Tensor2D;
-        const dLow = tf.mul(tf.matMul(dy, b), scale) as tf.Tensor2D; // [N, r]
-        dx = tf.add(dx, tf.matMul(dLow, a)) as tf.Tensor2D;
-        grad(peftName(module, "A"), () => tf.matMul(dLow, x, true, false)); // [r, in]
-        grad(peftName(module, "B"), () => tf.mul(tf.matMul(dy, low, true, false), scale)); // [out, r]
-      }
-      return dx;
+      const [A, B_] = [peftName(module, "A"), peftName(module, "B")];
+      const g = linearBackward(dy, x, w(`${module}.weight`), {
+        inOut: false,
+        want: { weight: trainable.has(`${module}.weight`), bias: trainable.has(`${module}.bias`) },
+        lora: low && { a: w(A), b: w(B_), low, scale: this.adapter!.scale },
+      });
+      if (g.dWeight) grads.set(`${module}.weight`, g.dWeight);
+      if (g.dBias) grads.set(`${module}.bias`, g.dBias);
+      if (g.dA && g.dB) grads.set(A, g.dA).set(B_, g.dB);
+      return g.dx;
     };
 
     // MLP: out = x1 + down(act(gate(h2)) * up(h2)).
