@@ -87,7 +87,7 @@ export const StartConfigSchema = z.strictObject({
   if (c.use_peft && c.mode === "rounds" && c.ref_refresh_rounds > 0) {
     problem(
       "ref_refresh_rounds",
-      "with use_peft the reference is the frozen base and is never refreshed: set it to 0 (--ref-refresh-rounds 0)",
+      "with use_peft the reference is the frozen base and is never refreshed: set it to 0",
     );
   }
   // The DPO engine's rules across its settings (each setting's own checks ran above, as part of this schema).
@@ -351,6 +351,11 @@ export function resolveStartConfig(sources: StartConfigSources): StartConfig {
     } catch (err) {
       problems.push(`Cannot use --${doc.flag}: ${(err as Error).message}: current value is '${value}'`);
     }
+  }
+  // With use_peft the reference is the frozen base: the default round-level refresh gives way (a refresh
+  // asked for explicitly is an error below).
+  if (merged.use_peft === true && origin.ref_refresh_rounds === "the default of ref_refresh_rounds") {
+    put("ref_refresh_rounds", 0, "use_peft");
   }
   // A value that cannot be read is left out (the layer below stands in), so that every problem is named at once.
   const parsed = StartConfigSchema.safeParse(merged);

@@ -157,11 +157,11 @@ Deno.test("start settings: rules across settings name the setting's source", () 
     /Cannot use DPO_SYNC_REF_MODEL: choose one reference schedule/,
   );
   assert.equal(resolve({ env: { DPO_SYNC_REF_MODEL: "true", DPO_REF_REFRESH_ROUNDS: "0" } }).sync_ref_model, true);
+  assert.equal(resolve({ args: ["--use-peft"] }).ref_refresh_rounds, 0, "LoRA: the default refresh gives way");
   assert.match(
-    problem(() => resolve({ args: ["--use-peft"] })),
-    /Cannot use the default of ref_refresh_rounds: with use_peft the reference is the frozen base .*set it to 0/,
+    problem(() => resolve({ args: ["--use-peft", "--ref-refresh-rounds", "2"] })),
+    /Cannot use --ref-refresh-rounds: with use_peft the reference is the frozen base and is never refreshed/,
   );
-  assert.equal(resolve({ args: ["--use-peft", "--ref-refresh-rounds", "0"] }).use_peft, true);
   assert.match(
     problem(() => resolve({ file: { loss_weights: [1, 2, 3] } })),
     /Cannot use dpo\.config\.json: loss_weights: 'loss_weights' needs one weight per loss type \(2\)/,

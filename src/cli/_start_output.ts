@@ -32,7 +32,11 @@ export function banner(cfg: StartConfig, f: BannerFacts): string {
   const parts = [
     "server",
     f.judge ? `judge (${cfg.judge_concurrency} at once)` : "no automatic judge (human: label page or feedback API)",
-    `trainer in a Web Worker (${trainer}; batch ${cfg.per_device_train_batch_size}, beta ${cfg.beta}, lr ${cfg.learning_rate})`,
+    `trainer in a Web Worker (${trainer}; batch ${cfg.per_device_train_batch_size}, beta ${cfg.beta}, lr ${cfg.learning_rate}${
+      cfg.use_peft
+        ? `, LoRA r ${cfg.lora_r} on ${[cfg.lora_target_modules ?? "the default layers"].flat().join(",")}`
+        : ""
+    })`,
     cfg.feeder
       ? `prompt feeder (${cfg.feeder_concurrency} in flight, n ${cfg.n}, temperature ${cfg.temperature}, ${cfg.max_new_tokens} new tokens)`
       : "no prompt feeder",
