@@ -6,12 +6,14 @@
  *            the trainer trains on them and then copies the policy into the reference (iterative DPO)
  *   frozen   the same, with the reference frozen at the base policy
  *   offline  offline DPO: every pair is sampled from the base policy up front; the same training
+ *   lora     online, training a LoRA adapter (all linear layers, r 16, 5x the learning rate) on the
+ *            frozen base, which stays the reference
  *
  * It drives the engine the server, judge and trainer use (batched generation, the arithmetic verifier,
  * DpoTrainer, the held-out evaluation stored with every published version), in one process, without
  * HTTP or KV in between, so that the figures measure learning, not plumbing.
  *
- *   deno task bench:learning [--pairs 1000] [--arms online,frozen,offline] [--plot docs/learning.svg]
+ *   deno task bench:learning [--pairs 1000] [--arms online,frozen,offline,lora] [--plot docs/learning.svg]
  *
  * Prints a progress line per round, a table of accuracy against judged pairs, the wall time of each
  * setting (without the evaluations), and writes the plot as SVG.
@@ -46,7 +48,7 @@ const { values } = parseArgs({
     "loss-weights": { type: "string", default: "1,1" },
     optimizer: { type: "string", default: "adamw" },
     "eval-prompts": { type: "string", default: "200" },
-    arms: { type: "string", default: "online,frozen,offline" },
+    arms: { type: "string", default: "online,frozen,offline,lora" },
     seed: { type: "string", default: "1" },
     backend: { type: "string", default: "wasm" },
     plot: { type: "string", default: "docs/learning.svg" },
@@ -61,14 +63,16 @@ const TEMPERATURE = Number(values.temperature);
 const BATCH = Number(values["batch-size"]);
 const SEED = Number(values.seed);
 const MAX_NEW_TOKENS = 6;
-type Arm = "online" | "frozen" | "offline";
+type Arm = "online" | "frozen" | "offline" | "lora";
 const ARMS = values.arms!.split(",") as Arm[];
 for (const [name, v] of Object.entries({ pairs: BUDGET, round: ROUND, epochs: EPOCHS, n: N, "batch-size": BATCH })) {
   if (!(Number.isInteger(v) && v > 0)) throw new Error(`Cannot run: --${name} must be a positive integer, got ${v}`);
 }
 if (N < 2) throw new Error(`Cannot run: --n must be at least 2 (a pair needs two answers), got ${N}`);
-const unknown = ARMS.filter((a) => !["online", "frozen", "offline"].includes(a));
-if (unknown.length > 0) throw new Error(`Cannot run: --arms takes online, frozen, offline; got ${unknown.join(", ")}`);
+const unknown = ARMS.filter((a) => !["online", "frozen", "offline", "lora"].includes(a));
+if (unknown.length > 0) {
+  throw new Error(`Cannot run: --arms takes online, frozen, offline, lora; got ${unknown.join(", ")}`);
+}
 
 const config = parseDpoConfig({
   beta: Number(values.beta),
@@ -80,6 +84,15 @@ const config = parseDpoConfig({
   per_device_train_batch_size: BATCH,
   seed: SEED,
 }, "the benchmark's settings");
+
+/** The lora arm's adapter (the reference is the frozen base), at 5x the learning rate, as LoRA is usually run. */
+const LORA = {
+  use_peft: true,
+  lora_r: 16,
+  lora_alpha: 32,
+  lora_target_modules: "all-linear",
+  learning_rate: 5 * config.learning_rate,
+} as const;
 
 /** One round's judged pairs: the labeled ones as token ids, and how many were ties. */
 interface Round {
@@ -129,8 +142,9 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.le
 
 async function runArm(arm: Arm, baseAccuracy: number): Promise<Point[]> {
   const policy = await loadModel(values.model!);
-  const reference = await loadModel(values.model!, { trainable: false });
-  const trainer = createTrainer(policy, reference, config);
+  const lora = arm === "lora";
+  const reference = lora ? null : await loadModel(values.model!, { trainable: false });
+  const trainer = createTrainer(policy, reference, lora ? { ...config, ...LORA } : config);
   const nextPrompt = createArithmeticPrompts({ seed: SEED, minOperand: 0, maxOperand: 99 });
   const shuffle = createRng(SEED);
   const rounds = Math.ceil(BUDGET / ROUND);
@@ -173,7 +187,7 @@ async function runArm(arm: Arm, baseAccuracy: number): Promise<Point[]> {
   }
   trainer.optimizer.dispose();
   policy.model.dispose();
-  reference.model.dispose();
+  reference?.model.dispose();
   return points;
 }
 
@@ -183,7 +197,7 @@ function plotSvg(curves: Map<Arm, Point[]>, title: string): string {
   const maxX = Math.max(...[...curves.values()].flatMap((c) => c.map((p) => p.pairs)), 1);
   const x = (v: number) => L + (v / maxX) * (W - L - R);
   const y = (v: number) => T + (1 - v) * (H - T - B);
-  const colors: Record<Arm, string> = { online: "#1f77b4", frozen: "#ff7f0e", offline: "#7f7f7f" };
+  const colors: Record<Arm, string> = { online: "#1f77b4", frozen: "#ff7f0e", offline: "#7f7f7f", lora: "#d62728" };
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
