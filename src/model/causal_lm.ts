@@ -103,11 +103,6 @@ export abstract class CausalLM {
   /** A base weight or an adapter matrix (PEFT name) by name. */
   protected weight: WeightLookup = (name) => this.params.get(name) ?? this.adapter?.params.get(name) ?? this.p(name);
 
-  /** True when an attached adapter changes the forward pass. */
-  protected adapterActive(): boolean {
-    return this.adapter !== undefined && this.adapter.enabled;
-  }
-
   /** The adapter's update for `module` on rows x [N, in], reading A and B through `w`; null where it adds none. */
   protected loraUpdate(w: WeightLookup, module: string, x: tf.Tensor2D): tf.Tensor2D | null {
     const adapter = this.adapter;

@@ -187,3 +187,32 @@ Deno.test("a malformed adapter is a clear error and leaves no tensor behind", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("lora_dropout in training: masks change the output, and A and B still get gradients", async () => {
+  await useBackend("wasm");
+  for (const name of ["gpt2_tiny", "llama_tiny"]) {
+    const loaded = await loadModel(fixturePath(name));
+    try {
+      const config = LoraConfigSchema.parse({ r: 4, lora_dropout: 0.5, target_modules: "all-linear" });
+      const adapter = attachNewAdapter(loaded.model, config, 3);
+      // B starts at zero: move it so that the adapter (and its dropout) changes the output.
+      for (const [n, v] of adapter.params) if (n.endsWith("lora_B.weight")) v.assign(tf.randomNormal(v.shape, 0, 0.1));
+      const batch = buildScoringBatch([{ promptIds: [5, 6, 7], completionIds: [8, 9] }], { eosId: 0, maxLength: 32 });
+      const score = () => tf.tidy(() => tf.sum(tokenLogProbs(loaded.model, batch)).dataSync()[0]!);
+      const evaluated = score();
+      adapter.training = true;
+      assert.notEqual(score(), evaluated, `${name}: dropout changes the training forward`);
+      const { value, grads } = tf.variableGrads(
+        () => tf.sum(tokenLogProbs(loaded.model, batch)) as tf.Scalar,
+        loaded.model.trainableVariables(),
+      );
+      assert.equal(Object.keys(grads).length, adapter.params.size);
+      for (const g of Object.values(grads)) assert.ok((await g.data()).some((x) => x !== 0), `${name}: a gradient`);
+      tf.dispose([value, ...Object.values(grads)]);
+      adapter.training = false;
+      assert.equal(score(), evaluated, `${name}: without training, no dropout`);
+    } finally {
+      loaded.model.dispose();
+    }
+  }
+});
