@@ -103,11 +103,19 @@ export abstract class CausalLM {
   /** A base weight or an adapter matrix (PEFT name) by name. */
   protected weight: WeightLookup = (name) => this.params.get(name) ?? this.adapter?.params.get(name) ?? this.p(name);
 
-  /** The adapter's update for `module` on rows x [N, in], reading A and B through `w`; null where it adds none. */
-  protected loraUpdate(w: WeightLookup, module: string, x: tf.Tensor2D): tf.Tensor2D | null {
+  /**
+   * The adapter's update for `module` on rows x [N, in], reading A and B through `w`; null where it adds
+   * none. `keep` receives x A^T for a hand-written backward pass (see `LoraAdapter.update`).
+   */
+  protected loraUpdate(
+    w: WeightLookup,
+    module: string,
+    x: tf.Tensor2D,
+    keep?: (low: tf.Tensor2D) => void,
+  ): tf.Tensor2D | null {
     const adapter = this.adapter;
     if (!adapter?.enabled || !adapter.adapts(module)) return null;
-    return adapter.update(x, w(peftName(module, "A")), w(peftName(module, "B")));
+    return adapter.update(x, w(peftName(module, "A")), w(peftName(module, "B")), keep);
   }
 
   /**

@@ -172,13 +172,8 @@ export class Gpt2Model extends CausalLM {
     const op = customOp(([xi, ...ws]) => {
       const w = read(ws);
       const lows = new Map<string, tf.Tensor2D>();
-      const lora: LoraHook = (module, rows) => {
-        if (!adapter?.adapts(`${prefix}.${module}`)) return null;
-        const [a, b] = [w(peftName(`${prefix}.${module}`, "A")), w(peftName(`${prefix}.${module}`, "B"))];
-        const low = tf.matMul(rows, a as tf.Tensor2D, false, true) as tf.Tensor2D; // [N, r]
-        lows.set(module, low);
-        return tf.mul(tf.matMul(low, b as tf.Tensor2D, false, true), adapter.scale) as tf.Tensor2D;
-      };
+      const lora: LoraHook = (module, rows) =>
+        this.loraUpdate(w, `${prefix}.${module}`, rows, (low) => lows.set(module, low));
       const out = blockForward(config, layer, weightsOf(w), xi as tf.Tensor3D, bias, undefined, lora);
       adapted = [...lows.keys()];
       return { value: out.out, saved: [...out.saved, ...lows.values(), ...ws] };

@@ -205,7 +205,7 @@ export class LlamaModel extends CausalLM {
 
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = `model.layers.${i}`;
-      // Training and scoring: each layer one op with a hand-written gradient (layerBackward), which
+      // Training and scoring: each layer one op with a hand-written gradient (#layerBackward), which
       // keeps only what that needs. Generation: composed, returning the cache.
       const constants = [rotary.cos, rotary.sin, bias];
       if (training) x = this.#trainableLayer(i, x, constants, { B, T });
@@ -249,10 +249,10 @@ export class LlamaModel extends CausalLM {
     const p = `model.layers.${i}`;
     const { names, read } = this.layerInputs(p, this.#layerWeights[i]!);
     let lowNames: string[] = []; // the adapted modules' x A^T, saved in this order
-    const op = customOp(([xi, ...rest]) => {
-      const w = read(rest);
+    const op = customOp(([xi, ...ws]) => {
+      const w = read(ws);
       const lows = new Map<string, tf.Tensor2D>();
-      const l = this.#layer(p, xi as tf.Tensor2D, w, { ...shape, constants: rest.slice(names.length), lows });
+      const l = this.#layer(p, xi as tf.Tensor2D, w, { ...shape, constants, lows });
       lowNames = [...lows.keys()];
       const saved = [
         l.norm1.xhat,
@@ -272,17 +272,18 @@ export class LlamaModel extends CausalLM {
         l.mlp.up,
         l.mlp.m,
       ];
-      return { value: l.out, saved: [...saved, ...lows.values(), ...rest] };
+      // The rotary tables are per call: saved with the activations, as the forward pass frees them.
+      return { value: l.out, saved: [...saved, ...lows.values(), ...ws, constants[0]!, constants[1]!] };
     }, (dy, saved) => {
       const acts = saved.slice(0, LAYER_SAVED);
       const lows = new Map(lowNames.map((m, j) => [m, saved[LAYER_SAVED + j] as tf.Tensor2D]));
       const rest = saved.slice(LAYER_SAVED + lowNames.length);
       const w = read(rest);
-      const constants = rest.slice(names.length);
-      const grads = this.#layerBackward(p, dy as tf.Tensor2D, acts, lows, w, new Set(names), { ...shape, constants });
-      return [grads.dx, ...names.map((name) => grads.weights.get(name)!), ...constants.map((c) => tf.zerosLike(c))];
+      const rotary = rest.slice(names.length);
+      const grads = this.#layerBackward(p, dy as tf.Tensor2D, acts, lows, w, new Set(names), { ...shape, rotary });
+      return [grads.dx, ...names.map((name) => grads.weights.get(name)!)];
     });
-    return op(x, ...names.map(this.weight), ...constants) as tf.Tensor2D;
+    return op(x, ...names.map(this.weight)) as tf.Tensor2D;
   }
 
   /**
@@ -296,7 +297,7 @@ export class LlamaModel extends CausalLM {
     lows: Map<string, tf.Tensor2D>,
     w: WeightLookup,
     trainable: Set<string>,
-    o: { B: number; T: number; constants: tf.Tensor[] },
+    o: { B: number; T: number; rotary: tf.Tensor[] },
   ) {
     const [xhat1, rstd1, h1, q, k, v, probs, merged, xhat2, rstd2, h2, gate, aux, act, up, m] = acts as unknown as [
       tf.Tensor2D,
@@ -316,7 +317,7 @@ export class LlamaModel extends CausalLM {
       tf.Tensor2D,
       tf.Tensor2D,
     ];
-    const [cos, sin] = o.constants as [tf.Tensor, tf.Tensor];
+    const [cos, sin] = o.rotary as [tf.Tensor, tf.Tensor];
     const { B, T } = o;
     const H = this.config.num_attention_heads, K = kvHeads(this.config), D = headDim(this.config);
     const G = H / K;
@@ -404,14 +405,8 @@ export class LlamaModel extends CausalLM {
       transposeB: true,
       bias: this.params.has(`${module}.bias`) ? w(`${module}.bias`) : undefined,
     }) as tf.Tensor2D;
-    const adapter = this.adapter;
-    if (!lows || !adapter?.enabled || !adapter.adapts(module)) {
-      const delta = this.loraUpdate(w, module, x);
-      return delta ? tf.add(y, delta) : y;
-    }
-    const low = tf.matMul(x, w(peftName(module, "A")) as tf.Tensor2D, false, true) as tf.Tensor2D; // [N, r]
-    lows.set(module, low);
-    return tf.add(y, tf.mul(tf.matMul(low, w(peftName(module, "B")) as tf.Tensor2D, false, true), adapter.scale));
+    const delta = this.loraUpdate(w, module, x, lows && ((low) => lows.set(module, low)));
+    return delta ? tf.add(y, delta) : y;
   }
 
   /**

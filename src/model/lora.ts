@@ -130,11 +130,15 @@ export class LoraAdapter {
     return this.training && this.config.lora_dropout > 0;
   }
 
-  /** (dropout(x) A^T B^T) * scale for rows x [N, in], given a module's A [r, in] and B [out, r]. */
-  update(x: tf.Tensor2D, a: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
+  /**
+   * (dropout(x) A^T B^T) * scale for rows x [N, in], given a module's A [r, in] and B [out, r]; `keep`
+   * receives dropout(x) A^T [N, r], which a hand-written backward pass saves.
+   */
+  update(x: tf.Tensor2D, a: tf.Tensor, b: tf.Tensor, keep?: (low: tf.Tensor2D) => void): tf.Tensor2D {
     const rate = this.config.lora_dropout;
     const input = this.training && rate > 0 ? tf.dropout(x, rate, undefined, this.#dropoutSeed++) : x;
-    const low = tf.matMul(input, a as tf.Tensor2D, false, true); // [N, r]
+    const low = tf.matMul(input, a as tf.Tensor2D, false, true) as tf.Tensor2D; // [N, r]
+    keep?.(low);
     return tf.mul(tf.matMul(low, b as tf.Tensor2D, false, true), this.scale); // [N, out]
   }
 
