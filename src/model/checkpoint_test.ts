@@ -2,6 +2,7 @@ import * as tf from "./tf.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { loadModel, saveModel } from "./checkpoint.ts";
+import { parseModelConfig } from "./config.ts";
 import { decodeSafetensors, encodeSafetensors, readSafetensors } from "./safetensors.ts";
 import { assertClose, fixturePath, readExpected, useBackend } from "./_test_utils.ts";
 import { scorePairs } from "./logprobs.ts";
@@ -187,4 +188,31 @@ Deno.test("loads GPT2Model-style names, sharded weights, ignored buffers and a t
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a Llama-family config.json that cannot be computed is a clear error naming the field", async () => {
+  const base = JSON.parse(await Deno.readTextFile(fixturePath("llama_tiny/config.json")));
+  const problem = (edit: Record<string, unknown>) => {
+    try {
+      parseModelConfig(JSON.stringify({ ...base, ...edit }), "x/config.json");
+    } catch (err) {
+      return (err as Error).message;
+    }
+    return "no error";
+  };
+  assert.equal(problem({}), "no error");
+  assert.match(
+    problem({ num_key_value_heads: 3 }),
+    /^Cannot load model config 'x\/config\.json': 'num_key_value_heads': 'num_key_value_heads' must divide 'num_attention_heads' \(4\): current value is 3$/,
+  );
+  assert.match(problem({ head_dim: 7 }), /'head_dim': the head size must be an even integer .*: current value is 7/);
+  assert.match(
+    problem({ rope_scaling: { rope_type: "dynamic", factor: 2 } }),
+    /'rope_scaling\.rope_type': rope_type 'dynamic' is not supported \(supported: default, linear, llama3, yarn\)/,
+  );
+  assert.match(
+    problem({ rope_scaling: { rope_type: "llama3", factor: 8 } }),
+    /'rope_scaling\.low_freq_factor': 'rope_scaling\.low_freq_factor' is required for rope_type 'llama3'/,
+  );
+  assert.match(problem({ use_sliding_window: true }), /'use_sliding_window'/);
 });
