@@ -3,7 +3,6 @@ import { z } from "zod";
 import { describeBackend, initBackend } from "../model/backend.ts";
 import { describeModel } from "../model/architectures.ts";
 import { loadModel, saveModel } from "../model/checkpoint.ts";
-import { resolveModel } from "../model/hub.ts";
 import { isAdapterDir } from "../model/lora.ts";
 import { backendOption, log, parseCommand, validate } from "./common.ts";
 
@@ -43,8 +42,7 @@ export async function runMerge(args: string[]): Promise<void> {
   const outEntries = await Array.fromAsync(Deno.readDir(opts.out)).catch(() => []);
   if (outEntries.length > 0) throw new Error(`Cannot merge into '${opts.out}': it exists and is not empty`);
   log(describeBackend(await initBackend(opts.backend)));
-  const base = opts.base ? await resolveModel(opts.base) : undefined;
-  const loaded = await loadModel(opts.adapter, { trainable: false, mergeAdapter: true, base });
+  const loaded = await loadModel(opts.adapter, { trainable: false, mergeAdapter: true, base: opts.base });
   try {
     await saveModel(loaded, opts.out);
     log(`merged ${opts.adapter} into ${loaded.dir} (${describeModel(loaded.model)}): wrote ${opts.out}`);
