@@ -10,6 +10,9 @@ export interface ChatMessage {
   content: string;
 }
 
+/** A chat message as prompts from outside take it (the API, prompt files): a role chat templates know. */
+export const MessageSchema = z.object({ role: z.enum(["system", "user", "assistant", "tool"]), content: z.string() });
+
 /** Options of `loadTokenizer`. */
 export interface LoadTokenizerOptions {
   /** End-of-sequence id to use instead of the one named in `tokenizer_config.json`. */

@@ -7,6 +7,7 @@
 import { z } from "zod";
 import { createArithmeticPrompts } from "../judge/arithmetic.ts";
 import type { Prompt } from "../judge/types.ts";
+import { MessageSchema as Message } from "../model/tokenizer.ts";
 
 /** An endless source of prompts. */
 export interface PromptSource {
@@ -15,7 +16,6 @@ export interface PromptSource {
   next(): Prompt;
 }
 
-const Message = z.object({ role: z.enum(["system", "user", "assistant", "tool"]), content: z.string() });
 const PromptLine = z.object({
   prompt: z.union([z.string().min(1, "must not be empty"), z.array(Message).min(1, "must not be empty")]),
 });

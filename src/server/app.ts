@@ -9,7 +9,7 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { type SSEStreamingApi, streamSSE } from "hono/streaming";
 import { z } from "zod";
-import type { ChatMessage } from "../model/tokenizer.ts";
+import { type ChatMessage, MessageSchema as Message } from "../model/tokenizer.ts";
 import { verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
 import { bestAgainstWorst } from "../judge/verifier.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
@@ -56,7 +56,6 @@ interface Limits {
 
 const DEFAULT_LIMITS: Limits = { bodyBytes: 256 * 1024, requestsPerMinute: 600, maxResponses: 8, maxNewTokens: 512 };
 
-const Message = z.object({ role: z.enum(["system", "user", "assistant", "tool"]), content: z.string() });
 const Prompt = z.object({
   prompt: z.string().min(1).optional(),
   messages: z.array(Message).min(1).optional(),
