@@ -29,7 +29,7 @@ import { parseDpoConfig } from "../src/dpo/config.ts";
 import type { PreferencePair } from "../src/dpo/trainer.ts";
 import { answerHeldOut, type Answers } from "../src/dpo/evaluate.ts";
 import { createArithmeticPrompts, heldOutArithmeticPrompts, score } from "../src/judge/arithmetic.ts";
-import { bestAgainstWorst } from "../src/judge/verifier.ts";
+import { pickCandidates } from "../src/judge/candidates.ts";
 import { writeAtomic } from "../src/util/fs.ts";
 
 const { values } = parseArgs({
@@ -115,7 +115,9 @@ async function sampleRound(policy: LoadedModel, prompts: string[], seed: number)
   const round: Round = { pairs: [], ties: 0 };
   prompts.forEach((prompt, i) => {
     const answers = out.slice(i * N, (i + 1) * N).map((g) => g.text);
-    const picked = bestAgainstWorst(answers.map((text) => score(prompt, text)));
+    const scores = answers.map((text) => score(prompt, text));
+    // All scored the same (right or wrong alike): nothing to prefer, a tie as the verifier judge gives.
+    const picked = Math.max(...scores) > Math.min(...scores) ? pickCandidates(answers, scores) : null;
     if (!picked) return void round.ties++;
     round.pairs.push({
       promptIds: ids[i]!,

@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { PairStore } from "../src/store/pairs.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const KEY = "bench-load-key";
+const KEY = "bench-load-key-0001";
 
 async function startServer(dir: string): Promise<{ child: Deno.ChildProcess; url: string }> {
   const child = new Deno.Command(Deno.execPath(), {

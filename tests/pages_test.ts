@@ -32,6 +32,10 @@ if (!hasChromium && !required) {
 
 /** Training steps, evaluations, trainer status and pointer as the trainer writes them; pairs in every state. */
 async function seed(kv: Deno.Kv, store: PairStore) {
+  // The throughput chart's last point is the current minute: seed early in a minute so that it is still the
+  // current one when the page draws it.
+  const intoMinute = Date.now() % 60_000;
+  if (intoMinute > 45_000) await new Promise((resolve) => setTimeout(resolve, 60_100 - intoMinute));
   const now = Date.now();
   const op = kv.atomic();
   for (let step = 1; step <= STEPS; step++) {

@@ -5,7 +5,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { trainedPairsPrefix } from "../src/store/keys.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const MODEL = join(ROOT, "tests/fixtures/gpt2_tiny");
@@ -88,8 +87,6 @@ function startWorker(dir: string, checkpoints: string): Proc {
     "1e-3",
     "--poll-ms",
     "100",
-    "--lease-ms",
-    "3000",
     "--backend",
     "wasm",
   ]);
@@ -147,7 +144,8 @@ for (const checkpoints of ["dir:ckpts", "kv"]) {
           return h.policy_version >= 1 || undefined;
         });
 
-        // kill -9 the trainer while it works, restart it: every pair is trained exactly once.
+        // kill -9 the trainer while it works, restart it: every pair is trained exactly once, and at once
+        // (the production lease of 300 s is far longer than the restart; the fence voids it).
         await api(server.url, "/v1/preferences", prefs(10, 8));
         await until(
           "the trainer to be busy",
@@ -205,7 +203,6 @@ for (const checkpoints of ["dir:ckpts", "kv"]) {
         }
         assert.equal(seen.size, 12);
         assert.deepEqual([...new Set(seen.values())], [1], "a pair published in two versions");
-        assert.ok(trainedPairsPrefix(1).length === 2);
       } finally {
         kv.close();
         await Deno.remove(dir, { recursive: true });

@@ -1,5 +1,6 @@
 /** The keys `start` keeps under its data directory, so that a restart keeps the URLs it printed working. */
 import { join } from "node:path";
+import { checkKeyLengths } from "../server/http.ts";
 
 /** Where a key came from, for the banner. */
 export interface KeySet {
@@ -22,21 +23,12 @@ export function splitKeys(value: string | undefined): string[] {
 export async function loadOrCreateKeys(
   options: { env: string | undefined; envName: string; dataDir: string; file: string; prefix: string },
 ): Promise<KeySet> {
-  const fromEnv = splitKeys(options.env);
-  for (const key of fromEnv) {
-    if (key.length < 8) {
-      throw new Error(
-        `Cannot use ${options.envName} as every key must have at least 8 characters: one has ${key.length}`,
-      );
-    }
-  }
+  const fromEnv = checkKeyLengths(splitKeys(options.env), options.envName);
   if (fromEnv.length > 0) return { keys: fromEnv, source: options.envName, created: false };
   const path = join(options.dataDir, options.file);
   try {
     const key = (await Deno.readTextFile(path)).trim();
-    if (key.length < 8) {
-      throw new Error(`Cannot use the key in '${path}' as it must have at least 8 characters: it has ${key.length}`);
-    }
+    checkKeyLengths([key], `the key in '${path}'`);
     return { keys: [key], source: path, created: false };
   } catch (err) {
     if (!(err instanceof Deno.errors.NotFound)) throw err;

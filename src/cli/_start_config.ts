@@ -235,7 +235,7 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   publish_every: { metavar: "N", help: "stream mode: publish every N steps", section: "trainer" },
   max_staleness: {
     metavar: "V",
-    help: "skip pairs sampled from a policy more than V versions old",
+    help: "end pairs sampled more than V versions back as `stale`, untrained",
     section: "trainer",
   },
   keep: { metavar: "N", help: "published versions kept", section: "trainer" },

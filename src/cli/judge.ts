@@ -1,5 +1,6 @@
 /** `judge`: the judge role, on its own process, against the shared KV. */
 import { z } from "zod";
+import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
 import { runJudgeWorker } from "../judge/worker.ts";
 import { PairStore } from "../store/pairs.ts";
 import { openSharedKv } from "../store/open.ts";
@@ -15,7 +16,11 @@ Claims pairs awaiting judgment in the shared KV, asks the judge, records verdict
 ${JUDGE_USAGE}
   --owner NAME              this worker's name in leases (default judge-<pid>)
   --concurrency N           pairs judged at once (default 4)
-  --lease-ms MS             claim lifetime, and the back-off after a failed judgment (default 60000)
+  --lease-ms MS             claim lifetime, and the longest back-off after a failed judgment (default 60000)
+  --judge-token KEY         bearer key the hf judge sends to its endpoint (default DPO_JUDGE_TOKEN)
+  --max-attempts N          failed judgments of a pair before it ends judge_failed (default 5)
+  --ensemble-rule R         majority (default: members that voted a or b decide; ties and failures abstain)
+                            | unanimous (all members must vote the same a or b)
   --poll-ms MS              wait when there is nothing to judge (default 500)`;
 
 const Options = z.object({
@@ -29,6 +34,9 @@ const Options = z.object({
   owner: z.string().default(`judge-${Deno.pid}`),
   concurrency: numberOption((n) => n.int().positive()).default(4),
   "lease-ms": numberOption((n) => n.int().positive()).default(60_000),
+  "max-attempts": numberOption((n) => n.int().positive()).default(5),
+  "judge-token": z.string().min(1).optional(),
+  "ensemble-rule": z.enum(ENSEMBLE_RULES).default("majority"),
   "poll-ms": numberOption((n) => n.int().positive()).default(500),
 });
 
@@ -46,6 +54,9 @@ export async function runJudgeCommand(args: string[]): Promise<void> {
     owner: { type: "string" },
     concurrency: { type: "string" },
     "lease-ms": { type: "string" },
+    "max-attempts": { type: "string" },
+    "judge-token": { type: "string" },
+    "ensemble-rule": { type: "string" },
     "poll-ms": { type: "string" },
   });
   if (values.help) return void console.log(JUDGE_COMMAND_USAGE);
@@ -64,10 +75,12 @@ export async function runJudgeCommand(args: string[]): Promise<void> {
       owner: opts.owner,
       concurrency: opts.concurrency,
       leaseMs: opts["lease-ms"],
+      maxAttempts: opts["max-attempts"],
       pollMs: opts["poll-ms"],
       signal: stop.signal,
       onVerdict: (id, choice) => log(`${id}: ${choice}`),
-      onError: (id, err) => log(`${id}: judge failed, will retry (${err.message})`),
+      onError: (id, err, final) =>
+        log(`${id}: judge failed${final ? " for the last time: judge_failed" : ", will retry"} (${err.message})`),
     });
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);

@@ -5,6 +5,7 @@ import { startServerRole } from "../roles/server.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { buildJudge } from "./_services.ts";
+import { checkKeyLengths, MIN_KEY_LENGTH } from "../server/http.ts";
 import { splitKeys } from "./_keys.ts";
 import { backendOption, log, numberOption, parseCommand, validate } from "./common.ts";
 
@@ -18,7 +19,8 @@ a new version is swapped in without failing requests), or --model until one is p
   --checkpoints dir:PATH|kv where policy versions are published (default dir:data/checkpoints)
   --model DIR|hf:...        the policy before any version is published
   --host HOST --port N      where to listen (default 127.0.0.1:8000)
-  --api-key KEY             accepted bearer key (repeatable; also DPO_API_KEYS=k1,k2); one is made up if none
+  --api-key KEY             accepted bearer key, 16 characters or more (repeatable; also DPO_API_KEYS=k1,k2);
+                            one is made up if none
                             (DPO_LABEL_KEYS=k1,k2: keys for the dashboard and label page only)
   --judge arithmetic|verifier  score responses so pairs are best against worst (optional)
   --verifier PATH           for --judge verifier
@@ -34,7 +36,8 @@ const Options = z.object({
   model: z.string().optional(),
   host: z.string().default("127.0.0.1"),
   port: numberOption((n) => n.int().min(0).max(65535)).default(8000),
-  "api-key": z.array(z.string().min(8, "must be at least 8 characters")).default([]),
+  "api-key": z.array(z.string().min(MIN_KEY_LENGTH, `every key must have at least ${MIN_KEY_LENGTH} characters`))
+    .default([]),
   judge: z.enum(["arithmetic", "verifier"]).optional(),
   verifier: z.string().optional(),
   "poll-ms": numberOption((n) => n.int().positive()).default(2000),
@@ -64,7 +67,8 @@ export async function runServe(args: string[]): Promise<void> {
   });
   if (values.help) return void console.log(SERVE_USAGE);
   const opts = validate(Options, values);
-  const keys = [...opts["api-key"], ...splitKeys(Deno.env.get("DPO_API_KEYS"))];
+  const keys = [...opts["api-key"], ...checkKeyLengths(splitKeys(Deno.env.get("DPO_API_KEYS")), "DPO_API_KEYS")];
+  const labelKeys = checkKeyLengths(splitKeys(Deno.env.get("DPO_LABEL_KEYS")), "DPO_LABEL_KEYS");
   if (keys.length === 0) keys.push(`dpo-${crypto.randomUUID().replaceAll("-", "")}`);
   log(describeBackend(await initBackend(opts.backend)));
   const score = opts.judge ? (await buildJudge({ judge: opts.judge, verifier: opts.verifier })).score : undefined;
@@ -85,7 +89,7 @@ export async function runServe(args: string[]): Promise<void> {
       cacheDir: opts["cache-dir"],
       app: {
         apiKeys: keys,
-        labelKeys: splitKeys(Deno.env.get("DPO_LABEL_KEYS")),
+        labelKeys,
         score,
         webhookSecret: Deno.env.get("DPO_WEBHOOK_SECRET"),
         limits: { requestsPerMinute: opts["rate-limit"] },

@@ -254,9 +254,7 @@ function trainerOptions(cfg: StartConfig, backend: BackendReport["backend"]): Tr
     refRefreshRounds: cfg.ref_refresh_rounds,
     maxStaleness: cfg.max_staleness,
     keep: cfg.keep,
-    // One `start` per data directory: its trainer's leases are its own to release after a stop.
     owner: `start-${Deno.hostname()}`,
-    releaseOwnLeases: true,
     leaseMs: 300_000,
     pollMs: cfg.trainer_poll_ms,
     backend,
@@ -276,6 +274,7 @@ function runJudge(store: PairStore, judge: Judge, cfg: StartConfig, signal: Abor
     leaseMs: 60_000,
     pollMs: 200,
     signal,
-    onError: (id, err) => log(`judge: ${id}: failed, will retry (${err.message})`),
+    onError: (id, err, final) =>
+      log(`judge: ${id}: failed${final ? " for the last time: judge_failed" : ", will retry"} (${err.message})`),
   });
 }

@@ -24,9 +24,9 @@ After a crash (kill -9 included) and a restart, no pair is lost or trained twice
   --round-epochs E          passes over a round (default 1)
   --publish-every N         stream mode: publish every N steps (default 4)
   --ref-refresh-rounds N    rounds mode: copy the policy into the reference every N rounds (default 0: never)
-  --max-staleness V         skip pairs sampled from a policy more than V versions old (default 4)
+  --max-staleness V         pairs sampled from a policy more than V versions old end stale, untrained (default 4)
   --keep N                  published versions kept (default 5)
-  --owner NAME              this worker's name in leases (default trainer-<hostname>)
+  --owner NAME              this worker's name (default trainer-<hostname>); each run adds an instance id
   --lease-ms MS             lease on claimed pairs, renewed while held (default 300000)
   --poll-ms MS              wait when there are not enough pairs (default 1000)
   --eval arithmetic         evaluate every published version on the task's held-out prompts against --model

@@ -1,13 +1,18 @@
 /**
  * The online trainer: claims labeled pairs from the store with leases, trains on them with the DPO
- * engine (a step as soon as a batch is there, or in rounds of K pairs and E epochs), publishes
- * policy versions, and only then marks the pairs trained into the version that holds them. A worker
- * killed at any moment loses nothing: unpublished work is redone from the last published version
- * once the leases expire, and published pairs are marked trained again on restart (idempotently).
+ * engine (a step as soon as a batch is there, or in rounds of K pairs and E epochs) and publishes
+ * policy versions. Exactly once: the ids a version holds are recorded in the commit that publishes it,
+ * and only then are the pairs marked trained (`PairStore.settle`, idempotent); the trainer's fence,
+ * checked by that commit, keeps a trainer that was cut off from publishing what its successor now
+ * trains. Leases are renewed on a timer while steps and rounds run. A pair it cannot train (its prompt
+ * no longer fits, say) or that is too stale ends `rejected` or `stale` instead of stopping the loop.
  */
 import type { Tokenizer } from "../model/tokenizer.ts";
-import type { PairStore } from "../store/pairs.ts";
+import type { MarkTrainedResult, PairStore } from "../store/pairs.ts";
+import type { PublishOptions } from "../store/checkpoints.ts";
+import { FencedOutError } from "../store/errors.ts";
 import type { Pair } from "../store/schema.ts";
+import type { FenceHold } from "../store/training_records.ts";
 import type { DpoTrainer, PreferencePair, StepMetrics } from "./trainer.ts";
 import { pause } from "../util/time.ts";
 
@@ -15,25 +20,38 @@ import { pause } from "../util/time.ts";
 export interface PolicyPublisher {
   /** The version served now, if any. */
   current(): Promise<{ version: number } | null>;
-  /** Publishes the model files in `dir` as the next version and switches the pointer to it. */
-  publish(dir: string, meta: { parentVersion?: number; trainedPairs?: number; note?: string }): Promise<{
+  /** Publishes the model files in `dir` as the next version, recording its pairs, and switches the pointer to it. */
+  publish(
+    dir: string,
+    meta: { parentVersion?: number; trainedPairs?: number; note?: string },
+    options: PublishOptions,
+  ): Promise<{
     version: number;
   }>;
 }
 
+/** What the online trainer needs of the pair store. */
+export type TrainingPairs = Pick<PairStore, "claim" | "renew" | "settle" | "retire">;
+
 /** Options of `runOnlineTrainer`. */
 export interface OnlineTrainerOptions {
-  store: PairStore;
+  store: TrainingPairs;
   publisher: PolicyPublisher;
   trainer: DpoTrainer;
   /** Token ids of a labeled pair (its prompt text, chosen and rejected responses). */
   encode: (pair: Pair) => PreferencePair;
+  /** Why a labeled pair cannot be trained (it ends `rejected` with that reason), or null. */
+  problem: (pair: Pair) => string | null;
   /** Writes the current policy in Hugging Face layout into a new directory. */
   savePolicy: (dir: string) => Promise<void>;
-  /** Remembers which pairs a published version holds (read back by `reconcile`). */
-  recordTrainedPairs: (version: number, ids: string[]) => Promise<void>;
-  /** Names this worker in leases. */
+  /** Where publishes stage the model files (cleared when a trainer starts). */
+  tmpDir: string;
+  /** This trainer run's own name in leases (a restarted trainer is a new instance). */
   owner: string;
+  /** Its hold on the trainer fence, checked by every publish and by the lease timer. */
+  fence: FenceHold;
+  /** Whether the fence is still held (false: another trainer took over, and this one stops). */
+  holdsFence: () => Promise<boolean>;
   /** `stream`: a step whenever a batch is claimed; `rounds`: collect `roundPairs`, train `roundEpochs`. */
   mode: "stream" | "rounds";
   /** Pairs per optimizer step. */
@@ -44,7 +62,7 @@ export interface OnlineTrainerOptions {
   publishEverySteps: number;
   /** Rounds mode: copy the policy into the reference every N rounds (0: never). */
   refRefreshRounds: number;
-  /** Pairs sampled from a policy more than this many versions old are not trained on. */
+  /** Pairs sampled from a policy more than this many versions old end `stale` instead of being trained. */
   maxStaleness: number;
   leaseMs: number;
   /** How long to wait when there is no work. */
@@ -52,6 +70,11 @@ export interface OnlineTrainerOptions {
   signal: AbortSignal;
   onStep?: (metrics: StepMetrics) => void | Promise<void>;
   onPublish?: (version: number, pairs: number) => void | Promise<void>;
+  /** Called with pairs whose lease was found lost on renewal, and with pairs ended stale or rejected. */
+  onLeaseLost?: (ids: string[]) => void;
+  onRetired?: (pair: Pair, status: "stale" | "rejected", reason: string) => void;
+  /** Called after every settle, with what it did (for logs). */
+  onSettled?: (version: number, result: MarkTrainedResult) => void;
 }
 
 /**
@@ -78,56 +101,120 @@ export function encodeStoredPair(tokenizer: Tokenizer, pair: Pair, maxLength: nu
 
 /** Runs until `signal` aborts; what was trained but not published by then is redone later. */
 export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
+  const held = new Map<string, Pair>(); // claimed and not yet published: renewed by the timer
+  const stop = new AbortController();
+  const signal = AbortSignal.any([o.signal, stop.signal]);
+  let fencedOut: Error | null = null;
+  const keeper = keepLeases(o, held, () => {
+    fencedOut = new FencedOutError(
+      `Cannot go on training as another trainer took the fence from '${o.owner}' (token ${o.fence.token}): stopping`,
+    );
+    stop.abort();
+  });
   let pending: Pair[] = []; // claimed, not trained yet
   let trained: Pair[] = []; // trained, not published yet
   let steps = 0;
   let rounds = 0;
-  let renewedAt = Date.now();
-  const held = () => [...pending, ...trained];
-  while (!o.signal.aborted) {
-    const want = o.mode === "stream" ? o.batchPairs - pending.length : o.roundPairs - pending.length;
-    if (want > 0) {
-      const version = (await o.publisher.current())?.version ?? 0;
-      const fresh = await o.store.claim({
-        status: "labeled",
-        role: "train",
-        owner: o.owner,
-        leaseMs: o.leaseMs,
-        limit: Math.min(want, 1000),
-        // Staleness is about on-policy samples; imported preferences are always fair game.
-        filter: (p) => p.source === "imported" || p.policyVersion >= version - o.maxStaleness,
-      });
-      pending.push(...fresh);
+  try {
+    while (!signal.aborted) {
+      const want = o.mode === "stream" ? o.batchPairs - pending.length : o.roundPairs - pending.length;
+      if (want > 0) {
+        const fresh = await claimTrainable(o, held, Math.min(want, 1000));
+        for (const p of fresh) held.set(p.id, p);
+        pending.push(...fresh);
+      }
+      const ready = o.mode === "stream" ? pending.length >= o.batchPairs : pending.length >= o.roundPairs;
+      if (!ready) {
+        await pause(o.pollMs, signal);
+        continue;
+      }
+      if (o.mode === "stream") {
+        const batch = pending.splice(0, o.batchPairs);
+        await step(o, batch);
+        trained.push(...batch);
+        if (++steps % o.publishEverySteps === 0) trained = await publish(o, trained, held);
+      } else {
+        const round = pending;
+        pending = [];
+        for (let e = 0; e < o.roundEpochs && !signal.aborted; e++) {
+          for (let i = 0; i < round.length && !signal.aborted; i += o.batchPairs) {
+            await step(o, round.slice(i, i + o.batchPairs));
+          }
+        }
+        if (signal.aborted) break;
+        trained.push(...round);
+        // Refresh before publishing: the trainer checkpoint saved with the version holds the new reference.
+        if (o.refRefreshRounds > 0 && ++rounds % o.refRefreshRounds === 0) o.trainer.refreshReference(1);
+        trained = await publish(o, trained, held);
+      }
     }
-    if (Date.now() - renewedAt > o.leaseMs / 3) {
-      await Promise.all(held().map((p) => o.store.renew(p.id, { role: "train", owner: o.owner, leaseMs: o.leaseMs })));
-      renewedAt = Date.now();
-    }
-    const ready = o.mode === "stream" ? pending.length >= o.batchPairs : pending.length >= o.roundPairs;
-    if (!ready) {
-      await pause(o.pollMs, o.signal);
+  } finally {
+    keeper.stop();
+  }
+  if (fencedOut) throw fencedOut;
+}
+
+/** Claims up to `limit` labeled pairs and ends those it must not train (stale or untrainable) at once. */
+async function claimTrainable(o: OnlineTrainerOptions, held: Map<string, Pair>, limit: number): Promise<Pair[]> {
+  const version = (await o.publisher.current())?.version ?? 0;
+  const claimed = await o.store.claim({
+    status: "labeled",
+    role: "train",
+    owner: o.owner,
+    leaseMs: o.leaseMs,
+    limit,
+    fence: o.fence.token,
+    // A pair whose lease lapsed while this trainer works on it must not be claimed a second time.
+    filter: (p) => !held.has(p.id),
+  });
+  const fresh: Pair[] = [];
+  for (const pair of claimed) {
+    // Staleness is about on-policy samples; imported preferences are always fair game.
+    const stale = pair.source !== "imported" && pair.policyVersion < version - o.maxStaleness;
+    const reason = stale
+      ? `sampled from policy v${pair.policyVersion}, more than max_staleness ${o.maxStaleness} versions before ` +
+        `v${version}`
+      : o.problem(pair);
+    if (reason === null) {
+      fresh.push(pair);
       continue;
     }
-    if (o.mode === "stream") {
-      const batch = pending.splice(0, o.batchPairs);
-      await step(o, batch);
-      trained.push(...batch);
-      if (++steps % o.publishEverySteps === 0) trained = await publish(o, trained);
-    } else {
-      const round = pending;
-      pending = [];
-      for (let e = 0; e < o.roundEpochs && !o.signal.aborted; e++) {
-        for (let i = 0; i < round.length && !o.signal.aborted; i += o.batchPairs) {
-          await step(o, round.slice(i, i + o.batchPairs));
-        }
-      }
-      if (o.signal.aborted) break;
-      trained.push(...round);
-      // Refresh before publishing: the trainer checkpoint saved with the version holds the new reference.
-      if (o.refRefreshRounds > 0 && ++rounds % o.refRefreshRounds === 0) o.trainer.refreshReference(1);
-      trained = await publish(o, trained);
-    }
+    const status = stale ? "stale" : "rejected";
+    if (await o.store.retire(pair.id, status, reason)) o.onRetired?.(pair, status, reason);
   }
+  return fresh;
+}
+
+/**
+ * Renews the leases on every held pair and checks the fence on a timer, so that leases outlive long
+ * steps and rounds; `onFencedOut` is called once when another trainer took the fence.
+ */
+function keepLeases(o: OnlineTrainerOptions, held: Map<string, Pair>, onFencedOut: () => void): { stop(): void } {
+  let running = false;
+  const tick = async () => {
+    if (running) return;
+    running = true;
+    try {
+      if (!(await o.holdsFence())) {
+        clearInterval(timer);
+        onFencedOut();
+        return;
+      }
+      const ids = [...held.keys()];
+      const renewed = await Promise.all(
+        ids.map((id) => o.store.renew(id, { role: "train", owner: o.owner, leaseMs: o.leaseMs })),
+      );
+      // A pair published meanwhile had its lease deleted by the settle: not a loss.
+      const lost = ids.filter((id, i) => !renewed[i] && held.has(id));
+      if (lost.length > 0) o.onLeaseLost?.(lost);
+    } catch (err) {
+      console.error(`Cannot renew the train leases: ${(err as Error).message} (retrying at the next tick)`);
+    } finally {
+      running = false;
+    }
+  };
+  const timer = setInterval(tick, Math.max(Math.min(o.leaseMs / 3, 5000), 50));
+  return { stop: () => clearInterval(timer) };
 }
 
 async function step(o: OnlineTrainerOptions, batch: Pair[]): Promise<void> {
@@ -136,10 +223,13 @@ async function step(o: OnlineTrainerOptions, batch: Pair[]): Promise<void> {
   await o.onStep?.(metrics);
 }
 
-/** Publishes the policy, then marks what it holds as trained into it; returns what is left to publish. */
-async function publish(o: OnlineTrainerOptions, trained: Pair[]): Promise<Pair[]> {
+/**
+ * Publishes the policy with the ids of what it holds in the same commit, then settles them (marks them
+ * trained); returns what is left to publish.
+ */
+async function publish(o: OnlineTrainerOptions, trained: Pair[], held: Map<string, Pair>): Promise<Pair[]> {
   if (trained.length === 0) return trained;
-  const dir = await Deno.makeTempDir({ prefix: "dpo-publish-" });
+  const dir = await Deno.makeTempDir({ dir: o.tmpDir, prefix: "publish-" });
   try {
     await o.savePolicy(dir);
     const parent = await o.publisher.current();
@@ -147,40 +237,14 @@ async function publish(o: OnlineTrainerOptions, trained: Pair[]): Promise<Pair[]
       parentVersion: parent?.version,
       trainedPairs: trained.length,
       note: `reference refreshed ${o.trainer.refVersion} time(s)`,
-    });
-    const ids = trained.map((p) => p.id);
-    await o.recordTrainedPairs(version, ids);
-    const result = await o.store.markTrained(ids, { policyVersion: version, owner: o.owner });
-    if (result.refused.length > 0) {
-      console.error(`policy v${version}: ${result.refused.length} pair(s) not marked trained (leases lost)`);
-    }
+    }, { pairIds: trained.map((p) => p.id), fence: o.fence });
+    for (const p of trained) held.delete(p.id);
+    const result = await o.store.settle(version);
+    o.onSettled?.(version, result);
     o.trainer.forgetReference(trained.map(o.encode));
     await o.onPublish?.(version, trained.length);
     return [];
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
-}
-
-/**
- * After a restart: pairs the current version holds but the store still calls labeled (the worker
- * died between publishing and marking) are claimed and marked trained into it.
- */
-export async function reconcile(
-  o: Pick<OnlineTrainerOptions, "store" | "owner" | "leaseMs">,
-  version: number,
-  ids: string[],
-): Promise<number> {
-  const wanted = new Set(ids);
-  const claimed = await o.store.claim({
-    status: "labeled",
-    role: "train",
-    owner: o.owner,
-    leaseMs: o.leaseMs,
-    limit: 1000,
-    filter: (p) => wanted.has(p.id),
-  });
-  if (claimed.length === 0) return 0;
-  const result = await o.store.markTrained(claimed.map((p) => p.id), { policyVersion: version, owner: o.owner });
-  return result.trained.length;
 }

@@ -1,8 +1,14 @@
 import assert from "node:assert/strict";
+import { loadModel, saveModel } from "../model/checkpoint.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
-import { fixturePath, readExpected } from "../model/_test_utils.ts";
+import { fixturePath, readExpected, useBackend } from "../model/_test_utils.ts";
+import { KvCheckpointStore } from "../store/checkpoints.ts";
 import { PairStore } from "../store/pairs.ts";
-import { encodeStoredPair } from "./online.ts";
+import { holdsFence, takeFence, trainedPairs } from "../store/training_records.ts";
+import { createTrainer } from "./checkpoint.ts";
+import { parseDpoConfig } from "./config.ts";
+import { promptFitProblem } from "./fit.ts";
+import { encodeStoredPair, runOnlineTrainer } from "./online.ts";
 
 Deno.test("encodeStoredPair: a conversation's answers end with the end-of-turn, a plain prompt's with eos", async () => {
   // llama_tiny: ChatML with <|im_end|> = 318 after each turn, eos <|endoftext|> = 316.
@@ -41,5 +47,90 @@ Deno.test("encodeStoredPair: a conversation's answers end with the end-of-turn, 
     assert.equal(encodeStoredPair(plainTemplate, conversation, 64).eosId, undefined, "no end-of-turn token: eos");
   } finally {
     kv.close();
+  }
+});
+
+Deno.test("online rounds: leases outlive a round longer than the lease; stale and untrainable pairs end, the loop goes on", async () => {
+  await useBackend("wasm");
+  const kv = await Deno.openKv(":memory:");
+  const policy = await loadModel(fixturePath("gpt2_tiny"));
+  const reference = await loadModel(fixturePath("gpt2_tiny"), { trainable: false });
+  const trainer = createTrainer(policy, reference, parseDpoConfig({ per_device_train_batch_size: 1 }));
+  const tmpDir = await Deno.makeTempDir({ prefix: "online_rounds_" });
+  try {
+    const store = new PairStore(kv);
+    const checkpoints = new KvCheckpointStore(kv);
+    for (let v = 0; v < 3; v++) await checkpoints.publish(fixturePath("gpt2_tiny"));
+    const good: string[] = [];
+    const add = async (i: number) =>
+      good.push((await store.importLabeled({ prompt: `${i}+1=`, chosen: `${i + 1}`, rejected: `${i + 2}` })).pair.id);
+    for (let i = 0; i < 3; i++) await add(i);
+    // A prompt longer than the 64-token context, and a pair sampled from v0 while v3 is served.
+    const poison = (await store.importLabeled({ prompt: "1+".repeat(80), chosen: "2", rejected: "3" })).pair.id;
+    const old = (await store.create({ prompt: "5+5=", promptText: "5+5=", responses: ["10", "11"], policyVersion: 0 }))
+      .pair.id;
+    await store.recordVerdict(old, { choice: "a", judge: { kind: "verifier", id: "test" } });
+    for (let i = 3; i < 6; i++) await add(i);
+
+    const fence = await takeFence(kv, { owner: "t", instance: "t#1" });
+    const stop = new AbortController();
+    const lost: string[] = [];
+    const retired: [string, string, string][] = [];
+    let intruderClaimed = -1;
+    let steps = 0;
+    await runOnlineTrainer({
+      store,
+      publisher: checkpoints,
+      trainer,
+      encode: (pair) => encodeStoredPair(policy.tokenizer, pair, 64),
+      problem: (pair) => promptFitProblem(policy.tokenizer, pair.promptText, 64),
+      savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
+      tmpDir,
+      owner: "t#1",
+      fence,
+      holdsFence: () => holdsFence(kv, fence),
+      mode: "rounds",
+      batchPairs: 1,
+      roundPairs: 6,
+      roundEpochs: 2,
+      publishEverySteps: 1,
+      refRefreshRounds: 0,
+      maxStaleness: 1,
+      leaseMs: 600,
+      pollMs: 10,
+      signal: stop.signal,
+      // Each step takes at least 200 ms: the round of 12 steps lasts about four leases.
+      onStep: async () => {
+        await new Promise((r) => setTimeout(r, 200));
+        if (++steps === 12) {
+          const intruder = await store.claim({
+            status: "labeled",
+            role: "train",
+            owner: "x",
+            leaseMs: 1000,
+            limit: 10,
+          });
+          intruderClaimed = intruder.length;
+        }
+      },
+      onLeaseLost: (ids) => lost.push(...ids),
+      onRetired: (pair, status, reason) => retired.push([pair.id, status, reason]),
+      onPublish: () => stop.abort(),
+    });
+    assert.equal(intruderClaimed, 0, "every lease of the round was still live at its last step");
+    assert.deepEqual(lost, []);
+    assert.deepEqual(retired.map(([id, status]) => [id, status]), [[poison, "rejected"], [old, "stale"]]);
+    assert.match(retired[0]![2], /the prompt has 16\d tokens, but the model's context of 64 tokens/);
+    assert.match(retired[1]![2], /sampled from policy v0, more than max_staleness 1 versions before v3/);
+    assert.equal((await store.get(poison))?.status, "rejected");
+    assert.deepEqual((await trainedPairs(kv, 4)).toSorted(), good.toSorted());
+    const counts = await store.counts();
+    assert.deepEqual([counts.trained, counts.rejected, counts.stale, counts.labeled], [6, 1, 1, 0]);
+  } finally {
+    policy.model.dispose();
+    reference.model.dispose();
+    trainer.optimizer.dispose();
+    kv.close();
+    await Deno.remove(tmpDir, { recursive: true });
   }
 });

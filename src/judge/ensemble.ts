@@ -1,16 +1,27 @@
 /**
- * A majority vote over several judges (LLM judges of different families, a verifier and an LLM, ...).
- * Votes for "a", "b" and "tie" and failures are all counted; a response wins with more than half of all the
- * judges. A failure never decides an outcome: when the failed judges could have made a majority had they
- * voted, the ensemble fails too (the pair is retried later) rather than calling it a tie.
+ * A vote over several judges (LLM judges of different families, a verifier and an LLM, ...), by one of
+ * two rules (`ENSEMBLE_RULES`):
+ *
+ * - `majority` (the default): the members that voted a or b decide, by plurality; a member that abstains
+ *   (answers tie) or fails does not veto, so a verifier's vote stands when an LLM abstains or errs. Equal
+ *   votes, or no a/b vote at all, make a tie; when every member failed the ensemble fails (retried later).
+ * - `unanimous`: every member must vote the same a or b; any failure fails the ensemble (retried later),
+ *   any other disagreement is a tie.
  */
 
 import { type Choice, type Judge, JudgeError, type JudgeInput, type Prompt, type Verdict } from "./types.ts";
+
+/** How an ensemble combines its members' votes (see the module comment). */
+export const ENSEMBLE_RULES = ["majority", "unanimous"] as const;
+/** One of `ENSEMBLE_RULES`. */
+export type EnsembleRule = (typeof ENSEMBLE_RULES)[number];
 
 /** Options of `createEnsembleJudge`. */
 export interface EnsembleJudgeOptions {
   /** The judge's id in verdicts and metrics. Default "ensemble". */
   id?: string;
+  /** How votes combine; default "majority". */
+  rule?: EnsembleRule;
 }
 
 /** How often the members agree, for the dashboard. */
@@ -32,9 +43,11 @@ export interface EnsembleJudge extends Judge {
   agreement(): EnsembleAgreement;
 }
 
-/** Creates a majority-vote judge; members that answer "pending" (human judges) cannot vote and are refused. */
+/** Creates an ensemble judge; members that answer "pending" (human judges) cannot vote and are refused. */
 export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptions = {}): EnsembleJudge {
   const id = options.id ?? "ensemble";
+  const rule = options.rule ?? "majority";
+  const decide = rule === "majority" ? decideMajority : decideUnanimous;
   if (judges.length === 0) {
     throw new TypeError(`Cannot create ensemble judge '${id}' as it needs at least one member: current count is 0`);
   }
@@ -82,14 +95,14 @@ export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptio
     async judge(input: JudgeInput, signal?: AbortSignal): Promise<Verdict> {
       const start = performance.now();
       const votes = await Promise.all(judges.map((j) => vote(j, input, signal)));
-      const outcome = decideMajority(votes.map((v) => (v instanceof JudgeError ? "failed" : v)));
+      const outcome = decide(votes.map((v) => (v instanceof JudgeError ? "failed" : v)));
       const tally = votes.map((v, i) => `${ids[i]}: ${v instanceof JudgeError ? `failed (${v.code})` : v}`).join(", ");
       if (outcome === "undecided") {
         const failures = votes.filter((v): v is JudgeError => v instanceof JudgeError);
         throw new JudgeError(
           failures.length === votes.length
             ? `Cannot get a verdict from ensemble '${id}' as every member failed: ${tally}`
-            : `Cannot get a verdict from ensemble '${id}' as the failed members could have decided it: ${tally}`,
+            : `Cannot get a verdict from ensemble '${id}' as a member failed and the rule is unanimous: ${tally}`,
           { judgeId: id, code: "failed", cause: new AggregateError(failures) },
         );
       }
@@ -106,7 +119,7 @@ export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptio
       });
       return {
         choice: outcome,
-        reason: `majority of ${votes.length}: ${tally}`,
+        reason: `${rule} of ${votes.length}: ${tally}`,
         latencyMs: performance.now() - start,
         judgeId: id,
         agreed: unanimous,
@@ -132,17 +145,19 @@ export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptio
 }
 
 /**
- * The majority rule: a choice with more than half of all votes (failures included) wins. Otherwise the result
- * is a tie, unless the failed votes could have given some choice a majority: then it is "undecided".
+ * The majority rule: among the members that voted a or b, the choice with more votes wins; equal counts
+ * (none included) are a tie. Ties and failures abstain. "undecided" only when every member failed.
  */
 export function decideMajority(votes: (Choice | "failed")[]): Choice | "undecided" {
-  const count = (c: Choice | "failed") => votes.filter((v) => v === c).length;
-  const failed = count("failed");
-  const half = votes.length / 2;
-  if (failed === votes.length) return "undecided";
-  for (const choice of ["a", "b", "tie"] as const) {
-    if (count(choice) > half) return choice;
-  }
-  const couldDecide = (["a", "b", "tie"] as const).some((c) => count(c) + failed > half);
-  return failed > 0 && couldDecide ? "undecided" : "tie";
+  if (votes.every((v) => v === "failed")) return "undecided";
+  const a = votes.filter((v) => v === "a").length;
+  const b = votes.filter((v) => v === "b").length;
+  return a > b ? "a" : b > a ? "b" : "tie";
+}
+
+/** The unanimous rule: every member voted the same a or b; a failure anywhere is "undecided"; else a tie. */
+export function decideUnanimous(votes: (Choice | "failed")[]): Choice | "undecided" {
+  if (votes.some((v) => v === "failed")) return "undecided";
+  for (const choice of ["a", "b"] as const) if (votes.length > 0 && votes.every((v) => v === choice)) return choice;
+  return "tie";
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createEnsembleJudge, decideMajority } from "./ensemble.ts";
+import { createEnsembleJudge, decideMajority, decideUnanimous } from "./ensemble.ts";
 import { type Choice, type Judge, JudgeError } from "./types.ts";
 
 function fixed(id: string, answer: Choice | "fail", score?: number): Judge {
@@ -23,28 +23,37 @@ async function choiceOf(judges: Judge[]): Promise<Choice> {
   return verdict.choice;
 }
 
-Deno.test("ensemble: the majority wins; without a majority it is a tie", async () => {
+Deno.test("ensemble majority: the members that voted a or b decide; abstentions and failures never veto", async () => {
   assert.equal(await choiceOf([fixed("1", "a"), fixed("2", "a"), fixed("3", "b")]), "a");
   assert.equal(await choiceOf([fixed("1", "b"), fixed("2", "tie"), fixed("3", "b")]), "b");
   assert.equal(await choiceOf([fixed("1", "a"), fixed("2", "b"), fixed("3", "tie")]), "tie");
   assert.equal(await choiceOf([fixed("1", "a"), fixed("2", "b")]), "tie");
-  assert.equal(await choiceOf([fixed("1", "tie"), fixed("2", "tie"), fixed("3", "a")]), "tie");
-  // A failure is counted: a majority of all members still decides.
-  assert.equal(await choiceOf([fixed("1", "a"), fixed("2", "a"), fixed("3", "fail")]), "a");
-  // One failure that could not have made a majority anyway: a tie.
-  const six = (["a", "b", "tie", "a", "b", "fail"] as const).map((c, i) => fixed(String(i), c));
-  assert.equal(await choiceOf(six), "tie");
+  // --judge hf,arithmetic: the verifier's vote stands when the LLM abstains (tie) or fails.
+  assert.equal(await choiceOf([fixed("hf", "tie"), fixed("arithmetic", "a")]), "a");
+  assert.equal(await choiceOf([fixed("hf", "fail"), fixed("arithmetic", "b")]), "b");
+  assert.equal(await choiceOf([fixed("1", "tie"), fixed("2", "tie"), fixed("3", "a")]), "a");
+  assert.equal(await choiceOf([fixed("1", "tie"), fixed("2", "fail")]), "tie");
+  await assert.rejects(
+    createEnsembleJudge([fixed("1", "fail"), fixed("2", "fail")]).judge(PAIR),
+    (e: unknown) =>
+      e instanceof JudgeError && e.judgeId === "ensemble" &&
+      /every member failed: 1: failed \(network\), 2: failed/.test(e.message),
+  );
 });
 
-Deno.test("ensemble: failures never decide: all failed, or failures that could have made a majority", async () => {
-  const rejects = (judges: Judge[], pattern: RegExp) =>
-    assert.rejects(
-      createEnsembleJudge(judges).judge(PAIR),
-      (e: unknown) => e instanceof JudgeError && e.judgeId === "ensemble" && pattern.test(e.message),
-    );
-  await rejects([fixed("1", "fail"), fixed("2", "fail")], /every member failed: 1: failed \(network\), 2: failed/);
-  await rejects([fixed("1", "a"), fixed("2", "b"), fixed("3", "fail")], /could have decided it/);
-  await rejects([fixed("1", "a"), fixed("2", "fail"), fixed("3", "fail")], /could have decided it/);
+Deno.test("ensemble unanimous: all members the same a or b; a failure is retried, any other split a tie", async () => {
+  const unanimous = async (judges: Judge[]) => {
+    const verdict = await createEnsembleJudge(judges, { rule: "unanimous" }).judge(PAIR);
+    assert.ok(verdict !== "pending");
+    return verdict.choice;
+  };
+  assert.equal(await unanimous([fixed("1", "a"), fixed("2", "a")]), "a");
+  assert.equal(await unanimous([fixed("1", "a"), fixed("2", "tie")]), "tie");
+  assert.equal(await unanimous([fixed("1", "tie"), fixed("2", "tie")]), "tie");
+  await assert.rejects(
+    createEnsembleJudge([fixed("1", "a"), fixed("2", "fail")], { rule: "unanimous" }).judge(PAIR),
+    /a member failed and the rule is unanimous/,
+  );
 });
 
 Deno.test("ensemble: agreement statistics for the dashboard", async () => {
@@ -86,12 +95,14 @@ Deno.test("ensemble: construction rules and the mean score", async () => {
   assert.equal(createEnsembleJudge([fixed("1", "a", 1), fixed("2", "a")]).score, undefined);
 });
 
-Deno.test("decideMajority: the rule in full", () => {
+Deno.test("decideMajority and decideUnanimous: the rules in full", () => {
   assert.equal(decideMajority(["a"]), "a");
   assert.equal(decideMajority(["failed"]), "undecided");
-  assert.equal(decideMajority(["a", "failed"]), "undecided");
-  assert.equal(decideMajority(["a", "a", "failed"]), "a");
-  assert.equal(decideMajority(["a", "b", "tie", "failed"]), "tie"); // 2 of 4 is no majority either way
-  assert.equal(decideMajority(["a", "b", "tie", "tie", "failed"]), "undecided");
-  assert.equal(decideMajority(["a", "b", "a", "b", "tie"]), "tie");
+  assert.equal(decideMajority(["a", "failed"]), "a");
+  assert.equal(decideMajority(["a", "b", "tie", "failed"]), "tie");
+  assert.equal(decideMajority(["a", "b", "b", "tie", "tie"]), "b");
+  assert.equal(decideMajority(["tie", "tie"]), "tie");
+  assert.equal(decideUnanimous(["b", "b", "b"]), "b");
+  assert.equal(decideUnanimous(["b", "b", "failed"]), "undecided");
+  assert.equal(decideUnanimous(["b", "a"]), "tie");
 });

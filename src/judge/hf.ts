@@ -70,6 +70,12 @@ export interface HfJudgeCounters extends JudgeCounters {
 export interface HfJudge extends Judge {
   readonly kind: "hf";
   readonly counters: Readonly<HfJudgeCounters>;
+  /**
+   * Checks the endpoint with one tiny request (`max_tokens: 1`), before any pair is claimed: throws a
+   * `JudgeError` when it refuses the token (401/403), has no such model or route (404), or cannot be
+   * reached; resolves with a warning for a failure that may pass (429, 5xx, a timeout), else `null`.
+   */
+  probe(signal?: AbortSignal): Promise<string | null>;
 }
 
 const MAX_REASON_CHARS = 2000;
@@ -252,10 +258,49 @@ export function createHfJudge(options: HfJudgeOptions): HfJudge {
     };
   }
 
+  async function probe(signal?: AbortSignal): Promise<string | null> {
+    const attempt = attemptSignal(timeoutMs, signal ?? new AbortController().signal);
+    let status: number | undefined;
+    const observingFetch: typeof fetch = async (input, init) => {
+      const response = await baseFetch(input, init);
+      status = response.status;
+      return response;
+    };
+    try {
+      await client.chatCompletion(
+        {
+          ...(model === undefined ? {} : { model }),
+          ...(provider === undefined ? {} : { provider }),
+          messages: [{ role: "user", content: "Reply with one word." }],
+          max_tokens: 1,
+        },
+        { signal: attempt.signal, retry_on_error: false, fetch: observingFetch },
+      );
+      return null;
+    } catch (err) {
+      const failure = classify(err, { status, timedOut: attempt.timedOut(), signal: attempt.signal });
+      if (failure.code === "timeout" || (failure.code === "http" && isRetryableStatus(failure.status ?? 0))) {
+        return `judge '${id}' did not answer a first test request (${failure.message}); going on`;
+      }
+      const hint = failure.status === 401 || failure.status === 403
+        ? " (give the endpoint's key with --judge-token or DPO_JUDGE_TOKEN)"
+        : "";
+      throw new JudgeError(`Cannot use judge '${id}': a first test request failed: ${failure.message}${hint}`, {
+        judgeId: id,
+        code: failure.code,
+        ...(failure.status === undefined ? {} : { status: failure.status }),
+        cause: failure,
+      });
+    } finally {
+      attempt.dispose();
+    }
+  }
+
   return {
     id,
     kind: "hf",
     counters,
+    probe,
     async judge(input: JudgeInput, signal?: AbortSignal): Promise<Verdict> {
       try {
         const verdict = await judgeBothOrders(input, signal);

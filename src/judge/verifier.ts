@@ -23,16 +23,6 @@ export interface VerifierJudgeOptions {
   id?: string;
 }
 
-/**
- * The pair a scoring judge learns most from: the indices of the first best and the first worst of
- * `scores`, or undefined when they all score the same (the judge would call the pair a tie).
- */
-export function bestAgainstWorst(scores: number[]): [number, number] | undefined {
-  const best = scores.indexOf(Math.max(...scores));
-  const worst = scores.indexOf(Math.min(...scores));
-  return best === worst ? undefined : [best, worst];
-}
-
 /** Dynamic-imports a verifier module from a path (relative to the working directory) or URL and checks its exports. */
 export async function loadVerifierModule(pathOrUrl: string): Promise<VerifierModule> {
   const specifier = toSpecifier(pathOrUrl);

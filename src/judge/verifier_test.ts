@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { isAbsolute, relative } from "node:path";
 import { arithmeticVerifier } from "./arithmetic.ts";
 import { JudgeError } from "./types.ts";
-import { bestAgainstWorst, createVerifierJudge, loadVerifierModule } from "./verifier.ts";
+import { createVerifierJudge, loadVerifierModule } from "./verifier.ts";
 
 async function withModule(source: string, fn: (path: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "verifier_test_" });
@@ -103,10 +103,4 @@ Deno.test("verifier: the built-in arithmetic checker as a judge", async () => {
   const judge = createVerifierJudge(arithmeticVerifier, { id: "arithmetic" });
   const verdict = await judge.judge({ prompt: "What is 37+48? Answer:", a: " 84", b: " 85" });
   assert.equal(verdict !== "pending" && verdict.choice, "b");
-});
-
-Deno.test("bestAgainstWorst: the first best against the first worst, none when all score the same", () => {
-  assert.deepEqual(bestAgainstWorst([0, 1, 1, 0]), [1, 0]);
-  assert.deepEqual(bestAgainstWorst([0.5, 0.2, 0.9]), [2, 1]);
-  assert.equal(bestAgainstWorst([1, 1, 1]), undefined);
 });

@@ -79,7 +79,15 @@ export function createWebhookJudge(options: WebhookJudgeOptions): WebhookJudge {
     const body = JSON.stringify({
       type: PAIR_CREATED,
       timestamp: new Date().toISOString(),
-      data: { id: pairId, prompt: input.prompt, a: input.a, b: input.b, feedback_url: feedbackUrl(pairId) },
+      data: {
+        id: pairId,
+        // The verdict must quote it with the id: a signed verdict then names the pair it is about.
+        token: await verdictToken(options.secret, pairId),
+        prompt: input.prompt,
+        a: input.a,
+        b: input.b,
+        feedback_url: feedbackUrl(pairId),
+      },
     });
     // The same message id on every attempt (and for the same pair later), so receivers can deduplicate.
     const messageId = await webhookMessageId(pairId);
@@ -154,6 +162,20 @@ export function createWebhookJudge(options: WebhookJudgeOptions): WebhookJudge {
       return "pending";
     },
   };
+}
+
+/**
+ * The token a delivery of `pairId` carries and its signed verdict must quote back: base64url of
+ * HMAC-SHA256(key, `verdict.${pairId}`), 32 characters. Only holders of the secret can make one, and it
+ * names one pair, so a signed verdict captured for one pair is refused on any other.
+ */
+export async function verdictToken(secret: string, pairId: string): Promise<string> {
+  const raw = decodeSecret(secret) as Uint8Array<ArrayBuffer>;
+  const key = await crypto.subtle.importKey("raw", raw, { name: "HMAC", hash: "SHA-256" }, false, [
+    "sign",
+  ]);
+  const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(`verdict.${pairId}`)));
+  return encodeBase64(mac).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "").slice(0, 32);
 }
 
 /** A new signing secret: `whsec_` + base64 of 32 random bytes. */

@@ -6,6 +6,7 @@ import {
   generateWebhookSecret,
   signWebhook,
   timingSafeEqual,
+  verdictToken,
   verifyWebhook,
   webhookMessageId,
   WebhookVerificationError,
@@ -147,6 +148,7 @@ Deno.test("webhook judge: posts a signed pair.created, retries a failed delivery
   assert.ok(!Number.isNaN(Date.parse(body.timestamp)));
   assert.deepEqual(body.data, {
     id: "pair-42",
+    token: await verdictToken(secret, "pair-42"),
     prompt,
     a: "hi",
     b: "hello",

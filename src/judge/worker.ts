@@ -1,6 +1,8 @@
 /**
  * The judge role: claims pairs awaiting judgment with a lease, asks the configured judge and records
- * its verdict. A failed judgment records nothing: the lease lapses and the pair is tried again.
+ * its verdict. A failed judgment is counted on the pair and retried after a capped exponential back-off
+ * (its lease runs that long); after `maxAttempts` failures the pair ends `judge_failed` with the last
+ * error, and is never sent to a judge again (a person can still label it through the API).
  * A human judge's "pending" keeps the lease until it lapses, so the webhook is not re-sent at once.
  */
 import type { PairStore } from "../store/pairs.ts";
@@ -15,12 +17,17 @@ export interface JudgeWorkerOptions {
   owner: string;
   /** Pairs judged at once. */
   concurrency: number;
-  /** How long a claim lasts; a human judge's pair is re-sent after this. */
+  /** How long a claim lasts; a human judge's pair is re-sent after this. Also the back-off's cap. */
   leaseMs: number;
+  /** Failed judgments of one pair before it ends `judge_failed`; default 5. */
+  maxAttempts?: number;
+  /** The back-off after the first failure (ms), doubled after each further one up to `leaseMs`; default 1000. */
+  backoffMs?: number;
   pollMs: number;
   signal: AbortSignal;
   onVerdict?: (id: string, choice: "a" | "b" | "tie" | "pending") => void;
-  onError?: (id: string, error: Error) => void;
+  /** A failed judgment; `final` when the pair ended `judge_failed` with it. */
+  onError?: (id: string, error: Error, final: boolean) => void;
 }
 
 /** Runs until `signal` aborts. */
@@ -60,8 +67,14 @@ export async function runJudgeWorker(o: JudgeWorkerOptions): Promise<void> {
         // Someone else (a human through the API) answered first: nothing to do.
         if (err instanceof ConflictError) return;
         if (!(err instanceof JudgeError)) throw err;
-        // The lease is left to lapse: that is the back-off before the pair is tried again.
-        o.onError?.(pair.id, err);
+        const failures = (pair.judgeFailures ?? 0) + 1;
+        const after = await o.store.recordJudgeFailure(pair.id, {
+          error: err.message,
+          maxAttempts: o.maxAttempts ?? 5,
+          backoffMs: Math.min((o.backoffMs ?? 1000) * 2 ** (failures - 1), o.leaseMs),
+          owner: o.owner,
+        });
+        o.onError?.(pair.id, err, after?.status === "judge_failed");
       }
     }));
   }

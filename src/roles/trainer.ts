@@ -12,13 +12,15 @@ import { resolveModel } from "../model/hub.ts";
 import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
 import { answerHeldOut, type Answers, compareWithBase, type VersionEval, VersionEvalSchema } from "../dpo/evaluate.ts";
-import { encodeStoredPair, reconcile, runOnlineTrainer } from "../dpo/online.ts";
+import { promptFitProblem } from "../dpo/fit.ts";
+import { encodeStoredPair, runOnlineTrainer } from "../dpo/online.ts";
 import type { DpoTrainer, StepMetrics } from "../dpo/trainer.ts";
 import { heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
-import { evalKey, trainedPairsKey, trainedPairsPrefix, trainMetricsKey } from "../store/keys.ts";
+import { evalKey, trainMetricsKey } from "../store/keys.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { writeTrainerStatus } from "../store/trainer_status.ts";
+import { holdsFence, MAX_PAIRS_PER_VERSION, takeFence, unsettledVersions } from "../store/training_records.ts";
 import { commitWithinLimits } from "../store/_size.ts";
 import { writeAtomic } from "../util/fs.ts";
 
@@ -56,12 +58,9 @@ export const TrainerRoleOptionsSchema = z.object({
   dpo: z.record(z.string(), z.unknown()),
   /** Evaluate every published version on held-out prompts of a task; off when absent. */
   eval: z.object({ task: z.enum(EVAL_TASKS), prompts: PositiveInt, maxNewTokens: PositiveInt }).optional(),
-  /**
-   * Release the train leases `owner` still holds from a run that stopped, so that a restart takes its
-   * unfinished pairs at once instead of after the leases lapse. Only where the owner name is this
-   * trainer's alone (`start` on its data directory): another live trainer of the same name would lose its work.
-   */
-  releaseOwnLeases: z.boolean().default(false),
+}).refine((o) => o.mode !== "rounds" || o.roundSize <= MAX_PAIRS_PER_VERSION, {
+  message: `a round holds at most ${MAX_PAIRS_PER_VERSION} pairs (one version records them in one commit)`,
+  path: ["roundSize"],
 });
 /** What the trainer role runs with. */
 export type TrainerRoleOptions = z.input<typeof TrainerRoleOptionsSchema>;
@@ -161,29 +160,43 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
     ...opts.dpo,
   }, "the training settings");
   const trainer = createTrainer(policy, reference, config, resume);
+  const batchPairs = config.per_device_train_batch_size * config.gradient_accumulation_steps;
+  if (opts.mode === "stream" && batchPairs * opts.publishEvery > MAX_PAIRS_PER_VERSION) {
+    throw new Error(
+      `Cannot start the trainer as a version would hold ${batchPairs * opts.publishEvery} pairs ` +
+        `(batch ${batchPairs} × publishEvery ${opts.publishEvery}): at most ${MAX_PAIRS_PER_VERSION}`,
+    );
+  }
   let version = current?.version ?? 0;
+  const counts = { leasesLost: 0, retired: 0 };
   const status = () =>
     writeTrainerStatus(kv, {
       owner: opts.owner,
       step: trainer.step,
       policy_version: version,
       ref_version: trainer.refVersion,
+      leases_lost: counts.leasesLost,
+      retired: counts.retired,
       updated_at: Date.now(),
     });
 
-  if (opts.releaseOwnLeases) {
-    let released = 0;
-    for await (const pair of store.iterate({ status: "labeled" })) {
-      if (await store.release(pair.id, "train", opts.owner)) released++;
-    }
-    if (released > 0) log(`released ${released} lease(s) this trainer held when it last stopped`);
+  // This run is an instance of its own; taking the fence voids the leases of every earlier one (a
+  // trainer killed a moment ago among them) and stops any that still runs at its next publish.
+  const instance = `${opts.owner}#${crypto.randomUUID().slice(0, 8)}`;
+  const fence = await takeFence(kv, { owner: opts.owner, instance });
+  log(`took the trainer fence as ${instance} (token ${fence.token})`);
+  for (const v of await unsettledVersions(kv)) {
+    const settled = await store.settle(v);
+    log(
+      `settled v${v}: marked ${settled.trained.length} pair(s) trained (a trainer stopped between publishing and marking)`,
+    );
+    for (const r of settled.refused) log(`pair ${r.id} is in v${v}'s record but was not marked trained: ${r.reason}`);
   }
-  if (current) {
-    const ids: string[] = [];
-    for await (const e of kv.list<string[]>({ prefix: trainedPairsPrefix(current.version) })) ids.push(...e.value);
-    const fixed = await reconcile({ store, owner: opts.owner, leaseMs: opts.leaseMs }, current.version, ids);
-    if (fixed > 0) log(`marked ${fixed} pair(s) trained into v${current.version} (the last run stopped in between)`);
-  }
+  const abandoned = await checkpoints.abandonUploads(fence.token);
+  if (abandoned.length > 0) log(`deleted the unfinished upload(s) of version(s) ${abandoned.join(", ")}`);
+  const tmpDir = join(opts.stateDir, "publish-tmp");
+  await Deno.remove(tmpDir, { recursive: true }).catch(() => {});
+  await Deno.mkdir(tmpDir, { recursive: true });
 
   const evaluator = opts.eval
     ? await createEvaluator(kv, opts.eval, { trainer, policy, modelDir: modelDir!, fresh: !current && !resume, log })
@@ -202,23 +215,34 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
 
   const maxLength = Math.min(config.max_length ?? Infinity, policy.model.contextLength);
   const tok = policy.tokenizer;
-  log(`training online as ${opts.owner}: ${opts.mode}, ${config.per_device_train_batch_size} pairs a step`);
+  log(`training online as ${instance}: ${opts.mode}, ${config.per_device_train_batch_size} pairs a step`);
   try {
     await runOnlineTrainer({
       store,
       publisher: checkpoints,
       trainer,
       encode: (pair) => encodeStoredPair(tok, pair, maxLength),
+      problem: (pair) => promptFitProblem(tok, pair.promptText, maxLength),
       savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
-      recordTrainedPairs: async (v, ids) => {
-        for (let i = 0; i * 1000 < ids.length; i++) {
-          const chunk = ids.slice(i * 1000, (i + 1) * 1000);
-          await commitWithinLimits(kv.atomic().set(trainedPairsKey(v, i), chunk), `v${v}'s pair ids`);
+      tmpDir,
+      owner: instance,
+      fence,
+      holdsFence: () => holdsFence(kv, fence),
+      onLeaseLost: (ids) => {
+        counts.leasesLost += ids.length;
+        log(`lost the train lease on ${ids.length} pair(s) (a step outlasted the lease of ${opts.leaseMs} ms)`);
+      },
+      onRetired: (pair, to, reason) => {
+        counts.retired++;
+        log(`pair ${pair.id} is ${to}: ${reason}`);
+      },
+      onSettled: (v, result) => {
+        for (const r of result.refused) {
+          log(`pair ${r.id} is in v${v}'s record but was not marked trained: ${r.reason}`);
         }
       },
-      owner: opts.owner,
       mode: opts.mode,
-      batchPairs: config.per_device_train_batch_size * config.gradient_accumulation_steps,
+      batchPairs,
       roundPairs: opts.roundSize,
       roundEpochs: opts.roundEpochs,
       publishEverySteps: opts.publishEvery,

@@ -2,13 +2,14 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
-import { evalKey, trainedPairsPrefix } from "../store/keys.ts";
+import { checkpointUploadKey, evalKey, trainerFenceKey } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
 import { readTrainerStatus } from "../store/trainer_status.ts";
 import { runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./trainer.ts";
 import { loadModel } from "../model/checkpoint.ts";
 import { scorePairs } from "../model/logprobs.ts";
 import { openCheckpoints } from "../store/open.ts";
+import { readFence, trainedPairs, unsettledVersions } from "../store/training_records.ts";
 
 const MODEL = fileURLToPath(new URL("../../tests/fixtures/gpt2_tiny", import.meta.url));
 
@@ -54,13 +55,15 @@ Deno.test({
       backend: "wasm",
       dpo: { per_device_train_batch_size: 2, learning_rate: 1e-3 },
       eval: { task: "arithmetic", prompts: 4, maxNewTokens: 3 },
-      releaseOwnLeases: true,
     };
     const runUntil = (versions: number) => runUntilPublished(options, versions);
-    try {
-      for (let i = 0; i < 4; i++) {
+    const addPairs = async (from: number, to: number) => {
+      for (let i = from; i < to; i++) {
         await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` });
       }
+    };
+    try {
+      await addPairs(0, 4);
       const events = await runUntil(2);
       const ready = events.find((e) => e.type === "ready");
       assert.ok(ready?.type === "ready" && ready.policy_version === 0 && typeof ready.base_accuracy === "number");
@@ -82,28 +85,66 @@ Deno.test({
       assert.equal(status?.step, 2);
       assert.equal(status?.policy_version, 2);
 
-      // Two more pairs, still leased to this trainer as if it had stopped while holding them; a restart
-      // releases them, resumes its own checkpoint, and the versions go on.
-      for (let i = 4; i < 6; i++) {
-        await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` });
-      }
+      // Two more pairs, leased for 300 s to a trainer instance that then died; a restart voids the
+      // leases (the fence) instead of waiting them out, resumes its own checkpoint, and the versions go on.
+      await addPairs(4, 6);
+      const dead = await readFence(kv);
       const held = await store.claim({
         status: "labeled",
         role: "train",
-        owner: "trainer-test",
-        leaseMs: 600_000,
+        owner: "trainer-test#dead",
+        leaseMs: 300_000,
         limit: 10,
+        fence: dead!.token,
       });
       assert.equal(held.length, 2);
       const again = await runUntil(1);
-      assert.ok(again.some((e) => e.type === "log" && /released 2 lease\(s\)/.test(e.message)));
+      assert.ok(
+        again.some((e) => e.type === "log" && /took the trainer fence as trainer-test#\w+ \(token 2\)/.test(e.message)),
+      );
       assert.ok(again.some((e) => e.type === "log" && /resuming the trainer at step 2 \(policy v2\)/.test(e.message)));
       assert.deepEqual(again.flatMap((e) => (e.type === "publish" ? [e.version] : [])), [3]);
       assert.equal((await readTrainerStatus(kv))?.step, 3);
       assert.equal((await store.counts()).trained, 6);
-      const ids = [];
-      for await (const e of kv.list<string[]>({ prefix: trainedPairsPrefix(3) })) ids.push(...e.value);
-      assert.equal(ids.length, 2);
+      assert.deepEqual((await trainedPairs(kv, 3)).toSorted(), held.map((p) => p.id).toSorted());
+
+      // Killed right after the commit that published v4 and before marking its pairs (they are still
+      // labeled and leased for 300 s): the restart settles them into v4 and never trains them again.
+      const killed = await readFence(kv);
+      await addPairs(6, 8);
+      const inV4 = await store.claim({
+        status: "labeled",
+        role: "train",
+        owner: "trainer-test#killed",
+        leaseMs: 300_000,
+        limit: 10,
+        fence: killed!.token,
+      });
+      const checkpoints = openCheckpoints(kv, options.checkpoints);
+      const v4 = await checkpoints.publish(MODEL, { parentVersion: 3 }, {
+        pairIds: inV4.map((p) => p.id),
+        fence: { ...killed!, versionstamp: (await kv.get(trainerFenceKey())).versionstamp! },
+      });
+      assert.equal(v4.version, 4);
+      assert.equal((await store.counts()).labeled, 2);
+      // It was also killed mid-upload once before: a staging directory and an unfinished upload remain.
+      const junk = join(dir, "trainer", "publish-tmp", "publish-killed");
+      await Deno.mkdir(junk, { recursive: true });
+      await kv.set(checkpointUploadKey(90), { startedAt: Date.now(), storage: "dir", fence: killed!.token });
+      const upload = join(dir, "checkpoints", ".tmp-v000090-killed");
+      await Deno.mkdir(upload);
+      await addPairs(8, 10);
+      const after = await runUntil(1);
+      for (const path of [junk, upload]) await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
+      assert.equal((await kv.get(checkpointUploadKey(90))).value, null);
+      assert.ok(after.some((e) => e.type === "log" && /settled v4: marked 2 pair\(s\) trained/.test(e.message)));
+      assert.deepEqual(after.flatMap((e) => (e.type === "publish" ? [e.version] : [])), [5]);
+      const [v4Ids, v5Ids] = [await trainedPairs(kv, 4), await trainedPairs(kv, 5)];
+      assert.equal(v5Ids.length, 2);
+      assert.ok(v5Ids.every((id) => !v4Ids.includes(id)), "nothing trained twice");
+      for (const id of v4Ids) assert.equal((await store.get(id))?.trainedInto, 4);
+      assert.deepEqual(await unsettledVersions(kv), []);
+      assert.equal((await store.counts()).trained, 10);
     } finally {
       kv.close();
       await Deno.remove(dir, { recursive: true });
@@ -162,7 +203,6 @@ Deno.test({
       pollMs: 20,
       backend: "wasm",
       dpo: { per_device_train_batch_size: 2, learning_rate: 1e-2, use_peft: true, lora_r: 4 },
-      releaseOwnLeases: true,
     };
     const addPairs = async (from: number, to: number) => {
       for (let i = from; i < to; i++) {

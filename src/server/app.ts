@@ -10,18 +10,20 @@ import { HTTPException } from "hono/http-exception";
 import { type SSEStreamingApi, streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { type ChatMessage, MessageSchema as Message } from "../model/tokenizer.ts";
-import { verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
-import { bestAgainstWorst } from "../judge/verifier.ts";
+import { verdictToken, verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
 import type { PairStore } from "../store/pairs.ts";
-import type { Pair } from "../store/schema.ts";
+import { type Pair, PairStatusSchema } from "../store/schema.ts";
+import { readTrainerStatus } from "../store/trainer_status.ts";
+import { pickCandidates } from "../judge/candidates.ts";
 import { DashboardQuerySchema, readDashboard } from "./dashboard.ts";
-import { errorBody, httpError, jsonBody, parseOr422, rateLimit, requireApiKey } from "./http.ts";
+import { errorBody, httpError, jsonBody, parseOr422, rateLimit, requireApiKey, secretsEqual } from "./http.ts";
 import { Metrics } from "./metrics.ts";
 import { DASHBOARD_PAGE } from "./pages/dashboard.ts";
 import { LABEL_PAGE } from "./pages/label.ts";
 import type { StaticPage } from "./pages/_page.ts";
-import { type PolicyHolder, renderPrompt, sampleResponses } from "./policy.ts";
+import { type PolicyHolder, sampleResponses } from "./policy.ts";
+import { fittingPromptText, preferenceInputs } from "./_ingest.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -79,34 +81,49 @@ export const LABEL_KEY_ROUTES: readonly [string, RegExp][] = [
   ["POST", /^\/v1\/pairs\/[^/]+\/feedback$/],
 ];
 
+/** The event that ends a stream whose generation failed: OpenAI's error shape, no internals (as a 500). */
+const STREAM_ERROR = {
+  error: {
+    message: "the server failed while generating this completion",
+    type: "server_error",
+    param: null,
+    code: null,
+  },
+};
+
+/** What middleware leaves for the routes: the key (or signer) of the request, and a signed request's `webhook-id`. */
+type AppVariables = { apiKey: string; webhookId?: string };
+
+/** The only route a signed request (no API key) may call. */
+const SIGNED_ROUTE = /^\/v1\/pairs\/[^/]+\/feedback$/;
+/** How long an accepted `webhook-id` is remembered: twice the signatures' 5-minute tolerance. */
+const WEBHOOK_ID_TTL_MS = 10 * 60_000;
+
 const Id = z.string().regex(/^[0-9A-HJKMNP-TV-Z]{26}$/, "not a pair id");
 
 /** Builds the app. */
-export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }> {
+export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
   const limits = { ...DEFAULT_LIMITS, ...deps.limits };
   const now = deps.now ?? Date.now;
   const metrics = deps.metrics ?? new Metrics();
   const { store, policy } = deps;
-  const app = new Hono<{ Variables: { apiKey: string } }>();
+  const app = new Hono<{ Variables: AppVariables }>();
 
   app.onError((err, c) => {
-    if (err instanceof HTTPException) {
-      metrics.countRequest(c.req.routePath, err.status);
-      return err.getResponse();
-    }
+    if (err instanceof HTTPException) return err.getResponse();
     const known = STORE_ERRORS.find(([cls]) => err instanceof cls);
     if (known) {
-      metrics.countRequest(c.req.routePath, known[1]);
       return c.json(errorBody(known[2], err.message), known[1]);
     }
-    metrics.countRequest(c.req.routePath, 500);
     console.error(`${c.req.method} ${c.req.path}: ${err instanceof Error ? err.stack : err}`);
     return c.json(errorBody("internal", "internal error"), 500);
   });
   app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
+  // Every request is counted here, errors included (onError and notFound answer inside `next`), under
+  // the template of the route it matched, or "unmatched".
   app.use("*", async (c, next) => {
     await next();
-    if (c.res.status < 400) metrics.countRequest(c.req.routePath, c.res.status);
+    metrics.countRequest(routeTemplate(c.req.matchedRoutes), c.res.status);
   });
 
   app.get("/healthz", (c) => c.json({ ok: true, policy_version: policy.version }));
@@ -131,17 +148,21 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
     exempt: deps.unlimitedKeys,
     now,
   });
-  // Signed feedback from labelers' systems needs no API key: the signature is the credential.
+  // Signed verdicts from labelers' systems need no API key: the signature is the credential. Only on
+  // the pair feedback route, and only for the pair the signed body names (checked in the route).
   app.use("/v1/*", limit, async (c, next) => {
-    if (deps.webhookSecret && c.req.header("webhook-signature") && /\/feedback$/.test(c.req.path)) {
+    if (deps.webhookSecret && c.req.header("webhook-signature") && SIGNED_ROUTE.test(c.req.path)) {
       const body = await c.req.text();
+      let verified: { id: string };
       try {
-        await verifyWebhook(deps.webhookSecret, c.req.raw.headers, body, { now: now() });
+        verified = await verifyWebhook(deps.webhookSecret, c.req.raw.headers, body, { now: now() });
       } catch (err) {
         if (err instanceof WebhookVerificationError) throw httpError(401, "unauthorized", err.message);
         throw err;
       }
-      c.set("apiKey", "webhook");
+      c.set("webhookId", verified.id);
+      // Each signer (the annotator its verdicts name) is rate-limited on its own.
+      c.set("apiKey", `webhook:${annotatorOf(body)}`);
       return await next();
     }
     await auth(c, next);
@@ -159,8 +180,9 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
     const body = await jsonBody(c, PairRequest);
     const prompt = body.prompt ?? body.messages!;
     const idempotencyKey = c.req.header("idempotency-key");
+    const score = deps.score;
     const { pair, created } = await policy.use(async (p) => {
-      const promptText = renderPrompt(p.tokenizer, prompt);
+      const promptText = fittingPromptText(p, prompt, body.prompt !== undefined ? "body.prompt" : "body.messages");
       const generations = await sampleResponses(p, promptText, body.n, {
         temperature: body.temperature,
         topP: body.top_p,
@@ -168,12 +190,14 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
       });
       metrics.countTokens(generations.reduce((a, g) => a + g.tokenIds.length, 0));
       const responses = generations.map((g) => g.text);
+      const scores = score ? await Promise.all(responses.map((r) => score(prompt, r))) : undefined;
       return await store.create({
         ...(body.prompt !== undefined ? { prompt: body.prompt } : { messages: body.messages! }),
         promptText,
         responses,
         policyVersion: p.version,
-        candidates: await pickCandidates(responses, prompt, deps.score),
+        // All n the same text: stored `identical` (counted, never judged); candidates [0, 1] name them.
+        candidates: pickCandidates(responses, scores) ?? [0, 1],
         expiresAt: now() + (deps.pendingTtlMs ?? 7 * 24 * 3600_000),
       }, { idempotencyKey });
     });
@@ -188,7 +212,7 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
   });
 
   const ListQuery = z.object({
-    status: z.enum(["awaiting_judgment", "labeled", "tie", "expired", "trained"]).optional(),
+    status: PairStatusSchema.optional(),
     limit: z.coerce.number().int().min(1).max(100).default(20),
     cursor: z.string().max(1024).optional(),
   });
@@ -205,13 +229,32 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
     choice: z.enum(["a", "b", "tie"]),
     annotator: z.string().min(1).max(200).optional(),
     reason: z.string().max(4000).optional(),
+    /** Required on a signed verdict: the pair id and token of the delivery it answers. */
+    pair_id: z.string().max(64).optional(),
+    token: z.string().max(64).optional(),
   });
   app.post("/v1/pairs/:id/feedback", async (c) => {
     const id = parseOr422(Id, c.req.param("id"), "id");
     const body = await jsonBody(c, Feedback);
+    const webhookId = c.get("webhookId");
+    if (webhookId !== undefined) {
+      // Signed: the body must name this pair with its delivery's token, and each webhook-id counts once.
+      const token = await verdictToken(deps.webhookSecret!, id);
+      const bound = body.pair_id === id && body.token !== undefined && (await secretsEqual(body.token, token));
+      if (!bound) {
+        throw httpError(
+          401,
+          "unauthorized",
+          `a signed verdict must carry 'pair_id' '${id}' (the pair in the URL) and the 'token' of its delivery`,
+        );
+      }
+      if (!(await store.useWebhookId(webhookId, WEBHOOK_ID_TTL_MS))) {
+        throw httpError(409, "replayed", `webhook-id '${webhookId.slice(0, 64)}' was already accepted`);
+      }
+    }
     const pair = await store.recordVerdict(id, {
       choice: body.choice,
-      judge: { kind: c.get("apiKey") === "webhook" ? "webhook" : "human", id: body.annotator ?? "api" },
+      judge: { kind: webhookId !== undefined ? "webhook" : "human", id: body.annotator ?? "api" },
       annotator: body.annotator,
       reason: body.reason,
     });
@@ -227,25 +270,17 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
   const Completion = z.union([z.string(), z.array(Message).min(1)]);
   const Preference = z.object({ prompt: Completion, chosen: Completion, rejected: Completion });
   const Preferences = z.union([Preference, z.array(Preference).min(1).max(100)]);
+  // All or nothing: every item is checked first, then the list is stored in one commit (or refused).
   app.post("/v1/preferences", async (c) => {
     const body = await jsonBody(c, Preferences);
     const items = Array.isArray(body) ? body : [body];
-    const key = c.req.header("idempotency-key");
-    const results = [];
-    for (const [i, item] of items.entries()) {
-      const text = (x: string | ChatMessage[]) => (typeof x === "string" ? x : x.map((m) => m.content).join("\n"));
-      const prompt = item.prompt;
-      const { pair, created } = await store.importLabeled({
-        ...(typeof prompt === "string" ? { prompt } : {
-          messages: prompt,
-          promptText: await policy.use((p) => Promise.resolve(renderPrompt(p.tokenizer, prompt))),
-        }),
-        chosen: text(item.chosen),
-        rejected: text(item.rejected),
-      }, { idempotencyKey: key ? `${key}#${i}` : undefined });
-      results.push({ id: pair.id, created });
-    }
-    return c.json({ pairs: results }, results.some((r) => r.created) ? 201 : 200);
+    const where = (i: number) => Array.isArray(body) ? `body[${i}]` : "body";
+    const inputs = await policy.use((p) => Promise.resolve(preferenceInputs(p, items, where)));
+    const results = await store.importLabeledMany(inputs, {
+      idempotencyKey: c.req.header("idempotency-key") || undefined,
+    });
+    const pairs = results.map((r) => ({ id: r.pair.id, created: r.created }));
+    return c.json({ pairs }, pairs.some((r) => r.created) ? 201 : 200);
   });
 
   const ChatRequest = z.object({
@@ -269,7 +304,7 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
     let streaming = false;
     try {
       const p = lease.policy;
-      const promptText = renderPrompt(p.tokenizer, body.messages);
+      const promptText = fittingPromptText(p, body.messages, "body.messages");
       const promptIds = p.tokenizer.encode(promptText);
       const model = body.model ?? `policy-v${p.version}`;
       const options = {
@@ -312,16 +347,23 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
           });
         await chunk({ role: "assistant", content: "" }, null);
         let pending = Promise.resolve();
-        const [g] = await sampleResponses(p, promptText, 1, {
-          ...options,
-          onToken: (e) => {
-            if (e.text) pending = pending.then(() => chunk({ content: e.text }, null));
-          },
-        });
-        await pending;
-        await finish(g!.text, g!.tokenIds.length);
-        await chunk({}, g!.finishReason);
-        await sse.writeSSE({ data: "[DONE]" });
+        try {
+          const [g] = await sampleResponses(p, promptText, 1, {
+            ...options,
+            onToken: (e) => {
+              if (e.text) pending = pending.then(() => chunk({ content: e.text }, null));
+            },
+          });
+          await pending;
+          await finish(g!.text, g!.tokenIds.length);
+          await chunk({}, g!.finishReason);
+          await sse.writeSSE({ data: "[DONE]" });
+        } catch (err) {
+          // The 200 is sent: the failure goes down the stream in OpenAI's error shape, and no [DONE] follows.
+          console.error(`POST /v1/chat/completions ${id} failed after streaming began: ${(err as Error).stack ?? err}`);
+          await pending.catch(() => {}); // the text already queued goes first
+          await sse.writeSSE({ data: JSON.stringify(STREAM_ERROR) });
+        }
       };
       const response = streamSSE(c, (sse) => send(sse).finally(lease.release));
       streaming = true;
@@ -360,8 +402,13 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
   });
 
   app.get("/metrics", async (c) => {
-    const [pairs, feedback] = await Promise.all([store.counts(), store.feedbackCounts()]);
-    return c.text(metrics.render({ pairs, feedback, policyVersion: policy.version, decoding: policy.decoding }), 200, {
+    const [pairs, feedback, trainer] = await Promise.all([
+      store.counts(),
+      store.feedbackCounts(),
+      readTrainerStatus(store.kv),
+    ]);
+    const state = { pairs, feedback, trainer, policyVersion: policy.version, decoding: policy.decoding };
+    return c.text(metrics.render(state), 200, {
       "content-type": "text/plain; version=0.0.4",
     });
   });
@@ -369,19 +416,19 @@ export function createApp(deps: AppDeps): Hono<{ Variables: { apiKey: string } }
   return app;
 }
 
-/** Two responses to judge: best against worst when a scorer is given, else two at random. */
-async function pickCandidates(
-  responses: string[],
-  prompt: string | ChatMessage[],
-  score: AppDeps["score"],
-): Promise<[number, number]> {
-  if (score) {
-    const picked = bestAgainstWorst(await Promise.all(responses.map((r) => score(prompt, r))));
-    if (picked) return picked;
+/** The template of the route a request matched (the last handler that is not middleware), or "unmatched". */
+function routeTemplate(matched: readonly { method: string; path: string }[]): string {
+  return matched.findLast((r) => r.method !== "ALL")?.path ?? "unmatched";
+}
+
+/** The annotator a signed body names (for its rate-limit bucket), or "-". */
+function annotatorOf(body: string): string {
+  try {
+    const annotator = (JSON.parse(body) as { annotator?: unknown })?.annotator;
+    return typeof annotator === "string" ? annotator.slice(0, 200) : "-";
+  } catch {
+    return "-";
   }
-  const a = Math.floor(Math.random() * responses.length);
-  const b = (a + 1 + Math.floor(Math.random() * (responses.length - 1))) % responses.length;
-  return [a, b];
 }
 
 /** A pair as the API shows it. */
@@ -404,6 +451,7 @@ export function pairJson(pair: Pair) {
     verdict: pair.verdict ?? null,
     expires_at: pair.expiresAt === undefined ? null : new Date(pair.expiresAt).toISOString(),
     trained_into: pair.trainedInto ?? null,
+    status_reason: pair.statusReason ?? null,
     source: pair.source,
   };
 }

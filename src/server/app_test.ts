@@ -1,12 +1,15 @@
+import { Webhook } from "standardwebhooks";
+import { createWebhookJudge, verdictToken } from "../judge/webhook.ts";
+import { writeTrainerStatus } from "../store/trainer_status.ts";
 import assert from "node:assert/strict";
 import { loadModel } from "../model/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
-import { signWebhook } from "../judge/webhook.ts";
 import { PairStore } from "../store/pairs.ts";
 import { type AppDeps, createApp } from "./app.ts";
 import { PolicyHolder } from "./policy.ts";
 
-const KEY = "test-key-1";
+const KEY = "app-test-key-0001";
+const FEEDER = "feeder-test-key-0001";
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 async function setup(overrides: Partial<AppDeps> = {}) {
@@ -166,28 +169,65 @@ Deno.test("chat completions: OpenAI wire format, plain and streamed; thumbs up/d
   close();
 });
 
-Deno.test("signed webhook verdicts need no API key; bad signatures are refused", async () => {
+Deno.test("signed verdicts (standardwebhooks library): bound to their pair, each webhook-id once, no API key", async () => {
   const { app, call, close } = await setup();
-  const pair = await (await call("POST", "/v1/pairs", { prompt: "Hi", max_new_tokens: 4 })).json();
-  const body = JSON.stringify({ choice: "a", annotator: "labeler-7" });
-  const ts = Math.floor(Date.now() / 1000);
-  const sig = await signWebhook(SECRET, "msg_1", ts, body);
-  const send = (signature: string) =>
-    app.request(`/v1/pairs/${pair.id}/feedback`, {
+  const made = async () => (await (await call("POST", "/v1/pairs", { prompt: "Hi", max_new_tokens: 4 })).json()).id;
+  const [pairId, otherId] = [await made(), await made()];
+  const labelers = new Webhook(SECRET); // the official library, as a labelers' system would use it
+  const send = (path: string, payload: Record<string, unknown>, msgId: string, sign = true) => {
+    const body = JSON.stringify(payload);
+    const signature = sign ? labelers.sign(msgId, new Date(), body) : "v1,AAAA";
+    return app.request(path, {
       method: "POST",
       headers: {
         "content-type": "application/json",
-        "webhook-id": "msg_1",
-        "webhook-timestamp": String(ts),
+        "webhook-id": msgId,
+        "webhook-timestamp": String(Math.floor(Date.now() / 1000)),
         "webhook-signature": signature,
       },
       body,
     });
-  assert.equal((await send("v1,AAAA")).status, 401);
-  const ok = await send(sig);
+  };
+  const url = (id: string) => `/v1/pairs/${id}/feedback`;
+  const verdict = { choice: "a", annotator: "labeler-7", pair_id: pairId, token: await verdictToken(SECRET, pairId) };
+  assert.equal((await send(url(pairId), verdict, "msg_bad", false)).status, 401, "a bad signature");
+  // A signed body that does not name the pair, or names it without its token: refused.
+  assert.equal((await send(url(pairId), { choice: "a" }, "msg_0")).status, 401);
+  assert.equal((await send(url(pairId), { ...verdict, token: "x".repeat(32) }, "msg_1")).status, 401);
+  const ok = await send(url(pairId), verdict, "msg_2");
   assert.equal(ok.status, 200);
   assert.equal((await ok.json()).verdict.judge.kind, "webhook");
+  // The captured verdict replayed onto another pending pair (same bytes, same headers): refused.
+  const replayed = await send(url(otherId), verdict, "msg_3");
+  assert.equal(replayed.status, 401);
+  assert.match((await replayed.json()).error.message, /must carry 'pair_id'/);
+  // The same webhook-id a second time, even with a body bound to the other pair: refused as a replay.
+  const bound = { ...verdict, pair_id: otherId, token: await verdictToken(SECRET, otherId) };
+  assert.equal((await send(url(otherId), bound, "msg_2")).status, 409);
+  assert.equal((await send(url(otherId), bound, "msg_4")).status, 200);
+  // Signed requests reach the pair feedback route only: elsewhere they need an API key.
+  assert.equal((await send("/v1/stats", {}, "msg_5")).status, 401);
   close();
+});
+
+Deno.test("the webhook judge's delivery verifies with the standardwebhooks library and carries the pair's token", async () => {
+  const delivered: { headers: Headers; body: string }[] = [];
+  const judge = createWebhookJudge({
+    url: "https://labelers.example/hook",
+    secret: SECRET,
+    feedbackUrl: "https://dpo.example/v1/pairs/{id}/feedback",
+    fetch: (_input, init) => {
+      delivered.push({ headers: new Headers(init!.headers), body: String(init!.body) });
+      return Promise.resolve(new Response(null, { status: 204 }));
+    },
+  });
+  assert.equal(await judge.judge({ prompt: "p", a: "x", b: "y", pairId: "01ARZ3NDEKTSV4RRFFQ69G5FAV" }), "pending");
+  const { headers, body } = delivered[0]!;
+  const message = new Webhook(SECRET).verify(body, Object.fromEntries(headers)) as {
+    data: { id: string; token: string };
+  };
+  assert.equal(message.data.id, "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+  assert.equal(message.data.token, await verdictToken(SECRET, message.data.id));
 });
 
 Deno.test("rate limits per key answer 429 with Retry-After; metrics are Prometheus text", async () => {
@@ -197,8 +237,8 @@ Deno.test("rate limits per key answer 429 with Retry-After; metrics are Promethe
   assert.equal(limited.status, 429);
   assert.ok(Number(limited.headers.get("retry-after")) >= 1);
   // A key of the server's own (start's feeder) is not limited; the limited key stays limited.
-  const feeder = { authorization: "Bearer feeder" };
-  const own = await setup({ apiKeys: [KEY, "feeder"], unlimitedKeys: ["feeder"], limits: { requestsPerMinute: 3 } });
+  const feeder = { authorization: `Bearer ${FEEDER}` };
+  const own = await setup({ apiKeys: [KEY, FEEDER], unlimitedKeys: [FEEDER], limits: { requestsPerMinute: 3 } });
   for (let i = 0; i < 6; i++) assert.equal((await own.call("GET", "/v1/stats", undefined, feeder)).status, 200);
   for (let i = 0; i < 3; i++) assert.equal((await own.call("GET", "/v1/stats")).status, 200);
   assert.equal((await own.call("GET", "/v1/stats")).status, 429);
@@ -243,5 +283,196 @@ Deno.test("concurrent generating requests share decoding steps; /metrics shows t
   assert.ok(value("dpo_decode_steps_total") > 0, metrics);
   assert.ok(value("dpo_decode_row_steps_total") > 2 * value("dpo_decode_steps_total"), "more than 2 rows per step");
   assert.equal(value("dpo_decode_running_rows"), 0);
+  close();
+});
+
+Deno.test("a prompt the model could not train on is a 422 on every ingest route, before anything is generated or stored", async () => {
+  const { call, store, loaded, close } = await setup();
+  // gpt2_tiny: 64 positions, and "x" × n is n tokens; a prompt leaves room for a response token and eos.
+  const context = loaded.model.contextLength;
+  const fits = "x".repeat(context - 2);
+  const long = "x".repeat(context - 1);
+  const asMessages = [{ role: "user", content: long }];
+  const refused = async (path: string, body: unknown, field: RegExp) => {
+    const res = await call("POST", path, body);
+    assert.equal(res.status, 422, `${path} ${JSON.stringify(body).slice(0, 80)}`);
+    assert.match(res.headers.get("content-type") ?? "", /application\/json/);
+    const { error } = await res.json();
+    assert.equal(error.code, "invalid_request");
+    assert.match(error.message, field);
+  };
+  await refused(
+    "/v1/preferences",
+    { prompt: long, chosen: "a", rejected: "b" },
+    /^body\.prompt: the prompt has 63 tokens/,
+  );
+  await refused("/v1/preferences", [
+    { prompt: "1+1=", chosen: "2", rejected: "3" },
+    { prompt: "2+2=", chosen: "4", rejected: "5" },
+    { prompt: asMessages, chosen: "a", rejected: "b" },
+  ], /^body\[2\]\.prompt: the prompt has \d+ tokens/);
+  await refused("/v1/pairs", { prompt: long, max_new_tokens: 2 }, /^body\.prompt: the prompt has 63 tokens/);
+  await refused("/v1/pairs", { messages: asMessages, max_new_tokens: 2 }, /^body\.messages: the prompt has/);
+  await refused("/v1/chat/completions", { messages: asMessages, max_tokens: 2 }, /^body\.messages: the prompt has/);
+  await refused("/v1/chat/completions", { messages: asMessages, max_tokens: 2, stream: true }, /^body\.messages: /);
+  assert.equal(Object.values(await store.counts()).reduce((a, b) => a + b, 0), 0);
+  assert.equal((await store.listCompletionFeedback()).completions.length, 0);
+
+  // The longest prompt that fits is taken everywhere.
+  assert.equal((await call("POST", "/v1/preferences", { prompt: fits, chosen: "a", rejected: "b" })).status, 201);
+  assert.equal((await call("POST", "/v1/pairs", { prompt: fits, max_new_tokens: 4 })).status, 201);
+  const chat = await call("POST", "/v1/chat/completions", {
+    messages: [{ role: "user", content: "Hi" }],
+    max_tokens: 2,
+  });
+  assert.equal(chat.status, 200);
+  await chat.body?.cancel();
+  close();
+});
+
+Deno.test("preferences whose answers are the same text after trimming blanks are a 422", async () => {
+  const { call, store, close } = await setup();
+  const cases: [unknown, RegExp][] = [
+    [{ prompt: "2+2=", chosen: "4", rejected: "4" }, /^body: 'chosen' and 'rejected' must differ/],
+    [{ prompt: "2+2=", chosen: "4", rejected: " 4\n" }, /^body: 'chosen' and 'rejected' must differ/],
+    [{ prompt: "2+2=", chosen: [{ role: "assistant", content: "4" }], rejected: "\t4 " }, /^body: 'chosen'/],
+    [[{ prompt: "1+1=", chosen: "2", rejected: "3" }, { prompt: "2+2=", chosen: "4 ", rejected: "4" }], /^body\[1\]: /],
+  ];
+  for (const [body, message] of cases) {
+    const res = await call("POST", "/v1/preferences", body);
+    assert.equal(res.status, 422, JSON.stringify(body));
+    assert.match((await res.json()).error.message, message);
+  }
+  assert.equal(Object.values(await store.counts()).reduce((a, b) => a + b, 0), 0);
+  close();
+});
+
+Deno.test("a list of preferences is stored all or nothing, and a repeat returns the first pairs", async () => {
+  const { call, store, close } = await setup({ limits: { bodyBytes: 2 * 1024 * 1024 } });
+  const item = (i: number) => ({ prompt: `${i}+1=`, chosen: `${i + 1}`, rejected: `${i + 2}` });
+  const total = async () => Object.values(await store.counts()).reduce((a, b) => a + b, 0);
+
+  // The third item is too large for one KV value: nothing of the list is stored.
+  const tooLarge = await call(
+    "POST",
+    "/v1/preferences",
+    [item(1), item(2), { ...item(3), chosen: "x".repeat(70_000) }],
+    {
+      "idempotency-key": "list-1",
+    },
+  );
+  assert.equal(tooLarge.status, 413);
+  assert.equal(await total(), 0, "items 0 and 1 were stored");
+  const { error } = await tooLarge.json();
+  assert.equal(error.code, "too_large");
+  assert.match(error.message, /item \[2\] of 3 .*65536 bytes/);
+
+  // Every item fits a value, but the list does not fit one commit: refused up front, naming the limit.
+  const big = Array.from({ length: 100 }, (_, i) => ({
+    ...item(i),
+    chosen: `${i}`.padEnd(5000, "c"),
+    rejected: `${i}`.padEnd(5000, "r"),
+  }));
+  const tooBig = await call("POST", "/v1/preferences", big);
+  assert.equal(tooBig.status, 413);
+  assert.match((await tooBig.json()).error.message, /in one commit.* 819200 bytes/);
+  assert.equal(await total(), 0);
+
+  // A good list under the key of the refused one: all stored, in order; a repeat returns the same pairs.
+  const good = [item(1), item(2), item(3)];
+  const stored = await call("POST", "/v1/preferences", good, { "idempotency-key": "list-1" });
+  assert.equal(stored.status, 201);
+  const first = (await stored.json()).pairs;
+  assert.deepEqual(first.map((p: { created: boolean }) => p.created), [true, true, true]);
+  const pairs = await Promise.all(first.map((p: { id: string }) => store.get(p.id)));
+  assert.deepEqual(pairs.map((p) => p!.prompt), ["1+1=", "2+1=", "3+1="]);
+  const repeat = await call("POST", "/v1/preferences", good, { "idempotency-key": "list-1" });
+  assert.equal(repeat.status, 200);
+  assert.deepEqual((await repeat.json()).pairs, first.map((p: { id: string }) => ({ id: p.id, created: false })));
+  assert.equal((await store.counts()).labeled, 3);
+  close();
+});
+
+Deno.test("every key shorter than 16 characters is refused when the app is built", async () => {
+  const { store, policy, close } = await setup();
+  assert.throws(
+    () => createApp({ store, policy, apiKeys: [KEY, "short-key"] }),
+    /Cannot use the API keys as every key must have at least 16 characters: one has 9/,
+  );
+  assert.throws(
+    () => createApp({ store, policy, apiKeys: [KEY], labelKeys: ["label"] }),
+    /Cannot use the label keys as every key must have at least 16 characters: one has 5/,
+  );
+  close();
+});
+
+Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or judge_failed, and the trainer's lost leases", async () => {
+  const { call, store, close } = await setup();
+  const ids = [];
+  for (let i = 0; i < 2; i++) {
+    ids.push((await store.importLabeled({ prompt: `${i}+1=`, chosen: `${i + 1}`, rejected: `${i + 2}` })).pair.id);
+  }
+  await store.retire(ids[0]!, "stale", "sampled from v0, more than 4 versions back");
+  await store.retire(ids[1]!, "rejected", "the prompt no longer fits");
+  const { pair } = await store.create({ prompt: "p", promptText: "p", responses: ["x", "y"], policyVersion: 1 });
+  await store.recordJudgeFailure(pair.id, { error: "HTTP 401", maxAttempts: 1, backoffMs: 10, owner: "j" });
+  await writeTrainerStatus(store.kv, {
+    owner: "w",
+    step: 7,
+    policy_version: 1,
+    ref_version: 0,
+    leases_lost: 3,
+    retired: 2,
+    updated_at: Date.now(),
+  });
+  const stats = await (await call("GET", "/v1/stats")).json();
+  assert.deepEqual([stats.pairs.stale, stats.pairs.rejected, stats.pairs.judge_failed], [1, 1, 1]);
+  const metrics = await (await call("GET", "/metrics")).text();
+  for (const status of ["stale", "rejected", "judge_failed"]) {
+    assert.match(metrics, new RegExp(`^dpo_pairs\\{status="${status}"\\} 1$`, "m"));
+  }
+  assert.match(metrics, /^dpo_trainer_leases_lost_total 3$/m);
+  assert.match(metrics, /^dpo_trainer_retired_total 2$/m);
+  const listed = await (await call("GET", "/v1/pairs?status=rejected")).json();
+  assert.deepEqual(listed.pairs.map((p: { id: string }) => p.id), [ids[1]]);
+  close();
+});
+
+Deno.test("n samples that are all the same text are stored identical: counted, never judged, never on the label page", async () => {
+  const { call, store, close } = await setup();
+  const res = await call("POST", "/v1/pairs", { prompt: "2+2=", n: 3, temperature: 0, max_new_tokens: 3 });
+  assert.equal(res.status, 201);
+  const pair = await res.json();
+  assert.equal(pair.status, "identical");
+  assert.equal(new Set(pair.responses).size, 1, "greedy decoding: three times the same answer");
+  assert.equal((await (await call("GET", "/v1/stats")).json()).pairs.identical, 1);
+  const judged = await store.claim({
+    status: "awaiting_judgment",
+    role: "judge",
+    owner: "j",
+    leaseMs: 1000,
+    limit: 10,
+  });
+  assert.deepEqual(judged, []);
+  const verdict = await call("POST", `/v1/pairs/${pair.id}/feedback`, { choice: "a" });
+  assert.equal(verdict.status, 409);
+  close();
+});
+
+Deno.test("/metrics counts every request under its route template: 401, 404, 413 and 422 included", async () => {
+  const { app, call, close } = await setup({ limits: { bodyBytes: 1024 } });
+  await app.request("/v1/stats"); // no key: 401
+  await call("GET", "/v1/nothing-here"); // 404
+  await call("POST", "/v1/preferences", { prompt: "p", chosen: "x".repeat(2000), rejected: "y" }); // 413
+  await call("GET", "/v1/pairs/not-an-id"); // 422
+  const metrics = await (await call("GET", "/metrics")).text();
+  const count = (route: string, status: number) =>
+    Number(
+      new RegExp(`^dpo_http_requests_total\\{route="${route}",status="${status}"\\} (\\d+)$`, "m").exec(metrics)?.[1],
+    );
+  assert.equal(count("/v1/stats", 401), 1, metrics);
+  assert.equal(count("unmatched", 404), 1, metrics);
+  assert.equal(count("/v1/preferences", 413), 1, metrics);
+  assert.equal(count("/v1/pairs/:id", 422), 1, metrics);
   close();
 });

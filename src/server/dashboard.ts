@@ -14,8 +14,8 @@
  *     switched_at: number | null;   // when the pointer last moved
  *     reference: number | null;     // the trainer's reference version (its count of reference refreshes)
  *   };
- *   trainer: { owner, step, policy_version, ref_version, updated_at } | null;  // the trainer status, if any
- *   pairs: Record<"awaiting_judgment" | "labeled" | "tie" | "expired" | "trained", number>;
+ *   trainer: { owner, step, policy_version, ref_version, leases_lost, retired, updated_at } | null;
+ *   pairs: Record<PairStatus, number>;  // every status in PAIR_STATUSES (src/store/schema.ts)
  *   metrics: {
  *     names: string[];              // metrics present, TRL names ("loss", "rewards/accuracies", ...)
  *     step: number[];               // one entry per point: the last step of the point's bucket
@@ -27,7 +27,7 @@
  *   evals: { version, prompts, accuracy, base_accuracy, win_rate_vs_base, at, seconds }[];  // oldest first
  *   activity: {                     // per minute, oldest first, the current minute last
  *     minutes: number[];            // start of each minute
- *     created, imported, labeled, tie, expired, trained, agreed, disagreed: number[];
+ *     created, imported, labeled, tie, expired, trained, stale, rejected, judge_failed, identical, agreed, disagreed: number[];
  *   };
  *   latest: {                       // newest first; texts cut to 280 characters
  *     id, status, created_at, updated_at, policy_version, prompt, a, b,

@@ -7,8 +7,8 @@ import { PairStore } from "../store/pairs.ts";
 import { createApp } from "./app.ts";
 import { PolicyHolder } from "./policy.ts";
 
-const KEY = "test-api-key";
-const LABEL = "test-label-key";
+const KEY = "dashboard-test-api-key";
+const LABEL = "dashboard-test-label-key";
 
 async function setup() {
   await useBackend("wasm");
@@ -126,7 +126,17 @@ Deno.test("GET /v1/dashboard: downsampled metrics, evals, activity, versions and
     const d = await res.json();
     assert.deepEqual(d.policy, { serving: 2, current: 3, switched_at: t0, reference: 2 });
     assert.equal(d.trainer.owner, "w1");
-    assert.deepEqual(d.pairs, { awaiting_judgment: 1, labeled: 1, tie: 1, expired: 0, trained: 0 });
+    assert.deepEqual(d.pairs, {
+      awaiting_judgment: 1,
+      labeled: 1,
+      tie: 1,
+      expired: 0,
+      trained: 0,
+      stale: 0,
+      rejected: 0,
+      judge_failed: 0,
+      identical: 0,
+    });
 
     const m = d.metrics;
     assert.deepEqual(m.names, ["loss", "rewards/accuracies", "rewards/margins", "objective/kl"]);

@@ -54,6 +54,20 @@ export async function secretsEqual(a: string, b: string): Promise<boolean> {
   return timingSafeEqual(x, y);
 }
 
+/** The fewest characters a bearer key may have, wherever it comes from: a shorter one is too easy to guess. */
+export const MIN_KEY_LENGTH = 16;
+
+/** Returns `keys`, or throws naming `source` (a variable, flag or file) when one is shorter than `MIN_KEY_LENGTH`. */
+export function checkKeyLengths(keys: readonly string[], source: string): string[] {
+  const short = keys.find((k) => k.length < MIN_KEY_LENGTH);
+  if (short !== undefined) {
+    throw new Error(
+      `Cannot use ${source} as every key must have at least ${MIN_KEY_LENGTH} characters: one has ${short.length}`,
+    );
+  }
+  return [...keys];
+}
+
 /** Options of `requireApiKey`. */
 export interface ApiKeyOptions {
   /** Full keys: accepted on every route the middleware guards. */
@@ -67,12 +81,13 @@ export interface ApiKeyOptions {
 /**
  * Bearer keys: 401 without a valid one, 403 for a label key outside the routes it may use. Sets
  * `apiKey` (the key itself, so the rate limiter counts per key). Every configured key is compared,
- * each in constant time, so the time taken does not say which kind of key matched.
+ * each in constant time, so the time taken does not say which kind of key matched. Throws when a
+ * configured key is shorter than `MIN_KEY_LENGTH`.
  */
 export function requireApiKey(options: ApiKeyOptions): MiddlewareHandler<{ Variables: { apiKey: string } }> {
   const keys = [
-    ...options.apiKeys.map((key) => ({ key, label: false })),
-    ...(options.labelKeys ?? []).map((key) => ({ key, label: true })),
+    ...checkKeyLengths(options.apiKeys, "the API keys").map((key) => ({ key, label: false })),
+    ...checkKeyLengths(options.labelKeys ?? [], "the label keys").map((key) => ({ key, label: true })),
   ];
   return async (c, next) => {
     const header = c.req.header("authorization") ?? "";

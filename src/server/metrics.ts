@@ -1,10 +1,13 @@
 /** Counters for `GET /metrics`, rendered in the Prometheus text exposition format. */
+import type { TrainerStatus } from "../store/trainer_status.ts";
 
 /** What the registry reads from the store at scrape time. */
 export interface ScrapeState {
   pairs: Record<string, number>;
   feedback: { desirable: number; undesirable: number };
   policyVersion: number;
+  /** The trainer's last status record (shared KV), if a trainer ever ran. */
+  trainer?: TrainerStatus | null;
   /** The serving version's decoding loop, when batching is on. */
   decoding?: { steps: number; rowSteps: number; running: number; waiting: number };
 }
@@ -55,6 +58,17 @@ export class Metrics {
     family("dpo_verdicts_total", "counter", "Verdicts received through the feedback API (this instance).", [
       ...[...this.#verdicts].map(([c, n]) => [`choice="${c}"`, n] as [string, number]),
     ]);
+    const t = state.trainer;
+    if (t) {
+      // The trainer run's own counts: a restarted trainer starts them again at 0, a reset to Prometheus.
+      family("dpo_trainer_leases_lost_total", "counter", "Train leases found lost on renewal (current trainer run).", [
+        ["", t.leases_lost ?? 0],
+      ]);
+      family("dpo_trainer_retired_total", "counter", "Pairs ended stale or rejected (current trainer run).", [
+        ["", t.retired ?? 0],
+      ]);
+      family("dpo_trainer_step", "gauge", "Optimizer steps the trainer has taken.", [["", t.step]]);
+    }
     family("dpo_generated_tokens_total", "counter", "Tokens generated (this instance).", [["", this.#tokens]]);
     const d = state.decoding;
     if (d) {

@@ -24,7 +24,8 @@ import {
   UploadMarkerSchema,
 } from "./_checkpoint_schema.ts";
 import { assertValueFits, commitWithinLimits } from "./_size.ts";
-import { ConflictError, NotFoundError, StoreCorruptError, StoreInputError } from "./errors.ts";
+import { ConflictError, FencedOutError, NotFoundError, StoreCorruptError, StoreInputError } from "./errors.ts";
+import { addTrainedPairs, fenceCheck, type FenceHold } from "./training_records.ts";
 import {
   CHECKPOINT_UPLOAD_PREFIX,
   CHECKPOINT_VERSION_PREFIX,
@@ -32,6 +33,7 @@ import {
   checkpointVersionKey,
   policyPointerKey,
   policyVersionSeqKey,
+  trainerFenceKey,
 } from "./keys.ts";
 
 const ALLOCATE_ATTEMPTS = 50;
@@ -46,6 +48,14 @@ export interface CheckpointStoreOptions {
    * upload overtaken this way fails at its final commit instead of publishing a version with holes.
    */
   staleUploadMs?: number;
+}
+
+/** What a trainer adds to a publish besides the files and metadata (see `training_records.ts`). */
+export interface PublishOptions {
+  /** The ids of the pairs the version holds, recorded in the commit that publishes it. */
+  pairIds?: readonly string[];
+  /** The trainer's hold on the fence: the publish fails if another trainer took the fence since. */
+  fence?: FenceHold;
 }
 
 /** Reads the served-version pointer; null before the first publish. */
@@ -80,8 +90,15 @@ export abstract class CheckpointStoreBase {
   /** Deletes files left by uploads that never finished (for which `isDebris` holds). */
   protected abstract sweepDebris(): Promise<void>;
 
-  /** Publishes files as the next version and makes it current, in one final pointer switch. */
-  async publish(files: Map<string, Uint8Array> | string, meta: PublishMeta = {}): Promise<PublishedVersion> {
+  /**
+   * Publishes files as the next version and makes it current, in one final commit that also records the
+   * pairs it holds and checks the trainer's fence (`options`).
+   */
+  async publish(
+    files: Map<string, Uint8Array> | string,
+    meta: PublishMeta = {},
+    options: PublishOptions = {},
+  ): Promise<PublishedVersion> {
     const m = parseInput(PublishMetaSchema, meta, "the metadata of a policy version");
     const sources = await fileSources(files);
     const fake = Object.fromEntries(sources.map((s) => [s.name, { bytes: 2 ** 40, sha256: "0".repeat(64) }]));
@@ -94,7 +111,7 @@ export abstract class CheckpointStoreBase {
           `${startPointer?.version ?? "none"}: another trainer published or someone rolled back`,
       );
     }
-    const version = await this.#allocate();
+    const version = await this.#allocate(options.fence?.token);
     let written: Record<string, FileEntry>;
     try {
       written = await this.writeFiles(version, sources);
@@ -120,20 +137,35 @@ export abstract class CheckpointStoreBase {
       switchedAt: record.publishedAt,
     };
     const what = `policy version ${version}`;
-    const ok = marker.value !== null && await commitWithinLimits(
-      this.kv.atomic().check(start).check(marker)
-        .set(checkpointVersionKey(version), record)
-        .set(policyPointerKey(), pointer)
-        .delete(checkpointUploadKey(version)),
-      what,
-    );
+    const op = this.kv.atomic().check(start).check(marker)
+      .set(checkpointVersionKey(version), record)
+      .set(policyPointerKey(), pointer)
+      .delete(checkpointUploadKey(version));
+    if (options.fence) op.check(fenceCheck(options.fence));
+    if (options.pairIds) addTrainedPairs(op, version, options.pairIds);
+    let ok = false;
+    try {
+      ok = marker.value !== null && await commitWithinLimits(op, what);
+    } catch (err) {
+      await this.#discard(version, written);
+      throw err;
+    }
     if (ok) return record;
-    const [latest, markerNow] = await this.kv.getMany([policyPointerKey(), checkpointUploadKey(version)]);
+    const [latest, markerNow, fenceNow] = await this.kv.getMany([
+      policyPointerKey(),
+      checkpointUploadKey(version),
+      trainerFenceKey(),
+    ]);
     await this.#discard(version, written);
-    const reason = markerNow!.versionstamp !== marker.versionstamp || marker.value === null
+    const fenced = options.fence !== undefined && fenceNow!.versionstamp !== options.fence.versionstamp;
+    const reason = fenced
+      ? `another trainer took over (the trainer fence moved past token ${options.fence!.token}): this trainer ` +
+        "must stop"
+      : markerNow!.versionstamp !== marker.versionstamp || marker.value === null
       ? `its upload was pruned as stale (it ran longer than staleUploadMs = ${this.#staleUploadMs} ms)`
       : `the current version changed during the upload (from ${startPointer?.version ?? "none"} to ` +
         `${decodePointer(latest!.value)?.version ?? "none"}): another trainer published or someone rolled back`;
+    if (fenced) throw new FencedOutError(`Cannot publish ${what} as ${reason}`);
     throw new ConflictError(`Cannot publish ${what} as ${reason}; its files were deleted and the number is not reused`);
   }
 
@@ -254,8 +286,25 @@ export abstract class CheckpointStoreBase {
     throw new ConflictError(`Cannot prune policy version ${version}: its record or the pointer kept changing`);
   }
 
+  /**
+   * Deletes the uploads that trainers fenced off before `token` left unfinished (they can never publish
+   * them), and any other debris; the trainer holding `token` calls it as it starts.
+   */
+  async abandonUploads(token: number): Promise<number[]> {
+    const abandoned: number[] = [];
+    for await (const e of this.kv.list({ prefix: CHECKPOINT_UPLOAD_PREFIX })) {
+      const version = e.key[1] as number;
+      const m = decodeStored(UploadMarkerSchema, e.value, `the upload marker of version ${version}`);
+      if ((m.fence ?? 0) >= token || (await this.kv.get(checkpointVersionKey(version))).value !== null) continue;
+      await this.deleteDebris(version);
+      abandoned.push(version);
+    }
+    await this.sweepDebris();
+    return abandoned;
+  }
+
   /** Raises the version counter and writes the upload marker in one commit; numbers are never reused. */
-  async #allocate(): Promise<number> {
+  async #allocate(fence: number | undefined): Promise<number> {
     for (let attempt = 0; attempt < ALLOCATE_ATTEMPTS; attempt++) {
       const seq = await this.kv.get(policyVersionSeqKey());
       let last = seq.value === null ? 0 : decodeStored(checkedVersionSchema, seq.value, "the policy version counter");
@@ -264,7 +313,11 @@ export abstract class CheckpointStoreBase {
         last = Math.max(last, e.key[1] as number);
       }
       const version = last + 1;
-      const marker: UploadMarker = { startedAt: this.now(), storage: this.storage };
+      const marker: UploadMarker = {
+        startedAt: this.now(),
+        storage: this.storage,
+        ...(fence === undefined ? {} : { fence }),
+      };
       const op = this.kv.atomic().check(seq).set(policyVersionSeqKey(), version)
         .set(checkpointUploadKey(version), marker);
       if (await commitWithinLimits(op, "a policy version number")) return version;

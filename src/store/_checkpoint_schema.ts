@@ -39,7 +39,12 @@ export const PolicyPointerSchema = z.object({
 });
 
 /** The marker of an upload in progress at `checkpointUploadKey(version)`. */
-export const UploadMarkerSchema = z.object({ startedAt: z.number().int(), storage: StorageSchema });
+export const UploadMarkerSchema = z.object({
+  startedAt: z.number().int(),
+  storage: StorageSchema,
+  /** The fence token of the trainer uploading (see `training_records.ts`). */
+  fence: z.number().int().positive().optional(),
+});
 
 /** Metadata given to `publish`. */
 export type PublishMeta = z.input<typeof PublishMetaSchema>;

@@ -56,10 +56,11 @@ interface Claim {
   limit: number;
   filter: ClaimOptions["filter"];
   now: () => number;
+  fence?: number;
 }
 
 async function claimChunk(kv: Deno.Kv, ids: string[], claim: Claim, claimed: Pair[]): Promise<void> {
-  const { status, role, owner, leaseMs, limit, filter, now } = claim;
+  const { status, role, owner, leaseMs, limit, filter, now, fence } = claim;
   const entries = await kv.getMany([...ids.map(pairKey), ...ids.map((id) => leaseKey(role, id))]);
   for (const [i, id] of ids.entries()) {
     if (claimed.length >= limit) return;
@@ -70,9 +71,10 @@ async function claimChunk(kv: Deno.Kv, ids: string[], claim: Claim, claimed: Pai
       const pair = decodePair(pairEntry.value, id);
       const lease = decodeLease(leaseEntry.value, role, id);
       const t = now();
-      if (pair.status !== status || isLive(lease, t) || isPastExpiry(pair, t)) break;
+      const fenced = fence !== undefined && lease !== null && (lease.fence ?? 0) < fence;
+      if (pair.status !== status || (isLive(lease, t) && !fenced) || isPastExpiry(pair, t)) break;
       if (filter !== undefined && !(await filter(pair))) break;
-      const value: Lease = { owner, expiresAt: t + leaseMs, claimedAt: t };
+      const value: Lease = { owner, expiresAt: t + leaseMs, claimedAt: t, ...(fence === undefined ? {} : { fence }) };
       // Both checks: the pair has not moved on, and nobody claimed (or renewed) the lease since the read.
       const op = kv.atomic().check(pairEntry).check(leaseEntry).set(leaseKey(role, id), value, { expireIn: leaseMs });
       if (await commitWithinLimits(op, `the ${role} lease on pair '${id}'`)) {

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { PAIR_STATUSES, type PairStatus, PairStore } from "./pairs.ts";
 import type { CreatePairInput } from "./inputs.ts";
 import { PAIR_EXPIRY_PREFIX, PAIR_PREFIX, PAIR_STATUS_INDEX_PREFIX, PAIR_TIME_PREFIX } from "./keys.ts";
+import { addTrainedPairs } from "./training_records.ts";
 
 /** A clock the test moves by hand. */
 export class FakeClock {
@@ -36,6 +37,13 @@ export function sampledInput(overrides: Partial<CreatePairInput> = {}): CreatePa
     policyVersion: 3,
     ...overrides,
   };
+}
+
+/** Records that `version` holds `ids`, as the commit that publishes a version does. */
+export async function recordVersion(kv: Deno.Kv, version: number, ids: readonly string[]): Promise<void> {
+  const op = kv.atomic();
+  addTrainedPairs(op, version, ids);
+  assert.ok((await op.commit()).ok);
 }
 
 /** A promise-based barrier: `wait()` resolves once `n` callers are waiting. */

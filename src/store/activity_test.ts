@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { memoryStore, sampledInput } from "./_test_helpers.ts";
+import { memoryStore, recordVersion, sampledInput } from "./_test_helpers.ts";
 import { ACTIVITY_RETENTION_MS, MINUTE_MS, minuteOf } from "./activity.ts";
 import { ConflictError, StoreInputError } from "./errors.ts";
 import { ACTIVITY_PREFIX } from "./keys.ts";
@@ -24,9 +24,10 @@ Deno.test("activity: every insert and transition is counted in its minute, in th
 
     clock.advance(MINUTE_MS);
     const [claimed] = await store.claim({ status: "labeled", role: "train", owner: "t", leaseMs: 10_000, limit: 1 });
-    const marked = await store.markTrained([claimed!.id], { policyVersion: 1, owner: "t" });
+    await recordVersion(kv, 1, [claimed!.id]);
+    const marked = await store.settle(1);
     assert.equal(marked.trained.length, 1);
-    await store.markTrained([claimed!.id], { policyVersion: 1, owner: "t" }); // a retry counts nothing
+    await store.settle(1); // a retry counts nothing
 
     clock.advance(MINUTE_MS);
     const expiring = (await store.create(sampledInput({ expiresAt: clock.t + 10 }))).pair;
@@ -43,6 +44,10 @@ Deno.test("activity: every insert and transition is counted in its minute, in th
       tie: [0, 1, 0, 0, 0],
       expired: [0, 0, 0, 1, 0],
       trained: [0, 0, 1, 0, 0],
+      stale: [0, 0, 0, 0, 0],
+      rejected: [0, 0, 0, 0, 0],
+      judge_failed: [0, 0, 0, 0, 0],
+      identical: [0, 0, 0, 0, 0],
       agreed: [0, 1, 0, 0, 0],
       disagreed: [0, 1, 0, 0, 0],
     });

@@ -14,7 +14,12 @@
  */
 import { join, resolve } from "node:path";
 import { createHash } from "node:crypto";
-import { CheckpointStoreBase, type CheckpointStoreOptions, decodePointer } from "./_checkpoint_base.ts";
+import {
+  CheckpointStoreBase,
+  type CheckpointStoreOptions,
+  decodePointer,
+  type PublishOptions,
+} from "./_checkpoint_base.ts";
 import { type FileReader, type FileSource, hashing, readStream, rechunk, writeStream } from "./_checkpoint_files.ts";
 import type { FileEntry, PolicyPointer, PublishedVersion, PublishMeta } from "./_checkpoint_schema.ts";
 import { commitWithinLimits, MAX_COMMIT_BYTES, MAX_MUTATIONS } from "./_size.ts";
@@ -29,7 +34,7 @@ import {
 import { pause } from "../util/time.ts";
 
 export { readPointer } from "./_checkpoint_base.ts";
-export type { CheckpointStoreOptions } from "./_checkpoint_base.ts";
+export type { CheckpointStoreOptions, PublishOptions } from "./_checkpoint_base.ts";
 export { manifestSha256 } from "./_checkpoint_files.ts";
 export type { FileEntry, PolicyPointer, PublishedVersion, PublishMeta } from "./_checkpoint_schema.ts";
 
@@ -42,8 +47,15 @@ const DELETE_BATCH = 500; // keys of at most ~600 bytes: far under the commit's 
 
 /** Where trainers publish policy versions and servers find them. */
 export interface CheckpointStore {
-  /** Publishes files (a map of name → bytes, or a model directory) as the next version and makes it current. */
-  publish(files: Map<string, Uint8Array> | string, meta?: PublishMeta): Promise<PublishedVersion>;
+  /**
+   * Publishes files (a map of name → bytes, or a model directory) as the next version and makes it
+   * current; the same commit records the pairs it holds and checks the trainer's fence (`options`).
+   */
+  publish(
+    files: Map<string, Uint8Array> | string,
+    meta?: PublishMeta,
+    options?: PublishOptions,
+  ): Promise<PublishedVersion>;
   /** The version servers should load; null before the first publish. */
   current(): Promise<PublishedVersion | null>;
   /** One kept version; null when it was never published or has been pruned. */
@@ -56,6 +68,8 @@ export interface CheckpointStore {
   rollback(version: number): Promise<void>;
   /** Deletes versions beyond the newest `keep`, never the current one, and upload debris; returns those deleted. */
   prune(keep: number): Promise<number[]>;
+  /** Deletes the unfinished uploads of trainers fenced off before `token`; returns their version numbers. */
+  abandonUploads(token: number): Promise<number[]>;
 }
 
 /** Versions as directories `root/v000001/` on a shared filesystem; records and pointer in KV. */

@@ -7,7 +7,7 @@ export class StoreLimitError extends Error {
 
 /** A state change the record's current state does not allow (a second verdict, a second feedback, …). */
 export class ConflictError extends Error {
-  override readonly name = "ConflictError";
+  override readonly name: string = "ConflictError";
 }
 
 /** The record named does not exist (or has already been deleted by its expiry). */
@@ -23,4 +23,9 @@ export class StoreInputError extends Error {
 /** A value read back from KV does not match its schema (written by another version, or by hand). */
 export class StoreCorruptError extends Error {
   override readonly name = "StoreCorruptError";
+}
+
+/** A trainer tried to write after another trainer took the fence from it: it must stop (nothing was written). */
+export class FencedOutError extends ConflictError {
+  override readonly name = "FencedOutError";
 }

@@ -91,6 +91,11 @@ export const ClaimOptionsSchema = z.object({
   leaseMs: z.number().int().positive(),
   /** Most pairs claimed by this call, 1 to 1000. */
   limit: z.number().int().min(1).max(1000),
+  /**
+   * The trainer fence token the claimer holds (`training_records.ts`): written into its leases, and a
+   * live lease claimed under a lower token counts as free (its holder can no longer publish).
+   */
+  fence: z.number().int().positive().optional(),
 });
 /** `PairStore.claim` options. */
 export type ClaimOptions = z.input<typeof ClaimOptionsSchema> & {
@@ -106,16 +111,6 @@ export const RenewOptionsSchema = z.object({
 });
 /** `PairStore.renew` options. */
 export type RenewOptions = z.input<typeof RenewOptionsSchema>;
-
-/** `PairStore.markTrained` options. */
-export const MarkTrainedOptionsSchema = z.object({
-  /** The policy version the pairs were trained into. */
-  policyVersion: Version,
-  /** The trainer, which must hold the pairs' train leases. */
-  owner: Owner,
-});
-/** `PairStore.markTrained` options. */
-export type MarkTrainedOptions = z.input<typeof MarkTrainedOptionsSchema>;
 
 /** A completion served to a user, kept for KTO feedback (`PairStore.recordCompletion`). */
 export const CompletionInputSchema = z.object({

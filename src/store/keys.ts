@@ -11,10 +11,13 @@
  * | `["activity", minute, kind]` | `Deno.KvU64` | `sum` in the same commit as the insert or transition it counts; pruned after 3 days |
  * | `["lease", role, id]` | `Lease` | by `claim`/`renew`, with `expireIn`; deleted by the transition it leads to |
  * | `["idem", key]` | pair id | with the pair, `expireIn` 24 h |
+ * | `["webhook_seen", webhookId]` | `null` | by the first signed verdict with that `webhook-id`, `expireIn` 10 min |
  * | `["completion", id]` | `Completion` | by `recordCompletion` (with `expireIn`) and its feedback (without) |
  * | `["completion_by_feedback", at, id]` | `null` | with the feedback |
  * | `["feedback_count", "desirable" \| "undesirable"]` | `Deno.KvU64` | with the feedback |
- * | `["trained_pairs", version, chunk]` | pair ids | by the trainer right after publishing `version` |
+ * | `["trained_pairs", version, chunk]` | pair ids | in the commit that publishes `version` (the pointer switch) |
+ * | `["unsettled", version]` | `null` | with that commit; deleted once every pair it lists is marked trained |
+ * | `["trainer_fence"]` | `Fence` | by each trainer as it starts (the token only rises); checked by every publish |
  * | `["train_metrics", at, step]` | step metrics | by the trainer after every step |
  * | `["trainer_status"]` | `{ owner, step, policy_version, ref_version, updated_at }` | by the trainer after each step and publish |
  * | `["eval", version]` | `VersionEval` | by the trainer after publishing `version` (held-out accuracy, win rate) |
@@ -99,6 +102,11 @@ export function idempotencyKey(key: string): Deno.KvKey {
   return ["idem", key];
 }
 
+/** The record that a signed request with this `webhook-id` was accepted (so a second one is refused). */
+export function webhookSeenKey(webhookId: string): Deno.KvKey {
+  return ["webhook_seen", webhookId];
+}
+
 /** A completion kept for KTO feedback. */
 export function completionKey(id: string): Deno.KvKey {
   return ["completion", id];
@@ -168,7 +176,7 @@ export function idOfIndexKey(key: Deno.KvKey): string {
   return id;
 }
 
-/** The ids of the pairs a published policy version was trained on, 1,000 to a chunk. */
+/** The ids of the pairs a published policy version was trained on, `TRAINED_IDS_PER_CHUNK` to a chunk. */
 export function trainedPairsKey(version: number, chunk: number): Deno.KvKey {
   return ["trained_pairs", version, chunk];
 }
@@ -176,6 +184,19 @@ export function trainedPairsKey(version: number, chunk: number): Deno.KvKey {
 /** All chunks of a version's trained-pair ids. */
 export function trainedPairsPrefix(version: number): Deno.KvKey {
   return ["trained_pairs", version];
+}
+
+/** The marker of a published version whose pairs are not all marked trained yet. */
+export function unsettledKey(version: number): Deno.KvKey {
+  return ["unsettled", version];
+}
+
+/** All unsettled markers, oldest version first. */
+export const UNSETTLED_PREFIX: Deno.KvKey = ["unsettled"];
+
+/** The trainer fence: the token of the one trainer allowed to publish. */
+export function trainerFenceKey(): Deno.KvKey {
+  return ["trainer_fence"];
 }
 
 /** One optimizer step's metrics, by time then step, for the dashboard. */

@@ -4,17 +4,9 @@
  * same commit (see `keys.ts` for the layout). Work is claimed with leases, never with queues.
  */
 import { counterValue, decodeStored, parseInput } from "./_codec.ts";
+import { importLabeledMany, labeledPair } from "./_import_many.ts";
 import { checkedPair, insertPair, transitionPair } from "./_mutations.ts";
-import {
-  claimPairs,
-  decodeLease,
-  decodePair,
-  isLive,
-  isPastExpiry,
-  MAX_ATTEMPTS,
-  releaseLease,
-  renewLease,
-} from "./_leases.ts";
+import { claimPairs, decodePair, isPastExpiry, MAX_ATTEMPTS, releaseLease, renewLease } from "./_leases.ts";
 import { readIndexPage } from "./_paging.ts";
 import { commitWithinLimits } from "./_size.ts";
 import { createIdGenerator, type IdGenerator } from "./_ulid.ts";
@@ -34,8 +26,6 @@ import {
   ImportLabeledInputSchema,
   type ListOptions,
   ListOptionsSchema,
-  type MarkTrainedOptions,
-  MarkTrainedOptionsSchema,
   type RenewOptions,
   type VerdictInput,
   VerdictInputSchema,
@@ -50,16 +40,21 @@ import {
   pairExpiryEnd,
   pairKey,
   pairStatusPrefix,
+  webhookSeenKey,
 } from "./keys.ts";
 import {
   type Completion,
   IdempotencyRecordSchema,
+  type Lease,
   type LeaseRole,
   type Pair,
   PAIR_STATUSES,
   type PairStatus,
+  type RetiredStatus,
+  sameText,
   type Verdict,
 } from "./schema.ts";
+import { markSettled, trainedPairs } from "./training_records.ts";
 
 export { ConflictError, NotFoundError, StoreCorruptError, StoreInputError, StoreLimitError } from "./errors.ts";
 export { type Activity, ACTIVITY_RETENTION_MS, MINUTE_MS, minuteOf } from "./activity.ts";
@@ -68,6 +63,8 @@ export * from "./schema.ts";
 
 /** How long a repeated request with the same idempotency key returns the first pair. */
 export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
+
+const LOST_RACE = "lost the race to other writers every time";
 
 // Pairs expired per commit: one check each (≤ 10) and at most 8 × 64 KiB written (< 800 KiB).
 const EXPIRE_BATCH = 8;
@@ -91,7 +88,7 @@ export interface CreateResult {
   created: boolean;
 }
 
-/** What `markTrained` did with each id. */
+/** What `settle` did with each id a version holds. */
 export interface MarkTrainedResult {
   /** Moved to trained by this call. */
   trained: string[];
@@ -121,24 +118,33 @@ export class PairStore {
   }
 
   /**
-   * Stores a new pair awaiting judgment with its index entries and counter in one commit. With an
+   * Stores a new pair awaiting judgment with its index entries and counter in one commit; a pair whose
+   * responses are all the same text (blanks aside) is stored `identical` instead, never to be judged, and
+   * candidates naming two equal texts among different ones are refused (`StoreInputError`). With an
    * idempotency key, a repeat within 24 h returns the first pair with `created: false`.
    * Throws `StoreLimitError` (nothing written) when the pair would not fit in one KV value.
    */
   async create(input: CreatePairInput, options: IdempotencyOptions = {}): Promise<CreateResult> {
     const p = parseInput(CreatePairInputSchema, input, "a new pair");
     const { idempotencyKey } = parseInput(IdempotencyOptionsSchema, options, "create options");
+    const identical = p.responses.every((r) => sameText(r, p.responses[0]!));
+    const [a, b] = p.candidates;
+    if (!identical && sameText(p.responses[a] ?? "", p.responses[b] ?? "")) {
+      throw new StoreInputError(
+        `Cannot store a new pair as its candidates [${a}, ${b}] are the same text while other responses differ`,
+      );
+    }
     return await this.#insert(idempotencyKey, (id, now) => ({
       id,
       createdAt: now,
       updatedAt: now,
-      status: "awaiting_judgment",
+      status: identical ? "identical" : "awaiting_judgment",
       ...promptOf(p),
       promptText: p.promptText,
       responses: p.responses,
       policyVersion: p.policyVersion,
       candidates: p.candidates,
-      ...(p.expiresAt === undefined ? {} : { expiresAt: p.expiresAt }),
+      ...(p.expiresAt === undefined || identical ? {} : { expiresAt: p.expiresAt }),
       source: "sampled",
     }));
   }
@@ -150,27 +156,18 @@ export class PairStore {
   async importLabeled(input: ImportLabeledInput, options: IdempotencyOptions = {}): Promise<CreateResult> {
     const p = parseInput(ImportLabeledInputSchema, input, "an imported pair");
     const { idempotencyKey } = parseInput(IdempotencyOptionsSchema, options, "import options");
-    return await this.#insert(idempotencyKey, (id, now) => ({
-      id,
-      createdAt: now,
-      updatedAt: now,
-      status: "labeled",
-      ...promptOf(p),
-      promptText: p.promptText ?? p.prompt ?? "",
-      responses: [p.chosen, p.rejected],
-      policyVersion: p.policyVersion,
-      candidates: [0, 1],
-      chosen: 0,
-      rejected: 1,
-      verdict: {
-        choice: "a",
-        judge: { kind: "import", id: p.judgeId },
-        ...(p.annotator === undefined ? {} : { annotator: p.annotator }),
-        ...(p.reason === undefined ? {} : { reason: p.reason }),
-        at: now,
-      },
-      source: "imported",
-    }));
+    return await this.#insert(idempotencyKey, (id, now) => labeledPair(p, id, now));
+  }
+
+  /**
+   * Stores a list of labeled triples all or nothing: every item is checked as `importLabeled` checks it,
+   * then all go in one commit, and a list that cannot fit in one is refused (`StoreLimitError`) before
+   * anything is written. With an idempotency key, item `i` uses `${key}#${i}` and a repeat returns the
+   * first pairs with `created: false`. Results are in the order of `inputs`.
+   */
+  importLabeledMany(inputs: readonly ImportLabeledInput[], options: IdempotencyOptions = {}): Promise<CreateResult[]> {
+    const ctx = { kv: this.#kv, now: this.#now, newId: this.#newId, idempotencyTtlMs: IDEMPOTENCY_TTL_MS };
+    return importLabeledMany(ctx, inputs, options);
   }
 
   async #insert(key: string | undefined, build: (id: string, now: number) => Pair): Promise<CreateResult> {
@@ -210,6 +207,16 @@ export class PairStore {
    */
   get kv(): Deno.Kv {
     return this.#kv;
+  }
+
+  /**
+   * Records that a signed request with `webhookId` was accepted, for `ttlMs` (longer than the signature's
+   * tolerance window). Returns `false`, writing nothing, when that id was accepted before: a replay.
+   */
+  async useWebhookId(webhookId: string, ttlMs: number): Promise<boolean> {
+    const key = webhookSeenKey(webhookId.slice(0, 256));
+    const op = this.#kv.atomic().check({ key, versionstamp: null }).set(key, null, { expireIn: ttlMs });
+    return await commitWithinLimits(op, `webhook-id '${webhookId.slice(0, 64)}'`);
   }
 
   /** The pair with this id, or `null`. */
@@ -265,7 +272,8 @@ export class PairStore {
       if (found === null) throw new NotFoundError(`Cannot record a verdict as pair '${id}' does not exist`);
       const { pair, entry } = found;
       const now = this.#now();
-      if (pair.status !== "awaiting_judgment") {
+      // A pair the judge gave up on is still open to a verdict (a person's, through the API).
+      if (pair.status !== "awaiting_judgment" && pair.status !== "judge_failed") {
         throw new ConflictError(
           `Cannot record a verdict on pair '${id}' as it is no longer awaiting judgment: its status is '${pair.status}'`,
         );
@@ -284,6 +292,39 @@ export class PairStore {
       // Lost a race: the next round re-reads and usually finds the other writer's verdict (409).
     }
     throw new Error(`Cannot record a verdict on pair '${id}': lost the race ${MAX_ATTEMPTS} times in a row`);
+  }
+
+  /**
+   * Counts a failed judgment of a pair awaiting judgment, in one commit checked on the pair. The judge's
+   * lease is kept and runs `backoffMs` from now (the wait before the next try); at `maxAttempts` failures
+   * the pair ends `judge_failed` with `error` as its reason instead, never sent to a judge again (a verdict
+   * through the API still lands). Returns the pair as stored, or null when it is no longer awaiting
+   * judgment (a verdict landed meanwhile).
+   */
+  async recordJudgeFailure(
+    id: string,
+    failure: { error: string; maxAttempts: number; backoffMs: number; owner: string },
+  ): Promise<Pair | null> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const found = await this.#getEntry(id);
+      if (found === null || found.pair.status !== "awaiting_judgment") return null;
+      const { pair, entry } = found;
+      const now = this.#now();
+      const failures = (pair.judgeFailures ?? 0) + 1;
+      const after: Pair = failures >= failure.maxAttempts
+        ? { ...pair, status: "judge_failed", judgeFailures: failures, statusReason: failure.error.slice(0, 2000) }
+        : { ...pair, judgeFailures: failures };
+      after.updatedAt = now;
+      const op = this.#kv.atomic().check(entry);
+      transitionPair(op, pair, checkedPair(after, `pair '${id}'`));
+      if (after.status === "judge_failed") op.delete(leaseKey("judge", id));
+      else {
+        const lease: Lease = { owner: failure.owner, claimedAt: now, expiresAt: now + failure.backoffMs };
+        op.set(leaseKey("judge", id), lease, { expireIn: failure.backoffMs });
+      }
+      if (await commitWithinLimits(op, `pair '${id}'`)) return after;
+    }
+    throw new Error(`Cannot record a failed judgment of pair '${id}': lost the race ${MAX_ATTEMPTS} times in a row`);
   }
 
   /**
@@ -310,45 +351,60 @@ export class PairStore {
   }
 
   /**
-   * Moves labeled pairs to trained (`trainedInto: policyVersion`), one commit per pair checking the pair
-   * and this owner's live train lease, which the commit deletes. Pairs already trained into this version
-   * are reported as such without a write, so a retry after a crash never counts a pair twice.
+   * Marks every pair a published version's record holds (`training_records.ts`) as trained into it,
+   * whatever lease it carries: the record, written in the commit that published the version, is the
+   * authority. One commit per pair checked on its versionstamp, which also deletes its train lease; a
+   * pair already trained into this version is left as it is, so settling twice counts nothing twice.
+   * Drops the version's `unsettled` marker when no pair is left labeled.
    */
-  async markTrained(ids: readonly string[], options: MarkTrainedOptions): Promise<MarkTrainedResult> {
-    const { policyVersion, owner } = parseInput(MarkTrainedOptionsSchema, options, "markTrained options");
+  async settle(version: number): Promise<MarkTrainedResult> {
     const result: MarkTrainedResult = { trained: [], alreadyTrained: [], refused: [] };
-    for (const id of ids) {
-      const outcome = await this.#markOneTrained(id, policyVersion, owner);
+    for (const id of await trainedPairs(this.#kv, version)) {
+      const outcome = await this.#markOneTrained(id, version);
       if (outcome === "trained") result.trained.push(id);
       else if (outcome === "already") result.alreadyTrained.push(id);
       else result.refused.push({ id, reason: outcome });
     }
+    // A refusal other than a lost race is final (the pair moved on for good); retrying cannot help.
+    if (!result.refused.some((r) => r.reason === LOST_RACE)) await markSettled(this.#kv, version);
     return result;
   }
 
-  async #markOneTrained(id: string, policyVersion: number, owner: string): Promise<"trained" | "already" | string> {
+  async #markOneTrained(id: string, policyVersion: number): Promise<"trained" | "already" | string> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const [pairEntry, leaseEntry] = await this.#kv.getMany([pairKey(id), leaseKey("train", id)]);
-      if (pairEntry!.value === null) return "the pair does not exist";
-      const pair = decodePair(pairEntry!.value, id);
+      const entry = await this.#kv.get(pairKey(id));
+      if (entry.value === null) return "the pair does not exist";
+      const pair = decodePair(entry.value, id);
       if (pair.status === "trained" && pair.trainedInto === policyVersion) return "already";
       if (pair.status !== "labeled") {
         const into = pair.status === "trained" ? ` into policy version ${pair.trainedInto}` : "";
         return `the pair is ${pair.status}${into}, not labeled`;
       }
-      const lease = decodeLease(leaseEntry!.value, "train", id);
-      const now = this.#now();
-      if (lease === null || lease.owner !== owner || !isLive(lease, now)) {
-        const holder = lease === null ? "nobody" : `'${lease.owner}' until ${new Date(lease.expiresAt).toISOString()}`;
-        return `'${owner}' holds no live train lease on the pair (held by ${holder})`;
-      }
-      const after: Pair = { ...pair, status: "trained", trainedInto: policyVersion, updatedAt: now };
-      const op = this.#kv.atomic().check(pairEntry!).check(leaseEntry!);
+      const after: Pair = { ...pair, status: "trained", trainedInto: policyVersion, updatedAt: this.#now() };
+      const op = this.#kv.atomic().check(entry);
       transitionPair(op, pair, checkedPair(after, `pair '${id}'`));
       op.delete(leaseKey("train", id));
       if (await commitWithinLimits(op, `pair '${id}'`)) return "trained";
     }
-    return `lost the race ${MAX_ATTEMPTS} times in a row`;
+    return LOST_RACE;
+  }
+
+  /**
+   * Ends a labeled pair without training it: `stale` (sampled too many versions back) or `rejected` (it
+   * cannot be trained), with the reason. One commit checked on the pair, which also deletes its train
+   * lease. Returns `false` when the pair is no longer labeled (another trainer settled it meanwhile).
+   */
+  async retire(id: string, status: RetiredStatus, reason: string): Promise<boolean> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const found = await this.#getEntry(id);
+      if (found === null || found.pair.status !== "labeled") return false;
+      const after: Pair = { ...found.pair, status, statusReason: reason.slice(0, 2000), updatedAt: this.#now() };
+      const op = this.#kv.atomic().check(found.entry);
+      transitionPair(op, found.pair, checkedPair(after, `pair '${id}'`));
+      op.delete(leaseKey("train", id));
+      if (await commitWithinLimits(op, `pair '${id}'`)) return true;
+    }
+    throw new Error(`Cannot retire pair '${id}': lost the race ${MAX_ATTEMPTS} times in a row`);
   }
 
   /**
@@ -470,7 +526,8 @@ function promptOf(p: { prompt?: string; messages?: Pair["messages"] }): Pick<Pai
   };
 }
 
-function judged(pair: Pair, verdict: Verdict, now: number): Pair {
+function judged(judging: Pair, verdict: Verdict, now: number): Pair {
+  const { statusReason: _, ...pair } = judging; // a judge_failed pair's reason goes with its status
   const [a, b] = pair.candidates;
   if (verdict.choice === "tie") return { ...pair, status: "tie", verdict, updatedAt: now };
   const [chosen, rejected] = verdict.choice === "a" ? [a, b] : [b, a];

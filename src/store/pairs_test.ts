@@ -15,10 +15,12 @@ import {
   barrier,
   FakeClock,
   memoryStore,
+  recordVersion,
   sampledInput,
   scanAndCheckIndexes,
   seededRandom,
 } from "./_test_helpers.ts";
+import { unsettledVersions } from "./training_records.ts";
 
 const judge = { kind: "verifier", id: "exact-match" } as const;
 
@@ -54,7 +56,17 @@ Deno.test("a verdict moves the pair between status indexes and counters in one s
   assert.equal(tied.chosen, undefined);
   assert.deepEqual(await ids(store.list({ status: "tie" })), [tie.id]);
   assert.deepEqual(await ids(store.list()), [tie.id, pair.id]);
-  assert.deepEqual(await store.counts(), { awaiting_judgment: 0, labeled: 1, tie: 1, expired: 0, trained: 0 });
+  assert.deepEqual(await store.counts(), {
+    awaiting_judgment: 0,
+    labeled: 1,
+    tie: 1,
+    expired: 0,
+    trained: 0,
+    stale: 0,
+    rejected: 0,
+    judge_failed: 0,
+    identical: 0,
+  });
   assert.deepEqual(await store.counts(), await scanAndCheckIndexes(kv));
 });
 
@@ -117,7 +129,17 @@ Deno.test("idempotency keys return the first pair instead of creating another", 
   assert.deepEqual(i1.pair.verdict?.judge, { kind: "import", id: "import" });
   assert.deepEqual([i1.pair.responses[i1.pair.chosen!], i1.pair.responses[i1.pair.rejected!]], ["good", "bad"]);
   await store.create(sampledInput()); // no key: always a new pair
-  assert.deepEqual(await store.counts(), { awaiting_judgment: 3, labeled: 1, tie: 0, expired: 0, trained: 0 });
+  assert.deepEqual(await store.counts(), {
+    awaiting_judgment: 3,
+    labeled: 1,
+    tie: 0,
+    expired: 0,
+    trained: 0,
+    stale: 0,
+    rejected: 0,
+    judge_failed: 0,
+    identical: 0,
+  });
   assert.deepEqual(await store.counts(), await scanAndCheckIndexes(kv));
 });
 
@@ -187,7 +209,17 @@ Deno.test("pending pairs expire: verdicts refused at once, the sweep moves them"
   assert.equal((await store.get(later.id))?.status, "expired");
   assert.equal((await store.get(never.id))?.status, "awaiting_judgment");
   assert.equal((await kv.get(leaseKey("judge", later.id))).value, null, "the judge lease goes with the wait");
-  assert.deepEqual(await store.counts(), { awaiting_judgment: 1, labeled: 0, tie: 0, expired: 2, trained: 0 });
+  assert.deepEqual(await store.counts(), {
+    awaiting_judgment: 1,
+    labeled: 0,
+    tie: 0,
+    expired: 2,
+    trained: 0,
+    stale: 0,
+    rejected: 0,
+    judge_failed: 0,
+    identical: 0,
+  });
   assert.deepEqual(await store.counts(), await scanAndCheckIndexes(kv));
 
   // A sweep over more pairs than one commit takes, with a verdict landing on one just before.
@@ -323,52 +355,59 @@ Deno.test("two KV handles on one file (two processes) never both win a claim", a
   }
 });
 
-Deno.test("markTrained needs the owner's live train lease and is idempotent per version", async () => {
-  const { kv, store, clock } = await memoryStore();
+Deno.test("settle marks what a version's record holds whatever lease it carries, once; retire ends a labeled pair", async () => {
+  const { kv, store } = await memoryStore();
   using _ = kv;
   const labeled: string[] = [];
   for (let i = 0; i < 4; i++) {
     labeled.push((await store.importLabeled({ prompt: `p${i}`, chosen: "y", rejected: "n" })).pair.id);
   }
   const pending = (await store.create(sampledInput())).pair.id;
-  const trainClaim = (owner: string, limit: number) =>
-    store.claim({ status: "labeled", role: "train", owner, leaseMs: 10_000, limit });
-  assert.equal((await trainClaim("T", 3)).length, 3);
+  // A trainer that died holding live leases on three of them (the production lease outlives a restart).
+  const held = await store.claim({ status: "labeled", role: "train", owner: "T#dead", leaseMs: 300_000, limit: 3 });
+  assert.equal(held.length, 3);
 
-  const first = await store.markTrained([labeled[0]!, labeled[1]!, labeled[3]!, pending], {
-    policyVersion: 4,
-    owner: "T",
-  });
-  assert.deepEqual(first.trained, [labeled[0], labeled[1]]);
+  await recordVersion(kv, 4, [labeled[0]!, labeled[1]!, labeled[3]!, pending]);
+  assert.deepEqual(await unsettledVersions(kv), [4]);
+  const first = await store.settle(4);
+  assert.deepEqual(first.trained, [labeled[0], labeled[1], labeled[3]]);
   assert.deepEqual(first.alreadyTrained, []);
-  assert.deepEqual(first.refused.map((r) => r.id), [labeled[3], pending]);
-  assert.match(first.refused[0]!.reason, /'T' holds no live train lease on the pair \(held by nobody\)/);
-  assert.match(first.refused[1]!.reason, /awaiting_judgment, not labeled/);
+  assert.deepEqual(first.refused.map((r) => r.id), [pending]);
+  assert.match(first.refused[0]!.reason, /awaiting_judgment, not labeled/);
+  assert.deepEqual(await unsettledVersions(kv), [], "settled: a refusal for good does not keep it unsettled");
   const trained = await store.get(labeled[0]!);
   assert.equal(trained?.status, "trained");
   assert.equal(trained?.trainedInto, 4);
   assert.equal((await kv.get(leaseKey("train", labeled[0]!))).value, null, "the lease goes with the transition");
 
-  // The retry after a crash: nothing counted twice.
+  // Settling again (a restart after a crash in the middle): nothing counted twice.
   const countsBefore = await store.counts();
-  const retry = await store.markTrained([labeled[0]!, labeled[1]!], { policyVersion: 4, owner: "T" });
-  assert.deepEqual(retry, { trained: [], alreadyTrained: [labeled[0], labeled[1]], refused: [] });
+  const retry = await store.settle(4);
+  assert.deepEqual(retry.alreadyTrained, [labeled[0], labeled[1], labeled[3]]);
+  assert.deepEqual(retry.trained, []);
   assert.deepEqual(await store.counts(), countsBefore);
-  const other = await store.markTrained([labeled[0]!], { policyVersion: 5, owner: "T" });
+  await recordVersion(kv, 5, [labeled[0]!]);
+  const other = await store.settle(5);
   assert.match(other.refused[0]!.reason, /trained into policy version 4, not labeled/);
 
-  // Another trainer cannot mark what T holds; once T's lease lapses, it cannot either.
-  const stolen = await store.markTrained([labeled[2]!], { policyVersion: 4, owner: "U" });
-  assert.match(stolen.refused[0]!.reason, /'U' holds no live train lease .*held by 'T'/);
-  clock.advance(10_000);
-  const late = await store.markTrained([labeled[2]!], { policyVersion: 4, owner: "T" });
-  assert.equal(late.refused.length, 1);
-  assert.equal((await trainClaim("U", 5)).length, 2);
-  assert.deepEqual((await store.markTrained([labeled[2]!, labeled[3]!], { policyVersion: 5, owner: "U" })).trained, [
-    labeled[2],
-    labeled[3],
-  ]);
-  assert.deepEqual(await store.counts(), { awaiting_judgment: 1, labeled: 0, tie: 0, expired: 0, trained: 4 });
+  // The one pair left ends stale with its reason, once.
+  assert.equal(await store.retire(labeled[2]!, "stale", "sampled from v0, more than 2 versions back"), true);
+  assert.equal(await store.retire(labeled[2]!, "rejected", "again"), false);
+  const stale = await store.get(labeled[2]!);
+  assert.equal(stale?.status, "stale");
+  assert.equal(stale?.statusReason, "sampled from v0, more than 2 versions back");
+  assert.equal((await kv.get(leaseKey("train", labeled[2]!))).value, null);
+  assert.deepEqual(await store.counts(), {
+    awaiting_judgment: 1,
+    labeled: 0,
+    tie: 0,
+    expired: 0,
+    trained: 3,
+    stale: 1,
+    rejected: 0,
+    judge_failed: 0,
+    identical: 0,
+  });
   assert.deepEqual(await store.counts(), await scanAndCheckIndexes(kv));
 });
 
@@ -444,11 +483,10 @@ Deno.test("counters match a full scan after a random sequence of operations", as
       } else if (r < 0.75) {
         const owner = pick(["T1", "T2"])!;
         const won = await store.claim({ status: "labeled", role: "train", owner, leaseMs: 300, limit: 4 });
-        const extra = pick(all);
-        await store.markTrained([...won.map((p) => p.id), ...(extra ? [extra] : [])], {
-          policyVersion: step,
-          owner,
-        });
+        const ids = new Set([...won.map((p) => p.id), ...[pick(all)].filter((id) => id !== undefined)]);
+        if (random() < 0.2 && won[0]) await store.retire(won[0].id, pick(["stale", "rejected"] as const)!, "why");
+        await recordVersion(kv, step, [...ids]);
+        await store.settle(step);
       } else if (r < 0.85) {
         await store.expirePending();
       } else if (r < 0.9) {

@@ -3,8 +3,29 @@ import { z } from "zod";
 import type { ChatMessage } from "../model/tokenizer.ts";
 import { ID_PATTERN } from "./_ulid.ts";
 
-/** A pair's life: awaiting_judgment → labeled | tie | expired; labeled → trained. */
-export const PAIR_STATUSES = ["awaiting_judgment", "labeled", "tie", "expired", "trained"] as const;
+/**
+ * A pair's life: awaiting_judgment → labeled | tie | expired | judge_failed; labeled → trained | stale |
+ * rejected; judge_failed → labeled | tie (a person can still label it). `identical`: sampled responses
+ * that are all the same text (blanks aside), stored to be counted and never judged. `judge_failed`: the judge failed
+ * on it `max_attempts` times; `stale`: sampled from a policy more versions back than the trainer's
+ * `max_staleness`; `rejected`: the trainer cannot train it (its prompt does not fit the model's context,
+ * say). These three carry the reason in `statusReason`.
+ */
+export const PAIR_STATUSES = [
+  "awaiting_judgment",
+  "labeled",
+  "tie",
+  "expired",
+  "trained",
+  "stale",
+  "rejected",
+  "judge_failed",
+  "identical",
+] as const;
+/** The statuses a labeled pair may end in without being trained. */
+export const RETIRED_STATUSES = ["stale", "rejected"] as const;
+/** One of `RETIRED_STATUSES`. */
+export type RetiredStatus = (typeof RETIRED_STATUSES)[number];
 /** One of `PAIR_STATUSES`. */
 export const PairStatusSchema = z.enum(PAIR_STATUSES);
 /** One of `PAIR_STATUSES`. */
@@ -39,6 +60,14 @@ export const ACTIVITY_KINDS = [
   "expired",
   /** A labeled pair trained into a policy version. */
   "trained",
+  /** A labeled pair too old to train on (see `PAIR_STATUSES`). */
+  "stale",
+  /** A labeled pair the trainer could not train on (see `PAIR_STATUSES`). */
+  "rejected",
+  /** A pair the judge failed on too often (see `PAIR_STATUSES`). */
+  "judge_failed",
+  /** A sampled pair whose responses were all the same text (see `PAIR_STATUSES`). */
+  "identical",
   /** A verdict whose judge agreed with itself (both orders, or every ensemble member). */
   "agreed",
   /** A verdict whose judge disagreed with itself (counted as a tie by the LLM judge). */
@@ -93,6 +122,10 @@ export const PairSchema = z.object({
   expiresAt: Ms.optional(),
   /** The policy version this pair was trained into. */
   trainedInto: Version.optional(),
+  /** Why a pair is `stale`, `rejected` or `judge_failed`. */
+  statusReason: z.string().optional(),
+  /** Judgments that failed on this pair so far (absent: none). */
+  judgeFailures: z.number().int().positive().optional(),
   source: z.enum(["sampled", "imported"]),
 }).superRefine((p, ctx) => {
   const fail = (message: string) => ctx.addIssue({ code: "custom", message });
@@ -100,8 +133,11 @@ export const PairSchema = z.object({
   const [a, b] = p.candidates;
   if (a === b || a >= p.responses.length || b >= p.responses.length) {
     fail(`'candidates' must be two different indices into the ${p.responses.length} responses: got [${a}, ${b}]`);
+  } else if (p.status === "identical" ? !p.responses.every((r) => sameText(r, p.responses[0]!)) : false) {
+    fail("an identical pair's responses are all the same text");
   }
-  const judged = p.status === "labeled" || p.status === "trained";
+  const retired = (RETIRED_STATUSES as readonly string[]).includes(p.status);
+  const judged = p.status === "labeled" || p.status === "trained" || retired;
   if (judged) {
     if (p.verdict === undefined || p.verdict.choice === "tie") fail(`a ${p.status} pair needs a verdict of a or b`);
     if (p.chosen === undefined || p.rejected === undefined) fail(`a ${p.status} pair needs 'chosen' and 'rejected'`);
@@ -110,20 +146,37 @@ export const PairSchema = z.object({
     fail(`a ${p.status} pair has no 'chosen' or 'rejected'`);
   }
   if (p.status === "tie" && p.verdict?.choice !== "tie") fail("a tie pair needs a verdict 'tie'");
-  if ((p.status === "awaiting_judgment" || p.status === "expired") && p.verdict !== undefined) {
+  const unjudged = ["awaiting_judgment", "expired", "judge_failed", "identical"].includes(p.status);
+  if (unjudged && p.verdict !== undefined) {
     fail(`a ${p.status} pair has no verdict`);
   }
   if ((p.status === "trained") !== (p.trainedInto !== undefined)) fail("'trainedInto' is set exactly on trained pairs");
+  const explained = retired || p.status === "judge_failed";
+  if (explained !== (p.statusReason !== undefined)) {
+    fail("'statusReason' is set exactly on stale, rejected and judge_failed pairs");
+  }
 });
 /** A stored preference pair (see `PAIR_STATUSES` for its life). */
 export type Pair = z.infer<typeof PairSchema>;
+
+/** Whether two answers are the same text once runs of blanks are one space and the ends are trimmed. */
+export function sameText(x: string, y: string): boolean {
+  const norm = (s: string) => s.replace(/\s+/g, " ").trim();
+  return x === y || norm(x) === norm(y);
+}
 
 function sameSet(x: readonly number[], y: readonly number[]): boolean {
   return x.length === y.length && x.every((v) => y.includes(v)) && y.every((v) => x.includes(v));
 }
 
 /** A lease on one pair for one role: whoever holds it (until `expiresAt`) works on that pair. */
-export const LeaseSchema = z.object({ owner: z.string().min(1), expiresAt: Ms, claimedAt: Ms });
+export const LeaseSchema = z.object({
+  owner: z.string().min(1),
+  expiresAt: Ms,
+  claimedAt: Ms,
+  /** The trainer fence token its holder claimed under (train leases); a higher token voids it. */
+  fence: z.number().int().nonnegative().optional(),
+});
 /** A lease on one pair for one role. */
 export type Lease = z.infer<typeof LeaseSchema>;
 

@@ -13,11 +13,15 @@ export const TrainerStatusSchema = z.object({
   policy_version: z.number().int().nonnegative(),
   /** Reference refreshes so far. */
   ref_version: z.number().int().nonnegative(),
+  /** Train leases this trainer run found lost when it renewed them (a step outlasted the lease). */
+  leases_lost: z.number().int().nonnegative().default(0),
+  /** Pairs this trainer run ended as stale or rejected instead of training them. */
+  retired: z.number().int().nonnegative().default(0),
   /** When this record was written, ms since the epoch. */
   updated_at: z.number().int().nonnegative(),
 });
 /** The trainer's status record. */
-export type TrainerStatus = z.infer<typeof TrainerStatusSchema>;
+export type TrainerStatus = z.input<typeof TrainerStatusSchema>;
 
 /** Overwrites the status (one trainer per KV writes it; the last write wins). */
 export async function writeTrainerStatus(kv: Deno.Kv, status: TrainerStatus): Promise<void> {

@@ -72,7 +72,11 @@ function renderCards(d) {
     card("Awaiting judgment", fmtNumber(n.awaiting_judgment), "pending pairs", "awaiting_judgment"),
     card("Labeled", fmtNumber(n.labeled), "ready to train", "labeled"),
     card("Trained", fmtNumber(n.trained), "in a published version", "trained"),
-    card("Ties / expired", fmtNumber(n.tie) + " / " + fmtNumber(n.expired), "never trained on", "tie"),
+    card("Ties / expired", fmtNumber(n.tie) + " / " + fmtNumber(n.expired),
+      "never trained on · " + fmtNumber(n.identical) + " identical samples never judged", "tie"),
+    card("Stale / rejected", fmtNumber(n.stale) + " / " + fmtNumber(n.rejected),
+      "labeled, not trained" + (t && t.leases_lost ? " · " + fmtNumber(t.leases_lost) + " leases lost" : ""), "stale"),
+    card("Judge failed", fmtNumber(n.judge_failed), "a person can still label these", "judge_failed"),
   );
 }
 

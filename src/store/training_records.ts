@@ -1,0 +1,117 @@
+/**
+ * What the trainer records beside the pairs: the fence that lets exactly one trainer publish, and which
+ * pairs each published version holds.
+ *
+ * Exactly once rests on two rules. The ids a version holds are written in the very commit that
+ * publishes it (`addTrainedPairs`, inside the checkpoint store's pointer switch), together with an
+ * `unsettled` marker; marking those pairs `trained` comes after and is idempotent (`PairStore.settle`),
+ * so a crash in between is repaired by settling every unsettled version before training resumes. And
+ * every trainer takes the fence as it starts (`takeFence`: the token only rises) and every publish
+ * checks it, so a trainer that was paused or cut off cannot publish pairs its successor now trains;
+ * train leases carry the token they were claimed under, and a higher token voids them at once instead
+ * of after the lease runs out.
+ */
+import { z } from "zod";
+import { decodeStored } from "./_codec.ts";
+import { commitWithinLimits } from "./_size.ts";
+import { StoreInputError } from "./errors.ts";
+import { trainedPairsKey, trainedPairsPrefix, trainerFenceKey, UNSETTLED_PREFIX, unsettledKey } from "./keys.ts";
+
+/** Pair ids in one `["trained_pairs", version, chunk]` value (26-character ids: about 29 KB). */
+export const TRAINED_IDS_PER_CHUNK = 1000;
+/** Most pairs one version may hold: their ids must fit in the publishing commit beside the version record. */
+export const MAX_PAIRS_PER_VERSION = 20 * TRAINED_IDS_PER_CHUNK;
+
+/** The fence value: which trainer instance may publish, under which token. */
+export const FenceSchema = z.object({
+  token: z.number().int().positive(),
+  /** The trainer's configured name (`--owner`). */
+  owner: z.string().min(1),
+  /** This run of it: a restarted trainer is a new instance. */
+  instance: z.string().min(1),
+  takenAt: z.number().int().nonnegative(),
+});
+/** The fence value. */
+export type Fence = z.infer<typeof FenceSchema>;
+
+/** A trainer's hold on the fence: what its publishes check. */
+export interface FenceHold extends Fence {
+  versionstamp: string;
+}
+
+/** Reads the fence; null before any trainer ran. */
+export async function readFence(kv: Deno.Kv): Promise<Fence | null> {
+  const entry = await kv.get(trainerFenceKey());
+  return entry.value === null ? null : decodeStored(FenceSchema, entry.value, "the trainer fence");
+}
+
+/** Takes the fence with the next token: from now on only this instance publishes. Returns the hold. */
+export async function takeFence(
+  kv: Deno.Kv,
+  who: { owner: string; instance: string; now?: number },
+): Promise<FenceHold> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const entry = await kv.get(trainerFenceKey());
+    const before = entry.value === null ? null : decodeStored(FenceSchema, entry.value, "the trainer fence");
+    const fence: Fence = {
+      token: (before?.token ?? 0) + 1,
+      owner: who.owner,
+      instance: who.instance,
+      takenAt: who.now ?? Date.now(),
+    };
+    const result = await kv.atomic().check(entry).set(trainerFenceKey(), fence).commit();
+    if (result.ok) return { ...fence, versionstamp: result.versionstamp };
+    await new Promise((r) => setTimeout(r, Math.random() * 20));
+  }
+  throw new Error("Cannot take the trainer fence: 50 attempts lost a race with other starting trainers");
+}
+
+/** The check a publish adds: the fence is still exactly as `hold` took it. */
+export function fenceCheck(hold: FenceHold): Deno.AtomicCheck {
+  return { key: trainerFenceKey(), versionstamp: hold.versionstamp };
+}
+
+/** Whether `hold` still holds the fence. */
+export async function holdsFence(kv: Deno.Kv, hold: FenceHold): Promise<boolean> {
+  return (await kv.get(trainerFenceKey())).versionstamp === hold.versionstamp;
+}
+
+/** Adds a version's pair ids and its `unsettled` marker to the commit that publishes it. */
+export function addTrainedPairs(op: Deno.AtomicOperation, version: number, ids: readonly string[]): void {
+  if (ids.length > MAX_PAIRS_PER_VERSION) {
+    throw new StoreInputError(
+      `Cannot publish policy version ${version} holding ${ids.length} pairs: at most ${MAX_PAIRS_PER_VERSION} ` +
+        "fit in the commit that publishes it (publish more often)",
+    );
+  }
+  if (new Set(ids).size !== ids.length) {
+    throw new StoreInputError(`Cannot publish policy version ${version}: its pair ids list one pair twice`);
+  }
+  for (let i = 0; i * TRAINED_IDS_PER_CHUNK < ids.length; i++) {
+    op.set(trainedPairsKey(version, i), ids.slice(i * TRAINED_IDS_PER_CHUNK, (i + 1) * TRAINED_IDS_PER_CHUNK));
+  }
+  if (ids.length > 0) op.set(unsettledKey(version), null);
+}
+
+/** The ids of the pairs a published version holds (empty for a version that holds none, or is unknown). */
+export async function trainedPairs(kv: Deno.Kv, version: number): Promise<string[]> {
+  const ids: string[] = [];
+  for await (const e of kv.list({ prefix: trainedPairsPrefix(version) })) {
+    ids.push(...decodeStored(IdsSchema, e.value, `the pair ids of policy version ${version}`));
+  }
+  return ids;
+}
+
+/** Published versions whose pairs are not all marked trained yet, oldest first. */
+export async function unsettledVersions(kv: Deno.Kv): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of kv.list({ prefix: UNSETTLED_PREFIX })) out.push(e.key[1] as number);
+  return out;
+}
+
+/** Drops a version's `unsettled` marker once every pair it lists is trained. */
+export async function markSettled(kv: Deno.Kv, version: number): Promise<void> {
+  await commitWithinLimits(kv.atomic().delete(unsettledKey(version)), `the settled marker of version ${version}`);
+}
+
+const IdsSchema = z.array(z.string());
