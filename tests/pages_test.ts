@@ -87,7 +87,20 @@ async function seed(kv: Deno.Kv, store: PairStore) {
     agreed: true,
     latencyMs: 812,
   });
-  await store.recordVerdict(judged[1]!.id, { choice: "tie", judge: { kind: "hf", id: "hf:judge" }, agreed: false });
+  // An ensemble split a / b / tie: a tie by majority, with each member's vote and the LLMs' usage.
+  const usage = { requests: 2, promptTokens: 120, completionTokens: 30 };
+  await store.recordVerdict(judged[1]!.id, {
+    choice: "tie",
+    judge: { kind: "ensemble", id: "panel" },
+    agreed: false,
+    latencyMs: 400,
+    usage: { requests: 4, promptTokens: 240, completionTokens: 60 },
+    votes: [
+      { judgeId: "arithmetic", choice: "tie", latencyMs: 1 },
+      { judgeId: "hf:a", choice: "a", latencyMs: 390, usage },
+      { judgeId: "hf:b", choice: "b", latencyMs: 380, usage },
+    ],
+  });
   // Untrusted text: it must show as text, never as markup.
   const hostile = await create(`<img src=x onerror="window.__xss=1">What is 1+1?`, " <b>2</b>", " 3 & 4");
   const pending = [
@@ -191,6 +204,25 @@ Deno.test({
         assert.equal(await pointsOf(page, "agreement", "judge agreed"), 1);
         assert.equal(await text(page, 'section[data-chart="agreement"] b.last[data-series="judge agreed"]'), "50.0%");
         assert.equal(await text(page, 'section[data-chart="agreement"] b.last[data-series="ties"]'), "50.0%");
+
+        const judgeRow = async (id: string) =>
+          (await page.locator(`#judges tr[data-judge="${id}"] td`).allTextContents()).map((t) => t.trim());
+        assert.deepEqual(await judgeRow("hf:judge"), ["hf:judge", "1", "0", "812 ms", "0", "0", "0", "–"]);
+        assert.deepEqual(await judgeRow("panel"), ["panel", "1", "0", "400 ms", "4", "240", "60", "–"]);
+        assert.deepEqual(await judgeRow("arithmetic"), ["arithmetic", "1", "0", "1 ms", "0", "0", "0", "100.0% of 1"]);
+        assert.deepEqual((await judgeRow("hf:a")).at(-1), "0.0% of 1");
+        assert.equal(await pointsOf(page, "member_agreement", "arithmetic"), 1);
+        assert.equal(
+          await text(page, 'section[data-chart="member_agreement"] b.last[data-series="arithmetic"]'),
+          "100.0%",
+        );
+        assert.equal(await text(page, 'section[data-chart="member_agreement"] b.last[data-series="hf:b"]'), "0.0%");
+        assert.equal(await text(page, 'section[data-chart="judge_calls"] b.last[data-series="panel"]'), "1");
+        assert.equal(await text(page, 'section[data-chart="judge_tokens"] b.last[data-series="panel"]'), "300");
+        assert.equal(
+          await page.locator('section[data-chart="member_agreement"] polyline[data-series="panel"]').count(),
+          0,
+        );
 
         assert.equal(await text(page, '[data-card="policy"] .value'), "v4");
         assert.equal(await text(page, '[data-card="reference"] .value'), "#2");

@@ -4,13 +4,14 @@ import { createEnsembleJudge, type EnsembleRule } from "../judge/ensemble.ts";
 import { createHfJudge } from "../judge/hf.ts";
 import type { Judge } from "../judge/types.ts";
 import { createVerifierJudge, loadVerifierModule } from "../judge/verifier.ts";
+import { JUDGE_SPEC_SYNTAX, type JudgeSpecMember, parseJudgeSpec } from "../judge/spec.ts";
 import { createWebhookJudge } from "../judge/webhook.ts";
 import { UsageError } from "./common.ts";
 
 /** Judge options shared by the roles that judge. */
 export interface JudgeFlags {
+  /** The judge spec (`src/judge/spec.ts`): `J[,J...]`, J = arithmetic | verifier:PATH | hf | webhook, `*W` a weight. */
   judge: string;
-  verifier?: string;
   "hf-model"?: string;
   "hf-endpoint"?: string;
   "webhook-url"?: string;
@@ -22,54 +23,60 @@ export interface JudgeFlags {
 }
 
 /** Usage lines for the judge options. */
-export const JUDGE_USAGE =
-  `  --judge J[,J...]          arithmetic (built-in task) | verifier | hf | webhook; several: an ensemble
-  --verifier PATH           module exporting score(prompt, completion) or compare(prompt, a, b)
+export const JUDGE_USAGE = `  --judge J[,J...]          ${JUDGE_SPEC_SYNTAX}
+                            (verifier:PATH: a module exporting score(prompt, completion) or compare(prompt, a, b))
   --hf-model NAME           model for the hf judge (HF_TOKEN for the Hugging Face router)
-  --hf-endpoint URL         any OpenAI-compatible server for the hf judge (TGI, vLLM, llama.cpp); its key in
-                            DPO_JUDGE_TOKEN (the judge command also takes --judge-token KEY)
+  --hf-endpoint URL         any OpenAI-compatible server for the hf judge (TGI, vLLM, llama.cpp)
+  --judge-token KEY         bearer key the hf judge sends to its endpoint (default DPO_JUDGE_TOKEN)
   --webhook-url URL         where the webhook judge POSTs pairs (secret: DPO_WEBHOOK_SECRET)
-  --feedback-url URL        the feedback URL labelers answer to, with {id} for the pair id`;
+  --feedback-url URL        the feedback URL labelers answer to, with {id} for the pair id
+  --ensemble-rule R         majority (default: members that voted a or b decide by weight; ties and failures
+                            abstain) | unanimous (all members must vote the same a or b)`;
 
-/** Builds the configured judge (an ensemble when several are named). */
+/** Builds the configured judge (an ensemble when several are named); a bad spec or missing option is a UsageError. */
 export async function buildJudge(flags: JudgeFlags): Promise<Judge> {
+  let spec;
+  try {
+    spec = parseJudgeSpec(flags.judge);
+  } catch (err) {
+    throw new UsageError(`Cannot use --judge ${flags.judge}: ${(err as Error).message}`);
+  }
+  if (spec.human) throw new UsageError("--judge human: no judge to build");
   const judges: Judge[] = [];
-  for (const name of flags.judge.split(",").map((s) => s.trim())) {
-    switch (name) {
-      case "arithmetic":
-        judges.push(createVerifierJudge(arithmeticVerifier, { id: "arithmetic" }));
-        break;
-      case "verifier":
-        if (!flags.verifier) throw new UsageError("--judge verifier needs --verifier PATH");
-        judges.push(
-          createVerifierJudge(await loadVerifierModule(flags.verifier), { id: `verifier:${flags.verifier}` }),
-        );
-        break;
-      case "hf": {
-        if (!flags["hf-model"] && !flags["hf-endpoint"]) {
-          throw new UsageError("--judge hf needs --hf-model NAME or --hf-endpoint URL");
-        }
-        const token = flags["judge-token"] ?? (Deno.env.get("DPO_JUDGE_TOKEN") || undefined);
-        const hf = createHfJudge({ model: flags["hf-model"], endpointUrl: flags["hf-endpoint"], token });
-        // A key the endpoint refuses, a wrong URL or model: a clear error now, not failures on every pair.
-        const warning = await hf.probe().catch((err) => {
-          throw new UsageError((err as Error).message);
-        });
-        if (warning) console.error(warning);
-        judges.push(hf);
-        break;
+  for (const member of spec.members) judges.push(await buildMember(member, flags));
+  if (judges.length === 1) return judges[0]!;
+  try {
+    return createEnsembleJudge(judges, { rule: flags["ensemble-rule"], weights: spec.members.map((m) => m.weight) });
+  } catch (err) {
+    throw new UsageError(`Cannot use --judge ${flags.judge}: ${(err as Error).message}`);
+  }
+}
+
+async function buildMember(member: JudgeSpecMember, flags: JudgeFlags): Promise<Judge> {
+  switch (member.kind) {
+    case "arithmetic":
+      return createVerifierJudge(arithmeticVerifier, { id: "arithmetic" });
+    case "verifier":
+      return createVerifierJudge(await loadVerifierModule(member.path!), { id: `verifier:${member.path}` });
+    case "hf": {
+      if (!flags["hf-model"] && !flags["hf-endpoint"]) {
+        throw new UsageError("--judge hf needs --hf-model NAME or --hf-endpoint URL");
       }
-      case "webhook": {
-        const secret = Deno.env.get("DPO_WEBHOOK_SECRET");
-        if (!flags["webhook-url"] || !flags["feedback-url"] || !secret) {
-          throw new UsageError("--judge webhook needs --webhook-url, --feedback-url and DPO_WEBHOOK_SECRET");
-        }
-        judges.push(createWebhookJudge({ url: flags["webhook-url"], secret, feedbackUrl: flags["feedback-url"] }));
-        break;
+      const token = flags["judge-token"] ?? (Deno.env.get("DPO_JUDGE_TOKEN") || undefined);
+      const hf = createHfJudge({ model: flags["hf-model"], endpointUrl: flags["hf-endpoint"], token });
+      // A key the endpoint refuses, a wrong URL or model: a clear error now, not failures on every pair.
+      const warning = await hf.probe().catch((err) => {
+        throw new UsageError((err as Error).message);
+      });
+      if (warning) console.error(warning);
+      return hf;
+    }
+    case "webhook": {
+      const secret = Deno.env.get("DPO_WEBHOOK_SECRET");
+      if (!flags["webhook-url"] || !flags["feedback-url"] || !secret) {
+        throw new UsageError("--judge webhook needs --webhook-url, --feedback-url and DPO_WEBHOOK_SECRET");
       }
-      default:
-        throw new UsageError(`--judge: unknown judge '${name}' (arithmetic, verifier, hf, webhook)`);
+      return createWebhookJudge({ url: flags["webhook-url"], secret, feedbackUrl: flags["feedback-url"] });
     }
   }
-  return judges.length === 1 ? judges[0]! : createEnsembleJudge(judges, { rule: flags["ensemble-rule"] });
 }

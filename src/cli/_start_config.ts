@@ -9,6 +9,8 @@ import { fileURLToPath } from "node:url";
 import type { ParseArgsConfig } from "node:util";
 import { z } from "zod";
 import { DpoConfigSchema } from "../dpo/config.ts";
+import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
+import { JUDGE_SPEC_SYNTAX, parseJudgeSpec } from "../judge/spec.ts";
 import { BACKENDS } from "../model/backend.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
 import { CONFIG_FLAGS, type Kind } from "./_dpo_flags.ts";
@@ -47,11 +49,20 @@ export const StartConfigSchema = z.strictObject({
   port: z.number().int().min(0).max(65535).default(8000),
   rate_limit: PositiveInt.default(600),
   serve_poll_ms: PositiveInt.default(1000),
-  judge: z.string().regex(/^(arithmetic|hf|human|verifier:.+)$/, "expected arithmetic, verifier:MODULE, hf or human")
-    .default("arithmetic"),
+  judge: z.string().superRefine((spec, ctx) => {
+    try {
+      parseJudgeSpec(spec, { allowHuman: true });
+    } catch (err) {
+      ctx.addIssue({ code: "custom", message: (err as Error).message });
+    }
+  }).default("arithmetic"),
   hf_model: z.string().min(1).optional(),
   hf_endpoint: z.url().optional(),
+  webhook_url: z.url().optional(),
+  feedback_url: z.url().optional(),
+  ensemble_rule: z.enum(ENSEMBLE_RULES).default("majority"),
   judge_concurrency: PositiveInt.default(4),
+  judge_max_attempts: PositiveInt.default(5),
   task: z.string().min(1).default("arithmetic"),
   // Training and the feeder: no defaults here, START_DEFAULTS holds them all.
   feeder: z.boolean(),
@@ -74,7 +85,13 @@ export const StartConfigSchema = z.strictObject({
   ...DPO_SHAPE,
 }).superRefine((c, ctx) => {
   const problem = (key: string, message: string) => ctx.addIssue({ code: "custom", path: [key], message });
-  if (c.judge === "hf" && !c.hf_model && !c.hf_endpoint) problem("judge", "judge hf needs hf_model or hf_endpoint");
+  const members = judgeKinds(c.judge);
+  if (members.includes("hf") && !c.hf_model && !c.hf_endpoint) {
+    problem("judge", "judge hf needs hf_model or hf_endpoint");
+  }
+  if (members.includes("webhook") && (!c.webhook_url || !c.feedback_url)) {
+    problem("judge", "judge webhook needs webhook_url and feedback_url (and DPO_WEBHOOK_SECRET)");
+  }
   if (c.kv === ":memory:") {
     problem("kv", "the trainer runs in a worker with a KV connection of its own: give a file path or a URL");
   }
@@ -185,18 +202,33 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   },
   serve_poll_ms: { metavar: "MS", help: "how often the server looks for a new policy version", section: "server" },
   judge: {
-    metavar: "arithmetic|verifier:MODULE|hf|human",
-    help:
-      "arithmetic: the built-in verifier; verifier:MODULE: a module exporting score or compare; hf: an LLM; human: none, pairs wait for the label page or the feedback API",
+    metavar: "J[,J...]|human",
+    help: `${JUDGE_SPEC_SYNTAX}; human: none, pairs wait for the label page or the feedback API`,
     section: "judge",
   },
   hf_model: { metavar: "NAME", help: "model of the hf judge (token in HF_TOKEN)", section: "judge" },
   hf_endpoint: {
     metavar: "URL",
-    help: "OpenAI-compatible server of the hf judge (TGI, vLLM, llama.cpp)",
+    help: "OpenAI-compatible server of the hf judge (TGI, vLLM, llama.cpp); its key in DPO_JUDGE_TOKEN",
+    section: "judge",
+  },
+  webhook_url: { metavar: "URL", help: "where the webhook judge POSTs pairs (DPO_WEBHOOK_SECRET)", section: "judge" },
+  feedback_url: {
+    metavar: "URL",
+    help: "the feedback URL labelers answer to, with {id} for the pair id",
+    section: "judge",
+  },
+  ensemble_rule: {
+    metavar: ENSEMBLE_RULES.join("|"),
+    help: "how an ensemble's votes combine: by weight among a/b votes, or all the same",
     section: "judge",
   },
   judge_concurrency: { metavar: "N", help: "pairs judged at once", section: "judge" },
+  judge_max_attempts: {
+    metavar: "N",
+    help: "failed judgments of a pair before it ends judge_failed",
+    section: "judge",
+  },
   task: {
     metavar: "arithmetic|FILE",
     help:
@@ -409,6 +441,16 @@ export function settingsUsage(defaults: StartDefaults): string {
 }
 
 // The kind follows from the schema, so the table cannot disagree with it.
+/** The kinds a valid judge spec names (none for `human`); [] for an invalid one (reported on its own). */
+function judgeKinds(spec: string): string[] {
+  try {
+    const parsed = parseJudgeSpec(spec, { allowHuman: true });
+    return parsed.human ? [] : parsed.members.map((m) => m.kind);
+  } catch {
+    return [];
+  }
+}
+
 function ownKind(key: string): Kind {
   let def = (StartConfigSchema.shape as Record<string, z.ZodType>)[key]!._zod.def;
   while (def.type === "default" || def.type === "optional") {

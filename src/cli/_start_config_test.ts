@@ -121,7 +121,7 @@ Deno.test("start settings: a bad value names its source and what is expected", (
   );
   assert.match(
     problem(() => resolve({ file: { judge: "oracle" } })),
-    /dpo\.config\.json: judge: expected arithmetic, verifier:MODULE, hf or human/,
+    /dpo\.config\.json: judge: unknown judge 'oracle': expected arithmetic \| verifier:PATH \| hf \| webhook/,
   );
   // A flag over a bad file value: the flag wins and nothing is wrong.
   assert.equal(resolve({ file: { beta: "0.1" }, args: ["--beta", "0.5"] }).beta, 0.5);

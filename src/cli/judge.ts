@@ -17,16 +17,12 @@ ${JUDGE_USAGE}
   --owner NAME              this worker's name in leases (default judge-<pid>)
   --concurrency N           pairs judged at once (default 4)
   --lease-ms MS             claim lifetime, and the longest back-off after a failed judgment (default 60000)
-  --judge-token KEY         bearer key the hf judge sends to its endpoint (default DPO_JUDGE_TOKEN)
   --max-attempts N          failed judgments of a pair before it ends judge_failed (default 5)
-  --ensemble-rule R         majority (default: members that voted a or b decide; ties and failures abstain)
-                            | unanimous (all members must vote the same a or b)
   --poll-ms MS              wait when there is nothing to judge (default 500)`;
 
 const Options = z.object({
   kv: z.string().default("data/dpo.kv"),
   judge: z.string().default("arithmetic"),
-  verifier: z.string().optional(),
   "hf-model": z.string().optional(),
   "hf-endpoint": z.string().optional(),
   "webhook-url": z.string().optional(),
@@ -46,7 +42,6 @@ export async function runJudgeCommand(args: string[]): Promise<void> {
     help: { type: "boolean", short: "h" },
     kv: { type: "string" },
     judge: { type: "string" },
-    verifier: { type: "string" },
     "hf-model": { type: "string" },
     "hf-endpoint": { type: "string" },
     "webhook-url": { type: "string" },

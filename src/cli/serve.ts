@@ -7,7 +7,7 @@ import { PairStore } from "../store/pairs.ts";
 import { buildJudge } from "./_services.ts";
 import { checkKeyLengths, MIN_KEY_LENGTH } from "../server/http.ts";
 import { splitKeys } from "./_keys.ts";
-import { backendOption, log, numberOption, parseCommand, validate } from "./common.ts";
+import { backendOption, log, numberOption, parseCommand, UsageError, validate } from "./common.ts";
 
 /** Usage text of the command. */
 export const SERVE_USAGE = `Usage: deno task cli serve [options]
@@ -22,8 +22,8 @@ a new version is swapped in without failing requests), or --model until one is p
   --api-key KEY             accepted bearer key, 16 characters or more (repeatable; also DPO_API_KEYS=k1,k2);
                             one is made up if none
                             (DPO_LABEL_KEYS=k1,k2: keys for the dashboard and label page only)
-  --judge arithmetic|verifier  score responses so pairs are best against worst (optional)
-  --verifier PATH           for --judge verifier
+  --judge J[,J...]          score sampled responses so that pairs are best against worst (optional):
+                            a judge that can score, arithmetic | verifier:PATH (with score()), or several
   --poll-ms MS              how often to look for a new policy version (default 2000)
   --rate-limit N            requests per minute per API key and instance (default 600)
   --pending-hours H         a pair awaiting judgment expires after H hours (default 168)
@@ -38,14 +38,25 @@ const Options = z.object({
   port: numberOption((n) => n.int().min(0).max(65535)).default(8000),
   "api-key": z.array(z.string().min(MIN_KEY_LENGTH, `every key must have at least ${MIN_KEY_LENGTH} characters`))
     .default([]),
-  judge: z.enum(["arithmetic", "verifier"]).optional(),
-  verifier: z.string().optional(),
+  judge: z.string().optional(),
   "poll-ms": numberOption((n) => n.int().positive()).default(2000),
   "rate-limit": numberOption((n) => n.int().positive()).default(600),
   "pending-hours": numberOption((n) => n.positive()).default(168),
   backend: backendOption,
   "cache-dir": z.string().default("data/cache"),
 });
+
+/** The scoring function of the judge `spec` names; a judge that cannot score is a UsageError. */
+async function scorer(spec: string) {
+  const judge = await buildJudge({ judge: spec });
+  if (!judge.score) {
+    throw new UsageError(
+      `--judge ${spec}: serve uses its judge only to score responses, and '${judge.id}' cannot score ` +
+        "(arithmetic or verifier:PATH exporting score can; judge pairs with the judge command)",
+    );
+  }
+  return judge.score.bind(judge);
+}
 
 /** Runs the command until SIGINT/SIGTERM. */
 export async function runServe(args: string[]): Promise<void> {
@@ -58,7 +69,6 @@ export async function runServe(args: string[]): Promise<void> {
     port: { type: "string" },
     "api-key": { type: "string", multiple: true },
     judge: { type: "string" },
-    verifier: { type: "string" },
     "poll-ms": { type: "string" },
     "rate-limit": { type: "string" },
     "pending-hours": { type: "string" },
@@ -71,7 +81,7 @@ export async function runServe(args: string[]): Promise<void> {
   const labelKeys = checkKeyLengths(splitKeys(Deno.env.get("DPO_LABEL_KEYS")), "DPO_LABEL_KEYS");
   if (keys.length === 0) keys.push(`dpo-${crypto.randomUUID().replaceAll("-", "")}`);
   log(describeBackend(await initBackend(opts.backend)));
-  const score = opts.judge ? (await buildJudge({ judge: opts.judge, verifier: opts.verifier })).score : undefined;
+  const score = opts.judge ? await scorer(opts.judge) : undefined;
   const kv = await openSharedKv(opts.kv);
   const stop = new AbortController();
   const onSignal = () => stop.abort();

@@ -237,8 +237,14 @@ async function configFile(flag: string | undefined) {
 }
 
 function judgeFlags(cfg: StartConfig): JudgeFlags {
-  if (cfg.judge.startsWith("verifier:")) return { judge: "verifier", verifier: cfg.judge.slice("verifier:".length) };
-  return { judge: cfg.judge, "hf-model": cfg.hf_model, "hf-endpoint": cfg.hf_endpoint };
+  return {
+    judge: cfg.judge,
+    "hf-model": cfg.hf_model,
+    "hf-endpoint": cfg.hf_endpoint,
+    "webhook-url": cfg.webhook_url,
+    "feedback-url": cfg.feedback_url,
+    "ensemble-rule": cfg.ensemble_rule,
+  };
 }
 
 function trainerOptions(cfg: StartConfig, backend: BackendReport["backend"]): TrainerRoleOptions {
@@ -271,6 +277,7 @@ function runJudge(store: PairStore, judge: Judge, cfg: StartConfig, signal: Abor
     judge,
     owner: `start-judge-${Deno.pid}`,
     concurrency: cfg.judge_concurrency,
+    maxAttempts: cfg.judge_max_attempts,
     leaseMs: 60_000,
     pollMs: 200,
     signal,

@@ -2,14 +2,27 @@
  * A vote over several judges (LLM judges of different families, a verifier and an LLM, ...), by one of
  * two rules (`ENSEMBLE_RULES`):
  *
- * - `majority` (the default): the members that voted a or b decide, by plurality; a member that abstains
- *   (answers tie) or fails does not veto, so a verifier's vote stands when an LLM abstains or errs. Equal
- *   votes, or no a/b vote at all, make a tie; when every member failed the ensemble fails (retried later).
+ * - `majority` (the default): the members that voted a or b decide, by their summed weights (1 each unless
+ *   given); a member that abstains (answers tie) or fails does not veto, so a verifier's vote stands when an
+ *   LLM abstains or errs. Equal weight on both sides, or no a/b vote at all, make a tie; when every member
+ *   failed the ensemble fails (retried later).
  * - `unanimous`: every member must vote the same a or b; any failure fails the ensemble (retried later),
- *   any other disagreement is a tie.
+ *   any other disagreement is a tie. Weights play no part.
+ *
+ * Every verdict carries each member's vote (with its latency and usage), so the store can count how often
+ * each member agrees with the ensemble.
  */
 
-import { type Choice, type Judge, JudgeError, type JudgeInput, type Prompt, type Verdict } from "./types.ts";
+import {
+  type Choice,
+  type Judge,
+  JudgeError,
+  type JudgeInput,
+  type JudgeUsageReport,
+  type MemberVote,
+  type Prompt,
+  type Verdict,
+} from "./types.ts";
 
 /** How an ensemble combines its members' votes (see the module comment). */
 export const ENSEMBLE_RULES = ["majority", "unanimous"] as const;
@@ -22,34 +35,29 @@ export interface EnsembleJudgeOptions {
   id?: string;
   /** How votes combine; default "majority". */
   rule?: EnsembleRule;
+  /** Each member's weight under `majority`, in member order (positive, finite); default 1 each. */
+  weights?: number[];
 }
 
-/** How often the members agree, for the dashboard. */
-export interface EnsembleAgreement {
-  /** Verdicts the ensemble returned. */
-  verdicts: number;
-  /** Of those, verdicts where every member answered and all gave the same choice. */
-  unanimous: number;
-  /** `unanimous / verdicts` (0 before the first verdict). */
-  unanimousFraction: number;
-  /** Per member: how many of its answers matched the ensemble's verdict, out of how many it gave. */
-  members: Record<string, { agreed: number; answered: number; failed: number }>;
-}
-
-/** The ensemble judge, with its agreement statistics. */
+/** The ensemble judge. */
 export interface EnsembleJudge extends Judge {
   readonly kind: "ensemble";
   readonly members: readonly Judge[];
-  agreement(): EnsembleAgreement;
 }
 
 /** Creates an ensemble judge; members that answer "pending" (human judges) cannot vote and are refused. */
 export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptions = {}): EnsembleJudge {
   const id = options.id ?? "ensemble";
   const rule = options.rule ?? "majority";
-  const decide = rule === "majority" ? decideMajority : decideUnanimous;
+  const weights = options.weights ?? judges.map(() => 1);
   if (judges.length === 0) {
     throw new TypeError(`Cannot create ensemble judge '${id}' as it needs at least one member: current count is 0`);
+  }
+  if (weights.length !== judges.length || weights.some((w) => !(Number.isFinite(w) && w > 0))) {
+    throw new TypeError(
+      `Cannot create ensemble judge '${id}' as it needs one positive weight per member: ` +
+        `current weights are [${weights.join(", ")}] for ${judges.length} member(s)`,
+    );
   }
   const human = judges.find((j) => j.kind === "webhook");
   if (human !== undefined) {
@@ -62,29 +70,30 @@ export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptio
   if (duplicate !== undefined) {
     throw new TypeError(`Cannot create ensemble judge '${id}' as member ids must be unique: '${duplicate}' repeats`);
   }
-  const stats = { verdicts: 0, unanimous: 0 };
-  const members: EnsembleAgreement["members"] = Object.fromEntries(
-    ids.map((x) => [x, { agreed: 0, answered: 0, failed: 0 }]),
-  );
 
-  async function vote(judge: Judge, input: JudgeInput, signal?: AbortSignal): Promise<Choice | JudgeError> {
+  async function vote(judge: Judge, input: JudgeInput, signal?: AbortSignal): Promise<MemberVote> {
+    const start = performance.now();
+    const failed = (error: string): MemberVote => ({
+      judgeId: judge.id,
+      choice: "failed",
+      latencyMs: performance.now() - start,
+      error,
+    });
     try {
       const verdict = await judge.judge(input, signal);
-      if (verdict === "pending") {
-        return new JudgeError(`Cannot count a vote from '${judge.id}' as it answered "pending"`, {
-          judgeId: judge.id,
-          code: "invalid",
-        });
-      }
-      return verdict.choice;
+      if (verdict === "pending") return failed(`Cannot count a vote from '${judge.id}' as it answered "pending"`);
+      return {
+        judgeId: judge.id,
+        choice: verdict.choice,
+        latencyMs: verdict.latencyMs,
+        ...(verdict.usage ? { usage: verdict.usage } : {}),
+      };
     } catch (err) {
-      return err instanceof JudgeError
-        ? err
-        : new JudgeError(`Cannot count a vote from '${judge.id}' as it threw: ${(err as Error)?.message ?? err}`, {
-          judgeId: judge.id,
-          code: "failed",
-          cause: err,
-        });
+      return failed(
+        err instanceof JudgeError
+          ? err.message
+          : `Cannot count a vote from '${judge.id}' as it threw: ${(err as Error)?.message ?? err}`,
+      );
     }
   }
 
@@ -95,41 +104,27 @@ export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptio
     async judge(input: JudgeInput, signal?: AbortSignal): Promise<Verdict> {
       const start = performance.now();
       const votes = await Promise.all(judges.map((j) => vote(j, input, signal)));
-      const outcome = decide(votes.map((v) => (v instanceof JudgeError ? "failed" : v)));
-      const tally = votes.map((v, i) => `${ids[i]}: ${v instanceof JudgeError ? `failed (${v.code})` : v}`).join(", ");
+      const choices = votes.map((v) => v.choice);
+      const outcome = rule === "majority" ? decideMajority(choices, weights) : decideUnanimous(choices);
+      const tally = votes.map((v) => `${v.judgeId}: ${v.choice === "failed" ? `failed (${v.error})` : v.choice}`)
+        .join(", ");
       if (outcome === "undecided") {
-        const failures = votes.filter((v): v is JudgeError => v instanceof JudgeError);
         throw new JudgeError(
-          failures.length === votes.length
+          votes.every((v) => v.choice === "failed")
             ? `Cannot get a verdict from ensemble '${id}' as every member failed: ${tally}`
             : `Cannot get a verdict from ensemble '${id}' as a member failed and the rule is unanimous: ${tally}`,
-          { judgeId: id, code: "failed", cause: new AggregateError(failures) },
+          { judgeId: id, code: "failed" },
         );
       }
-      stats.verdicts++;
-      const unanimous = votes.every((v) => v === votes[0] && !(v instanceof JudgeError));
-      if (unanimous) stats.unanimous++;
-      votes.forEach((v, i) => {
-        const m = members[ids[i]!]!;
-        if (v instanceof JudgeError) m.failed++;
-        else {
-          m.answered++;
-          if (v === outcome) m.agreed++;
-        }
-      });
+      const usage = sumUsage(votes.flatMap((v) => (v.usage ? [v.usage] : [])));
       return {
         choice: outcome,
         reason: `${rule} of ${votes.length}: ${tally}`,
         latencyMs: performance.now() - start,
         judgeId: id,
-        agreed: unanimous,
-      };
-    },
-    agreement(): EnsembleAgreement {
-      return {
-        ...stats,
-        unanimousFraction: stats.verdicts === 0 ? 0 : stats.unanimous / stats.verdicts,
-        members: structuredClone(members),
+        agreed: choices.every((c) => c === choices[0] && c !== "failed"),
+        ...(usage ? { usage } : {}),
+        votes,
       };
     },
   };
@@ -144,14 +139,26 @@ export function createEnsembleJudge(judges: Judge[], options: EnsembleJudgeOptio
   return ensemble;
 }
 
+/** The members' usage summed; undefined when none reported any. */
+function sumUsage(reports: JudgeUsageReport[]): JudgeUsageReport | undefined {
+  if (reports.length === 0) return undefined;
+  return {
+    requests: reports.reduce((s, u) => s + u.requests, 0),
+    promptTokens: reports.reduce((s, u) => s + u.promptTokens, 0),
+    completionTokens: reports.reduce((s, u) => s + u.completionTokens, 0),
+  };
+}
+
 /**
- * The majority rule: among the members that voted a or b, the choice with more votes wins; equal counts
- * (none included) are a tie. Ties and failures abstain. "undecided" only when every member failed.
+ * The majority rule: among the members that voted a or b, the choice with more weight (default 1 a vote)
+ * wins; equal weight (none included) is a tie. Ties and failures abstain. "undecided" only when every
+ * member failed.
  */
-export function decideMajority(votes: (Choice | "failed")[]): Choice | "undecided" {
+export function decideMajority(votes: (Choice | "failed")[], weights?: number[]): Choice | "undecided" {
   if (votes.every((v) => v === "failed")) return "undecided";
-  const a = votes.filter((v) => v === "a").length;
-  const b = votes.filter((v) => v === "b").length;
+  const weight = (choice: Choice) => votes.reduce((s, v, i) => s + (v === choice ? weights?.[i] ?? 1 : 0), 0);
+  const a = weight("a");
+  const b = weight("b");
   return a > b ? "a" : b > a ? "b" : "tie";
 }
 

@@ -37,7 +37,7 @@ Deno.test("ensemble majority: the members that voted a or b decide; abstentions 
     createEnsembleJudge([fixed("1", "fail"), fixed("2", "fail")]).judge(PAIR),
     (e: unknown) =>
       e instanceof JudgeError && e.judgeId === "ensemble" &&
-      /every member failed: 1: failed \(network\), 2: failed/.test(e.message),
+      /every member failed: 1: failed \(1 failed\), 2: failed/.test(e.message),
   );
 });
 
@@ -56,33 +56,47 @@ Deno.test("ensemble unanimous: all members the same a or b; a failure is retried
   );
 });
 
-Deno.test("ensemble: agreement statistics for the dashboard", async () => {
-  const judges = [fixed("x", "a"), fixed("y", "a"), fixed("z", "a")];
-  const unanimous = createEnsembleJudge(judges, { id: "panel" });
-  const verdict = await unanimous.judge(PAIR);
+Deno.test("ensemble: every member's vote, latency and usage travel with the verdict", async () => {
+  const usage = { requests: 2, promptTokens: 30, completionTokens: 7 };
+  const llm: Judge = {
+    id: "llm",
+    kind: "hf",
+    judge: () => Promise.resolve({ choice: "b", latencyMs: 40, judgeId: "llm", usage }),
+  };
+  const panel = createEnsembleJudge([fixed("x", "a"), llm, fixed("z", "fail")], { id: "panel" });
+  const verdict = await panel.judge(PAIR);
   assert.ok(verdict !== "pending");
   assert.equal(verdict.judgeId, "panel");
-  assert.match(verdict.reason!, /x: a, y: a, z: a/);
-  assert.equal(verdict.agreed, true);
-  assert.equal(unanimous.agreement().unanimousFraction, 1);
+  assert.equal(verdict.choice, "tie");
+  assert.equal(verdict.agreed, false);
+  assert.match(verdict.reason!, /x: a, llm: b, z: failed \(z failed\)/);
+  assert.deepEqual(verdict.votes!.map((v) => [v.judgeId, v.choice, v.error]), [
+    ["x", "a", undefined],
+    ["llm", "b", undefined],
+    ["z", "failed", "z failed"],
+  ]);
+  assert.equal(verdict.votes![1]!.latencyMs, 40);
+  assert.deepEqual(verdict.votes![1]!.usage, usage);
+  assert.deepEqual(verdict.usage, usage, "the ensemble's usage sums its members'");
 
-  const split = createEnsembleJudge([fixed("x", "a"), fixed("y", "a"), fixed("z", "b")]);
-  const splitVerdict = await split.judge(PAIR);
-  assert.ok(splitVerdict !== "pending");
-  assert.equal(splitVerdict.choice, "a");
-  assert.equal(splitVerdict.agreed, false);
-  await split.judge(PAIR);
-  const stats = split.agreement();
-  assert.equal(stats.verdicts, 2);
-  assert.equal(stats.unanimous, 0);
-  assert.equal(stats.unanimousFraction, 0);
-  assert.deepEqual(stats.members.z, { agreed: 0, answered: 2, failed: 0 });
-  assert.deepEqual(stats.members.x, { agreed: 2, answered: 2, failed: 0 });
+  const same = await createEnsembleJudge([fixed("x", "a"), fixed("y", "a")]).judge(PAIR);
+  assert.ok(same !== "pending");
+  assert.equal(same.agreed, true);
+  assert.equal(same.usage, undefined, "no member reported usage");
+});
 
-  const withFailure = createEnsembleJudge([fixed("x", "a"), fixed("y", "a"), fixed("z", "fail")]);
-  assert.equal((await withFailure.judge(PAIR) as { agreed?: boolean }).agreed, false);
-  assert.equal(withFailure.agreement().unanimous, 0); // a failure is not agreement
-  assert.equal(createEnsembleJudge(judges).agreement().unanimousFraction, 0);
+Deno.test("ensemble majority with weights: the heavier side wins, abstentions still do not veto", async () => {
+  const weighted = async (judges: Judge[], weights: number[]) => {
+    const verdict = await createEnsembleJudge(judges, { weights }).judge(PAIR);
+    assert.ok(verdict !== "pending");
+    return verdict.choice;
+  };
+  assert.equal(await weighted([fixed("hf", "b"), fixed("arithmetic", "a")], [1, 2]), "a");
+  assert.equal(await weighted([fixed("1", "b"), fixed("2", "b"), fixed("3", "a")], [1, 1, 3]), "a");
+  assert.equal(await weighted([fixed("1", "b"), fixed("2", "b"), fixed("3", "a")], [1, 1, 2]), "tie");
+  assert.equal(await weighted([fixed("1", "tie"), fixed("2", "b")], [5, 0.5]), "b");
+  assert.throws(() => createEnsembleJudge([fixed("1", "a")], { weights: [0] }), /one positive weight per member/);
+  assert.throws(() => createEnsembleJudge([fixed("1", "a")], { weights: [1, 1] }), /one positive weight per member/);
 });
 
 Deno.test("ensemble: construction rules and the mean score", async () => {
@@ -102,6 +116,7 @@ Deno.test("decideMajority and decideUnanimous: the rules in full", () => {
   assert.equal(decideMajority(["a", "b", "tie", "failed"]), "tie");
   assert.equal(decideMajority(["a", "b", "b", "tie", "tie"]), "b");
   assert.equal(decideMajority(["tie", "tie"]), "tie");
+  assert.equal(decideMajority(["a", "b", "b"], [3, 1, 1]), "a");
   assert.equal(decideUnanimous(["b", "b", "b"]), "b");
   assert.equal(decideUnanimous(["b", "b", "failed"]), "undecided");
   assert.equal(decideUnanimous(["b", "a"]), "tie");

@@ -29,6 +29,7 @@ import {
   type JudgeCounters,
   JudgeError,
   type JudgeInput,
+  type JudgeUsageReport,
   newCounters,
   type Prompt,
   type Verdict,
@@ -108,7 +109,13 @@ export function createHfJudge(options: HfJudgeOptions): HfJudge {
   const counters: HfJudgeCounters = { ...newCounters(), inconsistent: 0 };
 
   /** Asks once per attempt until a verdict is parsed; `first` is shown as Response A. */
-  async function ask(prompt: Prompt, first: string, second: string, signal: AbortSignal): Promise<Asked> {
+  async function ask(
+    prompt: Prompt,
+    first: string,
+    second: string,
+    signal: AbortSignal,
+    usage: JudgeUsageReport,
+  ): Promise<Asked> {
     const messages = buildJudgeMessages(prompt, first, second, systemPrompt);
     let resample = false; // after an unparseable answer, sample rather than repeat the same greedy answer
     for (let retry = 0;; retry++) {
@@ -131,6 +138,7 @@ export function createHfJudge(options: HfJudgeOptions): HfJudge {
       };
       let failure: JudgeError;
       counters.requests++;
+      usage.requests++;
       try {
         const output = await client.chatCompletion(
           {
@@ -142,6 +150,8 @@ export function createHfJudge(options: HfJudgeOptions): HfJudge {
           },
           { signal: attempt.signal, retry_on_error: false, fetch: observingFetch },
         );
+        usage.promptTokens += tokenCount(output?.usage?.prompt_tokens);
+        usage.completionTokens += tokenCount(output?.usage?.completion_tokens);
         const text = output?.choices?.[0]?.message?.content;
         const choice = typeof text === "string" ? parseVerdict(text) : undefined;
         if (choice !== undefined) return { choice, text: text! };
@@ -229,10 +239,11 @@ export function createHfJudge(options: HfJudgeOptions): HfJudge {
         throw err;
       });
     let results: PromiseSettledResult<Asked>[];
+    const usage: JudgeUsageReport = { requests: 0, promptTokens: 0, completionTokens: 0 };
     try {
       results = await Promise.allSettled([
-        cancelOnFailure(ask(input.prompt, input.a, input.b, controller.signal)),
-        cancelOnFailure(ask(input.prompt, input.b, input.a, controller.signal)),
+        cancelOnFailure(ask(input.prompt, input.a, input.b, controller.signal, usage)),
+        cancelOnFailure(ask(input.prompt, input.b, input.a, controller.signal, usage)),
       ]);
     } finally {
       signal?.removeEventListener("abort", onAbort);
@@ -255,6 +266,7 @@ export function createHfJudge(options: HfJudgeOptions): HfJudge {
       latencyMs: performance.now() - start,
       judgeId: id,
       agreed: consistent,
+      usage,
     };
   }
 
@@ -332,6 +344,11 @@ function isRetryable(error: JudgeError): boolean {
     default:
       return false;
   }
+}
+
+/** A token count from an endpoint's `usage`, 0 where it reports none or nonsense. */
+function tokenCount(n: unknown): number {
+  return typeof n === "number" && Number.isFinite(n) && n >= 0 ? Math.round(n) : 0;
 }
 
 function swap(choice: Choice): Choice {

@@ -34,7 +34,30 @@ export type Verdict = {
    * orders, an ensemble's members (all voted the same). Absent for single-answer judges.
    */
   agreed?: boolean;
+  /** What the decision cost at a remote service (LLM judges; an ensemble sums its members'). */
+  usage?: JudgeUsageReport;
+  /** An ensemble's members' votes, in member order. */
+  votes?: MemberVote[];
 };
+
+/** What one judgment cost at a remote service. */
+export interface JudgeUsageReport {
+  /** HTTP requests made, retries included. */
+  requests: number;
+  /** Prompt and completion tokens, as the endpoint reported them (0 where it reports none). */
+  promptTokens: number;
+  completionTokens: number;
+}
+
+/** One ensemble member's vote: its choice, or "failed" with the error. */
+export interface MemberVote {
+  judgeId: string;
+  choice: Choice | "failed";
+  latencyMs: number;
+  usage?: JudgeUsageReport;
+  /** The member's error, for "failed". */
+  error?: string;
+}
 
 /** A judge: decides which of two responses is better, or hands the pair to a human ("pending"). */
 export interface Judge {

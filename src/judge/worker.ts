@@ -5,7 +5,7 @@
  * error, and is never sent to a judge again (a person can still label it through the API).
  * A human judge's "pending" keeps the lease until it lapses, so the webhook is not re-sent at once.
  */
-import type { PairStore } from "../store/pairs.ts";
+import { hasEqualCandidates, type PairStore } from "../store/pairs.ts";
 import { ConflictError } from "../store/errors.ts";
 import { type Judge, JudgeError } from "./types.ts";
 import { pause } from "../util/time.ts";
@@ -45,7 +45,10 @@ export async function runJudgeWorker(o: JudgeWorkerOptions): Promise<void> {
       await pause(o.pollMs, o.signal);
       continue;
     }
-    await Promise.all(pairs.map(async (pair) => {
+    await Promise.all(pairs.map(async (claimed) => {
+      // A pair stored before equal candidates were refused gets two different ones, or ends identical.
+      const pair = hasEqualCandidates(claimed) ? await o.store.repairCandidates(claimed.id) : claimed;
+      if (pair === null || pair.status !== "awaiting_judgment") return;
       const [a, b] = pair.candidates;
       try {
         const verdict = await o.judge.judge({
@@ -61,6 +64,10 @@ export async function runJudgeWorker(o: JudgeWorkerOptions): Promise<void> {
           reason: verdict.reason,
           latencyMs: verdict.latencyMs,
           ...(verdict.agreed === undefined ? {} : { agreed: verdict.agreed }),
+          ...(verdict.usage ? { usage: verdict.usage } : {}),
+          ...(verdict.votes
+            ? { votes: verdict.votes.map((v) => (v.error ? { ...v, error: v.error.slice(0, 2000) } : v)) }
+            : {}),
         });
         o.onVerdict?.(pair.id, verdict.choice);
       } catch (err) {
@@ -73,6 +80,7 @@ export async function runJudgeWorker(o: JudgeWorkerOptions): Promise<void> {
           maxAttempts: o.maxAttempts ?? 5,
           backoffMs: Math.min((o.backoffMs ?? 1000) * 2 ** (failures - 1), o.leaseMs),
           owner: o.owner,
+          judgeId: o.judge.id,
         });
         o.onError?.(pair.id, err, after?.status === "judge_failed");
       }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { PairStore } from "../store/pairs.ts";
-import { memoryStore, sampledInput } from "../store/_test_helpers.ts";
+import { legacyEqualCandidates, memoryStore, sampledInput } from "../store/_test_helpers.ts";
 import { type Judge, JudgeError } from "./types.ts";
 import { runJudgeWorker } from "./worker.ts";
 
@@ -84,6 +84,60 @@ Deno.test("judge worker: a judge that always fails ends the pair judge_failed af
     const labeled = await store.recordVerdict(pair.id, { choice: "a", judge: { kind: "human", id: "ann" } });
     assert.equal(labeled.status, "labeled");
     assert.equal(labeled.statusReason, undefined);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("judge worker: an old pair showing the same text as a and b never reaches the judge; verdicts carry usage and votes", async () => {
+  const { kv, store } = await memoryStore();
+  try {
+    const same = await legacyEqualCandidates(kv, store, [" 56", "56"]);
+    const mixed = await legacyEqualCandidates(kv, store, [" 56", " 56", " 57"]);
+    const seen: [string, string][] = [];
+    const usage = { requests: 2, promptTokens: 40, completionTokens: 6 };
+    const judge: Judge = {
+      id: "panel",
+      kind: "ensemble",
+      judge: (input) => {
+        seen.push([input.a, input.b]);
+        return Promise.resolve({
+          choice: "b",
+          latencyMs: 7,
+          judgeId: "panel",
+          usage,
+          votes: [{ judgeId: "hf:x", choice: "b", latencyMs: 6, usage }, {
+            judgeId: "arithmetic",
+            choice: "failed",
+            latencyMs: 1,
+            error: "x".repeat(5000),
+          }],
+        });
+      },
+    };
+    const stop = new AbortController();
+    await runJudgeWorker({
+      store,
+      judge,
+      owner: "j1",
+      concurrency: 4,
+      leaseMs: 10_000,
+      pollMs: 10,
+      signal: stop.signal,
+      onVerdict: () => stop.abort(),
+    });
+    assert.deepEqual(seen, [[" 56", " 57"]], "only two different texts were judged");
+    assert.equal((await store.get(same.id))!.status, "identical");
+    const judged = (await store.get(mixed.id))!;
+    assert.deepEqual([judged.status, judged.candidates, judged.chosen], ["labeled", [0, 2], 2]);
+    assert.deepEqual(judged.verdict!.usage, usage);
+    assert.deepEqual(judged.verdict!.votes!.map((v) => [v.judgeId, v.choice, v.error?.length]), [
+      ["hf:x", "b", undefined],
+      ["arithmetic", "failed", 2000],
+    ]);
+    const totals = await store.judgeUsage();
+    assert.deepEqual([totals.panel!.calls, totals.panel!.prompt_tokens, totals["hf:x"]!.votes_agreed], [1, 40, 1]);
+    assert.equal(totals.arithmetic!.failures, 1);
   } finally {
     kv.close();
   }

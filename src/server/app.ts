@@ -12,7 +12,7 @@ import { z } from "zod";
 import { type ChatMessage, MessageSchema as Message } from "../model/tokenizer.ts";
 import { verdictToken, verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
-import type { PairStore } from "../store/pairs.ts";
+import { hasEqualCandidates, type JudgeUsage, type PairStore } from "../store/pairs.ts";
 import { type Pair, PairStatusSchema } from "../store/schema.ts";
 import { readTrainerStatus } from "../store/trainer_status.ts";
 import { pickCandidates } from "../judge/candidates.ts";
@@ -222,7 +222,13 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
       if (err instanceof StoreInputError) throw httpError(422, "invalid_request", err.message);
       throw err;
     });
-    return c.json({ pairs: page.pairs.map(pairJson), cursor: page.cursor ?? null });
+    // Never list a pair to judge whose a and b are the same text (stored before that was refused): repair it.
+    const pairs = [];
+    for (const listed of page.pairs) {
+      const pair = hasEqualCandidates(listed) ? await store.repairCandidates(listed.id) : listed;
+      if (pair !== null && (q.status === undefined || pair.status === q.status)) pairs.push(pair);
+    }
+    return c.json({ pairs: pairs.map(pairJson), cursor: page.cursor ?? null });
   });
 
   const Feedback = z.object({
@@ -397,23 +403,34 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
   });
 
   app.get("/v1/stats", async (c) => {
-    const [pairs, feedback] = await Promise.all([store.counts(), store.feedbackCounts()]);
-    return c.json({ policy_version: policy.version, pairs, completion_feedback: feedback });
+    const [pairs, feedback, judges] = await Promise.all([store.counts(), store.feedbackCounts(), store.judgeUsage()]);
+    return c.json({ policy_version: policy.version, pairs, completion_feedback: feedback, judges: judgeStats(judges) });
   });
 
   app.get("/metrics", async (c) => {
-    const [pairs, feedback, trainer] = await Promise.all([
+    const [pairs, feedback, trainer, judges] = await Promise.all([
       store.counts(),
       store.feedbackCounts(),
       readTrainerStatus(store.kv),
+      store.judgeUsage(),
     ]);
-    const state = { pairs, feedback, trainer, policyVersion: policy.version, decoding: policy.decoding };
+    const state = { pairs, feedback, trainer, judges, policyVersion: policy.version, decoding: policy.decoding };
     return c.text(metrics.render(state), 200, {
       "content-type": "text/plain; version=0.0.4",
     });
   });
 
   return app;
+}
+
+/** The judges' totals as `/v1/stats` shows them, with the mean latency of a verdict. */
+function judgeStats(usage: Record<string, JudgeUsage>) {
+  return Object.fromEntries(
+    Object.entries(usage).map(([id, u]) => {
+      const verdicts = u.calls - u.failures;
+      return [id, { ...u, latency_ms_mean: verdicts > 0 ? Math.round(u.latency_ms / verdicts) : null }];
+    }),
+  );
 }
 
 /** The template of the route a request matched (the last handler that is not middleware), or "unmatched". */

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { loadModel } from "../model/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { PairStore } from "../store/pairs.ts";
+import { legacyEqualCandidates } from "../store/_test_helpers.ts";
 import { type AppDeps, createApp } from "./app.ts";
 import { PolicyHolder } from "./policy.ts";
 
@@ -406,7 +407,7 @@ Deno.test("every key shorter than 16 characters is refused when the app is built
   close();
 });
 
-Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or judge_failed, and the trainer's lost leases", async () => {
+Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or judge_failed, the trainer's lost leases and the judges' cost", async () => {
   const { call, store, close } = await setup();
   const ids = [];
   for (let i = 0; i < 2; i++) {
@@ -415,7 +416,13 @@ Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or
   await store.retire(ids[0]!, "stale", "sampled from v0, more than 4 versions back");
   await store.retire(ids[1]!, "rejected", "the prompt no longer fits");
   const { pair } = await store.create({ prompt: "p", promptText: "p", responses: ["x", "y"], policyVersion: 1 });
-  await store.recordJudgeFailure(pair.id, { error: "HTTP 401", maxAttempts: 1, backoffMs: 10, owner: "j" });
+  await store.recordJudgeFailure(pair.id, {
+    error: "HTTP 401",
+    maxAttempts: 1,
+    backoffMs: 10,
+    owner: "j",
+    judgeId: "hf:judge",
+  });
   await writeTrainerStatus(store.kv, {
     owner: "w",
     step: 7,
@@ -425,12 +432,34 @@ Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or
     retired: 2,
     updated_at: Date.now(),
   });
+  const judged = await store.create({ prompt: "q", promptText: "q", responses: ["x", "z"], policyVersion: 1 });
+  await store.recordVerdict(judged.pair.id, {
+    choice: "a",
+    judge: { kind: "hf", id: "hf:judge" },
+    latencyMs: 300,
+    usage: { requests: 2, promptTokens: 150, completionTokens: 12 },
+  });
   const stats = await (await call("GET", "/v1/stats")).json();
   assert.deepEqual([stats.pairs.stale, stats.pairs.rejected, stats.pairs.judge_failed], [1, 1, 1]);
+  assert.deepEqual(stats.judges["hf:judge"], {
+    calls: 2,
+    failures: 1,
+    latency_ms: 300,
+    latency_ms_mean: 300,
+    requests: 2,
+    prompt_tokens: 150,
+    completion_tokens: 12,
+    votes: 0,
+    votes_agreed: 0,
+  });
   const metrics = await (await call("GET", "/metrics")).text();
   for (const status of ["stale", "rejected", "judge_failed"]) {
     assert.match(metrics, new RegExp(`^dpo_pairs\\{status="${status}"\\} 1$`, "m"));
   }
+  assert.match(metrics, /^dpo_judge_calls_total\{judge="hf:judge"\} 2$/m);
+  assert.match(metrics, /^dpo_judge_failures_total\{judge="hf:judge"\} 1$/m);
+  assert.match(metrics, /^dpo_judge_latency_seconds_total\{judge="hf:judge"\} 0.3$/m);
+  assert.match(metrics, /^dpo_judge_tokens_total\{judge="hf:judge",type="prompt"\} 150$/m);
   assert.match(metrics, /^dpo_trainer_leases_lost_total 3$/m);
   assert.match(metrics, /^dpo_trainer_retired_total 2$/m);
   const listed = await (await call("GET", "/v1/pairs?status=rejected")).json();
@@ -456,6 +485,23 @@ Deno.test("n samples that are all the same text are stored identical: counted, n
   assert.deepEqual(judged, []);
   const verdict = await call("POST", `/v1/pairs/${pair.id}/feedback`, { choice: "a" });
   assert.equal(verdict.status, 409);
+  close();
+});
+
+Deno.test("the list the label page reads never shows the same text as a and b, even for pairs stored before that was refused", async () => {
+  const { call, store, close } = await setup();
+  const kv = store.kv;
+  const same = await legacyEqualCandidates(kv, store, [" 56", "56"]);
+  const mixed = await legacyEqualCandidates(kv, store, [" 56", " 56", " 57"]);
+  const listed = await (await call("GET", "/v1/pairs?status=awaiting_judgment&limit=50")).json();
+  const shown = listed.pairs.filter((p: { id: string }) => p.id === same.id || p.id === mixed.id);
+  assert.deepEqual(shown.map((p: { id: string; a: string; b: string }) => [p.id, p.a, p.b]), [[
+    mixed.id,
+    " 56",
+    " 57",
+  ]]);
+  for (const p of listed.pairs) assert.notEqual(p.a.trim(), p.b.trim(), p.id);
+  assert.equal((await store.get(same.id))!.status, "identical");
   close();
 });
 

@@ -29,6 +29,11 @@
  *     minutes: number[];            // start of each minute
  *     created, imported, labeled, tie, expired, trained, stale, rejected, judge_failed, identical, agreed, disagreed: number[];
  *   };
+ *   judges: {                       // the automated judges (see src/store/judge_usage.ts)
+ *     totals: Record<judge, { calls, failures, latency_ms, requests, prompt_tokens, completion_tokens, votes, votes_agreed }>;
+ *     minutes: number[];            // the same minutes as `activity`
+ *     series: Record<judge, Record<metric, number[]>>;  // per judge, the same counters per minute
+ *   };
  *   latest: {                       // newest first; texts cut to 280 characters
  *     id, status, created_at, updated_at, policy_version, prompt, a, b,
  *     chosen: "a" | "b" | null,
@@ -94,14 +99,17 @@ export interface DashboardSource {
 export async function readDashboard(source: DashboardSource, query: DashboardQuery) {
   const { store, now } = source;
   const kv = store.kv;
-  const [pointer, status, counts, metrics, evals, activity, latest] = await Promise.all([
+  const window = { from: now - (query.minutes - 1) * 60_000, to: now };
+  const [pointer, status, counts, metrics, evals, activity, latest, judgeTotals, judgeActivity] = await Promise.all([
     readPointer(kv),
     kv.get(trainerStatusKey()),
     store.counts(),
     readMetrics(kv, query),
     readEvals(kv),
-    store.activity({ from: now - (query.minutes - 1) * 60_000, to: now }),
+    store.activity(window),
     query.pairs === 0 ? Promise.resolve({ pairs: [] }) : store.list({ limit: query.pairs }),
+    store.judgeUsage(),
+    store.judgeActivity(window),
   ]);
   // A status this version cannot read (another trainer version) is shown as none rather than failing the page.
   const parsedStatus = TrainerStatusSchema.safeParse(status.value);
@@ -122,6 +130,7 @@ export async function readDashboard(source: DashboardSource, query: DashboardQue
       minutes: activity.minutes,
       ...Object.fromEntries(ACTIVITY_KINDS.map((k) => [k, activity.counts[k]])),
     },
+    judges: { totals: judgeTotals, minutes: judgeActivity.minutes, series: judgeActivity.judges },
     latest: latest.pairs.map(pairSummary),
   };
 }

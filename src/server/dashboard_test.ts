@@ -163,6 +163,10 @@ Deno.test("GET /v1/dashboard: downsampled metrics, evals, activity, versions and
     assert.deepEqual(d.activity.labeled, [0, 0, 0, 0, 1]);
     assert.deepEqual(d.activity.tie, [0, 0, 0, 0, 1]);
     assert.deepEqual([d.activity.agreed.at(-1), d.activity.disagreed.at(-1)], [1, 1]);
+    // The judge's calls, from the same verdicts, in total and in their minute.
+    assert.deepEqual([d.judges.totals["hf:j"].calls, d.judges.totals["hf:j"].failures], [2, 0]);
+    assert.deepEqual(d.judges.minutes, d.activity.minutes);
+    assert.deepEqual(d.judges.series["hf:j"].calls, [0, 0, 0, 0, 2]);
 
     assert.deepEqual(d.latest.map((p: { prompt: string }) => p.prompt), ["p2", "p1"]);
     const tie = d.latest[1];

@@ -1,4 +1,5 @@
 /** Counters for `GET /metrics`, rendered in the Prometheus text exposition format. */
+import type { JudgeUsage } from "../store/judge_usage.ts";
 import type { TrainerStatus } from "../store/trainer_status.ts";
 
 /** What the registry reads from the store at scrape time. */
@@ -6,6 +7,8 @@ export interface ScrapeState {
   pairs: Record<string, number>;
   feedback: { desirable: number; undesirable: number };
   policyVersion: number;
+  /** Every automated judge's running totals (shared KV), by judge id. */
+  judges: Record<string, JudgeUsage>;
   /** The trainer's last status record (shared KV), if a trainer ever ran. */
   trainer?: TrainerStatus | null;
   /** The serving version's decoding loop, when batching is on. */
@@ -58,6 +61,26 @@ export class Metrics {
     family("dpo_verdicts_total", "counter", "Verdicts received through the feedback API (this instance).", [
       ...[...this.#verdicts].map(([c, n]) => [`choice="${c}"`, n] as [string, number]),
     ]);
+    const judges = Object.entries(state.judges);
+    const perJudge = (name: string, help: string, value: (u: JudgeUsage) => number) =>
+      family(name, "counter", `${help} (shared KV).`, judges.map(([id, u]) => [`judge="${escape(id)}"`, value(u)]));
+    perJudge("dpo_judge_calls_total", "Judgments asked of each automated judge, failures included", (u) => u.calls);
+    perJudge("dpo_judge_failures_total", "Judgments that failed, by judge", (u) => u.failures);
+    perJudge("dpo_judge_latency_seconds_total", "Summed latency of each judge's verdicts", (u) => u.latency_ms / 1000);
+    perJudge("dpo_judge_requests_total", "HTTP requests each LLM judge made, retries included", (u) => u.requests);
+    family(
+      "dpo_judge_tokens_total",
+      "counter",
+      "Tokens each LLM judge's endpoint reported (shared KV).",
+      judges.flatMap(([id, u]) =>
+        [
+          [`judge="${escape(id)}",type="prompt"`, u.prompt_tokens],
+          [`judge="${escape(id)}",type="completion"`, u.completion_tokens],
+        ] as [string, number][]
+      ),
+    );
+    perJudge("dpo_judge_votes_total", "Votes a, b or tie each ensemble member cast", (u) => u.votes);
+    perJudge("dpo_judge_votes_agreed_total", "Of those, votes equal to the ensemble's verdict", (u) => u.votes_agreed);
     const t = state.trainer;
     if (t) {
       // The trainer run's own counts: a restarted trainer starts them again at 0, a reset to Prometheus.

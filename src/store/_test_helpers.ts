@@ -1,8 +1,8 @@
 /** Test helpers of the store: a fake clock, pair inputs and a full scan that checks every index. */
 import assert from "node:assert/strict";
-import { PAIR_STATUSES, type PairStatus, PairStore } from "./pairs.ts";
+import { type Pair, PAIR_STATUSES, type PairStatus, PairStore } from "./pairs.ts";
 import type { CreatePairInput } from "./inputs.ts";
-import { PAIR_EXPIRY_PREFIX, PAIR_PREFIX, PAIR_STATUS_INDEX_PREFIX, PAIR_TIME_PREFIX } from "./keys.ts";
+import { PAIR_EXPIRY_PREFIX, PAIR_PREFIX, PAIR_STATUS_INDEX_PREFIX, PAIR_TIME_PREFIX, pairKey } from "./keys.ts";
 import { addTrainedPairs } from "./training_records.ts";
 
 /** A clock the test moves by hand. */
@@ -119,4 +119,17 @@ export function seededRandom(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/**
+ * A pair awaiting judgment as stores before equal candidates were refused could hold one: candidates
+ * [0, 1] name two equal texts. Written by hand past `create`, which now refuses it.
+ */
+export async function legacyEqualCandidates(kv: Deno.Kv, store: PairStore, responses: string[]): Promise<Pair> {
+  const { pair } = await store.create(
+    sampledInput({ responses: [...responses, "a different text"], candidates: [0, responses.length] }),
+  );
+  const legacy: Pair = { ...pair, responses, candidates: [0, 1] };
+  await kv.set(pairKey(pair.id), legacy);
+  return legacy;
 }

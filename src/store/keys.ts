@@ -9,6 +9,8 @@
  * | `["pair_by_expiry", expiresAt, id]` | `null` | while a pair with `expiresAt` awaits judgment |
  * | `["pair_count", status]` | `Deno.KvU64` | `sum` in the same commit as every transition |
  * | `["activity", minute, kind]` | `Deno.KvU64` | `sum` in the same commit as the insert or transition it counts; pruned after 3 days |
+ * | `["judge_usage", judge, metric]` | `Deno.KvU64` | `sum` in the commit of each automated verdict or failed judgment (`judge_usage.ts`) |
+ * | `["judge_activity", minute, judge, metric]` | `Deno.KvU64` | with `judge_usage`, per minute; pruned with the activity counters |
  * | `["lease", role, id]` | `Lease` | by `claim`/`renew`, with `expireIn`; deleted by the transition it leads to |
  * | `["idem", key]` | pair id | with the pair, `expireIn` 24 h |
  * | `["webhook_seen", webhookId]` | `null` | by the first signed verdict with that `webhook-id`, `expireIn` 10 min |
@@ -91,6 +93,27 @@ export function activityMinuteKey(minute: number): Deno.KvKey {
 
 /** All activity counters, oldest minute first. */
 export const ACTIVITY_PREFIX: Deno.KvKey = ["activity"];
+
+/** A judge's running total of one metric (see `JUDGE_USAGE_METRICS`). */
+export function judgeUsageKey(judgeId: string, metric: string): Deno.KvKey {
+  return ["judge_usage", judgeId, metric];
+}
+
+/** Every judge's running totals. */
+export const JUDGE_USAGE_PREFIX: Deno.KvKey = ["judge_usage"];
+
+/** A judge's count of one metric in one minute. */
+export function judgeActivityKey(minute: number, judgeId: string, metric: string): Deno.KvKey {
+  return ["judge_activity", minute, judgeId, metric];
+}
+
+/** Where the judges' counters of `minute` start (an inclusive start or exclusive end of a range). */
+export function judgeActivityMinuteKey(minute: number): Deno.KvKey {
+  return ["judge_activity", minute];
+}
+
+/** All per-minute judge counters, oldest minute first. */
+export const JUDGE_ACTIVITY_PREFIX: Deno.KvKey = ["judge_activity"];
 
 /** The lease of one role on one pair. */
 export function leaseKey(role: LeaseRole, id: string): Deno.KvKey {

@@ -11,6 +11,15 @@ import { readIndexPage } from "./_paging.ts";
 import { commitWithinLimits } from "./_size.ts";
 import { createIdGenerator, type IdGenerator } from "./_ulid.ts";
 import { type Activity, ACTIVITY_RETENTION_MS, pruneActivity, readActivity } from "./activity.ts";
+import {
+  countJudgeFailure,
+  countVerdictUsage,
+  type JudgeActivity,
+  type JudgeUsage,
+  pruneJudgeActivity,
+  readJudgeActivity,
+  readJudgeUsage,
+} from "./judge_usage.ts";
 import { CompletionStore, DEFAULT_COMPLETION_RETENTION_MS } from "./completions.ts";
 import { ConflictError, NotFoundError, StoreInputError } from "./errors.ts";
 import {
@@ -58,6 +67,7 @@ import { markSettled, trainedPairs } from "./training_records.ts";
 
 export { ConflictError, NotFoundError, StoreCorruptError, StoreInputError, StoreLimitError } from "./errors.ts";
 export { type Activity, ACTIVITY_RETENTION_MS, MINUTE_MS, minuteOf } from "./activity.ts";
+export { JUDGE_USAGE_METRICS, type JudgeActivity, type JudgeUsage } from "./judge_usage.ts";
 export * from "./inputs.ts";
 export * from "./schema.ts";
 
@@ -283,11 +293,21 @@ export class PairStore {
           `Cannot record a verdict on pair '${id}' as it expired at ${new Date(pair.expiresAt!).toISOString()}`,
         );
       }
+      if (hasEqualCandidates(pair)) {
+        const repaired = await this.repairCandidates(id);
+        throw new ConflictError(
+          `Cannot record a verdict on pair '${id}' as its candidates a and b were the same text: ` +
+            (repaired?.status === "identical"
+              ? "all its responses are, so it is now identical and needs no verdict"
+              : "two different responses replace them, to be judged afresh"),
+        );
+      }
       const verdict: Verdict = { ...given, at: given.at ?? now };
       const after = checkedPair(judged(pair, verdict, now), `pair '${id}'`);
       const op = this.#kv.atomic().check(entry);
       transitionPair(op, pair, after);
       op.delete(leaseKey("judge", id));
+      countVerdictUsage(op, verdict);
       if (await commitWithinLimits(op, `pair '${id}'`)) return after;
       // Lost a race: the next round re-reads and usually finds the other writer's verdict (409).
     }
@@ -303,7 +323,7 @@ export class PairStore {
    */
   async recordJudgeFailure(
     id: string,
-    failure: { error: string; maxAttempts: number; backoffMs: number; owner: string },
+    failure: { error: string; maxAttempts: number; backoffMs: number; owner: string; judgeId: string },
   ): Promise<Pair | null> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const found = await this.#getEntry(id);
@@ -317,6 +337,7 @@ export class PairStore {
       after.updatedAt = now;
       const op = this.#kv.atomic().check(entry);
       transitionPair(op, pair, checkedPair(after, `pair '${id}'`));
+      countJudgeFailure(op, now, failure.judgeId);
       if (after.status === "judge_failed") op.delete(leaseKey("judge", id));
       else {
         const lease: Lease = { owner: failure.owner, claimedAt: now, expiresAt: now + failure.backoffMs };
@@ -390,6 +411,37 @@ export class PairStore {
   }
 
   /**
+   * Repairs a pair still open to judgment (awaiting judgment or judge_failed) whose two candidates are the
+   * same text (blanks aside), as pairs stored before that was refused can be: the first two different
+   * texts become its candidates, or, when all its responses are the same text, it becomes `identical`,
+   * never to be judged. One commit checked on the pair. Returns the pair as stored afterwards (the same pair
+   * when it needed nothing), or null when it does not exist.
+   */
+  async repairCandidates(id: string): Promise<Pair | null> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const found = await this.#getEntry(id);
+      if (found === null) return null;
+      const { pair, entry } = found;
+      if (!hasEqualCandidates(pair)) return pair;
+      const now = this.#now();
+      const j = pair.responses.findIndex((r) => !sameText(r, pair.responses[0]!));
+      const after: Pair = j < 0
+        ? { ...pair, status: "identical", updatedAt: now }
+        : { ...pair, candidates: [0, j], updatedAt: now };
+      if (j < 0) {
+        delete after.expiresAt;
+        delete after.statusReason;
+        delete after.judgeFailures;
+      }
+      const op = this.#kv.atomic().check(entry);
+      transitionPair(op, pair, checkedPair(after, `pair '${id}'`));
+      if (j < 0) op.delete(leaseKey("judge", id));
+      if (await commitWithinLimits(op, `pair '${id}'`)) return after;
+    }
+    throw new Error(`Cannot repair the candidates of pair '${id}': lost the race ${MAX_ATTEMPTS} times in a row`);
+  }
+
+  /**
    * Ends a labeled pair without training it: `stale` (sampled too many versions back) or `rejected` (it
    * cannot be trained), with the reason. One commit checked on the pair, which also deletes its train
    * lease. Returns `false` when the pair is no longer labeled (another trainer settled it meanwhile).
@@ -417,6 +469,7 @@ export class PairStore {
     if (now - this.#prunedAt >= PRUNE_EVERY_MS) {
       this.#prunedAt = now;
       await pruneActivity(this.#kv, now - ACTIVITY_RETENTION_MS);
+      await pruneJudgeActivity(this.#kv, now - ACTIVITY_RETENTION_MS);
     }
     let expired = 0;
     let batch: Deno.KvKey[] = [];
@@ -492,6 +545,22 @@ export class PairStore {
     return readActivity(this.#kv, from, to);
   }
 
+  /** Every automated judge's running totals (calls, failures, latency, tokens, votes); see `judge_usage.ts`. */
+  judgeUsage(): Promise<Record<string, JudgeUsage>> {
+    return readJudgeUsage(this.#kv);
+  }
+
+  /** The judges' counters per minute, over the same range rules as `activity`. */
+  judgeActivity(options: { from: number; to: number }): Promise<JudgeActivity> {
+    const { from, to } = options;
+    if (!(Number.isFinite(from) && Number.isFinite(to) && from <= to && to - from < MAX_ACTIVITY_MINUTES * 60_000)) {
+      throw new StoreInputError(
+        `Cannot read judge activity from ${from} to ${to}: expected finite times in order, at most a day apart`,
+      );
+    }
+    return readJudgeActivity(this.#kv, from, to);
+  }
+
   /** Keeps a served completion for KTO feedback; see `CompletionStore.recordCompletion`. */
   recordCompletion(input: CompletionInput): Promise<Completion> {
     return this.#completions.recordCompletion(input);
@@ -536,4 +605,11 @@ function judged(judging: Pair, verdict: Verdict, now: number): Pair {
 
 function expired(pair: Pair, now: number): Pair {
   return { ...pair, status: "expired", updatedAt: now };
+}
+
+/** Whether a pair open to judgment shows the same text (blanks aside) as a and b. */
+export function hasEqualCandidates(pair: Pair): boolean {
+  if (pair.status !== "awaiting_judgment" && pair.status !== "judge_failed") return false;
+  const [a, b] = pair.candidates;
+  return sameText(pair.responses[a]!, pair.responses[b]!);
 }

@@ -14,6 +14,7 @@ import {
   allKeys,
   barrier,
   FakeClock,
+  legacyEqualCandidates,
   memoryStore,
   recordVersion,
   sampledInput,
@@ -498,5 +499,34 @@ Deno.test("counters match a full scan after a random sequence of operations", as
     const scanned = await scanAndCheckIndexes(kv);
     assert.deepEqual(await store.counts(), scanned, `seed ${seed}`);
     assert.ok(Object.values(scanned).filter((n) => n > 0).length >= 4, "the sequence reached most statuses");
+  }
+});
+
+Deno.test("repairCandidates: an old pair showing the same text as a and b gets two different ones, or ends identical; no verdict lands on it", async () => {
+  const { kv, store } = await memoryStore();
+  try {
+    const mixed = await legacyEqualCandidates(kv, store, [" 56", "56 ", " 57"]);
+    const same = await legacyEqualCandidates(kv, store, [" 56", "56", " 56 "]);
+    // A verdict on what the old pair showed is refused (it compared a text with itself), and repairs it.
+    await assert.rejects(
+      store.recordVerdict(mixed.id, { choice: "a", judge: { kind: "human", id: "ann" } }),
+      (e: unknown) => e instanceof ConflictError && /two different responses replace them/.test(e.message),
+    );
+    const repaired = (await store.get(mixed.id))!;
+    assert.deepEqual([repaired.status, repaired.candidates], ["awaiting_judgment", [0, 2]]);
+    assert.equal(
+      (await store.recordVerdict(mixed.id, { choice: "b", judge: { kind: "human", id: "ann" } })).status,
+      "labeled",
+    );
+
+    const ended = await store.repairCandidates(same.id);
+    assert.equal(ended!.status, "identical");
+    assert.equal(ended!.expiresAt, undefined);
+    assert.equal(await store.repairCandidates(same.id).then((p) => p!.status), "identical", "a repeat changes nothing");
+    assert.equal(await store.repairCandidates("01ARZ3NDEKTSV4RRFFQ69G5FAV"), null);
+    assert.deepEqual([(await store.counts()).identical, (await store.counts()).awaiting_judgment], [1, 0]);
+    await scanAndCheckIndexes(kv);
+  } finally {
+    kv.close();
   }
 });

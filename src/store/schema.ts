@@ -84,6 +84,20 @@ export const JudgeSchema = z.object({
 /** Which judge gave a verdict. */
 export type Judge = z.infer<typeof JudgeSchema>;
 
+const Count = z.number().int().nonnegative();
+
+/** What one judgment cost at a remote service: HTTP requests (retries included) and tokens as reported. */
+export const JudgeUsageSchema = z.object({ requests: Count, promptTokens: Count, completionTokens: Count });
+
+/** One ensemble member's vote: its choice or "failed" (with the error), its latency and usage. */
+export const MemberVoteSchema = z.object({
+  judgeId: z.string().min(1),
+  choice: z.enum(["a", "b", "tie", "failed"]),
+  latencyMs: z.number().nonnegative(),
+  usage: JudgeUsageSchema.optional(),
+  error: z.string().max(2000).optional(),
+});
+
 /** A judge's answer on the two candidates shown to it as a and b. */
 export const VerdictSchema = z.object({
   choice: z.enum(["a", "b", "tie"]),
@@ -97,6 +111,10 @@ export const VerdictSchema = z.object({
    * member of an ensemble voted the same. Absent for single-answer judges (verifier, human) and old records.
    */
   agreed: z.boolean().optional(),
+  /** What the decision cost at a remote service (LLM judges; an ensemble's is its members' sum). */
+  usage: JudgeUsageSchema.optional(),
+  /** An ensemble's members' votes, in member order. */
+  votes: z.array(MemberVoteSchema).optional(),
 });
 /** A judge's answer on the two candidates shown to it as a and b. */
 export type Verdict = z.infer<typeof VerdictSchema>;

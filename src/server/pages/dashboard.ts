@@ -1,8 +1,9 @@
 /**
  * `/`: the dashboard. Served without a key; its script reads `GET /v1/dashboard` with the key from the
  * URL fragment (`#key=...`, an API key or a label key) every 5 seconds and draws the training metrics,
- * held-out accuracy per version, the pairs' flow and the judges' agreement per minute, the versions and
- * the latest pairs with their verdicts.
+ * held-out accuracy per version, the pairs' flow and the judges' agreement per minute, each automated judge's
+ * cost (calls, failures, latency, tokens) and each ensemble member's agreement, the versions and the latest
+ * pairs with their verdicts.
  */
 import { CHART_CSS, CHART_SCRIPT } from "./_chart.ts";
 import { htmlPage, type StaticPage } from "./_page.ts";
@@ -19,6 +20,15 @@ const BODY = String.raw`<header class="top">
   <div class="grid-charts" id="training"></div>
   <h2>Versions and flow</h2>
   <div class="grid-charts" id="flow"></div>
+  <h2>Judges</h2>
+  <div class="table-wrap">
+    <table id="judges">
+      <thead><tr><th>Judge</th><th>Calls</th><th>Failures</th><th>Mean latency</th><th>Requests</th>
+        <th>Prompt tokens</th><th>Completion tokens</th><th>Agreed with the ensemble</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </div>
+  <div class="grid-charts" id="judge-charts"></div>
   <h2>Latest pairs</h2>
   <div class="table-wrap">
     <table id="latest">
@@ -169,6 +179,101 @@ function renderFlow(d) {
   );
 }
 
+// Each judge's counters per minute, as one series a judge; null where the judge had nothing to show.
+function judgeSeries(j, f) {
+  return Object.keys(j.series).sort().map((id) => ({ name: id, ys: j.minutes.map((_, i) => f(j.series[id], i)) }))
+    .filter((s) => s.ys.some((y) => y !== null));
+}
+
+function renderJudges(d) {
+  const j = d.judges;
+  const ids = Object.keys(j.totals).sort();
+  const body = document.querySelector("#judges tbody");
+  body.replaceChildren(...(ids.length === 0
+    ? [el("tr", {}, el("td", { colspan: 8, class: "empty" }, "no automated judge has judged yet"))]
+    : ids.map((id) => {
+      const u = j.totals[id];
+      const verdicts = u.calls - u.failures;
+      return el("tr", { "data-judge": id },
+        el("td", {}, id),
+        el("td", {}, fmtNumber(u.calls)),
+        el("td", {}, fmtNumber(u.failures)),
+        el("td", {}, verdicts > 0 ? fmtNumber(Math.round(u.latency_ms / verdicts)) + " ms" : "–"),
+        el("td", {}, fmtNumber(u.requests)),
+        el("td", {}, fmtNumber(u.prompt_tokens)),
+        el("td", {}, fmtNumber(u.completion_tokens)),
+        el("td", {}, u.votes > 0 ? fmtPercent(u.votes_agreed / u.votes) + " of " + fmtNumber(u.votes) : "–"),
+      );
+    })));
+  document.getElementById("judge-charts").replaceChildren(
+    lineChart({
+      id: "judge_calls",
+      title: "Judge calls per minute",
+      xLabel: "time (minute)",
+      yLabel: "calls / minute",
+      xs: j.minutes,
+      series: judgeSeries(j, (s, i) => (s.calls[i] === 0 ? null : s.calls[i])),
+      xKind: "time",
+      yMin: 0,
+      empty: "no judge calls in this window",
+    }),
+    lineChart({
+      id: "judge_failures",
+      title: "Judge failure rate per minute",
+      xLabel: "time (minute)",
+      yLabel: "failed / calls",
+      xs: j.minutes,
+      series: judgeSeries(j, (s, i) => (s.calls[i] === 0 ? null : s.failures[i] / s.calls[i])),
+      xKind: "time",
+      yFormat: fmtPercent,
+      yMin: 0,
+      yMax: 1,
+      empty: "no judge calls in this window",
+    }),
+    lineChart({
+      id: "judge_latency",
+      title: "Mean judge latency per minute",
+      xLabel: "time (minute)",
+      yLabel: "ms per verdict",
+      xs: j.minutes,
+      series: judgeSeries(j, (s, i) => {
+        const verdicts = s.calls[i] - s.failures[i];
+        return verdicts === 0 ? null : s.latency_ms[i] / verdicts;
+      }),
+      xKind: "time",
+      yMin: 0,
+      empty: "no verdicts in this window",
+    }),
+    lineChart({
+      id: "judge_tokens",
+      title: "Judge tokens per minute",
+      xLabel: "time (minute)",
+      yLabel: "tokens / minute",
+      xs: j.minutes,
+      series: judgeSeries(j, (s, i) => {
+        const n = s.prompt_tokens[i] + s.completion_tokens[i];
+        return n === 0 ? null : n;
+      }),
+      xKind: "time",
+      yMin: 0,
+      empty: "no endpoint reported token usage in this window",
+    }),
+    lineChart({
+      id: "member_agreement",
+      title: "Ensemble members: agreement with the verdict per minute",
+      xLabel: "time (minute)",
+      yLabel: "share of votes",
+      xs: j.minutes,
+      series: judgeSeries(j, (s, i) => (s.votes[i] === 0 ? null : s.votes_agreed[i] / s.votes[i])),
+      xKind: "time",
+      yFormat: fmtPercent,
+      yMin: 0,
+      yMax: 1,
+      empty: "no ensemble votes in this window",
+    }),
+  );
+}
+
 function renderLatest(d) {
   const body = document.querySelector("#latest tbody");
   if (d.latest.length === 0) {
@@ -202,6 +307,7 @@ async function refresh() {
     renderCards(body);
     renderTraining(body);
     renderFlow(body);
+    renderJudges(body);
     renderLatest(body);
     error.textContent = "";
     document.getElementById("updated").textContent = "updated " + fmtClock(body.now) + " · every 5 s";
