@@ -439,3 +439,47 @@ Deno.test("worker --eval needs the base model to compare with", async () => {
   assert.equal(r.code, 2);
   assert.match(r.stderr, /error: --eval: needs --model \(the base versions are compared with\)/);
 });
+
+Deno.test("worker refuses the settings only offline training uses, naming the command that uses them", async () => {
+  const r = await cli(["worker", "--max-steps", "10", "--desirable-weight", "2"]);
+  assert.equal(r.code, 2);
+  assert.match(
+    r.stderr,
+    /Cannot use --max-steps, --desirable-weight with worker: they are settings of offline training/,
+  );
+  const h = await cli(["worker", "--help"]);
+  assert.match(h.stdout, /--lr-scheduler constant\|linear\|cosine {2}\(default constant\)/);
+  for (const flag of ["--max-steps", "--num-epochs", "--desirable-weight", "--undesirable-weight", "--seed"]) {
+    assert.doesNotMatch(h.stdout, new RegExp(`${flag} `), flag);
+  }
+});
+
+Deno.test("train --config with a mistyped setting is an error with a suggestion, not a silent default", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const config = join(dir, "config.json");
+    await Deno.writeTextFile(config, JSON.stringify({ betta: 0.5, los_type: ["ipo"] }));
+    const out = join(dir, "out");
+    const r = await cli([
+      "train",
+      "--model",
+      MODEL,
+      "--data",
+      config,
+      "--out",
+      out,
+      "--config",
+      config,
+      "--backend",
+      "wasm",
+    ]);
+    assert.notEqual(r.code, 0);
+    assert.equal(await Deno.stat(out).then(() => true, () => false), false, "nothing trained or written");
+    assert.match(
+      r.stderr,
+      /unknown setting 'betta' \(did you mean 'beta'\?\); unknown setting 'los_type' \(did you mean 'loss_type'\?\)/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

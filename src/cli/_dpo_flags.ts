@@ -75,8 +75,40 @@ export const CONFIG_FLAGS: Record<string, { field: keyof z.input<typeof DpoConfi
 
 export type Kind = "number" | "numbers" | "string" | "list" | "boolean" | "negated";
 
-export function flagUsage(): string {
-  return Object.entries(CONFIG_FLAGS).map(([flag, f]) => `  --${flag} ${f.help}`).join("\n");
+/**
+ * Settings only offline training (`train`) uses: online training has no planned end (`max_steps`,
+ * `num_train_epochs`), trains no KTO examples (`desirable_weight`, `undesirable_weight`) and has no data order
+ * to seed (`seed`).
+ */
+export const OFFLINE_ONLY_FIELDS: readonly string[] = [
+  "max_steps",
+  "num_train_epochs",
+  "desirable_weight",
+  "undesirable_weight",
+  "seed",
+];
+
+/** Where the settings are used: `train` takes them all, `worker` and `start` all but `OFFLINE_ONLY_FIELDS`. */
+export type TrainingMode = "offline" | "online";
+
+// Online, the learning rate stays constant unless asked otherwise (no planned end to decay towards).
+const ONLINE_HELP: Record<string, string> = { "lr-scheduler": "constant|linear|cosine  (default constant)" };
+
+function flagsOf(mode: TrainingMode) {
+  return Object.entries(CONFIG_FLAGS).filter(([, f]) => mode === "offline" || !OFFLINE_ONLY_FIELDS.includes(f.field));
+}
+
+/** The given flags of settings only offline training uses, as `--flag` names. */
+export function offlineOnlyFlagsGiven(values: Record<string, unknown>): string[] {
+  return Object.entries(CONFIG_FLAGS).filter(([flag, f]) =>
+    OFFLINE_ONLY_FIELDS.includes(f.field) && values[flag] !== undefined
+  )
+    .map(([flag]) => `--${flag}`);
+}
+
+export function flagUsage(mode: TrainingMode = "offline"): string {
+  return flagsOf(mode).map(([flag, f]) => `  --${flag} ${(mode === "online" && ONLINE_HELP[flag]) || f.help}`)
+    .join("\n");
 }
 
 /** Turns the given flags into config fields (only those given, so the config file's values stay). */

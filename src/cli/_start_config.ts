@@ -14,6 +14,7 @@ import { JUDGE_SPEC_SYNTAX, parseJudgeSpec } from "../judge/spec.ts";
 import { BACKENDS } from "../model/backend.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
 import { CONFIG_FLAGS, type Kind } from "./_dpo_flags.ts";
+import { closest } from "../util/names.ts";
 import { ConfigError } from "./common.ts";
 
 /** The model `start` uses when none is given: the shipped base policy (scripts/make_base_model.ts). */
@@ -510,26 +511,4 @@ function formatValue(v: unknown): string {
   if (v === undefined) return "none";
   if (Array.isArray(v)) return v.join(",");
   return String(v);
-}
-
-/** The known key nearest to `key` in edit distance, when it is near enough to be a typo. */
-function closest(key: string, known: string[]): string | undefined {
-  let best: string | undefined, bestDistance = Infinity;
-  for (const k of known) {
-    const d = editDistance(key, k);
-    if (d < bestDistance) [best, bestDistance] = [k, d];
-  }
-  return bestDistance <= Math.max(2, Math.floor(key.length / 4)) ? best : undefined;
-}
-
-function editDistance(a: string, b: string): number {
-  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const next = [i];
-    for (let j = 1; j <= b.length; j++) {
-      next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    row = next;
-  }
-  return row[b.length]!;
 }

@@ -1,12 +1,12 @@
 /**
- * `worker`: the trainer role (DESIGN.md's `train`), the GPU worker, in a process of its own. Trains online
+ * `worker`: the trainer role (the `train` role of the design), the GPU worker, in a process of its own. Trains online
  * on the pairs judged in the shared KV and publishes policy versions for the servers to swap in.
  */
 import { z } from "zod";
 import { runTrainerRole } from "../roles/trainer.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
-import { configFromFlags, dpoFlagSpec, flagUsage } from "./_dpo_flags.ts";
-import { backendOption, log, numberOption, parseCommand, validate } from "./common.ts";
+import { configFromFlags, dpoFlagSpec, flagUsage, offlineOnlyFlagsGiven } from "./_dpo_flags.ts";
+import { backendOption, log, numberOption, parseCommand, UsageError, validate } from "./common.ts";
 
 /** Usage text of the command. */
 export const WORKER_USAGE = `Usage: deno task cli worker [options]
@@ -33,7 +33,7 @@ After a crash (kill -9 included) and a restart, no pair is lost or trained twice
                             (accuracy, win rate); stored in KV with the version (default off)
   --eval-prompts N          held-out prompts evaluated (default 200)
   --backend B               compute backend (default auto)
-${flagUsage()}`;
+${flagUsage("online")}`;
 
 const Options = z.object({
   kv: z.string().default("data/dpo.kv"),
@@ -87,6 +87,13 @@ export async function runWorker(args: string[]): Promise<void> {
     ...dpoFlagSpec(),
   });
   if (values.help) return void console.log(WORKER_USAGE);
+  const offline = offlineOnlyFlagsGiven(values);
+  if (offline.length > 0) {
+    throw new UsageError(
+      `Cannot use ${offline.join(", ")} with worker: ${offline.length > 1 ? "they are settings" : "it is a setting"} ` +
+        "of offline training (the train command); the worker trains online, without a planned end, on DPO pairs",
+    );
+  }
   const opts = validate(Options, values);
   const stop = new AbortController();
   const onSignal = () => stop.abort();

@@ -1,5 +1,6 @@
 /** DPO training configuration: one zod schema, TRL's names, defaults and cross-field rules. */
 import { z } from "zod";
+import { closest } from "../util/names.ts";
 import { LOSS_TYPES } from "./losses.ts";
 
 /** The DPO settings, as in TRL's DPOConfig where a TRL name exists. */
@@ -81,9 +82,17 @@ export type DpoConfig = z.infer<typeof DpoConfigSchema>;
 
 /** Validates a DPO configuration; every problem is named in one error. */
 export function parseDpoConfig(raw: unknown, origin = "DPO config"): DpoConfig {
-  const parsed = DpoConfigSchema.safeParse(raw);
+  // A mistyped name ("betta") would otherwise be dropped and its default trained with, silently.
+  const parsed = DpoConfigSchema.strict().safeParse(raw);
   if (!parsed.success) {
-    const problems = parsed.error.issues.map((i) => `'${i.path.join(".")}': ${i.message}`).join("; ");
+    const known = Object.keys(DpoConfigSchema.shape);
+    const problems = parsed.error.issues.map((i) => {
+      if (i.code !== "unrecognized_keys") return `'${i.path.join(".")}': ${i.message}`;
+      return i.keys.map((key) => {
+        const near = closest(key, known);
+        return `unknown setting '${key}'${near ? ` (did you mean '${near}'?)` : ""}`;
+      }).join("; ");
+    }).join("; ");
     throw new Error(`Cannot use ${origin}: ${problems}`);
   }
   return parsed.data;

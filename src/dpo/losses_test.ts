@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as tf from "../model/tf.ts";
 import { assertClose, assertNoLeak, fixturePath, useBackend } from "../model/_test_utils.ts";
 import { readDpoExpected } from "./_fixtures.ts";
-import { ktoLoss, preferenceLoss } from "./losses.ts";
+import { ktoLoss, LOSS_TYPES, preferenceLoss } from "./losses.ts";
 
 function relClose(actual: number, expected: number, rel: number, what: string): void {
   const tol = rel * Math.max(1, Math.abs(expected));
@@ -13,6 +13,9 @@ Deno.test("every loss type and its metrics match PyTorch's, from the same log-pr
   await useBackend("wasm");
   const expected = await readDpoExpected();
   const p = expected.pairs;
+  // A loss type registered without a PyTorch reference would pass this test untested: every one needs a case.
+  const covered = new Set(expected.losses.flatMap((c) => (Array.isArray(c.loss_type) ? c.loss_type : [c.loss_type])));
+  for (const type of LOSS_TYPES) assert.ok(covered.has(type), `no PyTorch reference case for loss type '${type}'`);
   await assertNoLeak(async () => {
     for (const c of expected.losses) {
       const out = tf.tidy(() => {

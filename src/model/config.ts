@@ -172,12 +172,6 @@ export function contextLength(config: ModelConfig): number {
   return config.model_type === "gpt2" ? config.n_positions : config.max_position_embeddings;
 }
 
-/** Every end-of-sequence id named in the config (Llama 3 lists several). */
-export function configEosIds(config: ModelConfig): number[] {
-  const e = config.eos_token_id;
-  return Array.isArray(e) ? e : e === undefined || e === null ? [] : [e];
-}
-
 /** The first end-of-sequence id named in the config, if any. */
 export function configEosId(config: ModelConfig): number | undefined {
   const e = config.eos_token_id;

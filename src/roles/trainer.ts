@@ -1,5 +1,5 @@
 /**
- * The trainer role (DESIGN.md's `train`): trains online on the pairs judged in the shared KV, publishes
+ * The trainer role (the `train` role of the design): trains online on the pairs judged in the shared KV, publishes
  * policy versions for the servers to swap in, evaluates every version on held-out prompts, and reports
  * what it does as events. The `worker` command runs it in a process of its own; `start` runs it in a Web
  * Worker (workers/trainer.ts), off the server's event loop. Its options are plain data for that reason.
@@ -16,12 +16,9 @@ import { promptFitProblem } from "../dpo/fit.ts";
 import { encodeStoredPair, runOnlineTrainer } from "../dpo/online.ts";
 import type { DpoTrainer, StepMetrics } from "../dpo/trainer.ts";
 import { heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
-import { evalKey, trainMetricsKey } from "../store/keys.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
-import { writeTrainerStatus } from "../store/trainer_status.ts";
-import { holdsFence, MAX_PAIRS_PER_VERSION, takeFence, unsettledVersions } from "../store/training_records.ts";
-import { commitWithinLimits } from "../store/_size.ts";
+import { MAX_PAIRS_PER_VERSION, type TrainingRecords } from "../store/training_records.ts";
 import { writeAtomic } from "../util/fs.ts";
 
 /** Tasks whose held-out prompts and checker the trainer can evaluate versions on. */
@@ -127,6 +124,7 @@ type Options = z.infer<typeof TrainerRoleOptionsSchema>;
 
 async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (m: string) => void): Promise<void> {
   const store = new PairStore(kv);
+  const records = store.records;
   const checkpoints = openCheckpoints(kv, opts.checkpoints);
   const current = await checkpoints.current();
   const stateDir = join(opts.stateDir, "checkpoint");
@@ -170,7 +168,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
   let version = current?.version ?? 0;
   const counts = { leasesLost: 0, retired: 0 };
   const status = () =>
-    writeTrainerStatus(kv, {
+    records.writeStatus({
       owner: opts.owner,
       step: trainer.step,
       policy_version: version,
@@ -183,9 +181,9 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
   // This run is an instance of its own; taking the fence voids the leases of every earlier one (a
   // trainer killed a moment ago among them) and stops any that still runs at its next publish.
   const instance = `${opts.owner}#${crypto.randomUUID().slice(0, 8)}`;
-  const fence = await takeFence(kv, { owner: opts.owner, instance });
+  const fence = await records.takeFence({ owner: opts.owner, instance });
   log(`took the trainer fence as ${instance} (token ${fence.token})`);
-  for (const v of await unsettledVersions(kv)) {
+  for (const v of await records.unsettledVersions()) {
     const settled = await store.settle(v);
     log(
       `settled v${v}: marked ${settled.trained.length} pair(s) trained (a trainer stopped between publishing and marking)`,
@@ -199,10 +197,16 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
   await Deno.mkdir(tmpDir, { recursive: true });
 
   const evaluator = opts.eval
-    ? await createEvaluator(kv, opts.eval, { trainer, policy, modelDir: modelDir!, fresh: !current && !resume, log })
+    ? await createEvaluator(records, opts.eval, {
+      trainer,
+      policy,
+      modelDir: modelDir!,
+      fresh: !current && !resume,
+      log,
+    })
     : undefined;
   // The served version's record is missing when the last run stopped between publishing and evaluating.
-  if (evaluator && (await kv.get(evalKey(version))).value === null) {
+  if (evaluator && (await records.evalOf(version)) === null) {
     await evaluator.evaluate(version, trainer);
   }
   await status();
@@ -227,7 +231,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       tmpDir,
       owner: instance,
       fence,
-      holdsFence: () => holdsFence(kv, fence),
+      holdsFence: () => records.holdsFence(fence),
       onLeaseLost: (ids) => {
         counts.leasesLost += ids.length;
         log(`lost the train lease on ${ids.length} pair(s) (a step outlasted the lease of ${opts.leaseMs} ms)`);
@@ -252,8 +256,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       pollMs: opts.pollMs,
       signal: hooks.signal,
       onStep: async (m) => {
-        const record = kv.atomic().set(trainMetricsKey(Date.now(), m.step), m, { expireIn: 30 * 24 * 3600_000 });
-        await commitWithinLimits(record, `step ${m.step}'s metrics`);
+        await records.recordStep(Date.now(), m.step, m);
         await status();
         hooks.onEvent({ type: "step", metrics: m });
       },
@@ -283,7 +286,7 @@ interface Evaluator {
 
 /** Answers the held-out prompts with the base policy once; every version is then compared with those answers. */
 async function createEvaluator(
-  kv: Deno.Kv,
+  records: TrainingRecords,
   spec: NonNullable<Options["eval"]>,
   from: { trainer: DpoTrainer; policy: LoadedModel; modelDir: string; fresh: boolean; log: (m: string) => void },
 ): Promise<Evaluator> {
@@ -314,7 +317,7 @@ async function createEvaluator(
       const result = version === 0
         ? baseEval
         : compareWithBase(version, await answer(trainer.policy), base, (performance.now() - t) / 1000);
-      await commitWithinLimits(kv.atomic().set(evalKey(version), result), `v${version}'s evaluation`);
+      await records.recordEval(version, result);
       if (version > 0) {
         from.log(
           `policy v${version}: held-out accuracy ${percent(result.accuracy)} (base ${

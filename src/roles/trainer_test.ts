@@ -4,12 +4,11 @@ import { fileURLToPath } from "node:url";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
 import { checkpointUploadKey, evalKey, trainerFenceKey } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
-import { readTrainerStatus } from "../store/trainer_status.ts";
 import { runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./trainer.ts";
 import { loadModel } from "../model/checkpoint.ts";
 import { scorePairs } from "../model/logprobs.ts";
 import { openCheckpoints } from "../store/open.ts";
-import { readFence, trainedPairs, unsettledVersions } from "../store/training_records.ts";
+import { readFence, trainedPairs, TrainingRecords, unsettledVersions } from "../store/training_records.ts";
 
 const MODEL = fileURLToPath(new URL("../../tests/fixtures/gpt2_tiny", import.meta.url));
 
@@ -80,7 +79,7 @@ Deno.test({
       assert.equal(VersionEvalSchema.parse((await kv.get(evalKey(0))).value).win_rate_vs_base, 0.5);
       assert.equal(events.filter((e) => e.type === "step").length, 2);
       assert.ok(events.some((e) => e.type === "log" && /policy v2: held-out accuracy/.test(e.message)));
-      const status = await readTrainerStatus(kv);
+      const status = await new TrainingRecords(kv).status();
       assert.equal(status?.owner, "trainer-test");
       assert.equal(status?.step, 2);
       assert.equal(status?.policy_version, 2);
@@ -104,7 +103,7 @@ Deno.test({
       );
       assert.ok(again.some((e) => e.type === "log" && /resuming the trainer at step 2 \(policy v2\)/.test(e.message)));
       assert.deepEqual(again.flatMap((e) => (e.type === "publish" ? [e.version] : [])), [3]);
-      assert.equal((await readTrainerStatus(kv))?.step, 3);
+      assert.equal((await new TrainingRecords(kv).status())?.step, 3);
       assert.equal((await store.counts()).trained, 6);
       assert.deepEqual((await trainedPairs(kv, 3)).toSorted(), held.map((p) => p.id).toSorted());
 

@@ -14,7 +14,6 @@ import { verdictToken, verifyWebhook, WebhookVerificationError } from "../judge/
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
 import { hasEqualCandidates, type JudgeUsage, type PairStore } from "../store/pairs.ts";
 import { type Pair, PairStatusSchema } from "../store/schema.ts";
-import { readTrainerStatus } from "../store/trainer_status.ts";
 import { pickCandidates } from "../judge/candidates.ts";
 import { DashboardQuerySchema, readDashboard } from "./dashboard.ts";
 import { errorBody, httpError, jsonBody, parseOr422, rateLimit, requireApiKey, secretsEqual } from "./http.ts";
@@ -411,7 +410,7 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
     const [pairs, feedback, trainer, judges] = await Promise.all([
       store.counts(),
       store.feedbackCounts(),
-      readTrainerStatus(store.kv),
+      store.records.status(),
       store.judgeUsage(),
     ]);
     const state = { pairs, feedback, trainer, judges, policyVersion: policy.version, decoding: policy.decoding };

@@ -1,6 +1,5 @@
 import { Webhook } from "standardwebhooks";
 import { createWebhookJudge, verdictToken } from "../judge/webhook.ts";
-import { writeTrainerStatus } from "../store/trainer_status.ts";
 import assert from "node:assert/strict";
 import { loadModel } from "../model/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
@@ -34,7 +33,7 @@ async function setup(overrides: Partial<AppDeps> = {}) {
     policy.dispose();
     kv.close();
   };
-  return { app, store, policy, loaded, call, close };
+  return { app, kv, store, policy, loaded, call, close };
 }
 
 Deno.test("health needs no key; everything else refuses a missing or wrong key with one error shape", async () => {
@@ -423,7 +422,7 @@ Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or
     owner: "j",
     judgeId: "hf:judge",
   });
-  await writeTrainerStatus(store.kv, {
+  await store.records.writeStatus({
     owner: "w",
     step: 7,
     policy_version: 1,
@@ -489,8 +488,7 @@ Deno.test("n samples that are all the same text are stored identical: counted, n
 });
 
 Deno.test("the list the label page reads never shows the same text as a and b, even for pairs stored before that was refused", async () => {
-  const { call, store, close } = await setup();
-  const kv = store.kv;
+  const { call, store, kv, close } = await setup();
   const same = await legacyEqualCandidates(kv, store, [" 56", "56"]);
   const mixed = await legacyEqualCandidates(kv, store, [" 56", " 56", " 57"]);
   const listed = await (await call("GET", "/v1/pairs?status=awaiting_judgment&limit=50")).json();

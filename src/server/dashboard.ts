@@ -45,10 +45,8 @@
  */
 import { z } from "zod";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
-import { readPointer } from "../store/checkpoints.ts";
-import { EVAL_PREFIX, TRAIN_METRICS_PREFIX, trainerStatusKey, trainMetricsKey } from "../store/keys.ts";
 import { ACTIVITY_KINDS, type Pair, type PairStore } from "../store/pairs.ts";
-import { TrainerStatusSchema } from "../store/trainer_status.ts";
+import type { TrainingRecords } from "../store/training_records.ts";
 
 /** The query of `GET /v1/dashboard`. */
 export const DashboardQuerySchema = z.object({
@@ -98,22 +96,21 @@ export interface DashboardSource {
 /** Reads the dashboard document; see the module comment for its shape. */
 export async function readDashboard(source: DashboardSource, query: DashboardQuery) {
   const { store, now } = source;
-  const kv = store.kv;
+  const records = store.records;
   const window = { from: now - (query.minutes - 1) * 60_000, to: now };
   const [pointer, status, counts, metrics, evals, activity, latest, judgeTotals, judgeActivity] = await Promise.all([
-    readPointer(kv),
-    kv.get(trainerStatusKey()),
+    records.pointer(),
+    // A status this version cannot read (another trainer version) is shown as none rather than failing the page.
+    records.status().catch(() => null),
     store.counts(),
-    readMetrics(kv, query),
-    readEvals(kv),
+    readMetrics(records, query),
+    readEvals(records),
     store.activity(window),
     query.pairs === 0 ? Promise.resolve({ pairs: [] }) : store.list({ limit: query.pairs }),
     store.judgeUsage(),
     store.judgeActivity(window),
   ]);
-  // A status this version cannot read (another trainer version) is shown as none rather than failing the page.
-  const parsedStatus = TrainerStatusSchema.safeParse(status.value);
-  const trainer = parsedStatus.success ? parsedStatus.data : null;
+  const trainer = status;
   return {
     now,
     policy: {
@@ -136,24 +133,16 @@ export async function readDashboard(source: DashboardSource, query: DashboardQue
 }
 
 /** The newest `limit` steps since `query.since`, averaged into at most `query.points` points per series. */
-async function readMetrics(kv: Deno.Kv, query: DashboardQuery) {
+async function readMetrics(source: TrainingRecords, query: DashboardQuery) {
+  const { steps, truncated } = await source.steps({ since: query.since, limit: query.limit });
   const records: z.infer<typeof StepRecord>[] = [];
   const at: number[] = [];
-  const entries = kv.list({ prefix: TRAIN_METRICS_PREFIX, start: trainMetricsKey(query.since, 0) }, {
-    reverse: true,
-    limit: query.limit + 1,
-    batchSize: Math.min(query.limit + 1, 1000),
-  });
-  let read = 0;
-  for await (const entry of entries) {
-    if (++read > query.limit) break;
+  for (const entry of steps) {
     const parsed = StepRecord.safeParse(entry.value);
-    if (!parsed.success || typeof entry.key[1] !== "number") continue; // not a step record: not plotted
+    if (!parsed.success) continue; // not a step record: not plotted
     records.push(parsed.data);
-    at.push(entry.key[1]);
+    at.push(entry.at);
   }
-  records.reverse();
-  at.reverse();
   const names = DASHBOARD_METRICS.filter((name) => records.some((r) => typeof r[name] === "number"));
   const size = Math.max(1, Math.ceil(records.length / query.points));
   const out = {
@@ -162,7 +151,7 @@ async function readMetrics(kv: Deno.Kv, query: DashboardQuery) {
     at: [] as number[],
     series: Object.fromEntries(names.map((n) => [n, [] as (number | null)[]])),
     steps_read: records.length,
-    truncated: read > query.limit,
+    truncated,
   };
   for (let start = 0; start < records.length; start += size) {
     const bucket = records.slice(start, start + size);
@@ -176,13 +165,13 @@ async function readMetrics(kv: Deno.Kv, query: DashboardQuery) {
   return out;
 }
 
-async function readEvals(kv: Deno.Kv) {
+async function readEvals(source: TrainingRecords) {
   const evals = [];
-  for await (const entry of kv.list({ prefix: EVAL_PREFIX }, { reverse: true, limit: MAX_EVALS })) {
-    const parsed = VersionEvalSchema.safeParse(entry.value);
+  for (const value of await source.evals(MAX_EVALS)) {
+    const parsed = VersionEvalSchema.safeParse(value);
     if (parsed.success) evals.push(parsed.data);
   }
-  return evals.reverse();
+  return evals;
 }
 
 function pairSummary(pair: Pair) {

@@ -10,7 +10,6 @@ import { loadModel, saveModel } from "../model/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { PairStore } from "../store/pairs.ts";
 import { KvCheckpointStore } from "../store/checkpoints.ts";
-import { holdsFence, takeFence } from "../store/training_records.ts";
 import { createTrainer } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
 import { encodeStoredPair, runOnlineTrainer } from "../dpo/online.ts";
@@ -180,7 +179,7 @@ async function trainEverything(kv: Deno.Kv, store: PairStore, labeled: number): 
   const timeout = setTimeout(() => stop.abort(), 60_000);
   const context = policy.model.contextLength;
   try {
-    const fence = await takeFence(kv, { owner: "fuzz", instance: "fuzz#1" });
+    const fence = await store.records.takeFence({ owner: "fuzz", instance: "fuzz#1" });
     await runOnlineTrainer({
       store,
       publisher: new KvCheckpointStore(kv),
@@ -191,7 +190,7 @@ async function trainEverything(kv: Deno.Kv, store: PairStore, labeled: number): 
       tmpDir,
       owner: "fuzz#1",
       fence,
-      holdsFence: () => holdsFence(kv, fence),
+      holdsFence: () => store.records.holdsFence(fence),
       mode: "stream",
       batchPairs: 1,
       roundPairs: 1,

@@ -7,7 +7,6 @@ import assert from "node:assert/strict";
 import { loadModel } from "../model/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { PairStore } from "../store/pairs.ts";
-import { writeTrainerStatus } from "../store/trainer_status.ts";
 import { createApp } from "./app.ts";
 import { PolicyHolder } from "./policy.ts";
 
@@ -61,7 +60,7 @@ Deno.test({
           },
         ],
       });
-      await writeTrainerStatus(kv, {
+      await store.records.writeStatus({
         owner: "w",
         step: 5,
         policy_version: 3,

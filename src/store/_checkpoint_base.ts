@@ -12,13 +12,14 @@ import { decodeStored, parseInput } from "./_codec.ts";
 import { fileSources, manifestSha256, materializeInto } from "./_checkpoint_files.ts";
 import type { FileReader, FileSource } from "./_checkpoint_files.ts";
 import {
+  decodePointer,
   type FileEntry,
   type PolicyPointer,
-  PolicyPointerSchema,
   type PublishedVersion,
   PublishedVersionSchema,
   type PublishMeta,
   PublishMetaSchema,
+  readPointer,
   type Storage,
   type UploadMarker,
   UploadMarkerSchema,
@@ -56,16 +57,6 @@ export interface PublishOptions {
   pairIds?: readonly string[];
   /** The trainer's hold on the fence: the publish fails if another trainer took the fence since. */
   fence?: FenceHold;
-}
-
-/** Reads the served-version pointer; null before the first publish. */
-export async function readPointer(kv: Deno.Kv): Promise<PolicyPointer | null> {
-  return decodePointer((await kv.get(policyPointerKey())).value);
-}
-
-/** Decodes a pointer value read from KV. */
-export function decodePointer(value: unknown): PolicyPointer | null {
-  return value === null ? null : decodeStored(PolicyPointerSchema, value, "the policy pointer ['policy', 'current']");
 }
 
 /** The KV half of a checkpoint store. */

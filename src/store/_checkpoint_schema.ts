@@ -1,5 +1,7 @@
 /** The shapes of the checkpoint store: what callers pass in, and the records it keeps in KV. */
 import { z } from "zod";
+import { decodeStored } from "./_codec.ts";
+import { policyPointerKey } from "./keys.ts";
 
 const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, "must be a lowercase hex sha256");
 const Version = z.number().int().positive();
@@ -58,3 +60,13 @@ export type PolicyPointer = z.infer<typeof PolicyPointerSchema>;
 export type Storage = z.infer<typeof StorageSchema>;
 /** An upload in progress. */
 export type UploadMarker = z.infer<typeof UploadMarkerSchema>;
+
+/** Reads the served-version pointer; null before the first publish. */
+export async function readPointer(kv: Deno.Kv): Promise<PolicyPointer | null> {
+  return decodePointer((await kv.get(policyPointerKey())).value);
+}
+
+/** Decodes a pointer value read from KV. */
+export function decodePointer(value: unknown): PolicyPointer | null {
+  return value === null ? null : decodeStored(PolicyPointerSchema, value, "the policy pointer ['policy', 'current']");
+}

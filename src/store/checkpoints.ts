@@ -14,14 +14,15 @@
  */
 import { join, resolve } from "node:path";
 import { createHash } from "node:crypto";
-import {
-  CheckpointStoreBase,
-  type CheckpointStoreOptions,
-  decodePointer,
-  type PublishOptions,
-} from "./_checkpoint_base.ts";
+import { CheckpointStoreBase, type CheckpointStoreOptions, type PublishOptions } from "./_checkpoint_base.ts";
 import { type FileReader, type FileSource, hashing, readStream, rechunk, writeStream } from "./_checkpoint_files.ts";
-import type { FileEntry, PolicyPointer, PublishedVersion, PublishMeta } from "./_checkpoint_schema.ts";
+import {
+  decodePointer,
+  type FileEntry,
+  type PolicyPointer,
+  type PublishedVersion,
+  type PublishMeta,
+} from "./_checkpoint_schema.ts";
 import { commitWithinLimits, MAX_COMMIT_BYTES, MAX_MUTATIONS } from "./_size.ts";
 import { StoreCorruptError, StoreInputError } from "./errors.ts";
 import {
@@ -33,7 +34,7 @@ import {
 } from "./keys.ts";
 import { pause } from "../util/time.ts";
 
-export { readPointer } from "./_checkpoint_base.ts";
+export { readPointer } from "./_checkpoint_schema.ts";
 export type { CheckpointStoreOptions, PublishOptions } from "./_checkpoint_base.ts";
 export { manifestSha256 } from "./_checkpoint_files.ts";
 export type { FileEntry, PolicyPointer, PublishedVersion, PublishMeta } from "./_checkpoint_schema.ts";

@@ -63,7 +63,7 @@ import {
   sameText,
   type Verdict,
 } from "./schema.ts";
-import { markSettled, trainedPairs } from "./training_records.ts";
+import { markSettled, trainedPairs, TrainingRecords } from "./training_records.ts";
 
 export { ConflictError, NotFoundError, StoreCorruptError, StoreInputError, StoreLimitError } from "./errors.ts";
 export { type Activity, ACTIVITY_RETENTION_MS, MINUTE_MS, minuteOf } from "./activity.ts";
@@ -117,8 +117,12 @@ export class PairStore {
   #prunedAt = -Infinity;
 
   /** Wraps an open `Deno.Kv` (which the caller closes). */
+  /** The trainer's records on the same KV (fence, versions' pairs, status, step metrics, evaluations). */
+  readonly records: TrainingRecords;
+
   constructor(kv: Deno.Kv, options: PairStoreOptions = {}) {
     this.#kv = kv;
+    this.records = new TrainingRecords(kv);
     this.#now = options.now ?? Date.now;
     this.#completions = new CompletionStore(
       kv,
@@ -209,14 +213,6 @@ export class PairStore {
     const pair = await this.get(id);
     if (pair === null) throw new NotFoundError(`Idempotency key '${key}' names pair '${id}', which does not exist`);
     return pair;
-  }
-
-  /**
-   * The KV this store wraps, for the readers of what other roles write beside the pairs (the trainer's
-   * metrics, evaluations and status) on the dashboard.
-   */
-  get kv(): Deno.Kv {
-    return this.#kv;
   }
 
   /**

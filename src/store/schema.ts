@@ -216,6 +216,3 @@ export type Completion = z.infer<typeof CompletionSchema>;
 
 /** The value of an idempotency record: the id of the pair the first request created. */
 export const IdempotencyRecordSchema = z.string().regex(ID_PATTERN);
-
-/** A status counter: KV's 64-bit unsigned integer, updated with `sum`. */
-export const CounterSchema = z.instanceof(Deno.KvU64);

@@ -1,7 +1,5 @@
-/** What the trainer is doing now, under `trainerStatusKey()`: written after every step and publish. */
+/** What the trainer is doing now, under `trainerStatusKey()`: written after every step and publish (`TrainingRecords`). */
 import { z } from "zod";
-import { decodeStored } from "./_codec.ts";
-import { trainerStatusKey } from "./keys.ts";
 
 /** The trainer's status record. */
 export const TrainerStatusSchema = z.object({
@@ -22,14 +20,3 @@ export const TrainerStatusSchema = z.object({
 });
 /** The trainer's status record. */
 export type TrainerStatus = z.input<typeof TrainerStatusSchema>;
-
-/** Overwrites the status (one trainer per KV writes it; the last write wins). */
-export async function writeTrainerStatus(kv: Deno.Kv, status: TrainerStatus): Promise<void> {
-  await kv.set(trainerStatusKey(), TrainerStatusSchema.parse(status));
-}
-
-/** The last status written, or null when no trainer has run on this KV. */
-export async function readTrainerStatus(kv: Deno.Kv): Promise<TrainerStatus | null> {
-  const entry = await kv.get(trainerStatusKey());
-  return entry.value === null ? null : decodeStored(TrainerStatusSchema, entry.value, "the trainer status");
-}

@@ -1,6 +1,7 @@
 /**
- * What the trainer records beside the pairs: the fence that lets exactly one trainer publish, and which
- * pairs each published version holds.
+ * What the trainer records beside the pairs: the fence that lets exactly one trainer publish, which
+ * pairs each published version holds, and (through `TrainingRecords`) its status, step metrics and
+ * evaluations.
  *
  * Exactly once rests on two rules. The ids a version holds are written in the very commit that
  * publishes it (`addTrainedPairs`, inside the checkpoint store's pointer switch), together with an
@@ -15,7 +16,20 @@ import { z } from "zod";
 import { decodeStored } from "./_codec.ts";
 import { commitWithinLimits } from "./_size.ts";
 import { StoreInputError } from "./errors.ts";
-import { trainedPairsKey, trainedPairsPrefix, trainerFenceKey, UNSETTLED_PREFIX, unsettledKey } from "./keys.ts";
+import {
+  EVAL_PREFIX,
+  evalKey,
+  TRAIN_METRICS_PREFIX,
+  trainedPairsKey,
+  trainedPairsPrefix,
+  trainerFenceKey,
+  trainerStatusKey,
+  trainMetricsKey,
+  UNSETTLED_PREFIX,
+  unsettledKey,
+} from "./keys.ts";
+import { type PolicyPointer, readPointer } from "./_checkpoint_schema.ts";
+import { type TrainerStatus, TrainerStatusSchema } from "./trainer_status.ts";
 
 /** Pair ids in one `["trained_pairs", version, chunk]` value (26-character ids: about 29 KB). */
 export const TRAINED_IDS_PER_CHUNK = 1000;
@@ -115,3 +129,111 @@ export async function markSettled(kv: Deno.Kv, version: number): Promise<void> {
 }
 
 const IdsSchema = z.array(z.string());
+
+/** One training step's record as the trainer wrote it, with when. */
+export interface StepEntry {
+  at: number;
+  value: unknown;
+}
+
+/** How long step metrics are kept. */
+const STEP_RETENTION_MS = 30 * 24 * 3600_000;
+
+/**
+ * The trainer's records beside the pairs, on one KV: the fence, which pairs each version holds, its status,
+ * its step metrics and its evaluations, and the served-policy pointer for readers. The one way the roles,
+ * the online loop and the dashboard reach them; nothing outside `src/store/` touches KV.
+ */
+export class TrainingRecords {
+  readonly #kv: Deno.Kv;
+
+  constructor(kv: Deno.Kv) {
+    this.#kv = kv;
+  }
+
+  /** Takes the fence with the next token (see `takeFence`). */
+  takeFence(who: { owner: string; instance: string; now?: number }): Promise<FenceHold> {
+    return takeFence(this.#kv, who);
+  }
+
+  /** Whether `hold` still holds the fence. */
+  holdsFence(hold: FenceHold): Promise<boolean> {
+    return holdsFence(this.#kv, hold);
+  }
+
+  /** The fence as it stands; null before any trainer ran. */
+  fence(): Promise<Fence | null> {
+    return readFence(this.#kv);
+  }
+
+  /** Published versions whose pairs are not all marked trained yet, oldest first. */
+  unsettledVersions(): Promise<number[]> {
+    return unsettledVersions(this.#kv);
+  }
+
+  /** The ids of the pairs a published version holds. */
+  trainedPairs(version: number): Promise<string[]> {
+    return trainedPairs(this.#kv, version);
+  }
+
+  /** Overwrites the trainer's status (one trainer per KV writes it; the last write wins). */
+  async writeStatus(status: TrainerStatus): Promise<void> {
+    await this.#kv.set(trainerStatusKey(), TrainerStatusSchema.parse(status));
+  }
+
+  /** The last status written, or null when no trainer has run on this KV. */
+  async status(): Promise<TrainerStatus | null> {
+    const entry = await this.#kv.get(trainerStatusKey());
+    return entry.value === null ? null : decodeStored(TrainerStatusSchema, entry.value, "the trainer status");
+  }
+
+  /** Keeps one step's metrics (30 days), keyed by when it was taken. */
+  async recordStep(at: number, step: number, metrics: object): Promise<void> {
+    const op = this.#kv.atomic().set(trainMetricsKey(at, step), metrics, { expireIn: STEP_RETENTION_MS });
+    await commitWithinLimits(op, `step ${step}'s metrics`);
+  }
+
+  /**
+   * The newest step records taken at or after `since`, up to `limit`, oldest first; `truncated` when older
+   * ones since `since` were left out.
+   */
+  async steps(options: { since: number; limit: number }): Promise<{ steps: StepEntry[]; truncated: boolean }> {
+    const steps: StepEntry[] = [];
+    const entries = this.#kv.list({ prefix: TRAIN_METRICS_PREFIX, start: trainMetricsKey(options.since, 0) }, {
+      reverse: true,
+      limit: options.limit + 1,
+      batchSize: Math.min(options.limit + 1, 1000),
+    });
+    let truncated = false;
+    for await (const entry of entries) {
+      if (steps.length === options.limit) {
+        truncated = true;
+        break;
+      }
+      if (typeof entry.key[1] === "number") steps.push({ at: entry.key[1], value: entry.value });
+    }
+    return { steps: steps.reverse(), truncated };
+  }
+
+  /** Keeps a version's evaluation. */
+  async recordEval(version: number, result: unknown): Promise<void> {
+    await commitWithinLimits(this.#kv.atomic().set(evalKey(version), result), `v${version}'s evaluation`);
+  }
+
+  /** A version's evaluation as stored, or null. */
+  async evalOf(version: number): Promise<unknown> {
+    return (await this.#kv.get(evalKey(version))).value;
+  }
+
+  /** The newest `limit` evaluations as stored, oldest first. */
+  async evals(limit: number): Promise<unknown[]> {
+    const out: unknown[] = [];
+    for await (const entry of this.#kv.list({ prefix: EVAL_PREFIX }, { reverse: true, limit })) out.push(entry.value);
+    return out.reverse();
+  }
+
+  /** The served-policy pointer (which version, when it switched); null before the first publish. */
+  pointer(): Promise<PolicyPointer | null> {
+    return readPointer(this.#kv);
+  }
+}
