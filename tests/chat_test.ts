@@ -76,7 +76,7 @@ Deno.test("a conversation end to end: stop on end-of-turn, clean judge input, TR
       temperature: 0,
       max_tokens: STEPS,
     })).json();
-    assert.deepEqual(completion.choices[0].message, { role: "assistant", content: answer });
+    assert.deepEqual(completion.choices[0].message, { role: "assistant", content: answer, refusal: null });
     assert.equal(completion.choices[0].finish_reason, "stop");
     assert.equal(completion.usage.completion_tokens, at);
     const streamed = await (await call("/v1/chat/completions", {

@@ -157,3 +157,56 @@ export async function scorePairs(
   }
   return out;
 }
+
+/** One generated token's log-prob under the model, and the most likely tokens at its position. */
+export interface TokenLogprob {
+  id: number;
+  logprob: number;
+  /** The `topK` most likely tokens at this position, most likely first. */
+  top: { id: number; logprob: number }[];
+}
+
+/**
+ * The log-probs (log softmax of the model's own logits: no temperature or top-p) of `completionIds` after
+ * `promptIds`, with the `topK` most likely tokens at each position: what OpenAI's `logprobs` report.
+ */
+export async function completionLogprobs(
+  model: CausalLM,
+  promptIds: number[],
+  completionIds: number[],
+  topK: number,
+): Promise<TokenLogprob[]> {
+  if (completionIds.length === 0) return [];
+  if (promptIds.length === 0) throw new Error("Cannot compute completion log-probs without a prompt token");
+  const ids = [...promptIds, ...completionIds];
+  const start = promptIds.length;
+  const positions = Int32Array.from(completionIds, (_, i) => start - 1 + i);
+  const [logprobs, topValues, topIndices] = tf.tidy(() => {
+    const { hidden } = model.forward(forwardTensors(padBatch([ids], ids[0]!, "right")));
+    const [, T, C] = hidden.shape;
+    const picked = tf.gather(tf.reshape(hidden, [T, C]), tf.tensor1d(positions, "int32")) as tf.Tensor2D;
+    const logSoftmax = tf.logSoftmax(model.logits(picked)); // [N, V]
+    const chosen = tf.gather(
+      tf.reshape(logSoftmax, [-1]),
+      tf.tensor1d(
+        completionIds.map((id, n) => n * logSoftmax.shape[1] + id),
+        "int32",
+      ),
+    );
+    const { values, indices } = tf.topk(logSoftmax, Math.max(1, topK));
+    return [chosen, values, indices];
+  });
+  try {
+    const [chosen, values, indices] = await Promise.all([logprobs.data(), topValues.data(), topIndices.data()]);
+    const k = Math.max(1, topK);
+    return completionIds.map((id, n) => ({
+      id,
+      logprob: chosen[n]!,
+      top: topK === 0
+        ? []
+        : Array.from({ length: k }, (_, j) => ({ id: indices[n * k + j]!, logprob: values[n * k + j]! })),
+    }));
+  } finally {
+    tf.dispose([logprobs, topValues, topIndices]);
+  }
+}

@@ -58,7 +58,12 @@ export async function startServerRole(o: ServerRoleOptions): Promise<RunningServ
     initial = { model, tokenizer, version: 0 };
   }
   const policy = new PolicyHolder(initial);
-  const app = createApp({ ...o.app, store: o.store, policy });
+  // Kept versions are servable by name (policy@vN) on the OpenAI routes, loaded when first asked for.
+  const kept = {
+    list: async () => (await o.checkpoints.list()).map((v) => ({ version: v.version, publishedAt: v.publishedAt })),
+    load,
+  };
+  const app = createApp({ ...o.app, store: o.store, policy, kept });
   const polling = pollPointer(o.kv, o.pollMs, async (pointer) => {
     if (!pointer || pointer.version === policy.version) return;
     try {

@@ -7,7 +7,6 @@
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
-import { type SSEStreamingApi, streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { type ChatMessage, MessageSchema as Message } from "../model/tokenizer.ts";
 import { verdictToken, verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
@@ -23,6 +22,7 @@ import { LABEL_PAGE } from "./pages/label.ts";
 import type { StaticPage } from "./pages/_page.ts";
 import { type PolicyHolder, sampleResponses } from "./policy.ts";
 import { fittingPromptText, preferenceInputs } from "./_ingest.ts";
+import { chatRoutes, type KeptVersions, openAiErrors } from "./routes/chat.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -41,6 +41,8 @@ export interface AppDeps {
   score?: (prompt: string | ChatMessage[], completion: string) => Promise<number>;
   /** Standard Webhooks secret: feedback signed with it is accepted without an API key. */
   webhookSecret?: string;
+  /** Kept policy versions servable by name on the OpenAI routes (`policy@vN`); default only the current one. */
+  kept?: KeptVersions;
   /** Pending pairs stop accepting verdicts after this long (ms); default 7 days. */
   pendingTtlMs?: number;
   limits?: Partial<Limits>;
@@ -79,16 +81,6 @@ export const LABEL_KEY_ROUTES: readonly [string, RegExp][] = [
   ["GET", /^\/v1\/pairs\/[^/]+$/],
   ["POST", /^\/v1\/pairs\/[^/]+\/feedback$/],
 ];
-
-/** The event that ends a stream whose generation failed: OpenAI's error shape, no internals (as a 500). */
-const STREAM_ERROR = {
-  error: {
-    message: "the server failed while generating this completion",
-    type: "server_error",
-    param: null,
-    code: null,
-  },
-};
 
 /** What middleware leaves for the routes: the key (or signer) of the request, and a signed request's `webhook-id`. */
 type AppVariables = { apiKey: string; webhookId?: string };
@@ -147,6 +139,9 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
     exempt: deps.unlimitedKeys,
     now,
   });
+  // The OpenAI-compatible routes answer every error, the middleware's below included, in OpenAI's shape.
+  app.use("/v1/chat/*", openAiErrors);
+  app.use("/v1/models", openAiErrors);
   // Signed verdicts from labelers' systems need no API key: the signature is the credential. Only on
   // the pair feedback route, and only for the pair the signed body names (checked in the route).
   app.use("/v1/*", limit, async (c, next) => {
@@ -288,99 +283,15 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
     return c.json({ pairs }, pairs.some((r) => r.created) ? 201 : 200);
   });
 
-  const ChatRequest = z.object({
-    model: z.string().optional(),
-    messages: z.array(Message).min(1),
-    temperature: z.number().min(0).max(2).default(1),
-    top_p: z.number().gt(0).max(1).default(1),
-    max_tokens: z.number().int().min(1).max(limits.maxNewTokens).optional(),
-    max_completion_tokens: z.number().int().min(1).max(limits.maxNewTokens).optional(),
-    stop: z.union([z.string(), z.array(z.string()).max(4)]).optional(),
-    seed: z.number().int().nonnegative().optional(),
-    n: z.literal(1).default(1),
-    stream: z.boolean().default(false),
-  });
-  app.post("/v1/chat/completions", async (c) => {
-    const body = await jsonBody(c, ChatRequest);
-    const id = `chatcmpl-${crypto.randomUUID().replaceAll("-", "")}`;
-    const created = Math.floor(now() / 1000);
-    // A streamed response outlives this handler: the version is held until the stream ends.
-    const lease = policy.acquire();
-    let streaming = false;
-    try {
-      const p = lease.policy;
-      const promptText = fittingPromptText(p, body.messages, "body.messages");
-      const promptIds = p.tokenizer.encode(promptText);
-      const model = body.model ?? `policy-v${p.version}`;
-      const options = {
-        temperature: body.temperature,
-        topP: body.top_p,
-        maxNewTokens: body.max_completion_tokens ?? body.max_tokens ?? 256,
-        stop: typeof body.stop === "string" ? [body.stop] : body.stop,
-        seed: body.seed,
-      };
-      const finish = async (text: string, tokens: number) => {
-        metrics.countTokens(tokens);
-        await store.recordCompletion({ id, messages: body.messages, promptText, text, policyVersion: p.version });
-      };
-      if (!body.stream) {
-        const [g] = await sampleResponses(p, promptText, 1, options);
-        await finish(g!.text, g!.tokenIds.length);
-        return c.json({
-          id,
-          object: "chat.completion",
-          created,
-          model,
-          choices: [{ index: 0, message: { role: "assistant", content: g!.text }, finish_reason: g!.finishReason }],
-          usage: {
-            prompt_tokens: promptIds.length,
-            completion_tokens: g!.tokenIds.length,
-            total_tokens: promptIds.length + g!.tokenIds.length,
-          },
-        });
-      }
-      const send = async (sse: SSEStreamingApi) => {
-        const chunk = (delta: Record<string, string>, finishReason: string | null) =>
-          sse.writeSSE({
-            data: JSON.stringify({
-              id,
-              object: "chat.completion.chunk",
-              created,
-              model,
-              choices: [{ index: 0, delta, finish_reason: finishReason }],
-            }),
-          });
-        await chunk({ role: "assistant", content: "" }, null);
-        let pending = Promise.resolve();
-        try {
-          const [g] = await sampleResponses(p, promptText, 1, {
-            ...options,
-            onToken: (e) => {
-              if (e.text) pending = pending.then(() => chunk({ content: e.text }, null));
-            },
-          });
-          await pending;
-          await finish(g!.text, g!.tokenIds.length);
-          await chunk({}, g!.finishReason);
-          await sse.writeSSE({ data: "[DONE]" });
-        } catch (err) {
-          // The 200 is sent: the failure goes down the stream in OpenAI's error shape, and no [DONE] follows.
-          console.error(`POST /v1/chat/completions ${id} failed after streaming began: ${(err as Error).stack ?? err}`);
-          await pending.catch(() => {}); // the text already queued goes first
-          await sse.writeSSE({ data: JSON.stringify(STREAM_ERROR) });
-        }
-      };
-      const response = streamSSE(c, (sse) => send(sse).finally(lease.release));
-      streaming = true;
-      return response;
-    } finally {
-      if (!streaming) lease.release();
-    }
-  });
+  app.route("/", chatRoutes({ store, policy, metrics, kept: deps.kept, limits, now }));
 
   const CompletionFeedback = z.object({ label: z.boolean(), annotator: z.string().min(1).max(200).optional() });
   app.post("/v1/completions/:id/feedback", async (c) => {
-    const id = parseOr422(z.string().regex(/^chatcmpl-[0-9a-f]{32}$/, "not a completion id"), c.req.param("id"), "id");
+    const id = parseOr422(
+      z.string().regex(/^chatcmpl-[0-9a-f]{32}(-[1-9])?$/, "not a completion id"),
+      c.req.param("id"),
+      "id",
+    );
     const body = await jsonBody(c, CompletionFeedback);
     const completion = await store.recordCompletionFeedback(id, body);
     return c.json({ id: completion.id, label: completion.feedback!.label });

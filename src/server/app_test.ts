@@ -98,14 +98,15 @@ Deno.test("bad input gets a clear 4xx and stores nothing", async () => {
     ["POST", "/v1/pairs/01ARZ3NDEKTSV4RRFFQ69G5FAV/feedback", { choice: "a" }, {}, 404],
     ["POST", "/v1/pairs/01ARZ3NDEKTSV4RRFFQ69G5FAV/feedback", { choice: "c" }, {}, 422],
     ["POST", "/v1/preferences", [{ prompt: "p", chosen: "c" }], {}, 422],
-    ["POST", "/v1/chat/completions", { messages: [] }, {}, 422],
+    ["POST", "/v1/chat/completions", { messages: [] }, {}, 400], // OpenAI's status (and shape) for the chat API
     ["GET", "/v1/export?format=csv", undefined, {}, 422],
   ];
   for (const [method, path, body, headers, status] of cases) {
     const res = await call(method, path, body, headers);
     assert.equal(res.status, status, `${method} ${path} ${JSON.stringify(body)?.slice(0, 60)}`);
     const json = await res.json();
-    assert.equal(typeof json.error.code, "string");
+    // The API's shape {code, message}; OpenAI's {message, type, param, code} on the chat routes.
+    assert.equal(typeof (path.startsWith("/v1/chat/") ? json.error.type : json.error.code), "string");
     assert.equal(typeof json.error.message, "string");
   }
   assert.deepEqual(Object.values(await store.counts()).reduce((a, b) => a + b, 0), 0);
@@ -313,8 +314,14 @@ Deno.test("a prompt the model could not train on is a 422 on every ingest route,
   ], /^body\[2\]\.prompt: the prompt has \d+ tokens/);
   await refused("/v1/pairs", { prompt: long, max_new_tokens: 2 }, /^body\.prompt: the prompt has 63 tokens/);
   await refused("/v1/pairs", { messages: asMessages, max_new_tokens: 2 }, /^body\.messages: the prompt has/);
-  await refused("/v1/chat/completions", { messages: asMessages, max_tokens: 2 }, /^body\.messages: the prompt has/);
-  await refused("/v1/chat/completions", { messages: asMessages, max_tokens: 2, stream: true }, /^body\.messages: /);
+  // The chat API answers in OpenAI's shape and status: 400, naming the parameter.
+  for (const stream of [false, true]) {
+    const res = await call("POST", "/v1/chat/completions", { messages: asMessages, max_tokens: 2, stream });
+    assert.equal(res.status, 400);
+    const { error } = await res.json();
+    assert.deepEqual([error.type, error.param], ["invalid_request_error", "messages"]);
+    assert.match(error.message, /^messages: the prompt has \d+ tokens/);
+  }
   assert.equal(Object.values(await store.counts()).reduce((a, b) => a + b, 0), 0);
   assert.equal((await store.listCompletionFeedback()).completions.length, 0);
 
