@@ -253,3 +253,71 @@ Deno.test("openai SDK: errors arrive as its own classes, in OpenAI's shape, with
     await close();
   }
 });
+
+Deno.test("a chat app's signals become pairs: opposite thumbs, an edit, a pick among n, a regeneration", async () => {
+  const { client, baseURL, store, close } = await serve();
+  const post = async (path: string, body: unknown) => {
+    const res = await fetch(`${baseURL}${path}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    return { status: res.status, body: await res.json() };
+  };
+  try {
+    const messages = [{ role: "user" as const, content: "Name a color" }];
+    // Two answers to the same conversation (different seeds), one thumbs up and one down: one pair.
+    const answers = [];
+    for (const seed of [1, 2, 3, 4, 5, 6]) {
+      const r = await client.chat.completions.create({ model: "policy", messages, max_tokens: 4, seed });
+      answers.push({ id: r.id, text: r.choices[0]!.message.content! });
+    }
+    const [first, second] = answers.filter((a, i, all) => all.findIndex((b) => b.text.trim() === a.text.trim()) === i);
+    assert.ok(first && second, "two different answers among six samples");
+    assert.deepEqual((await post(`/completions/${first.id}/feedback`, { label: true })).body.pairs, []);
+    const down = await post(`/completions/${second.id}/feedback`, { label: false, annotator: "u1" });
+    const thumbs = (await store.get(down.body.pairs[0]))!;
+    assert.deepEqual([thumbs.status, thumbs.responses], ["labeled", [first.text, second.text]]);
+
+    // An edit: the user's text over the answer.
+    const edit = await post(`/completions/${second.id}/edit`, { text: "blue", annotator: "u1" });
+    assert.equal(edit.status, 201);
+    assert.deepEqual((await store.get(edit.body.pairs[0]))!.responses, ["blue", second.text]);
+    assert.equal((await post(`/completions/${second.id}/edit`, { text: "red" })).status, 409);
+
+    // n = 3 side by side, the user picks one: a pair against each other answer that differs from it.
+    const three = await client.chat.completions.create({ model: "policy", messages, max_tokens: 4, n: 3 });
+    const pick = await post(`/completions/${three.id}/choice`, { index: 1 });
+    assert.equal(pick.status, 201);
+    assert.equal(pick.body.id, `${three.id}-1`);
+    const texts = three.choices.map((c) => c.message.content!);
+    const others = texts.filter((t, i) => i !== 1 && t.trim() !== texts[1]!.trim());
+    assert.equal(pick.body.pairs.length, others.length);
+    assert.equal((await post(`/completions/${three.id}/choice`, { index: 0 })).status, 409);
+
+    // "Try again": the replaced answer and the new one go to the judge as a pair.
+    const before = (await store.counts()).awaiting_judgment + (await store.counts()).identical;
+    const again = await client.chat.completions.create({
+      model: "policy",
+      messages,
+      max_tokens: 4,
+      // @ts-ignore: this server's extension of the request
+      replaces: first.id,
+    });
+    const counts = await store.counts();
+    assert.equal(counts.awaiting_judgment + counts.identical, before + 1);
+    const regenerated = (await store.list({ limit: 1 })).pairs[0]!;
+    assert.deepEqual(regenerated.responses, [first.text, again.choices[0]!.message.content]);
+    await assert.rejects(
+      client.chat.completions.create({
+        model: "policy",
+        messages: [{ role: "user", content: "Another question" }],
+        // @ts-ignore: this server's extension of the request
+        replaces: first.id,
+      }),
+      (err: unknown) => err instanceof OpenAI.BadRequestError && /answers another conversation/.test(err.message),
+    );
+  } finally {
+    await close();
+  }
+});

@@ -12,6 +12,7 @@ import { type ChatMessage, MessageSchema as Message } from "../model/tokenizer.t
 import { verdictToken, verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
 import { hasEqualCandidates, type JudgeUsage, type PairStore } from "../store/pairs.ts";
+import type { SignalResult } from "../store/completions.ts";
 import { type Pair, PairStatusSchema } from "../store/schema.ts";
 import { pickCandidates } from "../judge/candidates.ts";
 import { DashboardQuerySchema, readDashboard } from "./dashboard.ts";
@@ -22,7 +23,7 @@ import { LABEL_PAGE } from "./pages/label.ts";
 import type { StaticPage } from "./pages/_page.ts";
 import { type PolicyHolder, sampleResponses } from "./policy.ts";
 import { fittingPromptText, preferenceInputs } from "./_ingest.ts";
-import { chatRoutes, type KeptVersions, openAiErrors } from "./routes/chat.ts";
+import { chatRoutes, completionId, type KeptVersions, openAiErrors } from "./routes/chat.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -285,16 +286,30 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
 
   app.route("/", chatRoutes({ store, policy, metrics, kept: deps.kept, limits, now }));
 
-  const CompletionFeedback = z.object({ label: z.boolean(), annotator: z.string().min(1).max(200).optional() });
+  // What a chat app learns from its users, on the answers it served (see src/store/completions.ts).
+  const CompletionId = z.string().regex(/^chatcmpl-[0-9a-f]{32}(-[1-9])?$/, "not a completion id");
+  const ResponseId = z.string().regex(/^chatcmpl-[0-9a-f]{32}$/, "not a chat completion response id");
+  const Annotator = z.string().min(1).max(200).optional();
+  const signalJson = (r: SignalResult) => ({ id: r.completion.id, pairs: r.pairs });
   app.post("/v1/completions/:id/feedback", async (c) => {
-    const id = parseOr422(
-      z.string().regex(/^chatcmpl-[0-9a-f]{32}(-[1-9])?$/, "not a completion id"),
-      c.req.param("id"),
-      "id",
+    const id = parseOr422(CompletionId, c.req.param("id"), "id");
+    const body = await jsonBody(c, z.object({ label: z.boolean(), annotator: Annotator }));
+    const result = await store.recordCompletionFeedback(id, body);
+    return c.json({ ...signalJson(result), label: body.label });
+  });
+  app.post("/v1/completions/:id/edit", async (c) => {
+    const id = parseOr422(CompletionId, c.req.param("id"), "id");
+    const body = await jsonBody(c, z.object({ text: z.string().min(1).max(100_000), annotator: Annotator }));
+    return c.json(signalJson(await store.recordCompletionEdit(id, body)), 201);
+  });
+  app.post("/v1/completions/:id/choice", async (c) => {
+    const id = parseOr422(ResponseId, c.req.param("id"), "id");
+    const body = await jsonBody(
+      c,
+      z.object({ index: z.number().int().min(0).max(limits.maxResponses - 1), annotator: Annotator }),
     );
-    const body = await jsonBody(c, CompletionFeedback);
-    const completion = await store.recordCompletionFeedback(id, body);
-    return c.json({ id: completion.id, label: completion.feedback!.label });
+    const ids = Array.from({ length: limits.maxResponses }, (_, i) => completionId(id, i));
+    return c.json(signalJson(await store.recordChoice(ids, completionId(id, body.index), body.annotator)), 201);
   });
 
   const ExportQuery = z.object({ format: z.enum(["trl", "kto"]).default("trl") });

@@ -16,6 +16,7 @@
  * | `["webhook_seen", webhookId]` | `null` | by the first signed verdict with that `webhook-id`, `expireIn` 10 min |
  * | `["completion", id]` | `Completion` | by `recordCompletion` (with `expireIn`) and its feedback (without) |
  * | `["completion_by_feedback", at, id]` | `null` | with the feedback |
+ * | `["completion_by_conversation", digest, id]` | `null` | with the completion, same `expireIn` (answers to one conversation) |
  * | `["feedback_count", "desirable" \| "undesirable"]` | `Deno.KvU64` | with the feedback |
  * | `["trained_pairs", version, chunk]` | pair ids | in the commit that publishes `version` (the pointer switch) |
  * | `["unsettled", version]` | `null` | with that commit; deleted once every pair it lists is marked trained |
@@ -133,6 +134,16 @@ export function webhookSeenKey(webhookId: string): Deno.KvKey {
 /** A completion kept for KTO feedback. */
 export function completionKey(id: string): Deno.KvKey {
   return ["completion", id];
+}
+
+/** The conversation index entry of a completion (`digest`: of its prompt text). */
+export function completionConversationKey(digest: string, id: string): Deno.KvKey {
+  return ["completion_by_conversation", digest, id];
+}
+
+/** Every answer kept for one conversation. */
+export function completionConversationPrefix(digest: string): Deno.KvKey {
+  return ["completion_by_conversation", digest];
 }
 
 /** The feedback index entry of a completion, by feedback time. */

@@ -20,7 +20,7 @@ import {
   readJudgeActivity,
   readJudgeUsage,
 } from "./judge_usage.ts";
-import { CompletionStore, DEFAULT_COMPLETION_RETENTION_MS } from "./completions.ts";
+import { CompletionStore, DEFAULT_COMPLETION_RETENTION_MS, type SignalResult } from "./completions.ts";
 import { ConflictError, NotFoundError, StoreInputError } from "./errors.ts";
 import {
   type ClaimOptions,
@@ -128,6 +128,7 @@ export class PairStore {
       kv,
       this.#now,
       options.completionRetentionMs ?? DEFAULT_COMPLETION_RETENTION_MS,
+      this.#newId,
     );
   }
 
@@ -567,9 +568,19 @@ export class PairStore {
     return this.#completions.getCompletion(id);
   }
 
-  /** Records the one feedback a completion takes; see `CompletionStore.recordCompletionFeedback`. */
-  recordCompletionFeedback(id: string, input: FeedbackInput): Promise<Completion> {
+  /** Records the one feedback a completion takes (and the thumbs pair it may form); see `CompletionStore`. */
+  recordCompletionFeedback(id: string, input: FeedbackInput): Promise<SignalResult> {
     return this.#completions.recordCompletionFeedback(id, input);
+  }
+
+  /** Records a user's edit of a completion, a pair of the edit over it; see `CompletionStore`. */
+  recordCompletionEdit(id: string, input: { text: string; annotator?: string }): Promise<SignalResult> {
+    return this.#completions.recordCompletionEdit(id, input);
+  }
+
+  /** Records the answer picked among a response's choices, pairs of it over the others; see `CompletionStore`. */
+  recordChoice(ids: string[], chosen: string, annotator?: string): Promise<SignalResult> {
+    return this.#completions.recordChoice(ids, chosen, annotator);
   }
 
   /** Completions with feedback, newest feedback first, a page at a time. */

@@ -208,6 +208,14 @@ export const CompletionSchema = z.object({
   text: z.string(),
   policyVersion: Version,
   feedback: z.object({ label: z.boolean(), annotator: z.string().optional(), at: Ms }).optional(),
+  /** Which conversation it answers: a digest of `promptText`, shared by every answer to the same turn. */
+  conversation: z.string().optional(),
+  /** The pair its thumbs formed with an opposite thumbs on another answer to the same conversation. */
+  thumbsPair: z.string().optional(),
+  /** The user's edit of this answer, and the pair it made (chosen: the edit). */
+  edit: z.object({ text: z.string(), annotator: z.string().optional(), at: Ms, pair: z.string() }).optional(),
+  /** Chosen among the choices of one response (`n` ≥ 2), and the pairs that made (chosen against each other). */
+  chosen: z.object({ annotator: z.string().optional(), at: Ms, pairs: z.array(z.string()) }).optional(),
 }).refine((c) => (c.prompt === undefined) !== (c.messages === undefined), {
   message: "expected exactly one of 'prompt' and 'messages'",
 });

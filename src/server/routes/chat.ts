@@ -10,6 +10,8 @@
  * - `model`: `policy` (or omitted) is the served version; `policy@vN` names a version, served when it is the
  *   current one or a kept one the server can load; anything else is a 404 `model_not_found`.
  * - responses carry `message.refusal: null` and `logprobs` (null unless asked), as OpenAI's do.
+ * - this server's one extension, `replaces: "<completion id>"`, marks a request as the app's "try again" on
+ *   an earlier answer to the same conversation: the earlier and the new answer become a pair for the judge.
  * - every error on these routes, the shared middleware's included (401, 413, 429), is in OpenAI's shape
  *   `{"error": {"message", "type", "param", "code"}}`, with 400 for an invalid request.
  */
@@ -144,6 +146,8 @@ function chatRequestSchema(limits: ChatRoutesDeps["limits"]) {
     logprobs: z.boolean().nullish(),
     top_logprobs: z.number().int().min(0).max(20).nullish(),
     user: z.string().nullish(),
+    /** This server's extension: the completion this request regenerates (the app's "try again"). */
+    replaces: z.string().regex(/^chatcmpl-[0-9a-f]{32}(-[1-9])?$/, "not a completion id").nullish(),
   });
 }
 
@@ -295,6 +299,17 @@ export function chatRoutes(deps: ChatRoutesDeps): Hono {
         completion_tokens: completionTokens,
         total_tokens: promptIds.length * n + completionTokens,
       });
+      // A regeneration answers the same conversation again: checked before anything is generated.
+      const replaced = body.replaces ? await store.getCompletion(body.replaces) : null;
+      if (body.replaces && replaced?.promptText !== promptText) {
+        throw openAiError(
+          400,
+          replaced === null
+            ? `replaces: completion '${body.replaces}' does not exist or has expired`
+            : `replaces: completion '${body.replaces}' answers another conversation`,
+          { param: "replaces" },
+        );
+      }
       const record = async (texts: string[], tokens: number) => {
         metrics.countTokens(tokens);
         await Promise.all(texts.map((text, i) =>
@@ -306,6 +321,15 @@ export function chatRoutes(deps: ChatRoutesDeps): Hono {
             policyVersion: p.version,
           })
         ));
+        // The user asked again: the replaced answer against the new one goes to the judge.
+        if (replaced) {
+          await store.create({
+            messages,
+            promptText,
+            responses: [replaced.text, texts[0]!],
+            policyVersion: Math.min(replaced.policyVersion, p.version),
+          });
+        }
       };
       if (!stream) {
         const generations = await sampleResponses(p, promptText, n, options);
