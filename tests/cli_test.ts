@@ -483,3 +483,36 @@ Deno.test("train --config with a mistyped setting is an error with a suggestion,
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("versions: publish a model trained elsewhere, refuse one that does not fit, a table and JSON, rollback", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const where = ["--kv", join(dir, "dpo.kv"), "--checkpoints", `dir:${join(dir, "ckpts")}`];
+    const missing = await cli(["versions", "--kv", join(dir, "nowhere.kv")]);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /there is no KV at '.*nowhere\.kv'/);
+    assert.equal(await Deno.stat(join(dir, "nowhere.kv")).then(() => true, () => false), false, "none was created");
+
+    for (const note of ["first", "second"]) {
+      const r = await cli(["versions", "publish", MODEL, ...where, "--note", note]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const llama = join(ROOT, "tests/fixtures/llama_tiny");
+    const refused = await cli(["versions", "publish", llama, ...where]);
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /Cannot publish '.*llama_tiny': it is a llama .* and the served v2 a gpt2/);
+
+    const listed = await cli(["versions", ...where]);
+    assert.equal(listed.code, 0, listed.stderr);
+    const lines = listed.stdout.trimEnd().split("\n");
+    assert.match(lines[0]!, /^ +version +parent +published +pairs +accuracy$/);
+    assert.match(lines[1]!, /^ +v1 +- +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +- +-$/);
+    assert.match(lines[2]!, /^\* +v2 +v1 /);
+
+    const back = await cli(["versions", ...where, "--rollback", "1", "--json"]);
+    const rows = back.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(rows.map((r) => [r.version, r.served, r.note]), [[1, true, "first"], [2, false, "second"]]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -167,7 +167,7 @@ for (const checkpoints of ["dir:ckpts", "kv"]) {
         assert.ok(stats.policy_version >= 2, `served version ${stats.policy_version}`);
 
         // Roll back to the oldest kept version: the server swaps it in at its next poll.
-        const listed = start(dir, ["versions", "--kv", "dpo.kv", "--checkpoints", checkpoints]);
+        const listed = start(dir, ["versions", "--kv", "dpo.kv", "--checkpoints", checkpoints, "--json"]);
         assert.equal((await listed.child.status).code, 0, listed.log.join(""));
         const kept = listed.log.join("").trim().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
         assert.equal(kept.filter((v) => v.served).length, 1);

@@ -50,6 +50,12 @@ export interface OnlineTrainerOptions {
   owner: string;
   /** Its hold on the trainer fence, checked by every publish and by the lease timer. */
   fence: FenceHold;
+  /**
+   * The version the trainer's weights came from (null: the starting model, nothing published). Each publish
+   * names its parent and fails with `PointerMovedError` when that is no longer the served version (a rollback):
+   * a version is never published on top of one it was not trained from.
+   */
+  startVersion: number | null;
   /** Whether the fence is still held (false: another trainer took over, and this one stops). */
   holdsFence: () => Promise<boolean>;
   /** `stream`: a step whenever a batch is claimed; `rounds`: collect `roundPairs`, train `roundEpochs`. */
@@ -115,6 +121,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
   let trained: Pair[] = []; // trained, not published yet
   let steps = 0;
   let rounds = 0;
+  const lineage = { parent: o.startVersion };
   try {
     while (!signal.aborted) {
       const want = o.mode === "stream" ? o.batchPairs - pending.length : o.roundPairs - pending.length;
@@ -132,7 +139,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         const batch = pending.splice(0, o.batchPairs);
         await step(o, batch);
         trained.push(...batch);
-        if (++steps % o.publishEverySteps === 0) trained = await publish(o, trained, held);
+        if (++steps % o.publishEverySteps === 0) trained = await publish(o, trained, held, lineage);
       } else {
         const round = pending;
         pending = [];
@@ -145,7 +152,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         trained.push(...round);
         // Refresh before publishing: the trainer checkpoint saved with the version holds the new reference.
         if (o.refRefreshRounds > 0 && ++rounds % o.refRefreshRounds === 0) o.trainer.refreshReference(1);
-        trained = await publish(o, trained, held);
+        trained = await publish(o, trained, held, lineage);
       }
     }
   } finally {
@@ -227,17 +234,22 @@ async function step(o: OnlineTrainerOptions, batch: Pair[]): Promise<void> {
  * Publishes the policy with the ids of what it holds in the same commit, then settles them (marks them
  * trained); returns what is left to publish.
  */
-async function publish(o: OnlineTrainerOptions, trained: Pair[], held: Map<string, Pair>): Promise<Pair[]> {
+async function publish(
+  o: OnlineTrainerOptions,
+  trained: Pair[],
+  held: Map<string, Pair>,
+  lineage: { parent: number | null },
+): Promise<Pair[]> {
   if (trained.length === 0) return trained;
   const dir = await Deno.makeTempDir({ dir: o.tmpDir, prefix: "publish-" });
   try {
     await o.savePolicy(dir);
-    const parent = await o.publisher.current();
     const { version } = await o.publisher.publish(dir, {
-      parentVersion: parent?.version,
+      ...(lineage.parent === null ? {} : { parentVersion: lineage.parent }),
       trainedPairs: trained.length,
       note: `reference refreshed ${o.trainer.refVersion} time(s)`,
-    }, { pairIds: trained.map((p) => p.id), fence: o.fence });
+    }, { pairIds: trained.map((p) => p.id), fence: o.fence, expectParent: lineage.parent });
+    lineage.parent = version;
     for (const p of trained) held.delete(p.id);
     const result = await o.store.settle(version);
     o.onSettled?.(version, result);

@@ -88,6 +88,7 @@ Deno.test("online rounds: leases outlive a round longer than the lease; stale an
       tmpDir,
       owner: "t#1",
       fence,
+      startVersion: 3,
       holdsFence: () => holdsFence(kv, fence),
       mode: "rounds",
       batchPairs: 1,

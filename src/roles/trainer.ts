@@ -19,6 +19,7 @@ import { heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/ari
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { MAX_PAIRS_PER_VERSION, type TrainingRecords } from "../store/training_records.ts";
+import { PointerMovedError } from "../store/errors.ts";
 import { writeAtomic } from "../util/fs.ts";
 
 /** Tasks whose held-out prompts and checker the trainer can evaluate versions on. */
@@ -114,7 +115,16 @@ export async function runTrainerRole(input: TrainerRoleOptions, hooks: TrainerRo
   log(describeBackend(await initBackend(opts.backend)));
   const kv = await openSharedKv(opts.kv);
   try {
-    await train(kv, opts, hooks, log);
+    for (;;) {
+      try {
+        return await train(kv, opts, hooks, log);
+      } catch (err) {
+        // Someone rolled back (or published) under this trainer: nothing of its was published. It starts
+        // again from the version served now, as a new instance whose fence voids its leases at once.
+        if (!(err instanceof PointerMovedError) || hooks.signal.aborted) throw err;
+        log(`${err.message}; starting again from the served version`);
+      }
+    }
   } finally {
     kv.close();
   }
@@ -231,6 +241,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       tmpDir,
       owner: instance,
       fence,
+      startVersion: current?.version ?? null,
       holdsFence: () => records.holdsFence(fence),
       onLeaseLost: (ids) => {
         counts.leasesLost += ids.length;
@@ -264,7 +275,8 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
         version = published;
         await saveTrainingCheckpoint(stateDir, trainer, { policy, reference });
         await writeAtomic(statePath, new TextEncoder().encode(JSON.stringify({ version: published }) + "\n"));
-        const pruned = await checkpoints.prune(opts.keep);
+        // The best evaluated version is kept however many newer ones follow: it is what a rollback wants.
+        const pruned = await checkpoints.prune(opts.keep, { alsoKeep: await bestEvaluated(records) });
         log(`published policy v${published} (${pairs} pairs)${pruned.length ? `; pruned ${pruned.join(", ")}` : ""}`);
         const result = evaluator ? await evaluator.evaluate(published, trainer) : null;
         await status();
@@ -276,6 +288,18 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
     reference?.model.dispose();
     trainer.optimizer.dispose();
   }
+}
+
+/** The evaluated version with the best held-out accuracy (the newest among equals), as a list; [] when none. */
+export async function bestEvaluated(records: TrainingRecords): Promise<number[]> {
+  let best: VersionEval | undefined;
+  for (const value of await records.evals(1000)) {
+    const parsed = VersionEvalSchema.safeParse(value);
+    if (parsed.success && parsed.data.version > 0 && (best === undefined || parsed.data.accuracy >= best.accuracy)) {
+      best = parsed.data;
+    }
+  }
+  return best === undefined ? [] : [best.version];
 }
 
 interface Evaluator {

@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
 import { checkpointUploadKey, evalKey, trainerFenceKey } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
-import { runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./trainer.ts";
+import { bestEvaluated, runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./trainer.ts";
 import { loadModel } from "../model/checkpoint.ts";
 import { scorePairs } from "../model/logprobs.ts";
 import { openCheckpoints } from "../store/open.ts";
@@ -238,4 +238,102 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test({
+  name:
+    "trainer role: a rollback under a running trainer is respected: nothing published on top, it starts again from the served version",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "trainer_rollback_" });
+    const kvPath = join(dir, "dpo.kv");
+    const kv = await Deno.openKv(kvPath);
+    const store = new PairStore(kv);
+    const options: TrainerRoleOptions = {
+      kv: kvPath,
+      checkpoints: `dir:${join(dir, "checkpoints")}`,
+      model: MODEL,
+      stateDir: join(dir, "trainer"),
+      mode: "stream",
+      roundSize: 4,
+      roundEpochs: 1,
+      publishEvery: 1,
+      refRefreshRounds: 0,
+      maxStaleness: 4,
+      keep: 5,
+      owner: "trainer-rollback",
+      leaseMs: 300_000,
+      pollMs: 20,
+      backend: "wasm",
+      dpo: { per_device_train_batch_size: 2, learning_rate: 1e-3 },
+    };
+    const addPairs = async (from: number, to: number) => {
+      const ids = [];
+      for (let i = from; i < to; i++) {
+        ids.push(
+          (await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` }))
+            .pair.id,
+        );
+      }
+      return ids;
+    };
+    const checkpoints = openCheckpoints(kv, options.checkpoints);
+    try {
+      await addPairs(0, 4);
+      await runUntilPublished(options, 2); // v1, v2; the trainer's own state belongs to v2
+      const events: TrainerEvent[] = [];
+      const stop = new AbortController();
+      let late: Promise<string[]> | undefined;
+      await runTrainerRole(options, {
+        signal: stop.signal,
+        onEvent: (e) => {
+          events.push(e);
+          // Once it has resumed at v2, the operator rolls back to v1; then new pairs arrive.
+          if (e.type === "ready" && late === undefined) late = checkpoints.rollback(1).then(() => addPairs(4, 6));
+          if (e.type === "publish") stop.abort();
+        },
+      });
+      const logs = events.flatMap((e) => (e.type === "log" ? [e.message] : []));
+      assert.ok(logs.some((l) => /resuming the trainer at step 2 \(policy v2\)/.test(l)), logs.join("\n"));
+      assert.ok(
+        logs.some((l) => /current version is 1.*starting again from the served version/.test(l)),
+        logs.join("\n"),
+      );
+      assert.ok(logs.some((l) => /starting from policy v1/.test(l)), logs.join("\n"));
+      const published = events.flatMap((e) => (e.type === "publish" ? [e.version] : []));
+      assert.deepEqual(published, [3], "no version was published on top of v2");
+      assert.equal((await checkpoints.get(3))!.parentVersion, 1);
+      assert.equal((await checkpoints.current())!.version, 3);
+      const late4 = await late!;
+      assert.deepEqual((await trainedPairs(kv, 3)).sort(), late4.sort(), "the new pairs, exactly once");
+      for (const id of late4) assert.equal((await store.get(id))!.trainedInto, 3);
+    } finally {
+      kv.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("trainer role: retention spares the best evaluated version, the newest among equals", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const records = new TrainingRecords(kv);
+    assert.deepEqual(await bestEvaluated(records), []);
+    const at = Date.UTC(2026, 0, 1);
+    for (const [version, accuracy] of [[0, 0.99], [1, 0.5], [2, 0.9], [3, 0.7], [4, 0.9], [5, 0.2]]) {
+      await records.recordEval(version!, {
+        version,
+        prompts: 10,
+        accuracy,
+        base_accuracy: 0.99,
+        win_rate_vs_base: 0.5,
+        at,
+        seconds: 1,
+      });
+    }
+    assert.deepEqual(await bestEvaluated(records), [4], "v0 is the base, not a version to keep");
+  } finally {
+    kv.close();
+  }
 });

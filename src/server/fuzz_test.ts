@@ -190,6 +190,7 @@ async function trainEverything(kv: Deno.Kv, store: PairStore, labeled: number): 
       tmpDir,
       owner: "fuzz#1",
       fence,
+      startVersion: null,
       holdsFence: () => store.records.holdsFence(fence),
       mode: "stream",
       batchPairs: 1,

@@ -25,7 +25,14 @@ import {
   UploadMarkerSchema,
 } from "./_checkpoint_schema.ts";
 import { assertValueFits, commitWithinLimits } from "./_size.ts";
-import { ConflictError, FencedOutError, NotFoundError, StoreCorruptError, StoreInputError } from "./errors.ts";
+import {
+  ConflictError,
+  FencedOutError,
+  NotFoundError,
+  PointerMovedError,
+  StoreCorruptError,
+  StoreInputError,
+} from "./errors.ts";
 import { addTrainedPairs, fenceCheck, type FenceHold } from "./training_records.ts";
 import {
   CHECKPOINT_UPLOAD_PREFIX,
@@ -57,6 +64,11 @@ export interface PublishOptions {
   pairIds?: readonly string[];
   /** The trainer's hold on the fence: the publish fails if another trainer took the fence since. */
   fence?: FenceHold;
+  /**
+   * The version the new one was trained from (null: none, the starting model): the publish fails with
+   * `PointerMovedError` unless it is still the served one when the upload starts and when the pointer switches.
+   */
+  expectParent?: number | null;
 }
 
 /** The KV half of a checkpoint store. */
@@ -96,8 +108,15 @@ export abstract class CheckpointStoreBase {
     assertValueFits({ ...m, version: 1, sha256: "0".repeat(64), files: fake, publishedAt: 0 }, "a version record");
     const start = await this.kv.get(policyPointerKey());
     const startPointer = decodePointer(start.value);
+    if (options.expectParent !== undefined && (startPointer?.version ?? null) !== options.expectParent) {
+      throw new PointerMovedError(
+        `Cannot publish a policy version trained from ${
+          options.expectParent === null ? "the starting model" : `version ${options.expectParent}`
+        } as the current version is ${startPointer?.version ?? "none"}: someone rolled back or published another`,
+      );
+    }
     if (m.parentVersion !== undefined && startPointer?.version !== m.parentVersion) {
-      throw new ConflictError(
+      throw new PointerMovedError(
         `Cannot publish a policy version trained from version ${m.parentVersion} as the current version is ` +
           `${startPointer?.version ?? "none"}: another trainer published or someone rolled back`,
       );
@@ -157,7 +176,10 @@ export abstract class CheckpointStoreBase {
       : `the current version changed during the upload (from ${startPointer?.version ?? "none"} to ` +
         `${decodePointer(latest!.value)?.version ?? "none"}): another trainer published or someone rolled back`;
     if (fenced) throw new FencedOutError(`Cannot publish ${what} as ${reason}`);
-    throw new ConflictError(`Cannot publish ${what} as ${reason}; its files were deleted and the number is not reused`);
+    const moved = markerNow!.versionstamp === marker.versionstamp && marker.value !== null;
+    throw new (moved ? PointerMovedError : ConflictError)(
+      `Cannot publish ${what} as ${reason}; its files were deleted and the number is not reused`,
+    );
   }
 
   /** The version servers should load; null before the first publish. */
@@ -225,13 +247,14 @@ export abstract class CheckpointStoreBase {
   }
 
   /** Deletes every version beyond the newest `keep` except the current one, and upload debris; returns those deleted. */
-  async prune(keep: number): Promise<number[]> {
+  async prune(keep: number, options: { alsoKeep?: readonly number[] } = {}): Promise<number[]> {
     if (!Number.isInteger(keep) || keep < 0) {
       throw new StoreInputError(`Cannot prune as 'keep' must be a non-negative integer: current value is ${keep}`);
     }
     // A store deletes only the versions whose files it holds; another kind's versions are left alone.
     const ours = (await this.list()).filter((r) => r.storage === this.storage).map((r) => r.version);
-    const doomed = ours.sort((a, b) => b - a).slice(keep).reverse();
+    const spared = new Set(options.alsoKeep);
+    const doomed = ours.sort((a, b) => b - a).slice(keep).filter((v) => !spared.has(v)).reverse();
     const pruned: number[] = [];
     for (const version of doomed) if (await this.#pruneOne(version)) pruned.push(version);
     await this.sweepDebris();

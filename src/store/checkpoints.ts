@@ -67,8 +67,11 @@ export interface CheckpointStore {
   materialize(version: number, destDir: string): Promise<string>;
   /** Makes a kept version current again. */
   rollback(version: number): Promise<void>;
-  /** Deletes versions beyond the newest `keep`, never the current one, and upload debris; returns those deleted. */
-  prune(keep: number): Promise<number[]>;
+  /**
+   * Deletes versions beyond the newest `keep`, never the current one nor those in `alsoKeep` (the best
+   * evaluated), and upload debris; returns those deleted.
+   */
+  prune(keep: number, options?: { alsoKeep?: readonly number[] }): Promise<number[]>;
   /** Deletes the unfinished uploads of trainers fenced off before `token`; returns their version numbers. */
   abandonUploads(token: number): Promise<number[]>;
 }

@@ -211,6 +211,7 @@ for (const kind of KINDS) {
         assert.deepEqual(await versionsOnDisk(join(tmp, "store")), ["v000002", "v000004"]);
       }
       await store.rollback(4);
+      assert.deepEqual(await store.prune(0, { alsoKeep: [2] }), [], "the best evaluated is kept, however old");
       assert.deepEqual(await store.prune(0), [2], "prune(0) keeps only the current version");
       assert.deepEqual(await store.prune(0), []);
       await assertDirHolds(await store.materialize(4, join(tmp, "v4")), inputs[3]!);

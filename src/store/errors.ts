@@ -25,6 +25,14 @@ export class StoreCorruptError extends Error {
   override readonly name = "StoreCorruptError";
 }
 
+/**
+ * A publish found the served version is not the one the new version was trained from (someone rolled back,
+ * or published another version): nothing was published; the trainer must start again from what is served.
+ */
+export class PointerMovedError extends ConflictError {
+  override readonly name = "PointerMovedError";
+}
+
 /** A trainer tried to write after another trainer took the fence from it: it must stop (nothing was written). */
 export class FencedOutError extends ConflictError {
   override readonly name = "FencedOutError";
