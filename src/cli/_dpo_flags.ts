@@ -77,16 +77,9 @@ export type Kind = "number" | "numbers" | "string" | "list" | "boolean" | "negat
 
 /**
  * Settings only offline training (`train`) uses: online training has no planned end (`max_steps`,
- * `num_train_epochs`), trains no KTO examples (`desirable_weight`, `undesirable_weight`) and has no data order
- * to seed (`seed`).
+ * `num_train_epochs`) and no data order to seed (`seed`).
  */
-export const OFFLINE_ONLY_FIELDS: readonly string[] = [
-  "max_steps",
-  "num_train_epochs",
-  "desirable_weight",
-  "undesirable_weight",
-  "seed",
-];
+export const OFFLINE_ONLY_FIELDS: readonly string[] = ["max_steps", "num_train_epochs", "seed"];
 
 /** Where the settings are used: `train` takes them all, `worker` and `start` all but `OFFLINE_ONLY_FIELDS`. */
 export type TrainingMode = "offline" | "online";

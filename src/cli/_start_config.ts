@@ -26,15 +26,8 @@ export const DEFAULT_CONFIG_FILE = "dpo.config.json";
 const PositiveInt = z.number().int().positive();
 const Count = z.number().int().nonnegative();
 
-// Offline-only DPO settings: online training has no planned end, no KTO examples and no data order to seed.
-const {
-  seed: _seed,
-  max_steps: _maxSteps,
-  num_train_epochs: _epochs,
-  desirable_weight: _desirable,
-  undesirable_weight: _undesirable,
-  ...DPO_SHAPE
-} = DpoConfigSchema.shape;
+// Offline-only DPO settings: online training has no planned end and no data order to seed.
+const { seed: _seed, max_steps: _maxSteps, num_train_epochs: _epochs, ...DPO_SHAPE } = DpoConfigSchema.shape;
 
 /** The DPO settings `start` takes (TRL names). */
 export const DPO_KEYS = Object.keys(DPO_SHAPE) as (keyof typeof DPO_SHAPE)[];
@@ -79,6 +72,7 @@ export const StartConfigSchema = z.strictObject({
   ref_refresh_rounds: Count,
   publish_every: PositiveInt,
   max_staleness: Count,
+  kto_batch: Count.refine((n) => n !== 1, "a KTO step needs at least 2 thumbs (0 turns them off)"),
   keep: PositiveInt,
   trainer_poll_ms: PositiveInt,
   // The arithmetic task holds out 962 of its 10,000 two-digit additions.
@@ -269,6 +263,11 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   max_staleness: {
     metavar: "V",
     help: "end pairs sampled more than V versions back as `stale`, untrained",
+    section: "trainer",
+  },
+  kto_batch: {
+    metavar: "N",
+    help: "thumbs up/down per KTO step, trained between the DPO steps (0: thumbs are not trained)",
     section: "trainer",
   },
   keep: { metavar: "N", help: "published versions kept", section: "trainer" },

@@ -62,9 +62,10 @@ Deno.test("start settings: the defaults are START_DEFAULTS, with paths under the
   assert.equal(resolve({ args: ["--kv", "https://kv.example/db"] }).kv, "https://kv.example/db");
   assert.deepEqual(Object.keys(dpoSettings(c)).sort().slice(0, 3), [
     "beta",
+    "desirable_weight",
     "disable_dropout",
-    "gradient_accumulation_steps",
   ]);
+  assert.equal(c.kto_batch, 8);
 });
 
 Deno.test("start settings: flags over environment over config file over defaults", () => {

@@ -25,6 +25,8 @@ After a crash (kill -9 included) and a restart, no pair is lost or trained twice
   --publish-every N         stream mode: publish every N steps (default 4)
   --ref-refresh-rounds N    rounds mode: copy the policy into the reference every N rounds (default 0: never)
   --max-staleness V         pairs sampled from a policy more than V versions old end stale, untrained (default 4)
+  --kto-batch N             thumbs up/down on served answers per KTO step, trained between the DPO steps
+                            (default 8; 0: thumbs are not trained; --desirable-weight, --undesirable-weight)
   --keep N                  published versions kept (default 5)
   --owner NAME              this worker's name (default trainer-<hostname>); each run adds an instance id
   --lease-ms MS             lease on claimed pairs, renewed while held (default 300000)
@@ -47,6 +49,8 @@ const Options = z.object({
   "publish-every": numberOption((n) => n.int().positive()).default(4),
   "ref-refresh-rounds": numberOption((n) => n.int().nonnegative()).default(0),
   "max-staleness": numberOption((n) => n.int().nonnegative()).default(4),
+  "kto-batch": numberOption((n) => n.int().nonnegative().refine((k) => k !== 1, "at least 2, or 0 for off"))
+    .default(8),
   keep: numberOption((n) => n.int().positive()).default(5),
   owner: z.string().default(`trainer-${Deno.hostname()}`),
   "lease-ms": numberOption((n) => n.int().positive()).default(300_000),
@@ -77,6 +81,7 @@ export async function runWorker(args: string[]): Promise<void> {
     "publish-every": { type: "string" },
     "ref-refresh-rounds": { type: "string" },
     "max-staleness": { type: "string" },
+    "kto-batch": { type: "string" },
     keep: { type: "string" },
     owner: { type: "string" },
     "lease-ms": { type: "string" },
@@ -91,7 +96,7 @@ export async function runWorker(args: string[]): Promise<void> {
   if (offline.length > 0) {
     throw new UsageError(
       `Cannot use ${offline.join(", ")} with worker: ${offline.length > 1 ? "they are settings" : "it is a setting"} ` +
-        "of offline training (the train command); the worker trains online, without a planned end, on DPO pairs",
+        "of offline training (the train command); the worker trains online, without a planned end or a data order",
     );
   }
   const opts = validate(Options, values);
@@ -112,6 +117,7 @@ export async function runWorker(args: string[]): Promise<void> {
       publishEvery: opts["publish-every"],
       refRefreshRounds: opts["ref-refresh-rounds"],
       maxStaleness: opts["max-staleness"],
+      ktoBatch: opts["kto-batch"],
       keep: opts.keep,
       owner: opts.owner,
       leaseMs: opts["lease-ms"],

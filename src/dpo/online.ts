@@ -6,14 +6,19 @@
  * checked by that commit, keeps a trainer that was cut off from publishing what its successor now
  * trains. Leases are renewed on a timer while steps and rounds run. A pair it cannot train (its prompt
  * no longer fits, say) or that is too stale ends `rejected` or `stale` instead of stopping the loop.
+ *
+ * With `kto`, thumbs up/down on served completions train too: they are claimed, leased, recorded in the
+ * version that holds them and settled exactly like pairs, and trained in KTO steps of their own (TRL's KTO
+ * loss with the batch's KL reference point, the same reference as the DPO steps) between the DPO steps:
+ * a KTO step whenever `kto.batch` thumbs are claimed, so the mix follows what arrives.
  */
 import type { Tokenizer } from "../model/tokenizer.ts";
 import type { MarkTrainedResult, PairStore } from "../store/pairs.ts";
 import type { PublishOptions } from "../store/checkpoints.ts";
 import { FencedOutError } from "../store/errors.ts";
-import type { Pair } from "../store/schema.ts";
+import type { Completion, Pair } from "../store/schema.ts";
 import type { FenceHold } from "../store/training_records.ts";
-import type { DpoTrainer, PreferencePair, StepMetrics } from "./trainer.ts";
+import type { DpoTrainer, KtoExample, KtoMetrics, PreferencePair, StepMetrics } from "./trainer.ts";
 import { pause } from "../util/time.ts";
 
 /** Where policy versions go; the checkpoint store implements it. */
@@ -31,7 +36,21 @@ export interface PolicyPublisher {
 }
 
 /** What the online trainer needs of the pair store. */
-export type TrainingPairs = Pick<PairStore, "claim" | "renew" | "settle" | "retire">;
+export type TrainingPairs = Pick<
+  PairStore,
+  "claim" | "renew" | "settle" | "retire" | "claimFeedback" | "retireCompletion"
+>;
+
+/** Training on thumbs up/down (KTO) beside the pairs. */
+export interface OnlineKto {
+  /** Token ids of a completion and its label. */
+  encode: (completion: Completion) => KtoExample;
+  /** Why a completion cannot be trained (it is retired `rejected` with that reason), or null. */
+  problem: (completion: Completion) => string | null;
+  /** Thumbs per KTO step (at least 2: the KL reference point pairs each with another). */
+  batch: number;
+  onStep?: (metrics: KtoMetrics) => void | Promise<void>;
+}
 
 /** Options of `runOnlineTrainer`. */
 export interface OnlineTrainerOptions {
@@ -81,6 +100,8 @@ export interface OnlineTrainerOptions {
   onRetired?: (pair: Pair, status: "stale" | "rejected", reason: string) => void;
   /** Called after every settle, with what it did (for logs). */
   onSettled?: (version: number, result: MarkTrainedResult) => void;
+  /** Train thumbs up/down too (see the module comment); off when absent. */
+  kto?: OnlineKto;
 }
 
 /**
@@ -105,9 +126,25 @@ export function encodeStoredPair(tokenizer: Tokenizer, pair: Pair, maxLength: nu
   };
 }
 
+/**
+ * A completion with thumbs as the KTO step sees it: the prompt as the policy saw it, the answer as it wrote
+ * it (cut to fit `maxLength`), ended like `encodeStoredPair` ends a pair's responses.
+ */
+export function encodeCompletion(tokenizer: Tokenizer, completion: Completion, maxLength: number): KtoExample {
+  const promptIds = tokenizer.encode(completion.promptText ?? completion.prompt ?? "");
+  const room = Math.max(1, maxLength - Math.max(promptIds.length, 1) - 1);
+  const chat = completion.messages !== undefined && tokenizer.chatTemplate !== undefined;
+  return {
+    promptIds,
+    completionIds: tokenizer.encode(completion.text).slice(0, room),
+    desirable: completion.feedback!.label,
+    ...(chat && tokenizer.endOfTurnId !== undefined ? { eosId: tokenizer.endOfTurnId } : {}),
+  };
+}
+
 /** Runs until `signal` aborts; what was trained but not published by then is redone later. */
 export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
-  const held = new Map<string, Pair>(); // claimed and not yet published: renewed by the timer
+  const held = new Map<string, Trained>(); // claimed and not yet published: renewed by the timer
   const stop = new AbortController();
   const signal = AbortSignal.any([o.signal, stop.signal]);
   let fencedOut: Error | null = null;
@@ -118,7 +155,8 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
     stop.abort();
   });
   let pending: Pair[] = []; // claimed, not trained yet
-  let trained: Pair[] = []; // trained, not published yet
+  const thumbs: Completion[] = []; // claimed feedback, not trained yet
+  let trained: Trained[] = []; // trained, not published yet
   let steps = 0;
   let rounds = 0;
   const lineage = { parent: o.startVersion };
@@ -130,9 +168,24 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         for (const p of fresh) held.set(p.id, p);
         pending.push(...fresh);
       }
+      if (o.kto && thumbs.length < o.kto.batch) {
+        const fresh = await claimFeedback(o, o.kto, held, o.kto.batch - thumbs.length);
+        for (const c of fresh) held.set(c.id, c);
+        thumbs.push(...fresh);
+      }
+      const ktoReady = o.kto !== undefined && thumbs.length >= o.kto.batch;
+      if (ktoReady) {
+        // A KTO step on the thumbs claimed, between the DPO steps (in rounds mode too).
+        const batch = thumbs.splice(0, o.kto!.batch);
+        await ktoStep(o, o.kto!, batch);
+        trained.push(...batch);
+        if (o.mode === "stream" && ++steps % o.publishEverySteps === 0) {
+          trained = await publish(o, trained, held, lineage);
+        }
+      }
       const ready = o.mode === "stream" ? pending.length >= o.batchPairs : pending.length >= o.roundPairs;
       if (!ready) {
-        await pause(o.pollMs, signal);
+        if (!ktoReady) await pause(o.pollMs, signal);
         continue;
       }
       if (o.mode === "stream") {
@@ -162,7 +215,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
 }
 
 /** Claims up to `limit` labeled pairs and ends those it must not train (stale or untrainable) at once. */
-async function claimTrainable(o: OnlineTrainerOptions, held: Map<string, Pair>, limit: number): Promise<Pair[]> {
+async function claimTrainable(o: OnlineTrainerOptions, held: Map<string, Trained>, limit: number): Promise<Pair[]> {
   const version = (await o.publisher.current())?.version ?? 0;
   const claimed = await o.store.claim({
     status: "labeled",
@@ -192,11 +245,47 @@ async function claimTrainable(o: OnlineTrainerOptions, held: Map<string, Pair>, 
   return fresh;
 }
 
+/** What a version may hold: pairs (DPO) and completions with thumbs (KTO). */
+type Trained = Pair | Completion;
+
+/** Claims up to `limit` thumbs to train, and retires at once those it must not (stale or not encodable). */
+async function claimFeedback(
+  o: OnlineTrainerOptions,
+  kto: OnlineKto,
+  held: Map<string, Trained>,
+  limit: number,
+): Promise<Completion[]> {
+  const version = (await o.publisher.current())?.version ?? 0;
+  const claimed = await o.store.claimFeedback({
+    owner: o.owner,
+    leaseMs: o.leaseMs,
+    limit,
+    fence: o.fence.token,
+    skip: (id) => held.has(id),
+  });
+  const fresh: Completion[] = [];
+  for (const c of claimed) {
+    // A thumbs is on the answer one version wrote: too old a version, and it says little of the policy now.
+    const stale = c.policyVersion < version - o.maxStaleness;
+    const reason = stale
+      ? `answered by policy v${c.policyVersion}, more than max_staleness ${o.maxStaleness} versions before v${version}`
+      : kto.problem(c);
+    if (reason === null) fresh.push(c);
+    else await o.store.retireCompletion(c.id, stale ? "stale" : "rejected", reason);
+  }
+  return fresh;
+}
+
+async function ktoStep(o: OnlineTrainerOptions, kto: OnlineKto, batch: Completion[]): Promise<void> {
+  const metrics = await o.trainer.ktoStep(batch.map(kto.encode), Number.MAX_SAFE_INTEGER);
+  await kto.onStep?.(metrics);
+}
+
 /**
  * Renews the leases on every held pair and checks the fence on a timer, so that leases outlive long
  * steps and rounds; `onFencedOut` is called once when another trainer took the fence.
  */
-function keepLeases(o: OnlineTrainerOptions, held: Map<string, Pair>, onFencedOut: () => void): { stop(): void } {
+function keepLeases(o: OnlineTrainerOptions, held: Map<string, Trained>, onFencedOut: () => void): { stop(): void } {
   let running = false;
   const tick = async () => {
     if (running) return;
@@ -236,10 +325,10 @@ async function step(o: OnlineTrainerOptions, batch: Pair[]): Promise<void> {
  */
 async function publish(
   o: OnlineTrainerOptions,
-  trained: Pair[],
-  held: Map<string, Pair>,
+  trained: Trained[],
+  held: Map<string, Trained>,
   lineage: { parent: number | null },
-): Promise<Pair[]> {
+): Promise<Trained[]> {
   if (trained.length === 0) return trained;
   const dir = await Deno.makeTempDir({ dir: o.tmpDir, prefix: "publish-" });
   try {
@@ -253,7 +342,7 @@ async function publish(
     for (const p of trained) held.delete(p.id);
     const result = await o.store.settle(version);
     o.onSettled?.(version, result);
-    o.trainer.forgetReference(trained.map(o.encode));
+    o.trainer.forgetReference(trained.filter((t): t is Pair => "responses" in t).map(o.encode));
     await o.onPublish?.(version, trained.length);
     return [];
   } finally {

@@ -8,7 +8,8 @@ import { holdsFence, takeFence, trainedPairs } from "../store/training_records.t
 import { createTrainer } from "./checkpoint.ts";
 import { parseDpoConfig } from "./config.ts";
 import { promptFitProblem } from "./fit.ts";
-import { encodeStoredPair, runOnlineTrainer } from "./online.ts";
+import { encodeCompletion, encodeStoredPair, runOnlineTrainer } from "./online.ts";
+import { scorePairs } from "../model/logprobs.ts";
 
 Deno.test("encodeStoredPair: a conversation's answers end with the end-of-turn, a plain prompt's with eos", async () => {
   // llama_tiny: ChatML with <|im_end|> = 318 after each turn, eos <|endoftext|> = 316.
@@ -127,6 +128,99 @@ Deno.test("online rounds: leases outlive a round longer than the lease; stale an
     assert.deepEqual((await trainedPairs(kv, 4)).toSorted(), good.toSorted());
     const counts = await store.counts();
     assert.deepEqual([counts.trained, counts.rejected, counts.stale, counts.labeled], [6, 1, 1, 0]);
+  } finally {
+    policy.model.dispose();
+    reference.model.dispose();
+    trainer.optimizer.dispose();
+    kv.close();
+    await Deno.remove(tmpDir, { recursive: true });
+  }
+});
+
+Deno.test("online KTO: thumbs on served answers are trained exactly once, recorded in the version, and move the policy", async () => {
+  await useBackend("wasm");
+  const kv = await Deno.openKv(":memory:");
+  const policy = await loadModel(fixturePath("gpt2_tiny"));
+  const reference = await loadModel(fixturePath("gpt2_tiny"), { trainable: false });
+  const config = parseDpoConfig({ per_device_train_batch_size: 2, learning_rate: 5e-3, beta: 0.5 });
+  const trainer = createTrainer(policy, reference, config);
+  const tmpDir = await Deno.makeTempDir({ prefix: "online_kto_" });
+  const tok = policy.tokenizer;
+  try {
+    const store = new PairStore(kv);
+    const checkpoints = new KvCheckpointStore(kv);
+    const answers: [string, string, boolean][] = [];
+    // Each answer to a conversation of its own: no two opposite thumbs meet to make a DPO pair here.
+    for (let i = 0; i < 8; i++) {
+      answers.push([`What is ${i}+1? Answer:`, ` ${i + 1}`, true], [
+        `What is ${i}+2? Answer:`,
+        ` ${i + 9} and more`,
+        false,
+      ]);
+    }
+    const ids: string[] = [];
+    for (const [k, [prompt, text, label]] of answers.entries()) {
+      const id = `chatcmpl-${k.toString(16).padStart(32, "0")}`;
+      await store.recordCompletion({ id, prompt, promptText: prompt, text, policyVersion: 0 });
+      await store.recordCompletionFeedback(id, { label });
+      ids.push(id);
+    }
+    // The same thumbs' log-probs before and after: up answers should gain on down answers.
+    const logp = async (model: typeof policy.model) =>
+      (await scorePairs(
+        model,
+        answers.map(([prompt, text]) => ({ promptIds: tok.encode(prompt), completionIds: tok.encode(text) })),
+        { eosId: tok.eosTokenId, maxLength: 64 },
+      )).map((s) => s.logp);
+    const before = await logp(policy.model);
+    const fence = await takeFence(kv, { owner: "t", instance: "t#1" });
+    const stop = new AbortController();
+    const kto: number[] = [];
+    let published = 0;
+    await runOnlineTrainer({
+      store,
+      publisher: checkpoints,
+      trainer,
+      encode: (pair) => encodeStoredPair(tok, pair, 64),
+      problem: (pair) => promptFitProblem(tok, pair.promptText, 64),
+      savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
+      tmpDir,
+      owner: "t#1",
+      fence,
+      startVersion: null,
+      holdsFence: () => holdsFence(kv, fence),
+      mode: "stream",
+      batchPairs: 2,
+      roundPairs: 2,
+      roundEpochs: 1,
+      publishEverySteps: 4,
+      refRefreshRounds: 0,
+      maxStaleness: 100,
+      leaseMs: 60_000,
+      pollMs: 10,
+      signal: stop.signal,
+      kto: {
+        batch: 4,
+        encode: (c) => encodeCompletion(tok, c, 64),
+        problem: () => null,
+        onStep: (m) => void kto.push(m.loss),
+      },
+      onPublish: () => {
+        if (++published === 1) stop.abort();
+      },
+    });
+    assert.equal(kto.length, 4, "16 thumbs, 4 a step");
+    assert.deepEqual((await trainedPairs(kv, 1)).toSorted(), ids.toSorted(), "every thumbs in v1's record, once");
+    for (const id of ids) assert.equal((await store.getCompletion(id))!.trainedInto, 1);
+    // Settled: nothing is claimable again.
+    assert.deepEqual(await store.claimFeedback({ owner: "x", leaseMs: 1000, limit: 100 }), []);
+    const after = await logp(trainer.policy);
+    const gain = (i: number) => after[i]! - before[i]!;
+    const up = answers.flatMap(([, , label], i) => (label ? [gain(i)] : []));
+    const down = answers.flatMap(([, , label], i) => (label ? [] : [gain(i)]));
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    assert.ok(mean(up) > mean(down), `up answers gained ${mean(up)}, down answers ${mean(down)}`);
+    assert.ok(mean(up) > 0, `up answers' log-probs rose: ${mean(up)}`);
   } finally {
     policy.model.dispose();
     reference.model.dispose();

@@ -13,7 +13,7 @@ import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from ".
 import { parseDpoConfig } from "../dpo/config.ts";
 import { answerHeldOut, type Answers, compareWithBase, type VersionEval, VersionEvalSchema } from "../dpo/evaluate.ts";
 import { promptFitProblem } from "../dpo/fit.ts";
-import { encodeStoredPair, runOnlineTrainer } from "../dpo/online.ts";
+import { encodeCompletion, encodeStoredPair, runOnlineTrainer } from "../dpo/online.ts";
 import type { DpoTrainer, StepMetrics } from "../dpo/trainer.ts";
 import { heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
@@ -52,6 +52,8 @@ export const TrainerRoleOptionsSchema = z.object({
   leaseMs: PositiveInt,
   pollMs: PositiveInt,
   backend: z.enum(BACKENDS),
+  /** Thumbs up/down per KTO step, trained beside the pairs (at least 2; 0: thumbs are not trained). */
+  ktoBatch: Count.refine((n) => n !== 1, "a KTO step needs at least 2 thumbs (0 turns them off)").default(8),
   /** DPO settings by TRL name, validated by `parseDpoConfig` (a resumed run's own settings underneath). */
   dpo: z.record(z.string(), z.unknown()),
   /** Evaluate every published version on held-out prompts of a task; off when absent. */
@@ -250,6 +252,26 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       onRetired: (pair, to, reason) => {
         counts.retired++;
         log(`pair ${pair.id} is ${to}: ${reason}`);
+      },
+      kto: opts.ktoBatch === 0 ? undefined : {
+        batch: opts.ktoBatch,
+        encode: (completion) => encodeCompletion(tok, completion, maxLength),
+        problem: (completion) => promptFitProblem(tok, completion.promptText ?? completion.prompt ?? "", maxLength),
+        onStep: async (m) => {
+          // Recorded beside the DPO steps under KTO's own names, so that no chart mixes the two losses.
+          const named = Object.fromEntries(
+            Object.entries(m).map((
+              [k, v],
+            ) => [
+              ["step", "skipped", "skipped_steps", "ref_version", "learning_rate", "grad_norm"].includes(k)
+                ? k
+                : `kto/${k}`,
+              v,
+            ]),
+          );
+          await records.recordStep(Date.now(), m.step, named);
+          await status();
+        },
       },
       onSettled: (v, result) => {
         for (const r of result.refused) {

@@ -77,6 +77,9 @@ export const DASHBOARD_METRICS = [
   "logps/chosen",
   "logps/rejected",
   "objective/entropy",
+  // KTO steps on thumbs up/down (the online worker records them beside the DPO steps).
+  "kto/loss",
+  "kto/kl",
 ] as const;
 
 // Evaluations listed: one per published version, the newest ones.

@@ -198,3 +198,17 @@ Deno.test("GET /v1/dashboard: an empty store gives empty series, not errors", as
     close();
   }
 });
+
+Deno.test("GET /v1/dashboard: KTO steps on thumbs are their own series, beside the DPO steps", async () => {
+  const { store, clock, call, close } = await setup();
+  try {
+    await store.records.recordStep(clock.t - 2000, 1, { step: 1, loss: 0.69, "rewards/accuracies": 0.5 });
+    await store.records.recordStep(clock.t - 1000, 2, { step: 2, "kto/loss": 0.5, "kto/kl": 0.01, grad_norm: 1 });
+    const d = await (await call("GET", "/v1/dashboard", KEY)).json();
+    assert.deepEqual(d.metrics.names, ["loss", "rewards/accuracies", "grad_norm", "kto/loss", "kto/kl"]);
+    assert.deepEqual(d.metrics.series["kto/loss"], [null, 0.5], "no KTO value at the DPO step");
+    assert.deepEqual(d.metrics.series.loss, [0.69, null], "the DPO loss is not the KTO loss");
+  } finally {
+    close();
+  }
+});

@@ -25,13 +25,17 @@ import {
 } from "./inputs.ts";
 import {
   COMPLETION_FEEDBACK_PREFIX,
+  COMPLETION_TRAINABLE_PREFIX,
   completionConversationKey,
   completionConversationPrefix,
   completionFeedbackKey,
   completionKey,
+  completionTrainableKey,
   feedbackCountKey,
+  leaseKey,
 } from "./keys.ts";
-import { type Completion, CompletionSchema, type Pair, sameText } from "./schema.ts";
+import { decodeLease, isLive } from "./_leases.ts";
+import { type Completion, CompletionSchema, type Lease, type Pair, sameText } from "./schema.ts";
 import { insertPair } from "./_mutations.ts";
 import type { IdGenerator } from "./_ulid.ts";
 import { counterValue } from "./_codec.ts";
@@ -144,6 +148,7 @@ export class CompletionStore {
       assertValueFits(after, `completion '${id}'`);
       op.set(completionKey(id), after) // no expireIn: labeled completions are kept
         .set(completionFeedbackKey(at, id), null)
+        .set(completionTrainableKey(id), null) // its thumbs now awaits training (KTO)
         .sum(feedbackCountKey(label), ONE);
       if (await commitWithinLimits(op, `completion '${id}'`)) return { completion: after, pairs };
     }
@@ -233,6 +238,82 @@ export class CompletionStore {
       if (await commitWithinLimits(op, `the choice of '${chosen}'`)) return { completion: after, pairs };
     }
     throw new Error(`Cannot record a choice of '${chosen}': lost the race ${MAX_ATTEMPTS} times in a row`);
+  }
+
+  /**
+   * Claims up to `limit` completions whose thumbs awaits training, with a train lease each (the pairs'
+   * lease keys: completion ids never clash with pair ids), skipping those with a live lease unless it was
+   * claimed under a lower trainer `fence`, and those `skip` names (held already).
+   */
+  async claimFeedback(options: {
+    owner: string;
+    leaseMs: number;
+    limit: number;
+    fence?: number;
+    skip?: (id: string) => boolean;
+  }): Promise<Completion[]> {
+    const claimed: Completion[] = [];
+    for await (const index of this.#kv.list({ prefix: COMPLETION_TRAINABLE_PREFIX }, { batchSize: 100 })) {
+      if (claimed.length >= options.limit) break;
+      const id = index.key[1] as string;
+      if (options.skip?.(id)) continue;
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        const [entry, leaseEntry] = await this.#kv.getMany([completionKey(id), leaseKey("train", id)]);
+        if (entry!.value === null) break;
+        const completion = decodeStored(CompletionSchema, entry!.value, `completion '${id}'`);
+        const lease = decodeLease(leaseEntry!.value, "train", id);
+        const t = this.#now();
+        const fenced = options.fence !== undefined && lease !== null && (lease.fence ?? 0) < options.fence;
+        if (completion.feedback === undefined || completion.trainedInto !== undefined) break;
+        if (isLive(lease, t) && !fenced) break;
+        const value: Lease = {
+          owner: options.owner,
+          claimedAt: t,
+          expiresAt: t + options.leaseMs,
+          ...(options.fence === undefined ? {} : { fence: options.fence }),
+        };
+        const op = this.#kv.atomic().check(entry!).check(leaseEntry!)
+          .set(leaseKey("train", id), value, { expireIn: options.leaseMs });
+        if (await commitWithinLimits(op, `the train lease on completion '${id}'`)) {
+          claimed.push(completion);
+          break;
+        }
+      }
+    }
+    return claimed;
+  }
+
+  /**
+   * Marks a completion's thumbs trained into `version` (settling a published version), dropping it from the
+   * trainable index and its lease; idempotent. Returns "trained", "already", or why it could not.
+   */
+  async markCompletionTrained(id: string, version: number): Promise<"trained" | "already" | string> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const entry = await this.#kv.get(completionKey(id));
+      if (entry.value === null) return "the completion does not exist";
+      const completion = decodeStored(CompletionSchema, entry.value, `completion '${id}'`);
+      if (completion.trainedInto === version) return "already";
+      if (completion.trainedInto !== undefined) return `the completion was trained into v${completion.trainedInto}`;
+      const op = this.#kv.atomic().check(entry).set(completionKey(id), { ...completion, trainedInto: version })
+        .delete(completionTrainableKey(id)).delete(leaseKey("train", id));
+      if (await commitWithinLimits(op, `completion '${id}'`)) return "trained";
+    }
+    return "lost the race";
+  }
+
+  /** Ends a completion's thumbs without training it (stale or not encodable), with the reason. */
+  async retireCompletion(id: string, status: "stale" | "rejected", reason: string): Promise<boolean> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const entry = await this.#kv.get(completionKey(id));
+      if (entry.value === null) return false;
+      const completion = decodeStored(CompletionSchema, entry.value, `completion '${id}'`);
+      if (completion.trainedInto !== undefined || completion.retired !== undefined) return false;
+      const op = this.#kv.atomic().check(entry)
+        .set(completionKey(id), { ...completion, retired: { status, reason: reason.slice(0, 2000) } })
+        .delete(completionTrainableKey(id)).delete(leaseKey("train", id));
+      if (await commitWithinLimits(op, `completion '${id}'`)) return true;
+    }
+    throw new Error(`Cannot retire completion '${id}': lost the race ${MAX_ATTEMPTS} times in a row`);
   }
 
   async #entry(id: string): Promise<{ entry: Deno.KvEntry<unknown>; completion: Completion }> {

@@ -16,6 +16,7 @@
  * | `["webhook_seen", webhookId]` | `null` | by the first signed verdict with that `webhook-id`, `expireIn` 10 min |
  * | `["completion", id]` | `Completion` | by `recordCompletion` (with `expireIn`) and its feedback (without) |
  * | `["completion_by_feedback", at, id]` | `null` | with the feedback |
+ * | `["completion_trainable", id]` | `null` | with a completion's thumbs; deleted when it is trained (or retired) |
  * | `["completion_by_conversation", digest, id]` | `null` | with the completion, same `expireIn` (answers to one conversation) |
  * | `["feedback_count", "desirable" \| "undesirable"]` | `Deno.KvU64` | with the feedback |
  * | `["trained_pairs", version, chunk]` | pair ids | in the commit that publishes `version` (the pointer switch) |
@@ -145,6 +146,14 @@ export function completionConversationKey(digest: string, id: string): Deno.KvKe
 export function completionConversationPrefix(digest: string): Deno.KvKey {
   return ["completion_by_conversation", digest];
 }
+
+/** A completion whose thumbs awaits training (KTO). */
+export function completionTrainableKey(id: string): Deno.KvKey {
+  return ["completion_trainable", id];
+}
+
+/** Every completion whose thumbs awaits training, in id order. */
+export const COMPLETION_TRAINABLE_PREFIX: Deno.KvKey = ["completion_trainable"];
 
 /** The feedback index entry of a completion, by feedback time. */
 export function completionFeedbackKey(at: number, id: string): Deno.KvKey {

@@ -378,7 +378,10 @@ export class PairStore {
   async settle(version: number): Promise<MarkTrainedResult> {
     const result: MarkTrainedResult = { trained: [], alreadyTrained: [], refused: [] };
     for (const id of await trainedPairs(this.#kv, version)) {
-      const outcome = await this.#markOneTrained(id, version);
+      // A version's record lists the pairs and the thumbs (completion ids) it was trained on.
+      const outcome = isCompletionId(id)
+        ? await this.#completions.markCompletionTrained(id, version)
+        : await this.#markOneTrained(id, version);
       if (outcome === "trained") result.trained.push(id);
       else if (outcome === "already") result.alreadyTrained.push(id);
       else result.refused.push({ id, reason: outcome });
@@ -573,6 +576,16 @@ export class PairStore {
     return this.#completions.recordCompletionFeedback(id, input);
   }
 
+  /** Claims completions whose thumbs awaits training (KTO), with train leases; see `CompletionStore`. */
+  claimFeedback(options: Parameters<CompletionStore["claimFeedback"]>[0]): Promise<Completion[]> {
+    return this.#completions.claimFeedback(options);
+  }
+
+  /** Ends a completion's thumbs without training it; see `CompletionStore`. */
+  retireCompletion(id: string, status: "stale" | "rejected", reason: string): Promise<boolean> {
+    return this.#completions.retireCompletion(id, status, reason);
+  }
+
   /** Records a user's edit of a completion, a pair of the edit over it; see `CompletionStore`. */
   recordCompletionEdit(id: string, input: { text: string; annotator?: string }): Promise<SignalResult> {
     return this.#completions.recordCompletionEdit(id, input);
@@ -619,4 +632,9 @@ export function hasEqualCandidates(pair: Pair): boolean {
   if (pair.status !== "awaiting_judgment" && pair.status !== "judge_failed") return false;
   const [a, b] = pair.candidates;
   return sameText(pair.responses[a]!, pair.responses[b]!);
+}
+
+/** Whether an id in a version's record names a completion (its thumbs, trained with KTO) rather than a pair. */
+export function isCompletionId(id: string): boolean {
+  return id.startsWith("chatcmpl-");
 }

@@ -214,6 +214,10 @@ export const CompletionSchema = z.object({
   thumbsPair: z.string().optional(),
   /** The user's edit of this answer, and the pair it made (chosen: the edit). */
   edit: z.object({ text: z.string(), annotator: z.string().optional(), at: Ms, pair: z.string() }).optional(),
+  /** The policy version its thumbs was trained into (KTO, by the online worker). */
+  trainedInto: Version.optional(),
+  /** Why its thumbs will not be trained: sampled too many versions back, or it cannot be encoded. */
+  retired: z.object({ status: z.enum(["stale", "rejected"]), reason: z.string() }).optional(),
   /** Chosen among the choices of one response (`n` ≥ 2), and the pairs that made (chosen against each other). */
   chosen: z.object({ annotator: z.string().optional(), at: Ms, pairs: z.array(z.string()) }).optional(),
 }).refine((c) => (c.prompt === undefined) !== (c.messages === undefined), {

@@ -98,6 +98,7 @@ const METRIC_CHARTS = [
   { id: "kl", metrics: ["objective/kl"], title: "KL to the reference", yLabel: "objective/kl" },
   { id: "rewards", metrics: ["rewards/chosen", "rewards/rejected"], title: "Implicit rewards", yLabel: "reward" },
   { id: "grad_norm", metrics: ["grad_norm"], title: "Gradient norm", yLabel: "grad_norm", yMin: 0 },
+  { id: "kto", metrics: ["kto/loss", "kto/kl"], title: "KTO steps on thumbs up/down", yLabel: "loss, KL reference" },
 ];
 
 function renderTraining(d) {
