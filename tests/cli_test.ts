@@ -504,8 +504,8 @@ Deno.test("versions: publish a model trained elsewhere, refuse one that does not
     const listed = await cli(["versions", ...where]);
     assert.equal(listed.code, 0, listed.stderr);
     const lines = listed.stdout.trimEnd().split("\n");
-    assert.match(lines[0]!, /^ +version +parent +published +pairs +accuracy$/);
-    assert.match(lines[1]!, /^ +v1 +- +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +- +-$/);
+    assert.match(lines[0]!, /^ +version +parent +published +pairs +accuracy +gate$/);
+    assert.match(lines[1]!, /^ +v1 +- +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +- +- +-$/);
     assert.match(lines[2]!, /^\* +v2 +v1 /);
 
     const back = await cli(["versions", ...where, "--rollback", "1", "--json"]);

@@ -75,6 +75,24 @@ async function seed(kv: Deno.Kv, store: PairStore) {
   });
   await kv.set(policyPointerKey(), { version: 4, sha256: "0".repeat(64), storage: "dir", switchedAt: now - 90_000 });
 
+  // Two candidates judged by the promotion gate: the first promoted as v4, the second refused.
+  const gate = (minutes: number, candidate: number, promoted: boolean) => ({
+    at: now - minutes * 60_000,
+    step: 100 + minutes,
+    served_version: 3,
+    prompts: 300,
+    candidate_accuracy: candidate,
+    served_accuracy: 0.55,
+    mean_difference: candidate - 0.55,
+    lower_bound: candidate - 0.58,
+    margin: 0.02,
+    confidence: 0.95,
+    promoted,
+    ...(promoted ? { version: 4 } : {}),
+  });
+  await store.records.recordGate(gate(5, 0.6, true));
+  await store.records.recordGate(gate(2, 0.41, false));
+
   const create = async (prompt: string, a: string, b: string) =>
     (await store.create({ prompt, promptText: prompt, responses: [a, b], policyVersion: 4 })).pair;
   const judged = [
@@ -223,6 +241,12 @@ Deno.test({
           await page.locator('section[data-chart="member_agreement"] polyline[data-series="panel"]').count(),
           0,
         );
+
+        for (const [series, points] of [["promoted", 1], ["refused", 1], ["served", 2]] as const) {
+          assert.equal(await pointsOf(page, "gate", series), points, series);
+        }
+        assert.equal(await text(page, 'section[data-chart="gate"] b.last[data-series="refused"]'), "41.0%");
+        assert.equal(await text(page, '[data-card="gate"] .value'), "1 / 1");
 
         assert.equal(await text(page, '[data-card="policy"] .value'), "v4");
         assert.equal(await text(page, '[data-card="reference"] .value'), "#2");

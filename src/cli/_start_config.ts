@@ -10,6 +10,7 @@ import type { ParseArgsConfig } from "node:util";
 import { z } from "zod";
 import { DpoConfigSchema } from "../dpo/config.ts";
 import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
+import { heldOutAdditions } from "../judge/arithmetic.ts";
 import { JUDGE_SPEC_SYNTAX, parseJudgeSpec } from "../judge/spec.ts";
 import { BACKENDS } from "../model/backend.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
@@ -75,8 +76,12 @@ export const StartConfigSchema = z.strictObject({
   kto_batch: Count.refine((n) => n !== 1, "a KTO step needs at least 2 thumbs (0 turns them off)"),
   keep: PositiveInt,
   trainer_poll_ms: PositiveInt,
-  // The arithmetic task holds out 962 of its 10,000 two-digit additions.
-  eval_prompts: Count.max(962),
+  // The arithmetic task holds out some of its 10,000 two-digit additions (962).
+  eval_prompts: Count.max(heldOutAdditions()),
+  promotion: z.enum(["gate", "always"]),
+  gate_prompts: PositiveInt,
+  gate_margin: z.number().min(0).max(1),
+  gate_confidence: z.number().gt(0.5).lt(1),
   ...DPO_SHAPE,
 }).superRefine((c, ctx) => {
   const problem = (key: string, message: string) => ctx.addIssue({ code: "custom", path: [key], message });
@@ -86,6 +91,12 @@ export const StartConfigSchema = z.strictObject({
   }
   if (members.includes("webhook") && (!c.webhook_url || !c.feedback_url)) {
     problem("judge", "judge webhook needs webhook_url and feedback_url (and DPO_WEBHOOK_SECRET)");
+  }
+  if (c.promotion === "gate" && c.task === "arithmetic" && c.eval_prompts + c.gate_prompts > heldOutAdditions()) {
+    problem(
+      "gate_prompts",
+      `eval_prompts + gate_prompts must fit in the task's ${heldOutAdditions()} held-out prompts`,
+    );
   }
   if (c.kv === ":memory:") {
     problem("kv", "the trainer runs in a worker with a KV connection of its own: give a file path or a URL");
@@ -272,6 +283,19 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   },
   keep: { metavar: "N", help: "published versions kept", section: "trainer" },
   trainer_poll_ms: { metavar: "MS", help: "trainer's wait when there are not enough pairs", section: "trainer" },
+  promotion: {
+    metavar: "gate|always",
+    help: "gate: publish a trained policy only when it is not worse than the served one on gate prompts of its " +
+      "own (arithmetic task with evaluation; otherwise always); always: publish every one",
+    section: "trainer",
+  },
+  gate_prompts: { metavar: "N", help: "held-out prompts of the gate, apart from eval_prompts", section: "trainer" },
+  gate_margin: {
+    metavar: "M",
+    help: "how far below the served accuracy a candidate may be and still pass",
+    section: "trainer",
+  },
+  gate_confidence: { metavar: "C", help: "one-sided confidence of the gate's bound", section: "trainer" },
   eval_prompts: {
     metavar: "N",
     help: "held-out prompts every version is evaluated on, arithmetic task only (0: no evaluation)",

@@ -45,6 +45,10 @@ export const START_DEFAULTS: StartDefaults = {
   publish_every: 4,
   max_staleness: 4,
   kto_batch: 8,
+  promotion: "gate",
+  gate_prompts: 300,
+  gate_margin: 0.02,
+  gate_confidence: 0.95,
   keep: 5,
   trainer_poll_ms: 500,
   eval_prompts: 200,
@@ -267,6 +271,9 @@ function trainerOptions(cfg: StartConfig, backend: BackendReport["backend"]): Tr
     pollMs: cfg.trainer_poll_ms,
     backend,
     dpo: dpoSettings(cfg),
+    gate: cfg.promotion === "gate" && cfg.task === "arithmetic" && cfg.eval_prompts > 0
+      ? { prompts: cfg.gate_prompts, margin: cfg.gate_margin, confidence: cfg.gate_confidence }
+      : undefined,
     eval: cfg.task === "arithmetic" && cfg.eval_prompts > 0
       ? { task: "arithmetic", prompts: cfg.eval_prompts, maxNewTokens: EVAL_MAX_NEW_TOKENS }
       : undefined,

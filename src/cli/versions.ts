@@ -5,6 +5,7 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
+import { type GateDecision, GateDecisionSchema } from "../dpo/gate.ts";
 import { initBackend } from "../model/backend.ts";
 import { loadModel } from "../model/checkpoint.ts";
 import { describeModel } from "../model/architectures.ts";
@@ -67,10 +68,21 @@ export async function runVersions(args: string[]): Promise<void> {
     if (opts.rollback !== undefined) await checkpoints.rollback(opts.rollback);
     const current = await checkpoints.current();
     const records = new PairStore(kv).records;
+    // The gate decision that promoted each version, when a gate ran.
+    const gates = new Map<number, GateDecision>();
+    for (const d of (await records.gates(1000)).decisions) {
+      const parsed = GateDecisionSchema.safeParse(d);
+      if (parsed.success && parsed.data.version !== undefined) gates.set(parsed.data.version, parsed.data);
+    }
     const rows = [];
     for (const v of await checkpoints.list()) {
       const evaluation = VersionEvalSchema.safeParse(await records.evalOf(v.version));
-      rows.push({ ...v, served: v.version === current?.version, eval: evaluation.success ? evaluation.data : null });
+      rows.push({
+        ...v,
+        served: v.version === current?.version,
+        eval: evaluation.success ? evaluation.data : null,
+        gate: gates.get(v.version) ?? null,
+      });
     }
     if (opts.json) {
       for (const row of rows) await writeStdout(JSON.stringify(row) + "\n");
@@ -127,10 +139,11 @@ function table(
     trainedPairs?: number;
     served: boolean;
     eval: { accuracy: number } | null;
+    gate: GateDecision | null;
   }[],
 ): string {
   if (rows.length === 0) return "no policy version is published yet\n";
-  const lines = [["", "version", "parent", "published", "pairs", "accuracy"]];
+  const lines = [["", "version", "parent", "published", "pairs", "accuracy", "gate"]];
   for (const r of rows) {
     lines.push([
       r.served ? "*" : "",
@@ -139,6 +152,9 @@ function table(
       new Date(r.publishedAt).toISOString().replace("T", " ").slice(0, 19),
       r.trainedPairs === undefined ? "-" : String(r.trainedPairs),
       r.eval === null ? "-" : `${(r.eval.accuracy * 100).toFixed(1)}%`,
+      r.gate === null
+        ? "-"
+        : `${(r.gate.candidate_accuracy * 100).toFixed(1)}% vs ${(r.gate.served_accuracy * 100).toFixed(1)}%`,
     ]);
   }
   const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));

@@ -34,6 +34,11 @@ After a crash (kill -9 included) and a restart, no pair is lost or trained twice
   --eval arithmetic         evaluate every published version on the task's held-out prompts against --model
                             (accuracy, win rate); stored in KV with the version (default off)
   --eval-prompts N          held-out prompts evaluated (default 200)
+  --promotion gate|always   gate (the default with --eval): publish a trained policy only when it is not worse
+                            than the served one on held-out prompts of its own; always: publish every one
+  --gate-prompts N          the gate's prompts, apart from the evaluation's (default 300)
+  --gate-margin M           how far below the served accuracy a candidate may be and pass (default 0.02)
+  --gate-confidence C       one-sided confidence of the gate's bound (default 0.95)
   --backend B               compute backend (default auto)
 ${flagUsage("online")}`;
 
@@ -57,7 +62,14 @@ const Options = z.object({
   "poll-ms": numberOption((n) => n.int().positive()).default(1000),
   eval: z.enum(["arithmetic"]).optional(),
   "eval-prompts": numberOption((n) => n.int().positive()).default(200),
+  promotion: z.enum(["gate", "always"]).optional(),
+  "gate-prompts": numberOption((n) => n.int().positive()).default(300),
+  "gate-margin": numberOption((n) => n.min(0).max(1)).default(0.02),
+  "gate-confidence": numberOption((n) => n.gt(0.5).lt(1)).default(0.95),
   backend: backendOption,
+}).refine((o) => o.promotion !== "gate" || o.eval, {
+  path: ["promotion"],
+  message: "gate needs --eval (the task whose held-out prompts it compares on)",
 }).refine((o) => !o.eval || o.model, {
   path: ["eval"],
   message: "needs --model (the base versions are compared with)",
@@ -88,6 +100,10 @@ export async function runWorker(args: string[]): Promise<void> {
     "poll-ms": { type: "string" },
     eval: { type: "string" },
     "eval-prompts": { type: "string" },
+    promotion: { type: "string" },
+    "gate-prompts": { type: "string" },
+    "gate-margin": { type: "string" },
+    "gate-confidence": { type: "string" },
     backend: { type: "string", default: "auto" },
     ...dpoFlagSpec(),
   });
@@ -126,6 +142,10 @@ export async function runWorker(args: string[]): Promise<void> {
       dpo: configFromFlags(values),
       eval: opts.eval
         ? { task: opts.eval, prompts: opts["eval-prompts"], maxNewTokens: EVAL_MAX_NEW_TOKENS }
+        : undefined,
+      // The gate needs an evaluator: on by default where there is one.
+      gate: opts.eval && (opts.promotion ?? "gate") === "gate"
+        ? { prompts: opts["gate-prompts"], margin: opts["gate-margin"], confidence: opts["gate-confidence"] }
         : undefined,
     }, {
       signal: stop.signal,

@@ -102,6 +102,12 @@ export interface OnlineTrainerOptions {
   onSettled?: (version: number, result: MarkTrainedResult) => void;
   /** Train thumbs up/down too (see the module comment); off when absent. */
   kto?: OnlineKto;
+  /**
+   * Asked before each publish whether the trained policy may be served (the promotion gate, `gate.ts`): when
+   * it answers false nothing is published, training goes on from this policy, and what it was trained on
+   * stays held for the next publish. Absent: every publish goes ahead.
+   */
+  gate?: () => Promise<boolean>;
 }
 
 /**
@@ -330,6 +336,7 @@ async function publish(
   lineage: { parent: number | null },
 ): Promise<Trained[]> {
   if (trained.length === 0) return trained;
+  if (o.gate && !(await o.gate())) return trained;
   const dir = await Deno.makeTempDir({ dir: o.tmpDir, prefix: "publish-" });
   try {
     await o.savePolicy(dir);

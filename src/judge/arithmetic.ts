@@ -102,6 +102,13 @@ export function isHeldOut(problem: Pick<ArithmeticProblem, "x" | "op" | "y">, he
   return fnv1a(`${problem.x}${problem.op}${problem.y}`) / 2 ** 32 < heldOutFraction;
 }
 
+/** How many two-digit additions (operands 0–99, the built-in task) the held-out split holds. */
+export function heldOutAdditions(heldOutFraction = 0.1): number {
+  let n = 0;
+  for (let x = 0; x <= 99; x++) for (let y = 0; y <= 99; y++) if (isHeldOut({ x, op: "+", y }, heldOutFraction)) n++;
+  return n;
+}
+
 /** Returns a function that yields an endless deterministic stream of prompts from one split. */
 export function createArithmeticPrompts(
   options: ArithmeticTaskOptions & { split?: ArithmeticSplit } = {},

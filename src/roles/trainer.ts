@@ -15,10 +15,11 @@ import { answerHeldOut, type Answers, compareWithBase, type VersionEval, Version
 import { promptFitProblem } from "../dpo/fit.ts";
 import { encodeCompletion, encodeStoredPair, runOnlineTrainer } from "../dpo/online.ts";
 import type { DpoTrainer, StepMetrics } from "../dpo/trainer.ts";
-import { heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
+import { heldOutAdditions, heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { MAX_PAIRS_PER_VERSION, type TrainingRecords } from "../store/training_records.ts";
+import { decideGate, type GateDecision } from "../dpo/gate.ts";
 import { PointerMovedError } from "../store/errors.ts";
 import { writeAtomic } from "../util/fs.ts";
 
@@ -27,6 +28,9 @@ export const EVAL_TASKS = ["arithmetic"] as const;
 
 const PositiveInt = z.number().int().positive();
 const Count = z.number().int().nonnegative();
+
+// The arithmetic task's held-out additions: the evaluation and the gate draw theirs from these.
+const ARITHMETIC_HELD_OUT = heldOutAdditions();
 
 /** What the trainer role runs with (plain data, so that it crosses a worker's message boundary). */
 export const TrainerRoleOptionsSchema = z.object({
@@ -58,10 +62,22 @@ export const TrainerRoleOptionsSchema = z.object({
   dpo: z.record(z.string(), z.unknown()),
   /** Evaluate every published version on held-out prompts of a task; off when absent. */
   eval: z.object({ task: z.enum(EVAL_TASKS), prompts: PositiveInt, maxNewTokens: PositiveInt }).optional(),
-}).refine((o) => o.mode !== "rounds" || o.roundSize <= MAX_PAIRS_PER_VERSION, {
-  message: `a round holds at most ${MAX_PAIRS_PER_VERSION} pairs (one version records them in one commit)`,
-  path: ["roundSize"],
-});
+  /**
+   * The promotion gate (`src/dpo/gate.ts`), on `prompts` held-out prompts of the evaluation's task kept apart
+   * from the evaluation's own: a trained policy is published only when not worse than the served one. Needs
+   * `eval`; off when absent.
+   */
+  gate: z.object({ prompts: PositiveInt, margin: z.number().min(0).max(1), confidence: z.number().gt(0.5).lt(1) })
+    .optional(),
+}).refine((o) => !o.gate || o.eval, { message: "the gate needs an evaluation task (eval)", path: ["gate"] })
+  .refine((o) => !o.gate || !o.eval || o.eval.prompts + o.gate.prompts <= ARITHMETIC_HELD_OUT, {
+    message: `the evaluation's and the gate's prompts must fit in the task's ${ARITHMETIC_HELD_OUT} held-out prompts`,
+    path: ["gate", "prompts"],
+  })
+  .refine((o) => o.mode !== "rounds" || o.roundSize <= MAX_PAIRS_PER_VERSION, {
+    message: `a round holds at most ${MAX_PAIRS_PER_VERSION} pairs (one version records them in one commit)`,
+    path: ["roundSize"],
+  });
 /** What the trainer role runs with. */
 export type TrainerRoleOptions = z.input<typeof TrainerRoleOptionsSchema>;
 
@@ -208,6 +224,11 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
   await Deno.remove(tmpDir, { recursive: true }).catch(() => {});
   await Deno.mkdir(tmpDir, { recursive: true });
 
+  // Before any training: the trainer's weights are the served version's (or the starting model's).
+  const gater = opts.gate && opts.eval
+    ? await createGate(opts.gate, opts.eval, trainer, policy.tokenizer, current?.version ?? 0, log)
+    : undefined;
+  let decision: GateDecision | undefined;
   const evaluator = opts.eval
     ? await createEvaluator(records, opts.eval, {
       trainer,
@@ -293,8 +314,25 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
         await status();
         hooks.onEvent({ type: "step", metrics: m });
       },
+      gate: gater && (async () => {
+        decision = await gater.decide(trainer);
+        const verdict =
+          `candidate ${percent(decision.candidate_accuracy)} vs served ${
+            percent(decision.served_accuracy)
+          } on ${decision.prompts} gate prompts (lower bound of the difference ${decision.lower_bound.toFixed(3)}, ` +
+          `margin ${decision.margin})`;
+        if (!decision.promoted) {
+          await records.recordGate(decision);
+          log(`gate: not published, training goes on from it: ${verdict}`);
+        } else log(`gate: promoted: ${verdict}`);
+        return decision.promoted;
+      }),
       onPublish: async (published, pairs) => {
         version = published;
+        if (gater && decision) {
+          await records.recordGate({ ...decision, version: published });
+          gater.promoted(published);
+        }
         await saveTrainingCheckpoint(stateDir, trainer, { policy, reference });
         await writeAtomic(statePath, new TextEncoder().encode(JSON.stringify({ version: published }) + "\n"));
         // The best evaluated version is kept however many newer ones follow: it is what a rollback wants.
@@ -322,6 +360,56 @@ export async function bestEvaluated(records: TrainingRecords): Promise<number[]>
     }
   }
   return best === undefined ? [] : [best.version];
+}
+
+/** The promotion gate of the trainer role: the served version's answers, kept, against each candidate's. */
+interface Gate {
+  /** Answers the gate prompts with the trainer's policy and decides (see `src/dpo/gate.ts`). */
+  decide(trainer: DpoTrainer): Promise<GateDecision>;
+  /** The candidate last decided on was published as `version`: its answers are the served ones now. */
+  promoted(version: number): void;
+}
+
+async function createGate(
+  spec: NonNullable<Options["gate"]>,
+  evalSpec: NonNullable<Options["eval"]>,
+  trainer: DpoTrainer,
+  tokenizer: LoadedModel["tokenizer"],
+  servedVersion: number,
+  log: (m: string) => void,
+): Promise<Gate> {
+  // The evaluation's prompts come first in the held-out split; the gate's follow them, never the same ones.
+  const prompts = heldOutArithmeticPrompts(evalSpec.prompts + spec.prompts, { minOperand: 0, maxOperand: 99 })
+    .slice(evalSpec.prompts);
+  const answer = async () =>
+    (await answerHeldOut(trainer.policy, tokenizer, prompts, arithmeticScore, { maxNewTokens: evalSpec.maxNewTokens }))
+      .scores;
+  let served = { version: servedVersion, scores: await answer() };
+  let last: number[] = served.scores;
+  log(
+    `gate: ${prompts.length} prompts of its own; the served v${servedVersion} scores ${percent(mean(served.scores))}`,
+  );
+  return {
+    async decide(t) {
+      last = await answer();
+      return {
+        at: Date.now(),
+        step: t.step,
+        served_version: served.version,
+        prompts: prompts.length,
+        margin: spec.margin,
+        confidence: spec.confidence,
+        ...decideGate(last, served.scores, spec),
+      };
+    },
+    promoted(version) {
+      served = { version, scores: last };
+    },
+  };
+}
+
+function mean(xs: number[]): number {
+  return xs.reduce((a, x) => a + x, 0) / xs.length;
 }
 
 interface Evaluator {

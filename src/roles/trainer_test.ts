@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
+import { GateDecisionSchema } from "../dpo/gate.ts";
 import { checkpointUploadKey, evalKey, trainerFenceKey } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
 import { bestEvaluated, runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./trainer.ts";
@@ -336,4 +337,71 @@ Deno.test("trainer role: retention spares the best evaluated version, the newest
   } finally {
     kv.close();
   }
+});
+
+Deno.test({
+  name: "trainer role: the promotion gate keeps a worse policy from being served, records why, and trains on",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "trainer_gate_" });
+    const kvPath = join(dir, "dpo.kv");
+    const kv = await Deno.openKv(kvPath);
+    const store = new PairStore(kv);
+    const base = fileURLToPath(new URL("../../models/arith-tiny", import.meta.url));
+    const options: TrainerRoleOptions = {
+      kv: kvPath,
+      checkpoints: `dir:${join(dir, "checkpoints")}`,
+      model: base,
+      stateDir: join(dir, "trainer"),
+      mode: "stream",
+      roundSize: 4,
+      roundEpochs: 1,
+      publishEvery: 1,
+      refRefreshRounds: 0,
+      maxStaleness: 4,
+      keep: 5,
+      owner: "trainer-gate",
+      leaseMs: 60_000,
+      pollMs: 20,
+      backend: "wasm",
+      dpo: { per_device_train_batch_size: 4, learning_rate: 3e-3, loss_type: ["sigmoid"] },
+      eval: { task: "arithmetic", prompts: 20, maxNewTokens: 6 },
+      gate: { prompts: 100, margin: 0.02, confidence: 0.95 },
+    };
+    try {
+      // Preferences that teach wrong sums: a policy trained on them answers worse.
+      for (let i = 0; i < 12; i++) {
+        const [x, y] = [10 + i, 20 + 2 * i];
+        await store.importLabeled({ prompt: `${x}+${y}=`, chosen: `${x + y + 11}`, rejected: `${x + y}` });
+      }
+      const events: TrainerEvent[] = [];
+      const stop = new AbortController();
+      let steps = 0;
+      await runTrainerRole(options, {
+        signal: stop.signal,
+        onEvent: (e) => {
+          events.push(e);
+          if (e.type === "step" && ++steps === 3) setTimeout(() => stop.abort(), 0);
+        },
+      });
+      const logs = events.flatMap((e) => (e.type === "log" ? [e.message] : []));
+      const refusals = logs.filter((l) => l.startsWith("gate: not published"));
+      assert.ok(refusals.length >= 1, logs.join("\n"));
+      assert.deepEqual(events.filter((e) => e.type === "publish"), [], "nothing worse was served");
+      assert.equal(await openCheckpoints(kv, options.checkpoints).current(), null);
+      const gates = await store.records.gates(10);
+      assert.equal(gates.refused, refusals.length);
+      const last = GateDecisionSchema.parse(gates.decisions.at(-1));
+      assert.equal(last.promoted, false);
+      assert.equal(last.served_version, 0);
+      assert.ok(last.candidate_accuracy < last.served_accuracy, JSON.stringify(last));
+      assert.ok(last.lower_bound < -0.02);
+      // The pairs stay with the trainer (held, not trained into any version) until a candidate passes.
+      assert.equal((await store.counts()).trained, 0);
+    } finally {
+      kv.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

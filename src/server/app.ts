@@ -328,18 +328,38 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
   });
 
   app.get("/v1/stats", async (c) => {
-    const [pairs, feedback, judges] = await Promise.all([store.counts(), store.feedbackCounts(), store.judgeUsage()]);
-    return c.json({ policy_version: policy.version, pairs, completion_feedback: feedback, judges: judgeStats(judges) });
+    const [pairs, feedback, judges, gate] = await Promise.all([
+      store.counts(),
+      store.feedbackCounts(),
+      store.judgeUsage(),
+      store.records.gates(1),
+    ]);
+    return c.json({
+      policy_version: policy.version,
+      pairs,
+      completion_feedback: feedback,
+      judges: judgeStats(judges),
+      gate: { promoted: gate.promoted, refused: gate.refused, last: gate.decisions[0] ?? null },
+    });
   });
 
   app.get("/metrics", async (c) => {
-    const [pairs, feedback, trainer, judges] = await Promise.all([
+    const [pairs, feedback, trainer, judges, gate] = await Promise.all([
       store.counts(),
       store.feedbackCounts(),
       store.records.status(),
       store.judgeUsage(),
+      store.records.gates(0),
     ]);
-    const state = { pairs, feedback, trainer, judges, policyVersion: policy.version, decoding: policy.decoding };
+    const state = {
+      pairs,
+      feedback,
+      trainer,
+      judges,
+      gate: { promoted: gate.promoted, refused: gate.refused },
+      policyVersion: policy.version,
+      decoding: policy.decoding,
+    };
     return c.text(metrics.render(state), 200, {
       "content-type": "text/plain; version=0.0.4",
     });

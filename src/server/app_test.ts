@@ -445,8 +445,11 @@ Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or
     latencyMs: 300,
     usage: { requests: 2, promptTokens: 150, completionTokens: 12 },
   });
+  await store.records.recordGate({ at: 1, step: 3, promoted: false });
+  await store.records.recordGate({ at: 2, step: 6, promoted: true, version: 1 });
   const stats = await (await call("GET", "/v1/stats")).json();
   assert.deepEqual([stats.pairs.stale, stats.pairs.rejected, stats.pairs.judge_failed], [1, 1, 1]);
+  assert.deepEqual(stats.gate, { promoted: 1, refused: 1, last: { at: 2, step: 6, promoted: true, version: 1 } });
   assert.deepEqual(stats.judges["hf:judge"], {
     calls: 2,
     failures: 1,
@@ -462,6 +465,7 @@ Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or
   for (const status of ["stale", "rejected", "judge_failed"]) {
     assert.match(metrics, new RegExp(`^dpo_pairs\\{status="${status}"\\} 1$`, "m"));
   }
+  assert.match(metrics, /^dpo_gate_decisions_total\{outcome="refused"\} 1$/m);
   assert.match(metrics, /^dpo_judge_calls_total\{judge="hf:judge"\} 2$/m);
   assert.match(metrics, /^dpo_judge_failures_total\{judge="hf:judge"\} 1$/m);
   assert.match(metrics, /^dpo_judge_latency_seconds_total\{judge="hf:judge"\} 0.3$/m);

@@ -34,6 +34,10 @@
  *     minutes: number[];            // the same minutes as `activity`
  *     series: Record<judge, Record<metric, number[]>>;  // per judge, the same counters per minute
  *   };
+ *   gate: {                         // the promotion gate (src/dpo/gate.ts)
+ *     promoted: number; refused: number;  // decisions ever, by outcome
+ *     decisions: GateDecision[];    // the last 200, oldest first
+ *   };
  *   latest: {                       // newest first; texts cut to 280 characters
  *     id, status, created_at, updated_at, policy_version, prompt, a, b,
  *     chosen: "a" | "b" | null,
@@ -45,6 +49,7 @@
  */
 import { z } from "zod";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
+import { GateDecisionSchema } from "../dpo/gate.ts";
 import { ACTIVITY_KINDS, type Pair, type PairStore } from "../store/pairs.ts";
 import type { TrainingRecords } from "../store/training_records.ts";
 
@@ -101,18 +106,20 @@ export async function readDashboard(source: DashboardSource, query: DashboardQue
   const { store, now } = source;
   const records = store.records;
   const window = { from: now - (query.minutes - 1) * 60_000, to: now };
-  const [pointer, status, counts, metrics, evals, activity, latest, judgeTotals, judgeActivity] = await Promise.all([
-    records.pointer(),
-    // A status this version cannot read (another trainer version) is shown as none rather than failing the page.
-    records.status().catch(() => null),
-    store.counts(),
-    readMetrics(records, query),
-    readEvals(records),
-    store.activity(window),
-    query.pairs === 0 ? Promise.resolve({ pairs: [] }) : store.list({ limit: query.pairs }),
-    store.judgeUsage(),
-    store.judgeActivity(window),
-  ]);
+  const [pointer, status, counts, metrics, evals, activity, latest, judgeTotals, judgeActivity, gate] = await Promise
+    .all([
+      records.pointer(),
+      // A status this version cannot read (another trainer version) is shown as none rather than failing the page.
+      records.status().catch(() => null),
+      store.counts(),
+      readMetrics(records, query),
+      readEvals(records),
+      store.activity(window),
+      query.pairs === 0 ? Promise.resolve({ pairs: [] }) : store.list({ limit: query.pairs }),
+      store.judgeUsage(),
+      store.judgeActivity(window),
+      readGate(records),
+    ]);
   const trainer = status;
   return {
     now,
@@ -131,6 +138,7 @@ export async function readDashboard(source: DashboardSource, query: DashboardQue
       ...Object.fromEntries(ACTIVITY_KINDS.map((k) => [k, activity.counts[k]])),
     },
     judges: { totals: judgeTotals, minutes: judgeActivity.minutes, series: judgeActivity.judges },
+    gate,
     latest: latest.pairs.map(pairSummary),
   };
 }
@@ -175,6 +183,19 @@ async function readEvals(source: TrainingRecords) {
     if (parsed.success) evals.push(parsed.data);
   }
   return evals;
+}
+
+/** The last gate decisions (oldest first) and the counts of each outcome. */
+async function readGate(source: TrainingRecords) {
+  const { decisions, promoted, refused } = await source.gates(MAX_EVALS);
+  return {
+    promoted,
+    refused,
+    decisions: decisions.flatMap((d) => {
+      const parsed = GateDecisionSchema.safeParse(d);
+      return parsed.success ? [parsed.data] : [];
+    }),
+  };
 }
 
 function pairSummary(pair: Pair) {

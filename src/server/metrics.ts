@@ -9,6 +9,8 @@ export interface ScrapeState {
   policyVersion: number;
   /** Every automated judge's running totals (shared KV), by judge id. */
   judges: Record<string, JudgeUsage>;
+  /** Promotion gate decisions so far, by outcome (shared KV). */
+  gate: { promoted: number; refused: number };
   /** The trainer's last status record (shared KV), if a trainer ever ran. */
   trainer?: TrainerStatus | null;
   /** The serving version's decoding loop, when batching is on. */
@@ -81,6 +83,10 @@ export class Metrics {
     );
     perJudge("dpo_judge_votes_total", "Votes a, b or tie each ensemble member cast", (u) => u.votes);
     perJudge("dpo_judge_votes_agreed_total", "Of those, votes equal to the ensemble's verdict", (u) => u.votes_agreed);
+    family("dpo_gate_decisions_total", "counter", "Promotion gate decisions on trained policies (shared KV).", [
+      ['outcome="promoted"', state.gate.promoted],
+      ['outcome="refused"', state.gate.refused],
+    ]);
     const t = state.trainer;
     if (t) {
       // The trainer run's own counts: a restarted trainer starts them again at 0, a reset to Prometheus.

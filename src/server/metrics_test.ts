@@ -69,6 +69,7 @@ Deno.test({
         retired: 0,
         updated_at: Date.now(),
       });
+      await store.records.recordGate({ at: Date.now(), step: 5, promoted: false });
       const statuses = await Promise.all([
         call("POST", "/v1/chat/completions", { messages: [{ role: "user", content: "Hi" }], max_tokens: 4 }),
         call("GET", "/v1/stats"),
@@ -83,7 +84,13 @@ Deno.test({
 
       const text = await (await call("GET", "/metrics")).text();
       for (
-        const family of ["dpo_pairs", "dpo_http_requests_total", "dpo_judge_votes_agreed_total", "dpo_trainer_step"]
+        const family of [
+          "dpo_pairs",
+          "dpo_http_requests_total",
+          "dpo_judge_votes_agreed_total",
+          "dpo_trainer_step",
+          "dpo_gate_decisions_total",
+        ]
       ) {
         assert.match(text, new RegExp(`^# TYPE ${family} `, "m"), `${family} is present`);
       }

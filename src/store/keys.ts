@@ -22,6 +22,8 @@
  * | `["trained_pairs", version, chunk]` | pair ids | in the commit that publishes `version` (the pointer switch) |
  * | `["unsettled", version]` | `null` | with that commit; deleted once every pair it lists is marked trained |
  * | `["trainer_fence"]` | `Fence` | by each trainer as it starts (the token only rises); checked by every publish |
+ * | `["gate", at, step]` | gate decision | by the trainer for every candidate it evaluates (`src/dpo/gate.ts`) |
+ * | `["gate_count", "promoted" \| "refused"]` | `Deno.KvU64` | `sum` with each decision |
  * | `["train_metrics", at, step]` | step metrics | by the trainer after every step |
  * | `["trainer_status"]` | `{ owner, step, policy_version, ref_version, updated_at }` | by the trainer after each step and publish |
  * | `["eval", version]` | `VersionEval` | by the trainer after publishing `version` (held-out accuracy, win rate) |
@@ -257,6 +259,19 @@ export function evalKey(version: number): Deno.KvKey {
 
 /** All evaluations, oldest version first. */
 export const EVAL_PREFIX: Deno.KvKey = ["eval"];
+
+/** A gate decision. */
+export function gateKey(at: number, step: number): Deno.KvKey {
+  return ["gate", at, step];
+}
+
+/** Every gate decision, oldest first. */
+export const GATE_PREFIX: Deno.KvKey = ["gate"];
+
+/** The count of gate decisions with one outcome. */
+export function gateCountKey(outcome: "promoted" | "refused"): Deno.KvKey {
+  return ["gate_count", outcome];
+}
 
 /** What the trainer is doing now: its step, the policy version it trains from and its reference version. */
 export function trainerStatusKey(): Deno.KvKey {

@@ -13,12 +13,15 @@
  * of after the lease runs out.
  */
 import { z } from "zod";
-import { decodeStored } from "./_codec.ts";
+import { counterValue, decodeStored } from "./_codec.ts";
 import { commitWithinLimits } from "./_size.ts";
 import { StoreInputError } from "./errors.ts";
 import {
   EVAL_PREFIX,
   evalKey,
+  GATE_PREFIX,
+  gateCountKey,
+  gateKey,
   TRAIN_METRICS_PREFIX,
   trainedPairsKey,
   trainedPairsPrefix,
@@ -230,6 +233,27 @@ export class TrainingRecords {
     const out: unknown[] = [];
     for await (const entry of this.#kv.list({ prefix: EVAL_PREFIX }, { reverse: true, limit })) out.push(entry.value);
     return out.reverse();
+  }
+
+  /** Keeps one gate decision (see `src/dpo/gate.ts`; stored as given) and counts its outcome. */
+  async recordGate(decision: { at: number; step: number; promoted: boolean } & Record<string, unknown>): Promise<void> {
+    const op = this.#kv.atomic().set(gateKey(decision.at, decision.step), decision)
+      .sum(gateCountKey(decision.promoted ? "promoted" : "refused"), 1n);
+    await commitWithinLimits(op, "a gate decision");
+  }
+
+  /** The newest `limit` gate decisions as stored, oldest first, and the counts of each outcome ever. */
+  async gates(limit: number): Promise<{ decisions: unknown[]; promoted: number; refused: number }> {
+    const decisions: unknown[] = [];
+    if (limit > 0) {
+      for await (const e of this.#kv.list({ prefix: GATE_PREFIX }, { reverse: true, limit })) decisions.push(e.value);
+    }
+    const [promoted, refused] = await this.#kv.getMany([gateCountKey("promoted"), gateCountKey("refused")]);
+    return {
+      decisions: decisions.reverse(),
+      promoted: counterValue(promoted!.value, "the promoted gate counter"),
+      refused: counterValue(refused!.value, "the refused gate counter"),
+    };
   }
 
   /** The served-policy pointer (which version, when it switched); null before the first publish. */

@@ -87,6 +87,7 @@ function renderCards(d) {
     card("Stale / rejected", fmtNumber(n.stale) + " / " + fmtNumber(n.rejected),
       "labeled, not trained" + (t && t.leases_lost ? " · " + fmtNumber(t.leases_lost) + " leases lost" : ""), "stale"),
     card("Judge failed", fmtNumber(n.judge_failed), "a person can still label these", "judge_failed"),
+    card("Gate", fmtNumber(d.gate.promoted) + " / " + fmtNumber(d.gate.refused), "candidates promoted / refused", "gate"),
   );
 }
 
@@ -143,6 +144,24 @@ function renderFlow(d) {
       yMin: 0,
       yMax: 1,
       empty: "no version evaluated yet",
+    }),
+    lineChart({
+      id: "gate",
+      title: "Promotion gate: each candidate against the served version (" + d.gate.promoted + " promoted, " +
+        d.gate.refused + " refused)",
+      xLabel: "time",
+      yLabel: "accuracy on the gate's prompts",
+      xs: d.gate.decisions.map((g) => g.at),
+      series: [
+        { name: "promoted", ys: d.gate.decisions.map((g) => (g.promoted ? g.candidate_accuracy : null)), color: "#1a9c6b" },
+        { name: "refused", ys: d.gate.decisions.map((g) => (g.promoted ? null : g.candidate_accuracy)), color: "#c4321f" },
+        { name: "served", ys: d.gate.decisions.map((g) => g.served_accuracy), dashed: true, color: "#98a2b3" },
+      ],
+      xKind: "time",
+      yFormat: fmtPercent,
+      yMin: 0,
+      yMax: 1,
+      empty: "no candidate judged by the gate yet",
     }),
     lineChart({
       id: "throughput",
