@@ -1,29 +1,72 @@
 /** Entry point: parses the command line and runs one command. Wiring only. */
 import { ConfigError, UsageError } from "./src/cli/common.ts";
-import { GENERATE_USAGE, runGenerate } from "./src/cli/generate.ts";
-import { LOGPROBS_USAGE, runLogprobs } from "./src/cli/logprobs.ts";
-import { runStart, START_USAGE } from "./src/cli/start.ts";
-import { runTrain, TRAIN_USAGE } from "./src/cli/train.ts";
-import { runServe, SERVE_USAGE } from "./src/cli/serve.ts";
-import { JUDGE_COMMAND_USAGE, runJudgeCommand } from "./src/cli/judge.ts";
-import { runWorker, WORKER_USAGE } from "./src/cli/worker.ts";
-import { runVersions, VERSIONS_USAGE } from "./src/cli/versions.ts";
-import { MERGE_USAGE, runMerge } from "./src/cli/merge.ts";
-
-const COMMANDS: Record<string, { run: (args: string[]) => Promise<void>; usage: string; summary: string }> = {
+// Each command's module is imported only when it runs: a command that loads no model (a feedback-only
+// server, versions) never loads TF.js.
+type Command = { run: (args: string[]) => Promise<void>; usage: string };
+const COMMANDS: Record<string, { load: () => Promise<Command>; summary: string }> = {
   start: {
-    run: runStart,
-    usage: START_USAGE,
+    load: async () => {
+      const m = await import("./src/cli/start.ts");
+      return { run: m.runStart, usage: m.START_USAGE };
+    },
     summary: "the whole online loop in one process, on the shipped tiny model",
   },
-  logprobs: { run: runLogprobs, usage: LOGPROBS_USAGE, summary: "score completions: one JSON line per input" },
-  generate: { run: runGenerate, usage: GENERATE_USAGE, summary: "sample continuations of prompts" },
-  train: { run: runTrain, usage: TRAIN_USAGE, summary: "offline DPO on a preference dataset" },
-  serve: { run: runServe, usage: SERVE_USAGE, summary: "the API server on the shared KV (role serve)" },
-  judge: { run: runJudgeCommand, usage: JUDGE_COMMAND_USAGE, summary: "judge pairs awaiting judgment (role judge)" },
-  worker: { run: runWorker, usage: WORKER_USAGE, summary: "train online and publish policy versions (role train)" },
-  versions: { run: runVersions, usage: VERSIONS_USAGE, summary: "list published policy versions, or roll back" },
-  merge: { run: runMerge, usage: MERGE_USAGE, summary: "fold a LoRA adapter into its base model" },
+  logprobs: {
+    load: async () => {
+      const m = await import("./src/cli/logprobs.ts");
+      return { run: m.runLogprobs, usage: m.LOGPROBS_USAGE };
+    },
+    summary: "score completions: one JSON line per input",
+  },
+  generate: {
+    load: async () => {
+      const m = await import("./src/cli/generate.ts");
+      return { run: m.runGenerate, usage: m.GENERATE_USAGE };
+    },
+    summary: "sample continuations of prompts",
+  },
+  train: {
+    load: async () => {
+      const m = await import("./src/cli/train.ts");
+      return { run: m.runTrain, usage: m.TRAIN_USAGE };
+    },
+    summary: "offline DPO on a preference dataset",
+  },
+  serve: {
+    load: async () => {
+      const m = await import("./src/cli/serve.ts");
+      return { run: m.runServe, usage: m.SERVE_USAGE };
+    },
+    summary: "the API server on the shared KV (role serve)",
+  },
+  judge: {
+    load: async () => {
+      const m = await import("./src/cli/judge.ts");
+      return { run: m.runJudgeCommand, usage: m.JUDGE_COMMAND_USAGE };
+    },
+    summary: "judge pairs awaiting judgment (role judge)",
+  },
+  worker: {
+    load: async () => {
+      const m = await import("./src/cli/worker.ts");
+      return { run: m.runWorker, usage: m.WORKER_USAGE };
+    },
+    summary: "train online and publish policy versions (role train)",
+  },
+  versions: {
+    load: async () => {
+      const m = await import("./src/cli/versions.ts");
+      return { run: m.runVersions, usage: m.VERSIONS_USAGE };
+    },
+    summary: "list, publish or roll back policy versions",
+  },
+  merge: {
+    load: async () => {
+      const m = await import("./src/cli/merge.ts");
+      return { run: m.runMerge, usage: m.MERGE_USAGE };
+    },
+    summary: "fold a LoRA adapter into its base model",
+  },
 };
 
 const USAGE = `Usage: deno task cli <command> [options]   (deno task start runs 'start')
@@ -39,11 +82,12 @@ async function main(args: string[]): Promise<number> {
     console.log(USAGE);
     return name === undefined ? 2 : 0;
   }
-  const command = COMMANDS[name];
-  if (!command) {
+  const entry = COMMANDS[name];
+  if (!entry) {
     console.error(`error: unknown command '${name}'\n\n${USAGE}`);
     return 2;
   }
+  const command = await entry.load();
   try {
     await command.run(rest);
     return 0;

@@ -108,7 +108,7 @@ export class ProgressReporter {
       : `held-out accuracy of the base ${pct(this.#baseAccuracy)}`;
     const line = [
       `pairs: ${c.awaiting_judgment} awaiting judgment, ${c.labeled} labeled, ${c.trained} trained, ${c.tie} ties`,
-      `trainer: step ${this.#step}, published v${this.#version}, serving v${this.server?.policy.version ?? 0}`,
+      `trainer: step ${this.#step}, published v${this.#version}, serving v${this.server?.policy?.version ?? 0}`,
       accuracy,
     ].filter((s) => s).join(" | ");
     if (line === this.#last) return;

@@ -1,10 +1,8 @@
 /** What every CLI command shares: argument parsing, usage errors, and loading a model on a backend. */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { z } from "zod";
-import { BACKENDS, describeBackend, initBackend } from "../model/backend.ts";
-import { describeModel } from "../model/architectures.ts";
-import { type LoadedModel, loadModel } from "../model/checkpoint.ts";
-import { resolveModel } from "../model/hub.ts";
+import { BACKENDS } from "../model/backends.ts";
+import type { LoadedModel } from "../model/checkpoint.ts";
 
 /** A mistake in the command line: printed with the command's usage, exit code 2. */
 export class UsageError extends Error {}
@@ -70,6 +68,13 @@ export async function writeStdout(text: string): Promise<void> {
 export async function loadForCli(
   opts: { model: string; backend: z.infer<typeof backendOption>; "cache-dir"?: string },
 ): Promise<LoadedModel> {
+  // Imported here: a command that loads no model (a feedback-only server) never loads TF.js.
+  const [{ describeBackend, initBackend }, { describeModel }, { loadModel }, { resolveModel }] = await Promise.all([
+    import("../model/backend.ts"),
+    import("../model/architectures.ts"),
+    import("../model/checkpoint.ts"),
+    import("../model/hub.ts"),
+  ]);
   const report = await initBackend(opts.backend);
   log(describeBackend(report));
   const dir = await resolveModel(opts.model, { cacheDir: opts["cache-dir"] });

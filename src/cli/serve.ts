@@ -1,6 +1,5 @@
 /** `serve`: the Hono server on the shared KV, hot-swapping policy versions as the trainer publishes them. */
 import { z } from "zod";
-import { describeBackend, initBackend } from "../model/backend.ts";
 import { startServerRole } from "../roles/server.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
@@ -13,11 +12,15 @@ import { backendOption, log, numberOption, parseCommand, UsageError, validate } 
 export const SERVE_USAGE = `Usage: deno task cli serve [options]
 
 Serves the API on the shared KV. The policy is the published version the KV pointer names (polled;
-a new version is swapped in without failing requests), or --model until one is published.
+a new version is swapped in without failing requests), or --model until one is published. With
+--feedback-only, or with no --model and no version published, it serves no policy: preferences,
+client-supplied pairs, feedback, export, stats, metrics and the pages work; sampling and chat answer
+503; no model code (TF.js) is loaded.
 
   --kv PATH|URL             the shared KV (default data/dpo.kv)
   --checkpoints dir:PATH|kv where policy versions are published (default dir:data/checkpoints)
   --model DIR|hf:...        the policy before any version is published
+  --feedback-only           serve no policy, whatever is published
   --host HOST --port N      where to listen (default 127.0.0.1:8000)
   --api-key KEY             accepted bearer key, 16 characters or more (repeatable; also DPO_API_KEYS=k1,k2);
                             one is made up if none
@@ -43,6 +46,7 @@ const Options = z.object({
   "rate-limit": numberOption((n) => n.int().positive()).default(600),
   "pending-hours": numberOption((n) => n.positive()).default(168),
   backend: backendOption,
+  "feedback-only": z.boolean().default(false),
   "cache-dir": z.string().default("data/cache"),
 });
 
@@ -73,6 +77,7 @@ export async function runServe(args: string[]): Promise<void> {
     "rate-limit": { type: "string" },
     "pending-hours": { type: "string" },
     backend: { type: "string", default: "auto" },
+    "feedback-only": { type: "boolean" },
     "cache-dir": { type: "string" },
   });
   if (values.help) return void console.log(SERVE_USAGE);
@@ -80,9 +85,16 @@ export async function runServe(args: string[]): Promise<void> {
   const keys = [...opts["api-key"], ...checkKeyLengths(splitKeys(Deno.env.get("DPO_API_KEYS")), "DPO_API_KEYS")];
   const labelKeys = checkKeyLengths(splitKeys(Deno.env.get("DPO_LABEL_KEYS")), "DPO_LABEL_KEYS");
   if (keys.length === 0) keys.push(`dpo-${crypto.randomUUID().replaceAll("-", "")}`);
-  log(describeBackend(await initBackend(opts.backend)));
+  if (opts["feedback-only"] && opts.model) throw new UsageError("--feedback-only serves no model: drop --model");
   const score = opts.judge ? await scorer(opts.judge) : undefined;
   const kv = await openSharedKv(opts.kv);
+  const checkpoints = openCheckpoints(kv, opts.checkpoints);
+  const feedbackOnly = opts["feedback-only"] || (!opts.model && (await checkpoints.current()) === null);
+  if (!feedbackOnly) {
+    // Imported here: a feedback-only server never loads TF.js.
+    const { describeBackend, initBackend } = await import("../model/backend.ts");
+    log(describeBackend(await initBackend(opts.backend)));
+  }
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   Deno.addSignalListener("SIGINT", onSignal);
@@ -91,8 +103,9 @@ export async function runServe(args: string[]): Promise<void> {
     const server = await startServerRole({
       kv,
       store: new PairStore(kv),
-      checkpoints: openCheckpoints(kv, opts.checkpoints),
+      checkpoints,
       model: opts.model,
+      feedbackOnly,
       host: opts.host,
       port: opts.port,
       pollMs: opts["poll-ms"],
@@ -108,7 +121,8 @@ export async function runServe(args: string[]): Promise<void> {
       signal: stop.signal,
       log,
     });
-    log(`listening on ${server.url} (policy v${server.policy.version}, KV ${opts.kv})`);
+    const serving = server.policy ? `policy v${server.policy.version}` : "feedback-only, no policy";
+    log(`listening on ${server.url} (${serving}, KV ${opts.kv})`);
     if (!opts["api-key"].length && !Deno.env.get("DPO_API_KEYS")) log(`API key: ${keys[0]}`);
     await server.finished;
   } finally {

@@ -213,7 +213,7 @@ export async function runStart(args: string[]): Promise<void> {
       backend: `${backend.backend} (${backend.detail})`,
       judge,
       prompts: prompts.description,
-      servedVersion: server.policy.version,
+      servedVersion: server.policy?.version ?? 0,
     }));
     progress.start();
     // Runs until a signal, or until a part fails (the trainer's fatal error, the server's pointer polling).

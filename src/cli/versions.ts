@@ -6,9 +6,6 @@ import { join } from "node:path";
 import { z } from "zod";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
 import { type GateDecision, GateDecisionSchema } from "../dpo/gate.ts";
-import { initBackend } from "../model/backend.ts";
-import { loadModel } from "../model/checkpoint.ts";
-import { describeModel } from "../model/architectures.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { log, numberOption, parseCommand, UsageError, validate, writeStdout } from "./common.ts";
@@ -96,6 +93,11 @@ export async function runVersions(args: string[]): Promise<void> {
 
 /** Publishes a model directory trained elsewhere, after checking it loads and fits the served version. */
 async function publish(checkpoints: ReturnType<typeof openCheckpoints>, dir: string, note: string | undefined) {
+  const [{ initBackend }, { loadModel }, { describeModel }] = await Promise.all([
+    import("../model/backend.ts"),
+    import("../model/checkpoint.ts"),
+    import("../model/architectures.ts"),
+  ]);
   await initBackend("wasm");
   const current = await checkpoints.current();
   const loaded = await loadModel(dir, { trainable: false, mergeAdapter: true }).catch((err) => {

@@ -7,7 +7,6 @@
 import { z } from "zod";
 import type { CausalLM } from "../model/causal_lm.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { generate } from "../model/generate.ts";
 
 /** A task's checker: a score per answer, higher is better (the arithmetic task scores 1 or 0). */
 export type ScoreFn = (prompt: string, completion: string) => number | Promise<number>;
@@ -50,6 +49,8 @@ export async function answerHeldOut(
   score: ScoreFn,
   options: AnswerOptions,
 ): Promise<Answers> {
+  // Imported here: the schemas above are read by processes that never generate (the dashboard's server).
+  const { generate } = await import("../model/generate.ts");
   const texts: string[] = [];
   const batchSize = options.batchSize ?? 64;
   for (let i = 0; i < prompts.length; i += batchSize) {

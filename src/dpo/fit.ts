@@ -4,6 +4,7 @@
  * server refuses what breaks it (4xx); the trainer gives a stored pair that breaks it (a model swap
  * shortened the context) the terminal status `rejected` instead of failing on it.
  */
+import type { ChatMessage } from "../model/messages.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 
 /** Why `promptText` cannot be trained on with this tokenizer and token budget, or `null` when it can. */
@@ -17,4 +18,14 @@ export function promptFitProblem(tokenizer: Tokenizer, promptText: string, maxLe
   if (tokens + 2 <= maxLength) return null;
   return `the prompt has ${tokens} tokens, but the model's context of ${maxLength} tokens must also hold ` +
     `at least one response token and the end-of-sequence token (at most ${maxLength - 2} prompt tokens)`;
+}
+
+/** The prompt text a policy sees: the text as is, or messages through the chat template. */
+export function renderPrompt(tokenizer: Tokenizer, prompt: string | ChatMessage[]): string {
+  if (typeof prompt === "string") return prompt;
+  if (!tokenizer.chatTemplate) {
+    // Models without a template (base GPT-2) still get a readable transcript.
+    return prompt.map((m) => `${m.role}: ${m.content}\n`).join("") + "assistant:";
+  }
+  return tokenizer.applyChatTemplate(prompt, { addGenerationPrompt: true });
 }

@@ -20,6 +20,7 @@ import type { Completion, Pair } from "../store/schema.ts";
 import type { FenceHold } from "../store/training_records.ts";
 import type { DpoTrainer, KtoExample, KtoMetrics, PreferencePair, StepMetrics } from "./trainer.ts";
 import { pause } from "../util/time.ts";
+import { renderPrompt } from "./fit.ts";
 
 /** Where policy versions go; the checkpoint store implements it. */
 export interface PolicyPublisher {
@@ -116,7 +117,7 @@ export interface OnlineTrainerOptions {
  * policy stopped on (a plain prompt's with eos). Responses are cut to fit `maxLength` (imports may not).
  */
 export function encodeStoredPair(tokenizer: Tokenizer, pair: Pair, maxLength: number): PreferencePair {
-  const promptIds = tokenizer.encode(pair.promptText);
+  const promptIds = tokenizer.encode(trainingPromptText(tokenizer, pair));
   const room = Math.max(1, maxLength - Math.max(promptIds.length, 1) - 1);
   const completion = (index: number | undefined) => {
     if (index === undefined) throw new Error(`Cannot train on pair '${pair.id}' as it has no verdict`);
@@ -130,6 +131,16 @@ export function encodeStoredPair(tokenizer: Tokenizer, pair: Pair, maxLength: nu
     rejectedIds: completion(pair.rejected),
     ...(chat && tokenizer.endOfTurnId !== undefined ? { eosId: tokenizer.endOfTurnId } : {}),
   };
+}
+
+/**
+ * The prompt text a pair is trained on: what the policy saw, or, for a client's conversation stored by a
+ * server without a model (empty `promptText`), its messages through this tokenizer's chat template.
+ */
+export function trainingPromptText(tokenizer: Tokenizer, pair: Pair): string {
+  return pair.promptText !== "" || pair.messages === undefined
+    ? pair.promptText
+    : renderPrompt(tokenizer, pair.messages);
 }
 
 /**
@@ -235,8 +246,8 @@ async function claimTrainable(o: OnlineTrainerOptions, held: Map<string, Trained
   });
   const fresh: Pair[] = [];
   for (const pair of claimed) {
-    // Staleness is about on-policy samples; imported preferences are always fair game.
-    const stale = pair.source !== "imported" && pair.policyVersion < version - o.maxStaleness;
+    // Staleness is about on-policy samples; imported preferences and a client's own answers are always fair game.
+    const stale = pair.source === "sampled" && pair.policyVersion < version - o.maxStaleness;
     const reason = stale
       ? `sampled from policy v${pair.policyVersion}, more than max_staleness ${o.maxStaleness} versions before ` +
         `v${version}`

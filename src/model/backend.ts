@@ -3,11 +3,9 @@ import * as tf from "./tf.ts";
 import { registerWasmKernels } from "./_kernels.ts";
 import { enableNativeMatmul } from "./blas.ts";
 
-/** Backend names accepted by `--backend` and the config. */
-export const BACKENDS = ["auto", "webgpu", "tensorflow", "wasm", "cpu"] as const;
+import { type BackendChoice, BACKENDS } from "./backends.ts";
 
-/** A backend name accepted by `--backend`. */
-export type BackendChoice = typeof BACKENDS[number];
+export { type BackendChoice, BACKENDS } from "./backends.ts";
 
 /** What `initBackend` settled on, and why the others were passed over. */
 export interface BackendReport {

@@ -4,14 +4,9 @@ import { Template } from "@huggingface/jinja";
 import { join } from "node:path";
 import { z } from "zod";
 
-/** One chat message as chat templates expect it. */
-export interface ChatMessage {
-  role: string;
-  content: string;
-}
+import type { ChatMessage } from "./messages.ts";
 
-/** A chat message as prompts from outside take it (the API, prompt files): a role chat templates know. */
-export const MessageSchema = z.object({ role: z.enum(["system", "user", "assistant", "tool"]), content: z.string() });
+export { type ChatMessage, MessageSchema } from "./messages.ts";
 
 /** Options of `loadTokenizer`. */
 export interface LoadTokenizerOptions {

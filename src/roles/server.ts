@@ -4,10 +4,8 @@
  * pending pairs. The `serve` command runs it alone; `start` runs it beside the other roles.
  */
 import { join } from "node:path";
-import { loadModel } from "../model/checkpoint.ts";
-import { resolveModel } from "../model/hub.ts";
 import { type AppDeps, createApp } from "../server/app.ts";
-import { PolicyHolder } from "../server/policy.ts";
+import type { PolicyHolder } from "../server/policy.ts";
 import { type CheckpointStore, pollPointer } from "../store/checkpoints.ts";
 import type { PairStore } from "../store/pairs.ts";
 
@@ -18,6 +16,11 @@ export interface ServerRoleOptions {
   checkpoints: CheckpointStore;
   /** The policy before any version is published. */
   model?: string;
+  /**
+   * Serve no policy at all (feedback-only): never load a model nor import TF.js, never pick up a version;
+   * the routes that need a policy answer 503. Also what an instance with no model and no version does.
+   */
+  feedbackOnly?: boolean;
   host: string;
   /** 0 picks a free port. */
   port: number;
@@ -36,7 +39,8 @@ export interface ServerRoleOptions {
 export interface RunningServer {
   /** `http://host:port`, with the port actually bound. */
   url: string;
-  policy: PolicyHolder;
+  /** The served policy; undefined on a feedback-only instance. */
+  policy: PolicyHolder | undefined;
   /** Settles once the server is closed and polling has stopped (rejects when polling failed). */
   finished: Promise<void>;
 }
@@ -44,33 +48,49 @@ export interface RunningServer {
 /** Loads the policy to serve, builds the app and listens; resolves once it listens. */
 export async function startServerRole(o: ServerRoleOptions): Promise<RunningServer> {
   const load = async (version: number) => {
+    // Imported here: a feedback-only instance never loads the model code (nor TF.js).
+    const { loadModel } = await import("../model/checkpoint.ts");
     const dir = await o.checkpoints.materialize(version, join(o.cacheDir, `policy-v${version}`));
     // A LoRA version is an adapter: served merged into its base, as fast as a full checkpoint.
     const { model, tokenizer } = await loadModel(dir, { trainable: false, mergeAdapter: true });
     return { model, tokenizer, version };
   };
-  const current = await o.checkpoints.current();
-  let initial;
-  if (current) initial = await load(current.version);
-  else {
-    if (!o.model) throw new Error("Cannot serve: no policy version is published yet and no --model was given");
-    const { model, tokenizer } = await loadModel(await resolveModel(o.model), { trainable: false, mergeAdapter: true });
-    initial = { model, tokenizer, version: 0 };
+  const current = o.feedbackOnly ? null : await o.checkpoints.current();
+  let policy: PolicyHolder | undefined;
+  if (!o.feedbackOnly && (current || o.model)) {
+    let initial;
+    if (current) initial = await load(current.version);
+    else {
+      const [{ loadModel }, { resolveModel }] = await Promise.all([
+        import("../model/checkpoint.ts"),
+        import("../model/hub.ts"),
+      ]);
+      const { model, tokenizer } = await loadModel(await resolveModel(o.model!), {
+        trainable: false,
+        mergeAdapter: true,
+      });
+      initial = { model, tokenizer, version: 0 };
+    }
+    const { PolicyHolder: Holder } = await import("../server/policy.ts");
+    policy = new Holder(initial);
+  } else {
+    o.log("feedback-only: no model and no published version, so no policy is served (sampling and chat answer 503)");
   }
-  const policy = new PolicyHolder(initial);
   // Kept versions are servable by name (policy@vN) on the OpenAI routes, loaded when first asked for.
   const kept = {
     list: async () => (await o.checkpoints.list()).map((v) => ({ version: v.version, publishedAt: v.publishedAt })),
     load,
   };
   const app = createApp({ ...o.app, store: o.store, policy, kept });
-  const polling = pollPointer(o.kv, o.pollMs, async (pointer) => {
-    if (!pointer || pointer.version === policy.version) return;
+  // A feedback-only instance never picks a version up: it has no policy to swap.
+  const served = policy;
+  const polling = served === undefined ? Promise.resolve() : pollPointer(o.kv, o.pollMs, async (pointer) => {
+    if (!pointer || pointer.version === served.version) return;
     try {
-      policy.swap(await load(pointer.version));
+      served.swap(await load(pointer.version));
       o.log(`serving policy v${pointer.version}`);
     } catch (err) {
-      o.log(`cannot load policy v${pointer.version}, still serving v${policy.version}: ${(err as Error).message}`);
+      o.log(`cannot load policy v${pointer.version}, still serving v${served.version}: ${(err as Error).message}`);
     }
   }, o.signal);
   // Pending pairs expire even when no judge runs (human labeling only).
@@ -90,12 +110,12 @@ export async function startServerRole(o: ServerRoleOptions): Promise<RunningServ
     }, app.fetch);
   } catch (err) {
     clearInterval(sweeper);
-    policy.dispose();
+    policy?.dispose();
     throw new Error(`Cannot listen on ${o.host}:${o.port}: ${(err as Error).message}`);
   }
   const finished = Promise.all([server.finished, polling]).then(() => {}).finally(() => {
     clearInterval(sweeper);
-    policy.dispose();
+    policy?.dispose();
   });
   return { url: await url, policy, finished };
 }

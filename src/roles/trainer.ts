@@ -13,7 +13,7 @@ import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from ".
 import { parseDpoConfig } from "../dpo/config.ts";
 import { answerHeldOut, type Answers, compareWithBase, type VersionEval, VersionEvalSchema } from "../dpo/evaluate.ts";
 import { promptFitProblem } from "../dpo/fit.ts";
-import { encodeCompletion, encodeStoredPair, runOnlineTrainer } from "../dpo/online.ts";
+import { encodeCompletion, encodeStoredPair, runOnlineTrainer, trainingPromptText } from "../dpo/online.ts";
 import type { DpoTrainer, StepMetrics } from "../dpo/trainer.ts";
 import { heldOutAdditions, heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
@@ -259,7 +259,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       publisher: checkpoints,
       trainer,
       encode: (pair) => encodeStoredPair(tok, pair, maxLength),
-      problem: (pair) => promptFitProblem(tok, pair.promptText, maxLength),
+      problem: (pair) => promptFitProblem(tok, trainingPromptText(tok, pair), maxLength),
       savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
       tmpDir,
       owner: instance,

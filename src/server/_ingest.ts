@@ -4,11 +4,11 @@
  * answers are the same text. Each problem is a 422 naming the field, so nothing the trainer would
  * stumble on gets in.
  */
-import { promptFitProblem } from "../dpo/fit.ts";
-import type { ChatMessage } from "../model/tokenizer.ts";
+import { promptFitProblem, renderPrompt } from "../dpo/fit.ts";
+import type { ChatMessage } from "../model/messages.ts";
 import type { ImportLabeledInput } from "../store/pairs.ts";
 import { httpError } from "./http.ts";
-import { type PolicyVersion, renderPrompt } from "./policy.ts";
+import type { PolicyVersion } from "./policy.ts";
 
 /** A preference as the API takes it: TRL's `{prompt, chosen, rejected}`, each text or messages. */
 export interface PreferenceBody {
@@ -41,16 +41,18 @@ export function fittingPromptText(p: PolicyVersion, prompt: string | ChatMessage
 
 /**
  * The store inputs of preferences, all checked before any is stored; one 422 lists every item's problems
- * (`body[2].prompt: …`). `where(i)` names item `i` in the request (`body` or `body[i]`).
+ * (`body[2].prompt: …`). `where(i)` names item `i` in the request (`body` or `body[i]`). Without a served
+ * model (`p` undefined) prompts are not checked against a context: the trainer retires what cannot fit.
  */
 export function preferenceInputs(
-  p: PolicyVersion,
+  p: PolicyVersion | undefined,
   items: readonly PreferenceBody[],
   where: (i: number) => string,
 ): ImportLabeledInput[] {
   const problems: string[] = [];
   const inputs = items.map((item, i): ImportLabeledInput => {
-    const fit = fitPrompt(p, item.prompt);
+    // Without a model (a feedback-only server) the prompt is kept as given; the trainer renders it.
+    const fit = p ? fitPrompt(p, item.prompt) : { promptText: "", problem: undefined };
     if (fit.problem !== undefined) problems.push(`${where(i)}.prompt: ${fit.problem}`);
     const chosen = answerText(item.chosen);
     const rejected = answerText(item.rejected);

@@ -8,7 +8,7 @@ import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
-import { type ChatMessage, MessageSchema as Message } from "../model/tokenizer.ts";
+import { type ChatMessage, MessageSchema as Message } from "../model/messages.ts";
 import { verdictToken, verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
 import { hasEqualCandidates, type JudgeUsage, type PairStore } from "../store/pairs.ts";
@@ -21,14 +21,16 @@ import { Metrics } from "./metrics.ts";
 import { DASHBOARD_PAGE } from "./pages/dashboard.ts";
 import { LABEL_PAGE } from "./pages/label.ts";
 import type { StaticPage } from "./pages/_page.ts";
-import { type PolicyHolder, sampleResponses } from "./policy.ts";
+import type { PolicyHolder } from "./policy.ts";
+import { sampleResponses } from "./_sample.ts";
 import { fittingPromptText, preferenceInputs } from "./_ingest.ts";
 import { chatRoutes, completionId, type KeptVersions, openAiErrors } from "./routes/chat.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
   store: PairStore;
-  policy: PolicyHolder;
+  /** The served policy; absent, the instance is feedback-only: the routes that need a policy answer 503. */
+  policy?: PolicyHolder;
   /** Bearer keys accepted on every route except /healthz and the pages. */
   apiKeys: string[];
   /**
@@ -99,6 +101,10 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
   const now = deps.now ?? Date.now;
   const metrics = deps.metrics ?? new Metrics();
   const { store, policy } = deps;
+  const needPolicy = (): PolicyHolder => {
+    if (policy) return policy;
+    throw httpError(503, "no_policy", "this instance serves no policy (feedback-only): it cannot sample or chat");
+  };
   const app = new Hono<{ Variables: AppVariables }>();
 
   app.onError((err, c) => {
@@ -118,7 +124,11 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
     metrics.countRequest(routeTemplate(c.req.matchedRoutes), c.res.status);
   });
 
-  app.get("/healthz", (c) => c.json({ ok: true, policy_version: policy.version }));
+  // model_code: whether this process has loaded TF.js at all (a feedback-only instance never does).
+  app.get(
+    "/healthz",
+    (c) => c.json({ ok: true, policy_version: policy?.version ?? null, model_code: "_tfengine" in globalThis }),
+  );
 
   // The pages hold no data and need no key: their scripts call the API with a key of their own.
   const page = (p: StaticPage) => async () => new Response(p.html, { headers: await p.headers() });
@@ -139,6 +149,8 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
     windowMs: 60_000,
     exempt: deps.unlimitedKeys,
     now,
+    // Counted in KV: however many instances serve this KV, a key gets one limit.
+    count: (key, window) => store.countRequest(key, window),
   });
   // The OpenAI-compatible routes answer every error, the middleware's below included, in OpenAI's shape.
   app.use("/v1/chat/*", openAiErrors);
@@ -169,15 +181,51 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
     temperature: z.number().min(0).max(2).default(1),
     top_p: z.number().gt(0).max(1).default(1),
     max_new_tokens: z.number().int().min(1).max(limits.maxNewTokens).default(64),
-  }).refine(onePrompt, "give exactly one of 'prompt' and 'messages'");
+    /** A client's own answers to judge, instead of samples of the policy. */
+    responses: z.array(z.string().max(100_000)).min(2).max(limits.maxResponses).optional(),
+    /** With `responses`: the label of the model that wrote them. */
+    model: z.string().min(1).max(200).optional(),
+  }).refine(onePrompt, "give exactly one of 'prompt' and 'messages'")
+    .refine((b) => b.model === undefined || b.responses !== undefined, {
+      message: "'model' labels a client's own 'responses'",
+      path: ["model"],
+    });
 
   app.post("/v1/pairs", async (c) => {
     const body = await jsonBody(c, PairRequest);
     const prompt = body.prompt ?? body.messages!;
     const idempotencyKey = c.req.header("idempotency-key");
     const score = deps.score;
-    const { pair, created } = await policy.use(async (p) => {
-      const promptText = fittingPromptText(p, prompt, body.prompt !== undefined ? "body.prompt" : "body.messages");
+    const field = body.prompt !== undefined ? "body.prompt" : "body.messages";
+    const promptFields = body.prompt !== undefined ? { prompt: body.prompt } : { messages: body.messages! };
+    const expiresAt = now() + (deps.pendingTtlMs ?? 7 * 24 * 3600_000);
+    if (body.responses !== undefined) {
+      // A client's own answers: judged like sampled ones; the same text twice is nothing to judge.
+      const responses = body.responses;
+      const candidates = pickCandidates(
+        responses,
+        score ? await Promise.all(responses.map((r) => score(prompt, r))) : undefined,
+      );
+      if (candidates === null) {
+        throw httpError(422, "invalid_request", "body.responses: every response is the same text (blanks aside)");
+      }
+      const promptText = policy
+        ? await policy.use((p) => Promise.resolve(fittingPromptText(p, prompt, field)))
+        : body.prompt ?? ""; // no model here: the trainer renders the messages with its own template
+      const { pair, created } = await store.create({
+        ...promptFields,
+        promptText,
+        responses,
+        policyVersion: policy?.version ?? 0,
+        candidates,
+        expiresAt,
+        source: "client",
+        ...(body.model === undefined ? {} : { producedBy: body.model }),
+      }, { idempotencyKey });
+      return c.json(pairJson(pair), created ? 201 : 200);
+    }
+    const { pair, created } = await needPolicy().use(async (p) => {
+      const promptText = fittingPromptText(p, prompt, field);
       const generations = await sampleResponses(p, promptText, body.n, {
         temperature: body.temperature,
         topP: body.top_p,
@@ -187,13 +235,13 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
       const responses = generations.map((g) => g.text);
       const scores = score ? await Promise.all(responses.map((r) => score(prompt, r))) : undefined;
       return await store.create({
-        ...(body.prompt !== undefined ? { prompt: body.prompt } : { messages: body.messages! }),
+        ...promptFields,
         promptText,
         responses,
         policyVersion: p.version,
         // All n the same text: stored `identical` (counted, never judged); candidates [0, 1] name them.
         candidates: pickCandidates(responses, scores) ?? [0, 1],
-        expiresAt: now() + (deps.pendingTtlMs ?? 7 * 24 * 3600_000),
+        expiresAt,
       }, { idempotencyKey });
     });
     return c.json(pairJson(pair), created ? 201 : 200);
@@ -265,7 +313,7 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
 
   app.get("/v1/dashboard", async (c) => {
     const query = parseOr422(DashboardQuerySchema, c.req.query(), "query");
-    return c.json(await readDashboard({ store, servingVersion: policy.version, now: now() }, query));
+    return c.json(await readDashboard({ store, servingVersion: policy?.version ?? null, now: now() }, query));
   });
 
   const Completion = z.union([z.string(), z.array(Message).min(1)]);
@@ -276,7 +324,9 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
     const body = await jsonBody(c, Preferences);
     const items = Array.isArray(body) ? body : [body];
     const where = (i: number) => Array.isArray(body) ? `body[${i}]` : "body";
-    const inputs = await policy.use((p) => Promise.resolve(preferenceInputs(p, items, where)));
+    const inputs = policy
+      ? await policy.use((p) => Promise.resolve(preferenceInputs(p, items, where)))
+      : preferenceInputs(undefined, items, where);
     const results = await store.importLabeledMany(inputs, {
       idempotencyKey: c.req.header("idempotency-key") || undefined,
     });
@@ -335,7 +385,7 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
       store.records.gates(1),
     ]);
     return c.json({
-      policy_version: policy.version,
+      policy_version: policy?.version ?? null,
       pairs,
       completion_feedback: feedback,
       judges: judgeStats(judges),
@@ -357,8 +407,8 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
       trainer,
       judges,
       gate: { promoted: gate.promoted, refused: gate.refused },
-      policyVersion: policy.version,
-      decoding: policy.decoding,
+      policyVersion: policy?.version,
+      decoding: policy?.decoding,
     };
     return c.text(metrics.render(state), 200, {
       "content-type": "text/plain; version=0.0.4",
@@ -415,6 +465,7 @@ export function pairJson(pair: Pair) {
     trained_into: pair.trainedInto ?? null,
     status_reason: pair.statusReason ?? null,
     source: pair.source,
+    model: pair.producedBy ?? null,
   };
 }
 

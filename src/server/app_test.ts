@@ -232,14 +232,16 @@ Deno.test("the webhook judge's delivery verifies with the standardwebhooks libra
 });
 
 Deno.test("rate limits per key answer 429 with Retry-After; metrics are Prometheus text", async () => {
-  const { call, close } = await setup({ limits: { requestsPerMinute: 3 } });
+  // A fixed clock: the windows are aligned to the minute, and a test must not straddle two.
+  const now = () => Date.UTC(2026, 0, 1, 0, 0, 30);
+  const { call, close } = await setup({ limits: { requestsPerMinute: 3 }, now });
   for (let i = 0; i < 3; i++) assert.equal((await call("GET", "/v1/stats")).status, 200);
   const limited = await call("GET", "/v1/stats");
   assert.equal(limited.status, 429);
   assert.ok(Number(limited.headers.get("retry-after")) >= 1);
   // A key of the server's own (start's feeder) is not limited; the limited key stays limited.
   const feeder = { authorization: `Bearer ${FEEDER}` };
-  const own = await setup({ apiKeys: [KEY, FEEDER], unlimitedKeys: [FEEDER], limits: { requestsPerMinute: 3 } });
+  const own = await setup({ apiKeys: [KEY, FEEDER], unlimitedKeys: [FEEDER], limits: { requestsPerMinute: 3 }, now });
   for (let i = 0; i < 6; i++) assert.equal((await own.call("GET", "/v1/stats", undefined, feeder)).status, 200);
   for (let i = 0; i < 3; i++) assert.equal((await own.call("GET", "/v1/stats")).status, 200);
   assert.equal((await own.call("GET", "/v1/stats")).status, 429);
@@ -248,6 +250,23 @@ Deno.test("rate limits per key answer 429 with Retry-After; metrics are Promethe
   assert.match(metrics, /^# TYPE dpo_pairs gauge$/m);
   assert.match(metrics, /^dpo_policy_version 1$/m);
   assert.match(metrics, /^dpo_http_requests_total\{route="\/v1\/stats",status="200"\} 3$/m);
+  close();
+});
+
+Deno.test("the rate limit is one limit for every instance on the KV, and a new minute starts a new window", async () => {
+  let t = Date.UTC(2026, 0, 1, 0, 0, 10);
+  const { store, call, close } = await setup({ limits: { requestsPerMinute: 3 }, now: () => t });
+  const other = createApp({ store, apiKeys: [KEY], limits: { requestsPerMinute: 3 }, now: () => t }); // no policy
+  const viaOther = (path: string) => other.request(path, { headers: { authorization: `Bearer ${KEY}` } });
+  assert.equal((await call("GET", "/v1/stats")).status, 200);
+  assert.equal((await viaOther("/v1/stats")).status, 200);
+  assert.equal((await call("GET", "/v1/stats")).status, 200);
+  const limited = await viaOther("/v1/stats");
+  assert.equal(limited.status, 429, "the third request was on the first instance, the fourth is over the limit");
+  assert.equal(limited.headers.get("retry-after"), "50");
+  assert.equal((await call("GET", "/v1/stats")).status, 429);
+  t += 50_000; // the next minute
+  assert.equal((await viaOther("/v1/stats")).status, 200);
   close();
 });
 
@@ -530,4 +549,66 @@ Deno.test("/metrics counts every request under its route template: 401, 404, 413
   assert.equal(count("/v1/preferences", 413), 1, metrics);
   assert.equal(count("/v1/pairs/:id", 422), 1, metrics);
   close();
+});
+
+Deno.test("feedback-only: no policy, and every route that needs none works; client-supplied pairs; idempotency across instances", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new PairStore(kv);
+  const a = createApp({ store, apiKeys: [KEY] });
+  const b = createApp({ store, apiKeys: [KEY] });
+  const call = (app: typeof a, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
+    app.request(path, {
+      method,
+      headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json", ...headers },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  try {
+    const sampled = await call(a, "POST", "/v1/pairs", { prompt: "Hi", n: 2 });
+    assert.equal(sampled.status, 503);
+    assert.equal((await sampled.json()).error.code, "no_policy");
+    const chat = await call(a, "POST", "/v1/chat/completions", { messages: [{ role: "user", content: "Hi" }] });
+    assert.equal(chat.status, 503);
+    assert.deepEqual((await chat.json()).error.code, "no_policy");
+    assert.equal((await call(a, "GET", "/v1/models")).status, 503);
+
+    // A client's own answers, labeled with the model that wrote them, judged like sampled ones.
+    const messages = [{ role: "user", content: "Name a color" }];
+    const body = { messages, responses: ["red", " red ", "blue"], model: "my-llm-v3" };
+    const first = await call(a, "POST", "/v1/pairs", body, { "idempotency-key": "k-1" });
+    assert.equal(first.status, 201);
+    const pair = await first.json();
+    assert.deepEqual([pair.status, pair.source, pair.model, pair.prompt_text], [
+      "awaiting_judgment",
+      "client",
+      "my-llm-v3",
+      "",
+    ]);
+    assert.notEqual(pair.a.trim(), pair.b.trim(), "two different answers are the candidates");
+    // The same Idempotency-Key on another instance returns the first pair.
+    const again = await call(b, "POST", "/v1/pairs", body, { "idempotency-key": "k-1" });
+    assert.equal(again.status, 200);
+    assert.equal((await again.json()).id, pair.id);
+    const same = await call(a, "POST", "/v1/pairs", { prompt: "p", responses: ["x", " x"] });
+    assert.equal(same.status, 422);
+    assert.match((await same.json()).error.message, /every response is the same text/);
+    assert.equal((await call(a, "POST", "/v1/pairs", { prompt: "p", n: 2, model: "m" })).status, 422);
+
+    assert.equal(
+      (await call(b, "POST", "/v1/preferences", { prompt: "1+1=", chosen: "2", rejected: "3" })).status,
+      201,
+    );
+    assert.equal(
+      (await call(b, "POST", `/v1/pairs/${pair.id}/feedback`, { choice: "a", annotator: "ann" })).status,
+      200,
+    );
+    const exported = (await (await call(a, "GET", "/v1/export")).text()).trim().split("\n");
+    assert.equal(exported.length, 2);
+    const health = await (await a.request("/healthz")).json();
+    assert.equal(health.policy_version, null);
+    const stats = await (await call(a, "GET", "/v1/stats")).json();
+    assert.deepEqual([stats.policy_version, stats.pairs.labeled], [null, 2]);
+    assert.doesNotMatch(await (await call(a, "GET", "/metrics")).text(), /dpo_policy_version/);
+  } finally {
+    kv.close();
+  }
 });

@@ -96,8 +96,8 @@ const StepRecord = z.object({ step: z.number().int().nonnegative() }).catchall(z
 /** What the document is read from. */
 export interface DashboardSource {
   store: PairStore;
-  /** The version this server instance serves. */
-  servingVersion: number;
+  /** The version this server instance serves (null: none, a feedback-only instance). */
+  servingVersion: number | null;
   now: number;
 }
 

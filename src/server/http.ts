@@ -117,27 +117,34 @@ export interface RateLimitOptions {
   /** Keys the limit does not apply to (an in-process client of the server's own, such as the feeder). */
   exempt?: string[];
   now?: () => number;
+  /**
+   * Counts one request of `key` in the window starting at `window` (ms) and returns the window's count so
+   * far: shared by every instance (KV) so that they enforce one limit. Default: a count in this process.
+   */
+  count?: (key: string, window: number) => Promise<number>;
 }
 
 /**
- * A fixed-window request limit per API key, per server instance (instances share nothing but KV;
- * a global limit would cost a KV write per request). 429 with Retry-After when exceeded.
+ * A fixed-window request limit per API key (windows aligned to `windowMs`), counted where `count` counts:
+ * in KV, one limit for every instance. 429 with Retry-After when exceeded.
  */
 export function rateLimit(options: RateLimitOptions): MiddlewareHandler<{ Variables: { apiKey: string } }> {
-  const windows = new Map<string, { start: number; count: number }>();
+  const local = new Map<string, { window: number; count: number }>();
+  const count = options.count ?? ((key: string, window: number) => {
+    const w = local.get(key);
+    const next = w?.window === window ? { window, count: w.count + 1 } : { window, count: 1 };
+    local.set(key, next);
+    return Promise.resolve(next.count);
+  });
   const now = options.now ?? Date.now;
   const exempt = new Set(options.exempt);
   return async (c, next) => {
     const key = c.get("apiKey") ?? "anonymous";
     if (exempt.has(key)) return await next();
     const t = now();
-    let w = windows.get(key);
-    if (!w || t - w.start >= options.windowMs) {
-      w = { start: t, count: 0 };
-      windows.set(key, w);
-    }
-    if (++w.count > options.limit) {
-      const retry = Math.max(Math.ceil((w.start + options.windowMs - t) / 1000), 1);
+    const window = Math.floor(t / options.windowMs) * options.windowMs;
+    if ((await count(key, window)) > options.limit) {
+      const retry = Math.max(Math.ceil((window + options.windowMs - t) / 1000), 1);
       throw httpError(429, "rate_limited", `more than ${options.limit} requests in ${options.windowMs / 1000} s`, {
         "Retry-After": String(retry),
       });

@@ -6,7 +6,8 @@ import type { TrainerStatus } from "../store/trainer_status.ts";
 export interface ScrapeState {
   pairs: Record<string, number>;
   feedback: { desirable: number; undesirable: number };
-  policyVersion: number;
+  /** The version this instance serves; absent on a feedback-only instance. */
+  policyVersion?: number;
   /** Every automated judge's running totals (shared KV), by judge id. */
   judges: Record<string, JudgeUsage>;
   /** Promotion gate decisions so far, by outcome (shared KV). */
@@ -56,7 +57,9 @@ export class Metrics {
       ['label="desirable"', state.feedback.desirable],
       ['label="undesirable"', state.feedback.undesirable],
     ]);
-    family("dpo_policy_version", "gauge", "Policy version this instance serves.", [["", state.policyVersion]]);
+    if (state.policyVersion !== undefined) {
+      family("dpo_policy_version", "gauge", "Policy version this instance serves.", [["", state.policyVersion]]);
+    }
     family("dpo_http_requests_total", "counter", "HTTP requests by route and status (this instance).", [
       ...this.#requests,
     ]);

@@ -6,7 +6,7 @@
 import type { CausalLM } from "../model/causal_lm.ts";
 import { generate, type GenerateOptions, type Generation } from "../model/generate.ts";
 import { DecodeScheduler, type SchedulerStats } from "../model/scheduler.ts";
-import type { ChatMessage, Tokenizer } from "../model/tokenizer.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
 
 /** One servable policy version. */
 export interface PolicyVersion {
@@ -123,23 +123,4 @@ function free(held: Held): void {
   held.scheduler.close().then(() => held.served.model.dispose());
 }
 
-/** The prompt text a policy sees: the text as is, or messages through the chat template. */
-export function renderPrompt(tokenizer: Tokenizer, prompt: string | ChatMessage[]): string {
-  if (typeof prompt === "string") return prompt;
-  if (!tokenizer.chatTemplate) {
-    // Models without a template (base GPT-2) still get a readable transcript.
-    return prompt.map((m) => `${m.role}: ${m.content}\n`).join("") + "assistant:";
-  }
-  return tokenizer.applyChatTemplate(prompt, { addGenerationPrompt: true });
-}
-
-/** Samples `n` responses to one prompt in one batch. */
-export function sampleResponses(
-  policy: ServedPolicy,
-  promptText: string,
-  n: number,
-  options: GenerateOptions,
-): Promise<Generation[]> {
-  const ids = policy.tokenizer.encode(promptText);
-  return policy.generate(Array.from({ length: n }, () => ids), options);
-}
+export { sampleResponses } from "./_sample.ts";

@@ -23,6 +23,10 @@ export const CreatePairInputSchema = z.object({
   candidates: z.tuple([Index, Index]).default([0, 1]),
   /** When the pair stops accepting verdicts (ms); pending human pairs set it. */
   expiresAt: Ms.optional(),
+  /** Responses a client's own model wrote (`client`) rather than samples of the policy; default `sampled`. */
+  source: z.enum(["sampled", "client"]).default("sampled"),
+  /** The label of the model that wrote a client's responses. */
+  producedBy: z.string().min(1).max(200).optional(),
 });
 /** A new pair sampled from the policy (`PairStore.create`). */
 export type CreatePairInput = z.input<typeof CreatePairInputSchema>;

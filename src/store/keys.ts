@@ -11,6 +11,7 @@
  * | `["activity", minute, kind]` | `Deno.KvU64` | `sum` in the same commit as the insert or transition it counts; pruned after 3 days |
  * | `["judge_usage", judge, metric]` | `Deno.KvU64` | `sum` in the commit of each automated verdict or failed judgment (`judge_usage.ts`) |
  * | `["judge_activity", minute, judge, metric]` | `Deno.KvU64` | with `judge_usage`, per minute; pruned with the activity counters |
+ * | `["rate", window, key digest]` | `Deno.KvU64` | `sum` per request (`rate_limits.ts`); pruned by the periodic sweep |
  * | `["lease", role, id]` | `Lease` | by `claim`/`renew`, with `expireIn`; deleted by the transition it leads to |
  * | `["idem", key]` | pair id | with the pair, `expireIn` 24 h |
  * | `["webhook_seen", webhookId]` | `null` | by the first signed verdict with that `webhook-id`, `expireIn` 10 min |
@@ -118,6 +119,19 @@ export function judgeActivityMinuteKey(minute: number): Deno.KvKey {
 
 /** All per-minute judge counters, oldest minute first. */
 export const JUDGE_ACTIVITY_PREFIX: Deno.KvKey = ["judge_activity"];
+
+/** Requests of one API key (its digest) in the window starting at `window` (ms). */
+export function rateKey(window: number, keyDigest: string): Deno.KvKey {
+  return ["rate", window, keyDigest];
+}
+
+/** Where the rate counters of `window` start (an inclusive start or exclusive end of a range). */
+export function rateWindowKey(window: number): Deno.KvKey {
+  return ["rate", window];
+}
+
+/** Every rate counter, oldest window first. */
+export const RATE_PREFIX: Deno.KvKey = ["rate"];
 
 /** The lease of one role on one pair. */
 export function leaseKey(role: LeaseRole, id: string): Deno.KvKey {

@@ -11,6 +11,7 @@ import { readIndexPage } from "./_paging.ts";
 import { commitWithinLimits } from "./_size.ts";
 import { createIdGenerator, type IdGenerator } from "./_ulid.ts";
 import { type Activity, ACTIVITY_RETENTION_MS, pruneActivity, readActivity } from "./activity.ts";
+import { countRequest, pruneRateWindows } from "./rate_limits.ts";
 import {
   countJudgeFailure,
   countVerdictUsage,
@@ -78,6 +79,8 @@ const LOST_RACE = "lost the race to other writers every time";
 
 // Pairs expired per commit: one check each (≤ 10) and at most 8 × 64 KiB written (< 800 KiB).
 const EXPIRE_BATCH = 8;
+// Rate-limit windows are deleted once an hour old (windows are a minute or so).
+const RATE_WINDOW_RETENTION_MS = 3600_000;
 // How often `expirePending` also deletes activity counters past their retention.
 const PRUNE_EVERY_MS = 10 * 60_000;
 // Most minutes `activity` reads at once: a day.
@@ -160,7 +163,8 @@ export class PairStore {
       policyVersion: p.policyVersion,
       candidates: p.candidates,
       ...(p.expiresAt === undefined || identical ? {} : { expiresAt: p.expiresAt }),
-      source: "sampled",
+      source: p.source,
+      ...(p.producedBy === undefined ? {} : { producedBy: p.producedBy }),
     }));
   }
 
@@ -470,6 +474,7 @@ export class PairStore {
       this.#prunedAt = now;
       await pruneActivity(this.#kv, now - ACTIVITY_RETENTION_MS);
       await pruneJudgeActivity(this.#kv, now - ACTIVITY_RETENTION_MS);
+      await pruneRateWindows(this.#kv, now - RATE_WINDOW_RETENTION_MS);
     }
     let expired = 0;
     let batch: Deno.KvKey[] = [];
@@ -543,6 +548,14 @@ export class PairStore {
       );
     }
     return readActivity(this.#kv, from, to);
+  }
+
+  /**
+   * Counts one request of an API key in the window starting at `window` (ms), in KV so that every server
+   * instance counts the same; returns the window's count so far. See `rate_limits.ts`.
+   */
+  countRequest(key: string, window: number): Promise<number> {
+    return countRequest(this.#kv, key, window);
   }
 
   /** Every automated judge's running totals (calls, failures, latency, tokens, votes); see `judge_usage.ts`. */

@@ -144,7 +144,10 @@ export const PairSchema = z.object({
   statusReason: z.string().optional(),
   /** Judgments that failed on this pair so far (absent: none). */
   judgeFailures: z.number().int().positive().optional(),
-  source: z.enum(["sampled", "imported"]),
+  /** sampled: the policy's answers; client: a client's own model's answers; imported: a labeled dataset. */
+  source: z.enum(["sampled", "client", "imported"]),
+  /** The label of the model that wrote a client's responses. */
+  producedBy: z.string().optional(),
 }).superRefine((p, ctx) => {
   const fail = (message: string) => ctx.addIssue({ code: "custom", message });
   if ((p.prompt === undefined) === (p.messages === undefined)) fail("expected exactly one of 'prompt' and 'messages'");

@@ -20,12 +20,13 @@ import { HTTPException } from "hono/http-exception";
 import { type SSEStreamingApi, streamSSE } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
-import { completionLogprobs, type TokenLogprob } from "../../model/logprobs.ts";
-import type { ChatMessage } from "../../model/tokenizer.ts";
+import type { TokenLogprob } from "../../model/logprobs.ts";
+import type { ChatMessage } from "../../model/messages.ts";
 import type { PairStore } from "../../store/pairs.ts";
 import { fitPrompt } from "../_ingest.ts";
 import type { Metrics } from "../metrics.ts";
-import { PolicyHolder, type PolicyLease, type PolicyVersion, sampleResponses, type ServedPolicy } from "../policy.ts";
+import type { PolicyHolder, PolicyLease, PolicyVersion, ServedPolicy } from "../policy.ts";
+import { sampleResponses } from "../_sample.ts";
 
 /** The model name of the served version. */
 export const SERVED_MODEL = "policy";
@@ -41,7 +42,8 @@ export interface KeptVersions {
 /** What the routes are built from. */
 export interface ChatRoutesDeps {
   store: PairStore;
-  policy: PolicyHolder;
+  /** Absent on a feedback-only instance: both routes answer 503. */
+  policy?: PolicyHolder;
   metrics: Metrics;
   /** Kept versions servable as `policy@vN`; without it only the current version is. */
   kept?: KeptVersions;
@@ -183,7 +185,14 @@ function logprobsJson(policy: ServedPolicy, tokens: TokenLogprob[], top: number)
 
 /** Builds the routes; mount with `app.route("/", chatRoutes(deps))` after the API's auth middleware. */
 export function chatRoutes(deps: ChatRoutesDeps): Hono {
-  const { store, policy, metrics, limits, now } = deps;
+  const { store, metrics, limits, now } = deps;
+  const needPolicy = (): PolicyHolder => {
+    if (deps.policy) return deps.policy;
+    throw openAiError(503, "this instance serves no policy (feedback-only): it cannot chat", {
+      type: "server_error",
+      code: "no_policy",
+    });
+  };
   const ChatRequest = chatRequestSchema(limits);
   const routes = new Hono();
   // One extra version at a time is loaded for requests naming a kept version; the next one replaces it.
@@ -196,6 +205,7 @@ export function chatRoutes(deps: ChatRoutesDeps): Hono {
 
   /** A hold on the version `model` names; 404 in OpenAI's shape for one that cannot be served. */
   async function resolveModel(model: string | null | undefined): Promise<PolicyLease> {
+    const policy = needPolicy();
     const served = policy.version;
     if (model === undefined || model === null || model === SERVED_MODEL || model === `${SERVED_MODEL}@v${served}`) {
       return policy.acquire();
@@ -204,9 +214,13 @@ export function chatRoutes(deps: ChatRoutesDeps): Hono {
     const version = match ? Number(match[1]) : NaN;
     if (match && deps.kept && (await keptVersions()).some((k) => k.version === version)) {
       if (keptHolder?.version !== version) {
-        loading ??= deps.kept.load(version).then((loaded) => {
+        loading ??= deps.kept.load(version).then(async (loaded) => {
           if (keptHolder) keptHolder.swap(loaded);
-          else keptHolder = new PolicyHolder(loaded);
+          else {
+            // Loaded only here: an instance that serves no kept version never imports the decoding code.
+            const { PolicyHolder: Holder } = await import("../policy.ts");
+            keptHolder = new Holder(loaded);
+          }
           return keptHolder;
         }).finally(() => loading = undefined);
         await loading;
@@ -222,7 +236,7 @@ export function chatRoutes(deps: ChatRoutesDeps): Hono {
   }
 
   routes.get("/v1/models", async (c) => {
-    const served = policy.version;
+    const served = needPolicy().version;
     const created = Math.floor(now() / 1000);
     const kept = (await keptVersions()).filter((k) => k.version !== served);
     return c.json({
@@ -336,7 +350,10 @@ export function chatRoutes(deps: ChatRoutesDeps): Hono {
         const tokens = generations.reduce((s, g) => s + g.tokenIds.length, 0);
         await record(generations.map((g) => g.text), tokens);
         const top = body.top_logprobs ?? 0;
-        const logprobs = wantLogprobs
+        const { completionLogprobs } = wantLogprobs
+          ? await import("../../model/logprobs.ts")
+          : { completionLogprobs: null };
+        const logprobs = completionLogprobs
           ? await Promise.all(generations.map((g) => completionLogprobs(p.model, promptIds, g.tokenIds, top)))
           : undefined;
         return c.json({
