@@ -14,7 +14,7 @@
  * reported as too slow for that size instead of being measured. PyTorch (Debian's python3-torch,
  * installed with apt-get when missing and possible) runs scripts/bench_torch.py on the same work.
  */
-import { parseArgs } from "node:util";
+import { scriptArgs } from "./_args.ts";
 import { fileURLToPath } from "node:url";
 import * as tf from "../src/model/tf.ts";
 import {
@@ -222,17 +222,14 @@ function sgemmGflops(): number {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      worker: { type: "string" },
-      backend: { type: "string", default: "wasm" },
-      sizes: { type: "string", default: DEFAULT_SIZES.join(",") },
-      backends: { type: "string", default: BACKENDS.join(",") },
-      seconds: { type: "string", default: "3" },
-      budget: { type: "string", default: "20" },
-      "no-torch": { type: "boolean", default: false },
-    },
+  const { values } = scriptArgs(import.meta.url, {
+    worker: { type: "string" },
+    backend: { type: "string", default: "wasm" },
+    sizes: { type: "string", default: DEFAULT_SIZES.join(",") },
+    backends: { type: "string", default: BACKENDS.join(",") },
+    seconds: { type: "string", default: "3" },
+    budget: { type: "string", default: "20" },
+    "no-torch": { type: "boolean", default: false },
   });
   const seconds = Number(values.seconds);
   const budget = Number(values.budget);

@@ -8,7 +8,7 @@
  * Each request is one different 16-token prompt, greedy, `stopAtEos: false`, so every request makes
  * exactly `--tokens` tokens and both arms do the same work.
  */
-import { parseArgs } from "node:util";
+import { scriptArgs } from "./_args.ts";
 import { fmt, randomModel, SIZES } from "./_bench_common.ts";
 import { type BackendChoice, BACKENDS, describeBackend, initBackend } from "../src/model/backend.ts";
 import { generate } from "../src/model/generate.ts";
@@ -18,15 +18,12 @@ import { DecodeScheduler } from "../src/model/scheduler.ts";
 const PROMPT_TOKENS = 16;
 
 function options(args: string[]) {
-  const { values } = parseArgs({
-    args,
-    options: {
-      size: { type: "string", default: "gpt2-4x256" },
-      concurrency: { type: "string", default: "1,4,16" },
-      tokens: { type: "string", default: "32" },
-      backend: { type: "string", default: "wasm" },
-    },
-  });
+  const { values } = scriptArgs(import.meta.url, {
+    size: { type: "string", default: "gpt2-4x256" },
+    concurrency: { type: "string", default: "1,4,16" },
+    tokens: { type: "string", default: "32" },
+    backend: { type: "string", default: "wasm" },
+  }, args);
   if (!SIZES[values.size!]) throw new Error(`Unknown size '${values.size}' (known: ${Object.keys(SIZES)})`);
   const concurrency = values.concurrency!.split(",").map(Number);
   if (concurrency.some((c) => !Number.isInteger(c) || c < 1)) {

@@ -4,18 +4,11 @@
  *
  *   deno task bench:cold-start [--runs N]
  */
-import { parseArgs } from "node:util";
+import { scriptArgs } from "./_args.ts";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-const args = parseArgs({
-  args: Deno.args,
-  options: { runs: { type: "string", default: "7" }, help: { type: "boolean", short: "h" } },
-});
-if (args.values.help) {
-  console.log("Usage: deno task bench:cold-start [--runs N]   (default 7 runs; prints each and the median)");
-  Deno.exit(0);
-}
+const args = scriptArgs(import.meta.url, { runs: { type: "string", default: "7" } });
 const runs = Number(args.values.runs);
 if (!(Number.isInteger(runs) && runs > 0)) {
   throw new Error(`--runs must be a positive integer: got '${args.values.runs}'`);

@@ -18,7 +18,7 @@
  * Prints a progress line per round, a table of accuracy against judged pairs, the wall time of each
  * setting (without the evaluations), and writes the plot as SVG.
  */
-import { parseArgs } from "node:util";
+import { scriptArgs } from "./_args.ts";
 import { fileURLToPath } from "node:url";
 import { describeBackend, initBackend } from "../src/model/backend.ts";
 import { type LoadedModel, loadModel } from "../src/model/checkpoint.ts";
@@ -32,27 +32,24 @@ import { createArithmeticPrompts, heldOutArithmeticPrompts, score } from "../src
 import { pickCandidates } from "../src/judge/candidates.ts";
 import { writeAtomic } from "../src/util/fs.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    model: { type: "string", default: fileURLToPath(new URL("../models/arith-tiny", import.meta.url)) },
-    pairs: { type: "string", default: "1000" },
-    round: { type: "string", default: "64" },
-    epochs: { type: "string", default: "2" },
-    n: { type: "string", default: "4" },
-    temperature: { type: "string", default: "1" },
-    "batch-size": { type: "string", default: "16" },
-    "learning-rate": { type: "string", default: "1e-4" },
-    beta: { type: "string", default: "0.1" },
-    "loss-type": { type: "string", default: "sigmoid,sft" },
-    "loss-weights": { type: "string", default: "1,1" },
-    optimizer: { type: "string", default: "adamw" },
-    "eval-prompts": { type: "string", default: "200" },
-    arms: { type: "string", default: "online,frozen,offline,lora" },
-    seed: { type: "string", default: "1" },
-    backend: { type: "string", default: "wasm" },
-    plot: { type: "string", default: "docs/learning.svg" },
-  },
+const { values } = scriptArgs(import.meta.url, {
+  model: { type: "string", default: fileURLToPath(new URL("../models/arith-tiny", import.meta.url)) },
+  pairs: { type: "string", default: "1000" },
+  round: { type: "string", default: "64" },
+  epochs: { type: "string", default: "2" },
+  n: { type: "string", default: "4" },
+  temperature: { type: "string", default: "1" },
+  "batch-size": { type: "string", default: "16" },
+  "learning-rate": { type: "string", default: "1e-4" },
+  beta: { type: "string", default: "0.1" },
+  "loss-type": { type: "string", default: "sigmoid,sft" },
+  "loss-weights": { type: "string", default: "1,1" },
+  optimizer: { type: "string", default: "adamw" },
+  "eval-prompts": { type: "string", default: "200" },
+  arms: { type: "string", default: "online,frozen,offline,lora" },
+  seed: { type: "string", default: "1" },
+  backend: { type: "string", default: "wasm" },
+  plot: { type: "string", default: "docs/learning.svg" },
 });
 
 const BUDGET = Number(values.pairs);

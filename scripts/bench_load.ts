@@ -1,14 +1,17 @@
 /**
  * `deno task bench:load`: requests per second and latency of the server under load, over loopback,
- * with the server in its own process on a KV file (durable writes):
- *   - feedback: POST /v1/pairs/:id/feedback on distinct pending pairs (a versionstamp-checked commit each)
- *   - pairs: POST /v1/pairs with the tiny fixture model (generation + a commit)
+ * with the servers in processes of their own on one KV file (durable writes):
+ *   - feedback: POST /v1/pairs/:id/feedback on distinct pending pairs (a versionstamp-checked commit each),
+ *     on 1 and on 2 feedback-only instances (the load spread over them), then every verdict counted in KV;
+ *   - preferences: POST /v1/preferences, one preference a request, likewise;
+ *   - pairs: POST /v1/pairs with the tiny fixture model (generation + a commit), on one instance.
+ * Every request also counts against its key's rate limit in KV (a commit and a read).
  *
- *   deno task bench:load [--seconds 10] [--connections 32] [--pairs-connections 4]
+ *   deno task bench:load [--seconds 10] [--connections 32] [--pairs-connections 4] [--instances 1,2]
  *
- * The load comes from wrk (Debian's `wrk`) when it is installed, else from a Deno fetch client.
+ * The load comes from a Deno fetch client in this process (wrk, when installed, for one instance's feedback).
  */
-import { parseArgs } from "node:util";
+import { scriptArgs } from "./_args.ts";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { PairStore } from "../src/store/pairs.ts";
@@ -16,7 +19,7 @@ import { PairStore } from "../src/store/pairs.ts";
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const KEY = "bench-load-key-0001";
 
-async function startServer(dir: string): Promise<{ child: Deno.ChildProcess; url: string }> {
+async function startServer(dir: string, withModel: boolean): Promise<{ child: Deno.ChildProcess; url: string }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -27,12 +30,9 @@ async function startServer(dir: string): Promise<{ child: Deno.ChildProcess; url
       join(dir, "dpo.kv"),
       "--checkpoints",
       `dir:${join(dir, "ckpts")}`,
-      "--model",
-      join(ROOT, "tests/fixtures/gpt2_tiny"),
+      ...(withModel ? ["--model", join(ROOT, "tests/fixtures/gpt2_tiny"), "--backend", "wasm"] : ["--feedback-only"]),
       "--port",
       "0",
-      "--backend",
-      "wasm",
       "--rate-limit",
       "100000000",
     ],
@@ -153,51 +153,94 @@ async function wrkFeedback(url: string, ids: string[], dir: string, seconds: num
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      seconds: { type: "string", default: "10" },
-      connections: { type: "string", default: "32" },
-      "pairs-connections": { type: "string", default: "4" },
-    },
+  const { values } = scriptArgs(import.meta.url, {
+    seconds: { type: "string", default: "10" },
+    connections: { type: "string", default: "32" },
+    "pairs-connections": { type: "string", default: "4" },
+    instances: { type: "string", default: "1,2" },
   });
   const seconds = Number(values.seconds);
   const connections = Number(values.connections);
-  const dir = await Deno.makeTempDir({ prefix: "bench_load_" });
-  // Pending pairs to give feedback on, written straight into the KV file before the server starts.
-  const pending = Math.ceil(seconds * 4000);
-  const kv = await Deno.openKv(join(dir, "dpo.kv"));
-  const store = new PairStore(kv);
-  const ids: string[] = [];
-  for (let i = 0; i < pending; i++) {
-    const { pair } = await store.create({
-      prompt: `p${i}`,
-      promptText: `p${i}`,
-      responses: ["a", "b"],
-      policyVersion: 0,
-    });
-    ids.push(pair.id);
-  }
-  kv.close();
-  const { child, url } = await startServer(dir);
+  const counts = values.instances!.split(",").map(Number);
+  if (counts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--instances must list positive integers`);
   const headers = { authorization: `Bearer ${KEY}`, "content-type": "application/json" };
-  try {
-    const useWrk = await hasWrk();
-    const client = useWrk ? "wrk" : "Deno fetch";
+  const useWrk = await hasWrk();
+  console.log(
+    `# load from ${useWrk ? "wrk (one instance's feedback), else " : ""}a Deno fetch client in this ` +
+      `process; servers in processes of their own on one KV file; ${navigator.hardwareConcurrency} cores`,
+  );
+  const row = (name: string, c: number, r: Awaited<ReturnType<typeof load>>, lost: number | string) =>
     console.log(
-      `# server: ${url}, KV file; load from ${client} in another process; ${navigator.hardwareConcurrency} cores`,
+      `${name.padEnd(40)} ${String(c).padStart(4)} conn ${r.rps.toFixed(0).padStart(7)} req/s   p50 ${
+        r.p50.toFixed(1).padStart(6)
+      } ms   p99 ${r.p99.toFixed(1).padStart(6)} ms   ${r.errors} errors of ${r.n}   lost ${lost}`,
     );
-    let i = 0;
-    const feedback = useWrk ? await wrkFeedback(url, ids, dir, seconds, connections) : await load(
-      seconds,
-      connections,
-      () =>
-        fetch(`${url}/v1/pairs/${ids[i++ % ids.length]}/feedback`, {
+  for (const n of counts) {
+    const dir = await Deno.makeTempDir({ prefix: "bench_load_" });
+    // Pending pairs to give feedback on, written straight into the KV file before the servers start.
+    const kv = await Deno.openKv(join(dir, "dpo.kv"));
+    const store = new PairStore(kv);
+    const ids: string[] = [];
+    for (let i = 0; i < Math.ceil(seconds * 6000); i++) {
+      ids.push(
+        (await store.create({ prompt: `p${i}`, promptText: `p${i}`, responses: ["a", "b"], policyVersion: 0 }))
+          .pair.id,
+      );
+    }
+    const servers = [];
+    for (let k = 0; k < n; k++) servers.push(await startServer(dir, false));
+    const urls = servers.map((x) => x.url);
+    try {
+      let i = 0;
+      const feedback = useWrk && n === 1 ? await wrkFeedback(urls[0]!, ids, dir, seconds, connections) : await load(
+        seconds,
+        connections,
+        () => {
+          const k = i++;
+          return fetch(`${urls[k % n]}/v1/pairs/${ids[k % ids.length]}/feedback`, {
+            method: "POST",
+            headers,
+            body: JSON.stringify({ choice: k % 2 ? "a" : "b", annotator: "bench" }),
+          });
+        },
+      );
+      // Every verdict answered 200 is in KV: a lost write would show as fewer labeled pairs than answers.
+      const judged = await store.counts();
+      const labeledByFeedback = judged.labeled + judged.tie;
+      row(
+        `POST /v1/pairs/:id/feedback, ${n} instance(s)`,
+        connections,
+        feedback,
+        feedback.n - feedback.errors - labeledByFeedback,
+      );
+      let j = 0;
+      const prefs = await load(seconds, connections, () => {
+        const k = j++;
+        return fetch(`${urls[k % n]}/v1/preferences`, {
           method: "POST",
           headers,
-          body: JSON.stringify({ choice: i % 2 ? "a" : "b", annotator: "bench" }),
-        }),
-    );
+          body: JSON.stringify({ prompt: `${k}+1=`, chosen: `${k + 1}`, rejected: `${k + 2}` }),
+        });
+      });
+      const after = await store.counts();
+      row(
+        `POST /v1/preferences, ${n} instance(s)`,
+        connections,
+        prefs,
+        prefs.n - prefs.errors - (after.labeled - judged.labeled),
+      );
+    } finally {
+      kv.close();
+      for (const x of servers) {
+        x.child.kill("SIGTERM");
+        await x.child.status;
+      }
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+  const dir = await Deno.makeTempDir({ prefix: "bench_load_" });
+  const { child, url } = await startServer(dir, true);
+  try {
     const pairConnections = Number(values["pairs-connections"]);
     const pairs = await load(seconds, pairConnections, () =>
       fetch(`${url}/v1/pairs`, {
@@ -205,14 +248,7 @@ async function main(): Promise<void> {
         headers,
         body: JSON.stringify({ prompt: "What is 2+2? Answer:", n: 2, max_new_tokens: 8 }),
       }));
-    const row = (name: string, c: number, r: typeof feedback) =>
-      console.log(
-        `${name.padEnd(28)} ${String(c).padStart(4)} conn ${r.rps.toFixed(0).padStart(7)} req/s   p50 ${
-          r.p50.toFixed(1).padStart(6)
-        } ms   p99 ${r.p99.toFixed(1).padStart(6)} ms   ${r.errors} errors of ${r.n}`,
-      );
-    row("POST /v1/pairs/:id/feedback", connections, feedback);
-    row("POST /v1/pairs (tiny model)", pairConnections, pairs);
+    row("POST /v1/pairs (tiny model), 1 instance", pairConnections, pairs, "-");
   } finally {
     child.kill("SIGTERM");
     await child.status;

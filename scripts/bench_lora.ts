@@ -15,7 +15,7 @@
  * in OpenBLAS when it loads). Every run is its own process, so its peak memory (VmHWM, read right after
  * the DPO steps) is its own.
  */
-import { parseArgs } from "node:util";
+import { scriptArgs } from "./_args.ts";
 import { fileURLToPath } from "node:url";
 import { describeBackend, initBackend } from "../src/model/backend.ts";
 import { attachNewAdapter, LoraConfigSchema, mergeAdapter } from "../src/model/lora.ts";
@@ -173,15 +173,12 @@ function table(header: string[], rows: string[][]): string {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      worker: { type: "string" },
-      mode: { type: "string" },
-      sizes: { type: "string", default: DEFAULT_SIZES.join(",") },
-      seconds: { type: "string", default: "3" },
-      "no-torch": { type: "boolean", default: false },
-    },
+  const { values } = scriptArgs(import.meta.url, {
+    worker: { type: "string" },
+    mode: { type: "string" },
+    sizes: { type: "string", default: DEFAULT_SIZES.join(",") },
+    seconds: { type: "string", default: "3" },
+    "no-torch": { type: "boolean", default: false },
   });
   const seconds = Number(values.seconds);
   if (!(seconds > 0)) throw new Error(`Cannot run: --seconds must be a number > 0: current value is ${values.seconds}`);

@@ -255,8 +255,12 @@ Deno.test("rate limits per key answer 429 with Retry-After; metrics are Promethe
 
 Deno.test("the rate limit is one limit for every instance on the KV, and a new minute starts a new window", async () => {
   let t = Date.UTC(2026, 0, 1, 0, 0, 10);
-  const { store, call, close } = await setup({ limits: { requestsPerMinute: 3 }, now: () => t });
-  const other = createApp({ store, apiKeys: [KEY], limits: { requestsPerMinute: 3 }, now: () => t }); // no policy
+  // Two instances: two stores on one KV, as two processes would have.
+  const kv = await Deno.openKv(":memory:");
+  const [one, two] = [new PairStore(kv), new PairStore(kv)];
+  const first = createApp({ store: one, apiKeys: [KEY], limits: { requestsPerMinute: 3 }, now: () => t });
+  const other = createApp({ store: two, apiKeys: [KEY], limits: { requestsPerMinute: 3 }, now: () => t });
+  const call = (_m: string, path: string) => first.request(path, { headers: { authorization: `Bearer ${KEY}` } });
   const viaOther = (path: string) => other.request(path, { headers: { authorization: `Bearer ${KEY}` } });
   assert.equal((await call("GET", "/v1/stats")).status, 200);
   assert.equal((await viaOther("/v1/stats")).status, 200);
@@ -267,7 +271,7 @@ Deno.test("the rate limit is one limit for every instance on the KV, and a new m
   assert.equal((await call("GET", "/v1/stats")).status, 429);
   t += 50_000; // the next minute
   assert.equal((await viaOther("/v1/stats")).status, 200);
-  close();
+  kv.close();
 });
 
 Deno.test("a policy swap mid-request fails nothing; new requests get the new version", async () => {

@@ -1,8 +1,8 @@
 /**
  * Request counts per API key and time window, in KV, so that any number of server instances enforce one
- * limit. Each request adds one with `sum` on `["rate", window, key]` and reads the total back; the keys are
- * digests, never the API keys themselves. KV's `sum` drops `expireIn`, so windows past are deleted by the
- * periodic sweep (`pruneRateWindows`).
+ * limit: `sum` on `["rate", window, key]`, the total read back; the keys are digests, never
+ * the API keys themselves. KV's `sum` drops `expireIn`, so windows past are deleted by the periodic sweep
+ * (`pruneRateWindows`).
  */
 import { counterValue } from "./_codec.ts";
 import { commitWithinLimits } from "./_size.ts";
@@ -12,9 +12,9 @@ const PRUNE_BATCH = 500;
 
 /** Counts one request of `key` in the window starting at `window` (ms); returns the window's count so far. */
 export async function countRequest(kv: Deno.Kv, key: string, window: number): Promise<number> {
-  const id = await digest(key);
-  await commitWithinLimits(kv.atomic().sum(rateKey(window, id), 1n), "a rate-limit counter");
-  return counterValue((await kv.get(rateKey(window, id))).value, "a rate-limit counter");
+  const counter = rateKey(window, await digest(key));
+  await commitWithinLimits(kv.atomic().sum(counter, 1n), "a rate-limit counter");
+  return counterValue((await kv.get(counter)).value, "a rate-limit counter");
 }
 
 /** Deletes the counters of windows that started before `before` (ms); returns how many it deleted. */
