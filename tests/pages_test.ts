@@ -206,6 +206,10 @@ Deno.test({
           const ticks = await page.locator(`section[data-chart="${chart}"] text.tick`).count();
           assert.ok(ticks >= 4, `${chart} has axis ticks (${ticks})`);
         }
+        // No axis reads like "-5.55e-17": a tick that is zero but for rounding noise shows as 0.
+        for (const tick of await page.locator("text.tick").allTextContents()) {
+          assert.doesNotMatch(tick, /e-\d/, `tick '${tick}'`);
+        }
         assert.equal(await text(page, 'section[data-chart="margins"] b.last'), "1.2");
         assert.equal(await text(page, 'section[data-chart="accuracies"] b.last'), "98.0%");
         assert.equal(await text(page, 'section[data-chart="kl"] b.last'), "0.12");

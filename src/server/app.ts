@@ -1,30 +1,32 @@
 /**
- * The Hono app: pairs, feedback, preferences, OpenAI-compatible chat, export, stats, metrics, and the
- * dashboard and labeling pages with their data route.
+ * The Hono app: the edge every request crosses (one error shape, request counting, auth, signed verdicts,
+ * body and rate limits), the pages, and the routes by resource, each a module of `routes/`: pairs,
+ * preferences, the OpenAI chat API, completion feedback, export, and what operators look at.
  * Stateless: everything lives in KV (the store) and the policy holder, so any number of instances
  * can serve the same KV. `createApp(deps)` builds it; `main.ts` serves it.
  */
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
-import { z } from "zod";
-import { type ChatMessage, MessageSchema as Message } from "../model/messages.ts";
-import { verdictToken, verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
+import type { ChatMessage } from "../model/messages.ts";
+import { verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
-import { hasEqualCandidates, type JudgeUsage, type PairStore } from "../store/pairs.ts";
-import type { SignalResult } from "../store/completions.ts";
-import { type Pair, PairStatusSchema } from "../store/schema.ts";
-import { pickCandidates } from "../judge/candidates.ts";
-import { DashboardQuerySchema, readDashboard } from "./dashboard.ts";
-import { errorBody, httpError, jsonBody, parseOr422, rateLimit, requireApiKey, secretsEqual } from "./http.ts";
+import type { PairStore } from "../store/pairs.ts";
+import { errorBody, httpError, rateLimit, requireApiKey } from "./http.ts";
 import { Metrics } from "./metrics.ts";
 import { DASHBOARD_PAGE } from "./pages/dashboard.ts";
 import { LABEL_PAGE } from "./pages/label.ts";
 import type { StaticPage } from "./pages/_page.ts";
 import type { PolicyHolder } from "./policy.ts";
-import { sampleResponses } from "./_sample.ts";
-import { fittingPromptText, preferenceInputs } from "./_ingest.ts";
-import { chatRoutes, completionId, type KeptVersions, openAiErrors } from "./routes/chat.ts";
+import { chatRoutes, type KeptVersions, openAiErrors } from "./routes/chat.ts";
+import { completionRoutes } from "./routes/completions.ts";
+import { exportRoutes } from "./routes/export.ts";
+import { observeRoutes } from "./routes/observe.ts";
+import { pairRoutes } from "./routes/pairs.ts";
+import { preferenceRoutes } from "./routes/preferences.ts";
+import type { AppVariables, RouteContext } from "./routes/_context.ts";
+
+export { pairJson } from "./routes/pairs.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -53,7 +55,8 @@ export interface AppDeps {
   now?: () => number;
 }
 
-interface Limits {
+/** The request limits of an app. */
+export interface Limits {
   bodyBytes: number;
   requestsPerMinute: number;
   maxResponses: number;
@@ -61,13 +64,6 @@ interface Limits {
 }
 
 const DEFAULT_LIMITS: Limits = { bodyBytes: 256 * 1024, requestsPerMinute: 600, maxResponses: 8, maxNewTokens: 512 };
-
-const Prompt = z.object({
-  prompt: z.string().min(1).optional(),
-  messages: z.array(Message).min(1).optional(),
-});
-const onePrompt = (v: { prompt?: unknown; messages?: unknown }) =>
-  (v.prompt === undefined) !== (v.messages === undefined);
 
 /** Store errors and the status each becomes. */
 const STORE_ERRORS: [abstract new (...args: never[]) => Error, 404 | 409 | 413 | 422, string][] = [
@@ -85,15 +81,8 @@ export const LABEL_KEY_ROUTES: readonly [string, RegExp][] = [
   ["POST", /^\/v1\/pairs\/[^/]+\/feedback$/],
 ];
 
-/** What middleware leaves for the routes: the key (or signer) of the request, and a signed request's `webhook-id`. */
-type AppVariables = { apiKey: string; webhookId?: string };
-
 /** The only route a signed request (no API key) may call. */
 const SIGNED_ROUTE = /^\/v1\/pairs\/[^/]+\/feedback$/;
-/** How long an accepted `webhook-id` is remembered: twice the signatures' 5-minute tolerance. */
-const WEBHOOK_ID_TTL_MS = 10 * 60_000;
-
-const Id = z.string().regex(/^[0-9A-HJKMNP-TV-Z]{26}$/, "not a pair id");
 
 /** Builds the app. */
 export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
@@ -176,256 +165,15 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
   }, throttle);
   app.use("/metrics", auth);
 
-  const PairRequest = Prompt.extend({
-    n: z.number().int().min(2).max(limits.maxResponses).default(2),
-    temperature: z.number().min(0).max(2).default(1),
-    top_p: z.number().gt(0).max(1).default(1),
-    max_new_tokens: z.number().int().min(1).max(limits.maxNewTokens).default(64),
-    /** A client's own answers to judge, instead of samples of the policy. */
-    responses: z.array(z.string().max(100_000)).min(2).max(limits.maxResponses).optional(),
-    /** With `responses`: the label of the model that wrote them. */
-    model: z.string().min(1).max(200).optional(),
-  }).refine(onePrompt, "give exactly one of 'prompt' and 'messages'")
-    .refine((b) => b.model === undefined || b.responses !== undefined, {
-      message: "'model' labels a client's own 'responses'",
-      path: ["model"],
-    });
-
-  app.post("/v1/pairs", async (c) => {
-    const body = await jsonBody(c, PairRequest);
-    const prompt = body.prompt ?? body.messages!;
-    const idempotencyKey = c.req.header("idempotency-key");
-    const score = deps.score;
-    const field = body.prompt !== undefined ? "body.prompt" : "body.messages";
-    const promptFields = body.prompt !== undefined ? { prompt: body.prompt } : { messages: body.messages! };
-    const expiresAt = now() + (deps.pendingTtlMs ?? 7 * 24 * 3600_000);
-    if (body.responses !== undefined) {
-      // A client's own answers: judged like sampled ones; the same text twice is nothing to judge.
-      const responses = body.responses;
-      const candidates = pickCandidates(
-        responses,
-        score ? await Promise.all(responses.map((r) => score(prompt, r))) : undefined,
-      );
-      if (candidates === null) {
-        throw httpError(422, "invalid_request", "body.responses: every response is the same text (blanks aside)");
-      }
-      const promptText = policy
-        ? await policy.use((p) => Promise.resolve(fittingPromptText(p, prompt, field)))
-        : body.prompt ?? ""; // no model here: the trainer renders the messages with its own template
-      const { pair, created } = await store.create({
-        ...promptFields,
-        promptText,
-        responses,
-        policyVersion: policy?.version ?? 0,
-        candidates,
-        expiresAt,
-        source: "client",
-        ...(body.model === undefined ? {} : { producedBy: body.model }),
-      }, { idempotencyKey });
-      return c.json(pairJson(pair), created ? 201 : 200);
-    }
-    const { pair, created } = await needPolicy().use(async (p) => {
-      const promptText = fittingPromptText(p, prompt, field);
-      const generations = await sampleResponses(p, promptText, body.n, {
-        temperature: body.temperature,
-        topP: body.top_p,
-        maxNewTokens: body.max_new_tokens,
-      });
-      metrics.countTokens(generations.reduce((a, g) => a + g.tokenIds.length, 0));
-      const responses = generations.map((g) => g.text);
-      const scores = score ? await Promise.all(responses.map((r) => score(prompt, r))) : undefined;
-      return await store.create({
-        ...promptFields,
-        promptText,
-        responses,
-        policyVersion: p.version,
-        // All n the same text: stored `identical` (counted, never judged); candidates [0, 1] name them.
-        candidates: pickCandidates(responses, scores) ?? [0, 1],
-        expiresAt,
-      }, { idempotencyKey });
-    });
-    return c.json(pairJson(pair), created ? 201 : 200);
-  });
-
-  app.get("/v1/pairs/:id", async (c) => {
-    const id = parseOr422(Id, c.req.param("id"), "id");
-    const pair = await store.get(id);
-    if (!pair) throw httpError(404, "not_found", `no pair '${id}'`);
-    return c.json(pairJson(pair));
-  });
-
-  const ListQuery = z.object({
-    status: PairStatusSchema.optional(),
-    limit: z.coerce.number().int().min(1).max(100).default(20),
-    cursor: z.string().max(1024).optional(),
-  });
-  app.get("/v1/pairs", async (c) => {
-    const q = parseOr422(ListQuery, c.req.query(), "query");
-    const page = await store.list(q).catch((err) => {
-      if (err instanceof StoreInputError) throw httpError(422, "invalid_request", err.message);
-      throw err;
-    });
-    // Never list a pair to judge whose a and b are the same text (stored before that was refused): repair it.
-    const pairs = [];
-    for (const listed of page.pairs) {
-      const pair = hasEqualCandidates(listed) ? await store.repairCandidates(listed.id) : listed;
-      if (pair !== null && (q.status === undefined || pair.status === q.status)) pairs.push(pair);
-    }
-    return c.json({ pairs: pairs.map(pairJson), cursor: page.cursor ?? null });
-  });
-
-  const Feedback = z.object({
-    choice: z.enum(["a", "b", "tie"]),
-    annotator: z.string().min(1).max(200).optional(),
-    reason: z.string().max(4000).optional(),
-    /** Required on a signed verdict: the pair id and token of the delivery it answers. */
-    pair_id: z.string().max(64).optional(),
-    token: z.string().max(64).optional(),
-  });
-  app.post("/v1/pairs/:id/feedback", async (c) => {
-    const id = parseOr422(Id, c.req.param("id"), "id");
-    const body = await jsonBody(c, Feedback);
-    const webhookId = c.get("webhookId");
-    if (webhookId !== undefined) {
-      // Signed: the body must name this pair with its delivery's token, and each webhook-id counts once.
-      const token = await verdictToken(deps.webhookSecret!, id);
-      const bound = body.pair_id === id && body.token !== undefined && (await secretsEqual(body.token, token));
-      if (!bound) {
-        throw httpError(
-          401,
-          "unauthorized",
-          `a signed verdict must carry 'pair_id' '${id}' (the pair in the URL) and the 'token' of its delivery`,
-        );
-      }
-      if (!(await store.useWebhookId(webhookId, WEBHOOK_ID_TTL_MS))) {
-        throw httpError(409, "replayed", `webhook-id '${webhookId.slice(0, 64)}' was already accepted`);
-      }
-    }
-    const pair = await store.recordVerdict(id, {
-      choice: body.choice,
-      judge: { kind: webhookId !== undefined ? "webhook" : "human", id: body.annotator ?? "api" },
-      annotator: body.annotator,
-      reason: body.reason,
-    });
-    metrics.countVerdict(body.choice);
-    return c.json(pairJson(pair));
-  });
-
-  app.get("/v1/dashboard", async (c) => {
-    const query = parseOr422(DashboardQuerySchema, c.req.query(), "query");
-    return c.json(await readDashboard({ store, servingVersion: policy?.version ?? null, now: now() }, query));
-  });
-
-  const Completion = z.union([z.string(), z.array(Message).min(1)]);
-  const Preference = z.object({ prompt: Completion, chosen: Completion, rejected: Completion });
-  const Preferences = z.union([Preference, z.array(Preference).min(1).max(100)]);
-  // All or nothing: every item is checked first, then the list is stored in one commit (or refused).
-  app.post("/v1/preferences", async (c) => {
-    const body = await jsonBody(c, Preferences);
-    const items = Array.isArray(body) ? body : [body];
-    const where = (i: number) => Array.isArray(body) ? `body[${i}]` : "body";
-    const inputs = policy
-      ? await policy.use((p) => Promise.resolve(preferenceInputs(p, items, where)))
-      : preferenceInputs(undefined, items, where);
-    const results = await store.importLabeledMany(inputs, {
-      idempotencyKey: c.req.header("idempotency-key") || undefined,
-    });
-    const pairs = results.map((r) => ({ id: r.pair.id, created: r.created }));
-    return c.json({ pairs }, pairs.some((r) => r.created) ? 201 : 200);
-  });
-
+  const ctx: RouteContext = { deps, store, policy, needPolicy, metrics, limits, now };
+  app.route("/", pairRoutes(ctx));
+  app.route("/", preferenceRoutes(ctx));
   app.route("/", chatRoutes({ store, policy, metrics, kept: deps.kept, limits, now }));
-
-  // What a chat app learns from its users, on the answers it served (see src/store/completions.ts).
-  const CompletionId = z.string().regex(/^chatcmpl-[0-9a-f]{32}(-[1-9])?$/, "not a completion id");
-  const ResponseId = z.string().regex(/^chatcmpl-[0-9a-f]{32}$/, "not a chat completion response id");
-  const Annotator = z.string().min(1).max(200).optional();
-  const signalJson = (r: SignalResult) => ({ id: r.completion.id, pairs: r.pairs });
-  app.post("/v1/completions/:id/feedback", async (c) => {
-    const id = parseOr422(CompletionId, c.req.param("id"), "id");
-    const body = await jsonBody(c, z.object({ label: z.boolean(), annotator: Annotator }));
-    const result = await store.recordCompletionFeedback(id, body);
-    return c.json({ ...signalJson(result), label: body.label });
-  });
-  app.post("/v1/completions/:id/edit", async (c) => {
-    const id = parseOr422(CompletionId, c.req.param("id"), "id");
-    const body = await jsonBody(c, z.object({ text: z.string().min(1).max(100_000), annotator: Annotator }));
-    return c.json(signalJson(await store.recordCompletionEdit(id, body)), 201);
-  });
-  app.post("/v1/completions/:id/choice", async (c) => {
-    const id = parseOr422(ResponseId, c.req.param("id"), "id");
-    const body = await jsonBody(
-      c,
-      z.object({ index: z.number().int().min(0).max(limits.maxResponses - 1), annotator: Annotator }),
-    );
-    const ids = Array.from({ length: limits.maxResponses }, (_, i) => completionId(id, i));
-    return c.json(signalJson(await store.recordChoice(ids, completionId(id, body.index), body.annotator)), 201);
-  });
-
-  const ExportQuery = z.object({ format: z.enum(["trl", "kto"]).default("trl") });
-  app.get("/v1/export", (c) => {
-    const { format } = parseOr422(ExportQuery, c.req.query(), "query");
-    const encoder = new TextEncoder();
-    const lines = format === "trl" ? exportTrl(store) : exportKto(store);
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        const next = await lines.next();
-        if (next.done) controller.close();
-        else controller.enqueue(encoder.encode(JSON.stringify(next.value) + "\n"));
-      },
-    });
-    return new Response(body, { headers: { "content-type": "application/x-ndjson" } });
-  });
-
-  app.get("/v1/stats", async (c) => {
-    const [pairs, feedback, judges, gate] = await Promise.all([
-      store.counts(),
-      store.feedbackCounts(),
-      store.judgeUsage(),
-      store.records.gates(1),
-    ]);
-    return c.json({
-      policy_version: policy?.version ?? null,
-      pairs,
-      completion_feedback: feedback,
-      judges: judgeStats(judges),
-      gate: { promoted: gate.promoted, refused: gate.refused, last: gate.decisions[0] ?? null },
-    });
-  });
-
-  app.get("/metrics", async (c) => {
-    const [pairs, feedback, trainer, judges, gate] = await Promise.all([
-      store.counts(),
-      store.feedbackCounts(),
-      store.records.status(),
-      store.judgeUsage(),
-      store.records.gates(0),
-    ]);
-    const state = {
-      pairs,
-      feedback,
-      trainer,
-      judges,
-      gate: { promoted: gate.promoted, refused: gate.refused },
-      policyVersion: policy?.version,
-      decoding: policy?.decoding,
-    };
-    return c.text(metrics.render(state), 200, {
-      "content-type": "text/plain; version=0.0.4",
-    });
-  });
+  app.route("/", completionRoutes(ctx));
+  app.route("/", exportRoutes(ctx));
+  app.route("/", observeRoutes(ctx));
 
   return app;
-}
-
-/** The judges' totals as `/v1/stats` shows them, with the mean latency of a verdict. */
-function judgeStats(usage: Record<string, JudgeUsage>) {
-  return Object.fromEntries(
-    Object.entries(usage).map(([id, u]) => {
-      const verdicts = u.calls - u.failures;
-      return [id, { ...u, latency_ms_mean: verdicts > 0 ? Math.round(u.latency_ms / verdicts) : null }];
-    }),
-  );
 }
 
 /** The template of the route a request matched (the last handler that is not middleware), or "unmatched". */
@@ -441,58 +189,4 @@ function annotatorOf(body: string): string {
   } catch {
     return "-";
   }
-}
-
-/** A pair as the API shows it. */
-export function pairJson(pair: Pair) {
-  const [a, b] = pair.candidates;
-  return {
-    id: pair.id,
-    status: pair.status,
-    created_at: new Date(pair.createdAt).toISOString(),
-    updated_at: new Date(pair.updatedAt).toISOString(),
-    ...(pair.prompt !== undefined ? { prompt: pair.prompt } : { messages: pair.messages }),
-    prompt_text: pair.promptText,
-    responses: pair.responses,
-    candidates: pair.candidates,
-    a: pair.responses[a],
-    b: pair.responses[b],
-    policy_version: pair.policyVersion,
-    chosen: pair.chosen === undefined ? null : pair.responses[pair.chosen],
-    rejected: pair.rejected === undefined ? null : pair.responses[pair.rejected],
-    verdict: pair.verdict ?? null,
-    expires_at: pair.expiresAt === undefined ? null : new Date(pair.expiresAt).toISOString(),
-    trained_into: pair.trainedInto ?? null,
-    status_reason: pair.statusReason ?? null,
-    source: pair.source,
-    model: pair.producedBy ?? null,
-  };
-}
-
-async function* exportTrl(store: PairStore): AsyncGenerator<Record<string, unknown>> {
-  for (const status of ["labeled", "trained"] as const) {
-    for await (const pair of store.iterate({ status })) {
-      const chosen = pair.responses[pair.chosen!]!;
-      const rejected = pair.responses[pair.rejected!]!;
-      yield pair.messages
-        ? {
-          prompt: pair.messages,
-          chosen: [{ role: "assistant", content: chosen }],
-          rejected: [{ role: "assistant", content: rejected }],
-        }
-        : { prompt: pair.prompt, chosen, rejected };
-    }
-  }
-}
-
-async function* exportKto(store: PairStore): AsyncGenerator<Record<string, unknown>> {
-  let cursor: string | undefined;
-  do {
-    const page = await store.listCompletionFeedback({ limit: 100, cursor });
-    for (const c of page.completions) {
-      const completion = c.messages ? [{ role: "assistant", content: c.text }] : c.text;
-      yield { prompt: c.messages ?? c.prompt, completion, label: c.feedback!.label };
-    }
-    cursor = page.cursor;
-  } while (cursor);
 }

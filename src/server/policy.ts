@@ -122,5 +122,3 @@ function free(held: Held): void {
   if (!held.scheduler) return held.served.model.dispose();
   held.scheduler.close().then(() => held.served.model.dispose());
 }
-
-export { sampleResponses } from "./_sample.ts";

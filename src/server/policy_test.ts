@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { loadModel } from "../model/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
-import { PolicyHolder, sampleResponses } from "./policy.ts";
+import { PolicyHolder } from "./policy.ts";
+import { sampleResponses } from "./_sample.ts";
 
 async function version(n: number) {
   const { model, tokenizer } = await loadModel(fixturePath("gpt2_tiny"), { trainable: false });

@@ -37,7 +37,10 @@ function niceTicks(lo, hi, count, integer) {
   let step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
   if (integer) step = Math.max(1, Math.round(step));
   const ticks = [];
-  for (let t = Math.ceil(lo / step - 1e-9) * step; t <= hi + step * 1e-9; t += step) ticks.push(Number(t.toPrecision(12)));
+  for (let t = Math.ceil(lo / step - 1e-9) * step; t <= hi + step * 1e-9; t += step) {
+    // A tick that is zero but for floating-point noise (-5.55e-17) is zero.
+    ticks.push(Math.abs(t) < step * 1e-6 ? 0 : Number(t.toPrecision(12)));
+  }
   return ticks;
 }
 

@@ -96,7 +96,12 @@ const METRIC_CHARTS = [
   { id: "accuracies", metrics: ["rewards/accuracies"], title: "Reward accuracy", yLabel: "rewards/accuracies",
     yFormat: fmtPercent, yMin: 0, yMax: 1 },
   { id: "margins", metrics: ["rewards/margins"], title: "Reward margin", yLabel: "rewards/margins" },
-  { id: "kl", metrics: ["objective/kl"], title: "KL to the reference", yLabel: "objective/kl" },
+  {
+    id: "kl",
+    metrics: ["objective/kl"],
+    title: "KL to the reference (estimate: mean log π − log π_ref of the batch's answers; noisy, can dip below 0)",
+    yLabel: "objective/kl",
+  },
   { id: "rewards", metrics: ["rewards/chosen", "rewards/rejected"], title: "Implicit rewards", yLabel: "reward" },
   { id: "grad_norm", metrics: ["grad_norm"], title: "Gradient norm", yLabel: "grad_norm", yMin: 0 },
   { id: "kto", metrics: ["kto/loss", "kto/kl"], title: "KTO steps on thumbs up/down", yLabel: "loss, KL reference" },
