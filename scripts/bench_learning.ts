@@ -8,12 +8,16 @@
  *   offline  offline DPO: every pair is sampled from the base policy up front; the same training
  *   lora     online, training a LoRA adapter (all linear layers, r 16, 5x the learning rate) on the
  *            frozen base, which stays the reference
+ *   thumbs   online, but feedback arrives only as thumbs up/down on single answers, as a chat app's users
+ *            give it: one answer sampled per prompt, the checker's verdict on it a thumbs (right: up), KTO
+ *            steps on them, the reference refreshed every round; its x axis counts thumbs, one judgment
+ *            each, so it sits next to the pair arms at the same number of judgments
  *
  * It drives the engine the server, judge and trainer use (batched generation, the arithmetic verifier,
  * DpoTrainer, the held-out evaluation stored with every published version), in one process, without
  * HTTP or KV in between, so that the figures measure learning, not plumbing.
  *
- *   deno task bench:learning [--pairs 1000] [--arms online,frozen,offline,lora] [--plot docs/learning.svg]
+ *   deno task bench:learning [--pairs 1000] [--arms online,frozen,offline,lora,thumbs] [--plot docs/learning.svg]
  *
  * Prints a progress line per round, a table of accuracy against judged pairs, the wall time of each
  * setting (without the evaluations), and writes the plot as SVG.
@@ -26,7 +30,7 @@ import { generate } from "../src/model/generate.ts";
 import { createRng } from "../src/model/sampling.ts";
 import { createTrainer } from "../src/dpo/checkpoint.ts";
 import { parseDpoConfig } from "../src/dpo/config.ts";
-import type { PreferencePair } from "../src/dpo/trainer.ts";
+import type { KtoExample, PreferencePair } from "../src/dpo/trainer.ts";
 import { answerHeldOut, type Answers } from "../src/dpo/evaluate.ts";
 import { createArithmeticPrompts, heldOutArithmeticPrompts, score } from "../src/judge/arithmetic.ts";
 import { pickCandidates } from "../src/judge/candidates.ts";
@@ -60,15 +64,15 @@ const TEMPERATURE = Number(values.temperature);
 const BATCH = Number(values["batch-size"]);
 const SEED = Number(values.seed);
 const MAX_NEW_TOKENS = 6;
-type Arm = "online" | "frozen" | "offline" | "lora";
+type Arm = "online" | "frozen" | "offline" | "lora" | "thumbs";
 const ARMS = values.arms!.split(",") as Arm[];
 for (const [name, v] of Object.entries({ pairs: BUDGET, round: ROUND, epochs: EPOCHS, n: N, "batch-size": BATCH })) {
   if (!(Number.isInteger(v) && v > 0)) throw new Error(`Cannot run: --${name} must be a positive integer, got ${v}`);
 }
 if (N < 2) throw new Error(`Cannot run: --n must be at least 2 (a pair needs two answers), got ${N}`);
-const unknown = ARMS.filter((a) => !["online", "frozen", "offline", "lora"].includes(a));
+const unknown = ARMS.filter((a) => !["online", "frozen", "offline", "lora", "thumbs"].includes(a));
 if (unknown.length > 0) {
-  throw new Error(`Cannot run: --arms takes online, frozen, offline, lora; got ${unknown.join(", ")}`);
+  throw new Error(`Cannot run: --arms takes online, frozen, offline, lora, thumbs; got ${unknown.join(", ")}`);
 }
 
 const config = parseDpoConfig({
@@ -139,7 +143,57 @@ const evaluate = (m: LoadedModel): Promise<Answers> =>
 const roundSize = (r: number) => Math.min(ROUND, BUDGET - r * ROUND);
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 
+/** One answer sampled per prompt, and the checker's verdict on it as a thumbs: KTO examples. */
+async function sampleThumbs(policy: LoadedModel, prompts: string[], seed: number): Promise<KtoExample[]> {
+  const { model, tokenizer } = policy;
+  const ids = prompts.map((p) => tokenizer.encode(p));
+  const out = await generate(model, tokenizer, ids, { temperature: TEMPERATURE, maxNewTokens: MAX_NEW_TOKENS, seed });
+  return out.map((g, i) => ({
+    promptIds: ids[i]!,
+    completionIds: tokenizer.encode(g.text),
+    desirable: score(prompts[i]!, g.text) === 1,
+  }));
+}
+
+/** The thumbs arm: online KTO on single answers' thumbs, a judgment per thumbs. */
+async function runThumbsArm(baseAccuracy: number): Promise<Point[]> {
+  const policy = await loadModel(values.model!);
+  const reference = await loadModel(values.model!, { trainable: false });
+  const trainer = createTrainer(policy, reference, config);
+  const nextPrompt = createArithmeticPrompts({ seed: SEED, minOperand: 0, maxOperand: 99 });
+  const shuffle = createRng(SEED);
+  const rounds = Math.ceil(BUDGET / ROUND);
+  const points: Point[] = [{ pairs: 0, accuracy: baseAccuracy, seconds: 0 }];
+  let judged = 0, seconds = 0;
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    const thumbs = await sampleThumbs(policy, Array.from({ length: roundSize(r) }, nextPrompt), SEED * 1000 + r);
+    judged += thumbs.length;
+    const losses: number[] = [];
+    for (let e = 0; e < EPOCHS; e++) {
+      const order = thumbs.map((t) => ({ t, k: shuffle() })).sort((a, b) => a.k - b.k).map((x) => x.t);
+      for (let i = 0; i + 1 < order.length; i += BATCH) {
+        losses.push((await trainer.ktoStep(order.slice(i, i + BATCH), Number.MAX_SAFE_INTEGER)).loss);
+      }
+    }
+    trainer.refreshReference(1);
+    seconds += (performance.now() - t0) / 1000;
+    const { scores } = await evaluate(policy);
+    points.push({ pairs: judged, accuracy: mean(scores), seconds });
+    const up = thumbs.filter((t) => t.desirable).length;
+    console.error(
+      `thumbs  round ${r + 1}/${rounds}: ${judged} thumbs (${up} up), loss ${mean(losses).toFixed(3)}, ` +
+        `held-out accuracy ${(100 * mean(scores)).toFixed(1)}%, ${seconds.toFixed(0)} s training`,
+    );
+  }
+  trainer.optimizer.dispose();
+  policy.model.dispose();
+  reference.model.dispose();
+  return points;
+}
+
 async function runArm(arm: Arm, baseAccuracy: number): Promise<Point[]> {
+  if (arm === "thumbs") return await runThumbsArm(baseAccuracy);
   const policy = await loadModel(values.model!);
   const lora = arm === "lora";
   const reference = lora ? null : await loadModel(values.model!, { trainable: false });
@@ -196,7 +250,13 @@ function plotSvg(curves: Map<Arm, Point[]>, title: string): string {
   const maxX = Math.max(...[...curves.values()].flatMap((c) => c.map((p) => p.pairs)), 1);
   const x = (v: number) => L + (v / maxX) * (W - L - R);
   const y = (v: number) => T + (1 - v) * (H - T - B);
-  const colors: Record<Arm, string> = { online: "#1f77b4", frozen: "#ff7f0e", offline: "#7f7f7f", lora: "#d62728" };
+  const colors: Record<Arm, string> = {
+    online: "#1f77b4",
+    frozen: "#ff7f0e",
+    offline: "#7f7f7f",
+    lora: "#d62728",
+    thumbs: "#9467bd",
+  };
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
@@ -217,7 +277,7 @@ function plotSvg(curves: Map<Arm, Point[]>, title: string): string {
     parts.push(`<text x="${x(v)}" y="${H - B + 16}" text-anchor="middle">${v}</text>`);
   }
   parts.push(
-    `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">judged pairs</text>`,
+    `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">judgments (pairs, or thumbs)</text>`,
     `<text x="14" y="${(T + H - B) / 2}" text-anchor="middle" transform="rotate(-90 14 ${(T + H - B) / 2})">` +
       `held-out accuracy</text>`,
   );
@@ -248,7 +308,7 @@ async function main(): Promise<void> {
       `lr ${config.learning_rate}, beta ${config.beta}, ${config.loss_type.join("+")}`,
   );
   const first = [...curves.values()][0]!;
-  console.log(`| judged pairs | ${ARMS.join(" | ")} |\n|---:|${ARMS.map(() => "---:").join("|")}|`);
+  console.log(`| judgments | ${ARMS.join(" | ")} |\n|---:|${ARMS.map(() => "---:").join("|")}|`);
   first.forEach((p, i) => {
     const cells = ARMS.map((a) => `${(100 * curves.get(a)![i]!.accuracy).toFixed(1)}%`);
     console.log(`| ${p.pairs} | ${cells.join(" | ")} |`);
@@ -257,9 +317,10 @@ async function main(): Promise<void> {
     const points = curves.get(arm)!;
     const hit = points.find((p) => p.accuracy >= 0.95);
     const last = points.at(-1)!;
+    const unit = arm === "thumbs" ? "thumbs" : "pairs";
     console.log(
-      `${arm}: ${(100 * last.accuracy).toFixed(1)}% after ${last.pairs} pairs in ${last.seconds.toFixed(0)} s` +
-        (hit ? `; 95% reached at ${hit.pairs} pairs, ${hit.seconds.toFixed(0)} s` : "; 95% not reached"),
+      `${arm}: ${(100 * last.accuracy).toFixed(1)}% after ${last.pairs} ${unit} in ${last.seconds.toFixed(0)} s` +
+        (hit ? `; 95% reached at ${hit.pairs} ${unit}, ${hit.seconds.toFixed(0)} s` : "; 95% not reached"),
     );
   }
   if (values.plot) {
