@@ -42,6 +42,20 @@ export async function buildJudge(flags: JudgeFlags): Promise<Judge> {
     throw new UsageError(`Cannot use --judge ${flags.judge}: ${(err as Error).message}`);
   }
   if (spec.human) throw new UsageError("--judge human: no judge to build");
+  // An option for a judge the spec does not name would do nothing: refuse it, naming the judge it is for.
+  const kinds = new Set(spec.members.map((m) => m.kind));
+  const stray: [keyof JudgeFlags, string][] = [
+    ["hf-model", "hf"],
+    ["hf-endpoint", "hf"],
+    ["judge-token", "hf"],
+    ["webhook-url", "webhook"],
+    ["feedback-url", "webhook"],
+  ];
+  for (const [flag, kind] of stray) {
+    if (flags[flag] !== undefined && !kinds.has(kind as never)) {
+      throw new UsageError(`--${flag} is an option of the ${kind} judge, and --judge ${flags.judge} names none`);
+    }
+  }
   const judges: Judge[] = [];
   for (const member of spec.members) judges.push(await buildMember(member, flags));
   if (judges.length === 1) return judges[0]!;
