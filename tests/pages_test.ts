@@ -51,7 +51,7 @@ async function seed(kv: Deno.Kv, store: PairStore) {
       learning_rate: 1e-5,
       skipped: false,
       skipped_steps: 0,
-      ref_version: 2,
+      ref_version: step > 60 ? 2 : 1,
     });
   }
   await op.commit();
@@ -211,6 +211,25 @@ Deno.test({
           assert.doesNotMatch(tick, /e-\d/, `tick '${tick}'`);
         }
         assert.equal(await text(page, 'section[data-chart="margins"] b.last'), "1.2");
+        // Raw values faint behind their smoothing; events marked on the step axis: a reference refresh
+        // (step 61) and the two gate decisions (steps 105 and 102).
+        const loss = 'section[data-chart="loss"]';
+        assert.equal(
+          await page.locator(`${loss} polyline[data-series="loss (raw)"]`).getAttribute("stroke-opacity"),
+          "0.3",
+        );
+        assert.deepEqual(
+          (await page.locator(`${loss} line[data-marker]`).evaluateAll((ls) =>
+            ls.map((l) => l.getAttribute("data-marker"))
+          ))
+            .sort(),
+          ["gate refused a candidate", "published v4 (gate passed)", "reference refreshed"],
+        );
+        const pointsAttr = (series: string) =>
+          page.locator(`${loss} polyline[data-series="${series}"]`).getAttribute("points");
+        assert.notEqual(await pointsAttr("loss"), await pointsAttr("loss (raw)"), "smoothed by default");
+        await page.locator("#smoothing").fill("0");
+        assert.equal(await pointsAttr("loss"), await pointsAttr("loss (raw)"), "smoothing 0 draws the raw values");
         assert.equal(await text(page, 'section[data-chart="accuracies"] b.last'), "98.0%");
         assert.equal(await text(page, 'section[data-chart="kl"] b.last'), "0.12");
         assert.equal(await text(page, 'section[data-chart="rewards"] b.last[data-series="rewards/rejected"]'), "-0.6");

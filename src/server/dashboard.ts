@@ -85,6 +85,8 @@ export const DASHBOARD_METRICS = [
   // KTO steps on thumbs up/down (the online worker records them beside the DPO steps).
   "kto/loss",
   "kto/kl",
+  // Not charted: its rises mark reference refreshes on the step charts.
+  "ref_version",
 ] as const;
 
 // Evaluations listed: one per published version, the newest ones.

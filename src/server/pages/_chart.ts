@@ -59,8 +59,11 @@ function fmtMinute(ms) {
 }
 
 /**
- * spec: { id, title, xLabel, yLabel, xs: number[], series: [{ name, ys: (number|null)[], color?, dashed? }],
- *   xKind: "integer" | "time", yFormat(v), yMin?, yMax?, empty? }
+ * spec: { id, title, xLabel, yLabel, xs: number[], series: [{ name, ys: (number|null)[], color?, dashed?, faint?, last? }],
+ *   xKind: "integer" | "time", yFormat(v), yMin?, yMax?, empty?, markers?: [{ x, label, color }] }
+ * A faint series is drawn thin and pale behind the others (raw values behind their smoothing), out of the legend;
+ * 'last' is the value the legend shows instead of the series' own last one; a marker is a
+ * vertical line at x (an event: a publish, a gate refusal, a reference refresh) with its label as a tooltip.
  */
 function lineChart(spec) {
   const W = 440, H = 230, L = 58, R = 16, T = 12, B = 42;
@@ -70,7 +73,8 @@ function lineChart(spec) {
   const legend = el("div", { class: "legend" });
   spec.series.forEach((s, i) => {
     s.color = s.color || PALETTE[i % PALETTE.length];
-    const last = lastValue(s.ys);
+    if (s.faint) return; // its solid twin carries the legend
+    const last = s.last !== undefined ? s.last : lastValue(s.ys);
     legend.append(el("span", { class: "item" },
       el("span", { class: "swatch" + (s.dashed ? " dashed" : ""), style: "border-color:" + s.color }),
       s.name + " ",
@@ -113,6 +117,15 @@ function lineChart(spec) {
       spec.xKind === "time" ? fmtMinute(t) : fmtNumber(t)));
   }
   svg.prepend(grid);
+  for (const m of spec.markers || []) {
+    if (!(m.x >= x0 && m.x <= x1)) continue;
+    const line = svgEl("line", {
+      "data-marker": m.label, x1: sx(m.x), x2: sx(m.x), y1: T, y2: T + ph,
+      stroke: m.color || "#98a2b3", "stroke-width": 1, "stroke-dasharray": "2 3",
+    });
+    line.append(svgEl("title", {}, m.label));
+    svg.append(line);
+  }
   svg.append(svgEl("line", { class: "axis", x1: L, x2: L + pw, y1: T + ph, y2: T + ph }));
   svg.append(svgEl("line", { class: "axis", x1: L, x2: L, y1: T, y2: T + ph }));
   svg.append(svgEl("text", { x: L + pw / 2, y: H - 6, "text-anchor": "middle", class: "label x" }, spec.xLabel));
@@ -131,10 +144,12 @@ function lineChart(spec) {
       points: pts.map((p) => p[0].toFixed(1) + "," + p[1].toFixed(1)).join(" "),
       fill: "none",
       stroke: s.color,
-      "stroke-width": 1.8,
+      "stroke-width": s.faint ? 1 : 1.8,
+      "stroke-opacity": s.faint ? 0.3 : null,
       "stroke-dasharray": s.dashed ? "5 4" : null,
       "stroke-linejoin": "round",
     }));
+    if (s.faint) continue;
     const dots = pts.length <= 40 ? pts : [pts[pts.length - 1]];
     for (const [cx, cy] of dots) svg.append(svgEl("circle", { cx, cy, r: 2.6, fill: s.color }));
   }

@@ -16,7 +16,9 @@ const BODY = String.raw`<header class="top">
 <main>
   <p id="error" class="error" role="alert"></p>
   <section class="cards" id="cards"></section>
-  <h2>Training steps</h2>
+  <h2>Training steps
+    <label class="smoothing">smoothing <input id="smoothing" type="range" min="0" max="0.99" step="0.01" value="0.6">
+      <output id="smoothing-value">0.6</output></label></h2>
   <div class="grid-charts" id="training"></div>
   <h2>Versions and flow</h2>
   <div class="grid-charts" id="flow"></div>
@@ -41,6 +43,8 @@ const BODY = String.raw`<header class="top">
 
 const CSS = String.raw`
 h2 { font-size: 15px; margin: 22px 0 10px; }
+h2 .smoothing { font-size: 12px; font-weight: normal; color: var(--muted); margin-left: 16px; }
+h2 .smoothing input { vertical-align: middle; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 140px; }
 .card .name { font-size: 12px; color: var(--muted); }
@@ -107,22 +111,76 @@ const METRIC_CHARTS = [
   { id: "kto", metrics: ["kto/loss", "kto/kl"], title: "KTO steps on thumbs up/down", yLabel: "loss, KL reference" },
 ];
 
+// An exponential moving average, debiased as TensorBoard's (the first points are not pulled toward 0);
+// missing values are skipped and stay missing.
+function smooth(ys, weight) {
+  let last = 0, n = 0;
+  return ys.map((y) => {
+    if (typeof y !== "number" || !isFinite(y)) return null;
+    last = last * weight + (1 - weight) * y;
+    n++;
+    return weight === 0 ? y : last / (1 - Math.pow(weight, n));
+  });
+}
+
+// Events on the step axis: reference refreshes (the trainer's reference version rising) and gate decisions.
+function stepMarkers(d) {
+  const m = d.metrics, refs = m.series["ref_version"] || [];
+  const markers = [];
+  for (let i = 1; i < refs.length; i++) {
+    if (typeof refs[i] === "number" && typeof refs[i - 1] === "number" && refs[i] > refs[i - 1]) {
+      markers.push({ x: m.step[i], label: "reference refreshed", color: "#8a4fd8" });
+    }
+  }
+  for (const g of d.gate.decisions) {
+    markers.push(g.promoted
+      ? { x: g.step, label: "published v" + g.version + " (gate passed)", color: "#1a9c6b" }
+      : { x: g.step, label: "gate refused a candidate", color: "#c4321f" });
+  }
+  return markers;
+}
+
+let lastData = null;
+
 function renderTraining(d) {
+  lastData = d;
   const m = d.metrics;
+  const weight = Number(document.getElementById("smoothing").value);
+  document.getElementById("smoothing-value").textContent = weight.toFixed(2);
   const note = m.truncated ? " (latest " + fmtNumber(m.steps_read) + " steps)" : "";
+  const markers = stepMarkers(d);
   document.getElementById("training").replaceChildren(...METRIC_CHARTS.map((c) => lineChart({
     id: c.id,
     title: c.title + note,
     xLabel: "optimizer step",
     yLabel: c.yLabel,
     xs: m.step,
-    series: c.metrics.map((name) => ({ name, ys: m.series[name] || [] })),
+    // The raw values faint behind, their smoothing on top in the same color; the legend gives the last raw value.
+    series: c.metrics.flatMap((name, i) => {
+      const ys = m.series[name] || [];
+      const color = PALETTE[i % PALETTE.length];
+      return [
+        { name: name + " (raw)", ys, color, faint: true },
+        { name, ys: smooth(ys, weight), color, last: lastValue(ys) },
+      ];
+    }),
     xKind: "integer",
     yFormat: c.yFormat,
     yMin: c.yMin,
     yMax: c.yMax,
+    markers,
     empty: "no training steps yet",
   })));
+}
+
+function setupSmoothing() {
+  const input = document.getElementById("smoothing");
+  const saved = localStorage.getItem("dpo.smoothing");
+  if (saved !== null) input.value = saved;
+  input.addEventListener("input", () => {
+    localStorage.setItem("dpo.smoothing", input.value);
+    if (lastData) renderTraining(lastData);
+  });
 }
 
 function perMinute(a, f) {
@@ -344,6 +402,7 @@ async function refresh() {
 }
 
 takeKeyFromFragment();
+setupSmoothing();
 setupKeyForm(refresh);
 refresh();
 `;
