@@ -15,16 +15,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** A small seeded generator (mulberry32), so that a schedule can be replayed from its seed. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+export { mulberry32 } from "../src/judge/arithmetic.ts";
 
 /** Shuffles `items` in place with `rand` (Fisher–Yates) and returns them. */
 export function shuffle<T>(items: T[], rand: () => number): T[] {

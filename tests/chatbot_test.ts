@@ -6,42 +6,16 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import OpenAI from "openai";
 import { loadModel } from "../src/model/checkpoint.ts";
 import { scorePairs } from "../src/model/logprobs.ts";
 import { useBackend } from "../src/model/_test_utils.ts";
 import { openCheckpoints } from "../src/store/open.ts";
 import { PairStore } from "../src/store/pairs.ts";
+import { ROOT, start as startProc, until } from "./_procs.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const MODEL = join(ROOT, "tests/fixtures/gpt2_tiny");
 const KEY = "chatbot-test-key-0001";
-
-function start(dir: string, args: string[]) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT, "main.ts"), ...args],
-    cwd: dir,
-    stdout: "piped",
-    stderr: "piped",
-    env: { DPO_API_KEYS: KEY },
-  }).spawn();
-  const log: string[] = [];
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.pipeThrough(new TextDecoderStream()).pipeTo(new WritableStream({ write: (t) => void log.push(t) }));
-  }
-  return { child, log };
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 Deno.test({
   name: "chatbot: the openai SDK's conversations, thumbs, edits and a retry train the served model over HTTP",
@@ -52,6 +26,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "chatbot_test_" });
     const checkpoints = `dir:${join(dir, "ckpts")}`;
     const common = ["--kv", "dpo.kv", "--checkpoints", checkpoints, "--model", MODEL, "--backend", "wasm"];
+    const start = (d: string, args: string[]) => startProc(d, args, { DPO_API_KEYS: KEY });
     const server = start(dir, ["serve", ...common, "--port", "0", "--poll-ms", "200"]);
     const worker = start(dir, [
       "worker",

@@ -4,30 +4,13 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { type Proc, ROOT, start as startProc, until } from "./_procs.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const MODEL = join(ROOT, "tests/fixtures/gpt2_tiny");
 const KEY = "pipeline-test-key";
 
-interface Proc {
-  child: Deno.ChildProcess;
-  log: string[];
-}
-
 function start(dir: string, args: string[]): Proc {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT, "main.ts"), ...args],
-    cwd: dir,
-    stdout: "piped",
-    stderr: "piped",
-    env: { DPO_API_KEYS: KEY },
-  }).spawn();
-  const log: string[] = [];
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.pipeThrough(new TextDecoderStream()).pipeTo(new WritableStream({ write: (t) => void log.push(t) }));
-  }
-  return { child, log };
+  return startProc(dir, args, { DPO_API_KEYS: KEY });
 }
 
 async function stopProc(p: Proc, signal: Deno.Signal = "SIGTERM"): Promise<void> {
@@ -35,16 +18,6 @@ async function stopProc(p: Proc, signal: Deno.Signal = "SIGTERM"): Promise<void>
     p.child.kill(signal);
   } catch { /* already gone */ }
   await p.child.status;
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 async function startServer(dir: string, checkpoints: string): Promise<{ proc: Proc; url: string }> {

@@ -293,7 +293,8 @@ Deno.test("a policy swap mid-request fails nothing; new requests get the new ver
 });
 
 Deno.test("concurrent generating requests share decoding steps; /metrics shows the batch", async () => {
-  const { call, close } = await setup();
+  // An unlimited key: the rate limit's KV commit would stagger the three requests' arrival at the decoder.
+  const { call, close } = await setup({ unlimitedKeys: [KEY] });
   const messages = [{ role: "user", content: "Tell a story" }];
   const responses = await Promise.all([
     call("POST", "/v1/pairs", { prompt: "Hi", n: 3, max_new_tokens: 8 }),

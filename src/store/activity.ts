@@ -70,18 +70,26 @@ export async function readActivity(kv: Deno.Kv, from: number, to: number): Promi
 }
 
 /** Deletes the counters of minutes before `before` (ms); returns how many it deleted. */
-export async function pruneActivity(kv: Deno.Kv, before: number): Promise<number> {
+export function pruneActivity(kv: Deno.Kv, before: number): Promise<number> {
+  return deleteRange(kv, ACTIVITY_PREFIX, activityMinuteKey(before), "old activity counters");
+}
+
+/**
+ * Deletes every key from `start` up to (not including) `end`, in commits of 500 deletes (KV allows 1,000
+ * mutations; the keys are tiny); returns how many it deleted. Deletes only: nothing to check, a repeat is
+ * harmless. Counters kept with `sum` (which drops `expireIn`) are pruned with it.
+ */
+export async function deleteRange(kv: Deno.Kv, start: Deno.KvKey, end: Deno.KvKey, what: string): Promise<number> {
   let deleted = 0;
   for (;;) {
     const op = kv.atomic();
     let n = 0;
-    const old = kv.list({ start: ACTIVITY_PREFIX, end: activityMinuteKey(before) }, { limit: PRUNE_BATCH });
-    for await (const entry of old) {
+    for await (const entry of kv.list({ start, end }, { limit: PRUNE_BATCH })) {
       op.delete(entry.key);
       n++;
     }
     if (n === 0) return deleted;
-    await commitWithinLimits(op, "old activity counters"); // deletes only: nothing to check, a repeat is harmless
+    await commitWithinLimits(op, what);
     deleted += n;
     if (n < PRUNE_BATCH) return deleted;
   }

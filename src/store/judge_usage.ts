@@ -11,7 +11,6 @@
  * how often that vote was the ensemble's verdict.
  */
 import { counterValue } from "./_codec.ts";
-import { commitWithinLimits } from "./_size.ts";
 import {
   JUDGE_ACTIVITY_PREFIX,
   JUDGE_USAGE_PREFIX,
@@ -20,7 +19,7 @@ import {
   judgeUsageKey,
 } from "./keys.ts";
 import type { Judge, Verdict } from "./schema.ts";
-import { MINUTE_MS, minuteOf } from "./activity.ts";
+import { deleteRange, MINUTE_MS, minuteOf } from "./activity.ts";
 
 /** The counters kept per judge. */
 export const JUDGE_USAGE_METRICS = [
@@ -47,7 +46,6 @@ export type JudgeUsage = Record<JudgeUsageMetric, number>;
 
 // The judges of one deployment are a handful; this bounds a read whatever the KV holds.
 const MAX_JUDGES = 100;
-const PRUNE_BATCH = 500;
 
 /** Whether verdicts of this kind of judge are judge calls (see the module comment). */
 export function isAutomatedJudge(judge: Judge): boolean {
@@ -152,21 +150,6 @@ export async function readJudgeActivity(kv: Deno.Kv, from: number, to: number): 
 }
 
 /** Deletes the per-minute judge counters of minutes before `before` (ms); returns how many it deleted. */
-export async function pruneJudgeActivity(kv: Deno.Kv, before: number): Promise<number> {
-  let deleted = 0;
-  for (;;) {
-    const op = kv.atomic();
-    let n = 0;
-    const old = kv.list({ start: JUDGE_ACTIVITY_PREFIX, end: judgeActivityMinuteKey(before) }, {
-      limit: PRUNE_BATCH,
-    });
-    for await (const entry of old) {
-      op.delete(entry.key);
-      n++;
-    }
-    if (n === 0) return deleted;
-    await commitWithinLimits(op, "old judge counters"); // deletes only: a repeat is harmless
-    deleted += n;
-    if (n < PRUNE_BATCH) return deleted;
-  }
+export function pruneJudgeActivity(kv: Deno.Kv, before: number): Promise<number> {
+  return deleteRange(kv, JUDGE_ACTIVITY_PREFIX, judgeActivityMinuteKey(before), "old judge counters");
 }

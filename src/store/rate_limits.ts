@@ -7,8 +7,7 @@
 import { counterValue } from "./_codec.ts";
 import { commitWithinLimits } from "./_size.ts";
 import { RATE_PREFIX, rateKey, rateWindowKey } from "./keys.ts";
-
-const PRUNE_BATCH = 500;
+import { deleteRange } from "./activity.ts";
 
 /** Counts one request of `key` in the window starting at `window` (ms); returns the window's count so far. */
 export async function countRequest(kv: Deno.Kv, key: string, window: number): Promise<number> {
@@ -18,20 +17,8 @@ export async function countRequest(kv: Deno.Kv, key: string, window: number): Pr
 }
 
 /** Deletes the counters of windows that started before `before` (ms); returns how many it deleted. */
-export async function pruneRateWindows(kv: Deno.Kv, before: number): Promise<number> {
-  let deleted = 0;
-  for (;;) {
-    const op = kv.atomic();
-    let n = 0;
-    for await (const e of kv.list({ start: RATE_PREFIX, end: rateWindowKey(before) }, { limit: PRUNE_BATCH })) {
-      op.delete(e.key);
-      n++;
-    }
-    if (n === 0) return deleted;
-    await commitWithinLimits(op, "old rate-limit counters");
-    deleted += n;
-    if (n < PRUNE_BATCH) return deleted;
-  }
+export function pruneRateWindows(kv: Deno.Kv, before: number): Promise<number> {
+  return deleteRange(kv, RATE_PREFIX, rateWindowKey(before), "old rate-limit counters");
 }
 
 const digests = new Map<string, string>();
