@@ -4,11 +4,12 @@
  */
 import type { z } from "zod";
 import * as tf from "../src/model/tf.ts";
-import { Gpt2ConfigSchema, LlamaConfigSchema, type ModelConfig } from "../src/model/config.ts";
-import { createModel, initWeights, parameterShapes } from "../src/model/architectures.ts";
-import type { CausalLM } from "../src/model/causal_lm.ts";
+import { Gpt2ConfigSchema } from "../src/model/arch/gpt2.ts";
+import { LlamaConfigSchema } from "../src/model/arch/llama.ts";
+import { createModel, initWeights, type ModelConfig, parameterShapes } from "../src/model/arch/registry.ts";
+import type { CausalLM } from "../src/model/arch/causal_lm.ts";
 import { buildScoringBatch, scoreRows } from "../src/model/logprobs.ts";
-import { generate } from "../src/model/generate.ts";
+import { generate } from "../src/model/decoding/generate.ts";
 import { type DpoConfig, parseDpoConfig } from "../src/dpo/config.ts";
 import type { PreferencePair } from "../src/dpo/trainer.ts";
 

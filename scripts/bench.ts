@@ -37,7 +37,7 @@ import {
   workDpoConfig,
   workPairs,
 } from "./_bench_common.ts";
-import { describeBackend, initBackend } from "../src/model/backend.ts";
+import { describeBackend, initBackend } from "../src/model/kernels/backend.ts";
 import { DpoTrainer, type PreferencePair } from "../src/dpo/trainer.ts";
 
 const DEFAULT_SIZES = ["tiny", "gpt2-8x512", "gpt2-small"];

@@ -10,10 +10,10 @@
  */
 import { scriptArgs } from "./_args.ts";
 import { fmt, randomModel, SIZES } from "./_bench_common.ts";
-import { type BackendChoice, BACKENDS, describeBackend, initBackend } from "../src/model/backend.ts";
-import { generate } from "../src/model/generate.ts";
-import type { CausalLM } from "../src/model/causal_lm.ts";
-import { DecodeScheduler } from "../src/model/scheduler.ts";
+import { type BackendChoice, BACKENDS, describeBackend, initBackend } from "../src/model/kernels/backend.ts";
+import { generate } from "../src/model/decoding/generate.ts";
+import type { CausalLM } from "../src/model/arch/causal_lm.ts";
+import { DecodeScheduler } from "../src/model/decoding/scheduler.ts";
 
 const PROMPT_TOKENS = 16;
 

@@ -24,10 +24,10 @@
  */
 import { scriptArgs } from "./_args.ts";
 import { fileURLToPath } from "node:url";
-import { describeBackend, initBackend } from "../src/model/backend.ts";
-import { type LoadedModel, loadModel } from "../src/model/checkpoint.ts";
-import { generate } from "../src/model/generate.ts";
-import { createRng } from "../src/model/sampling.ts";
+import { describeBackend, initBackend } from "../src/model/kernels/backend.ts";
+import { type LoadedModel, loadModel } from "../src/model/io/checkpoint.ts";
+import { generate } from "../src/model/decoding/generate.ts";
+import { createRng } from "../src/model/decoding/sampling.ts";
 import { createTrainer } from "../src/dpo/checkpoint.ts";
 import { parseDpoConfig } from "../src/dpo/config.ts";
 import type { KtoExample, PreferencePair } from "../src/dpo/trainer.ts";

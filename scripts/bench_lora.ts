@@ -17,8 +17,8 @@
  */
 import { scriptArgs } from "./_args.ts";
 import { fileURLToPath } from "node:url";
-import { describeBackend, initBackend } from "../src/model/backend.ts";
-import { attachNewAdapter, LoraConfigSchema, mergeAdapter } from "../src/model/lora.ts";
+import { describeBackend, initBackend } from "../src/model/kernels/backend.ts";
+import { attachNewAdapter, LoraConfigSchema, mergeAdapter } from "../src/model/arch/lora.ts";
 import { DpoTrainer } from "../src/dpo/trainer.ts";
 import {
   DPO_TOKENS,

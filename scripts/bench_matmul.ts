@@ -6,7 +6,7 @@
  */
 import * as tf from "../src/model/tf.ts";
 import "@tensorflow/tfjs-backend-wasm";
-import { disableNativeMatmul, enableNativeMatmul } from "../src/model/blas.ts";
+import { disableNativeMatmul, enableNativeMatmul } from "../src/model/kernels/blas.ts";
 
 const QUICK = Deno.args.includes("--quick");
 const MIN_SECONDS = QUICK ? 0.2 : 1;

@@ -20,14 +20,14 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import * as tf from "../src/model/tf.ts";
-import { describeBackend, initBackend } from "../src/model/backend.ts";
-import { Gpt2ConfigSchema } from "../src/model/config.ts";
-import { loadModel, saveModel } from "../src/model/checkpoint.ts";
-import { Gpt2Model, initGpt2Weights } from "../src/model/gpt2.ts";
+import { describeBackend, initBackend } from "../src/model/kernels/backend.ts";
+import { Gpt2ConfigSchema } from "../src/model/arch/gpt2.ts";
+import { loadModel, saveModel } from "../src/model/io/checkpoint.ts";
+import { Gpt2Model, initGpt2Weights } from "../src/model/arch/gpt2.ts";
 import { buildScoringBatch, sequenceLogProbs } from "../src/model/logprobs.ts";
-import { generate } from "../src/model/generate.ts";
-import { loadTokenizer } from "../src/model/tokenizer.ts";
-import { createRng } from "../src/model/sampling.ts";
+import { generate } from "../src/model/decoding/generate.ts";
+import { loadTokenizer } from "../src/model/io/tokenizer.ts";
+import { createRng } from "../src/model/decoding/sampling.ts";
 import { clipGradNorm, learningRateAt, Optimizer } from "../src/dpo/optimizer.ts";
 import {
   createArithmeticPrompts,

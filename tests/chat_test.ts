@@ -6,9 +6,9 @@
  */
 import assert from "node:assert/strict";
 import OpenAI, { APIError } from "openai";
-import type { CausalLM } from "../src/model/causal_lm.ts";
-import { loadModel } from "../src/model/checkpoint.ts";
-import { generate } from "../src/model/generate.ts";
+import type { CausalLM } from "../src/model/arch/causal_lm.ts";
+import { loadModel } from "../src/model/io/checkpoint.ts";
+import { generate } from "../src/model/decoding/generate.ts";
 import { fixturePath, useBackend } from "../src/model/_test_utils.ts";
 import { writeChatModel } from "../src/model/_test_chat_model.ts";
 import { encodeStoredPair } from "../src/dpo/online.ts";

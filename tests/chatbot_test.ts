@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import OpenAI from "openai";
-import { loadModel } from "../src/model/checkpoint.ts";
+import { loadModel } from "../src/model/io/checkpoint.ts";
 import { scorePairs } from "../src/model/logprobs.ts";
 import { useBackend } from "../src/model/_test_utils.ts";
 import { openCheckpoints } from "../src/store/open.ts";

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { assertClose, readExpected } from "../src/model/_test_utils.ts";
-import { loadTokenizer } from "../src/model/tokenizer.ts";
+import { loadTokenizer } from "../src/model/io/tokenizer.ts";
 import { evalKey, trainerStatusKey } from "../src/store/keys.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));

@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { loadModel } from "../src/model/checkpoint.ts";
-import { generate } from "../src/model/generate.ts";
+import { loadModel } from "../src/model/io/checkpoint.ts";
+import { generate } from "../src/model/decoding/generate.ts";
 import { buildScoringBatch, tokenLogProbs } from "../src/model/logprobs.ts";
 import * as tf from "../src/model/tf.ts";
 import { fixturePath, useBackend } from "../src/model/_test_utils.ts";

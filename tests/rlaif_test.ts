@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { buildJudge } from "../src/cli/_services.ts";
 import { createHfJudge } from "../src/judge/hf.ts";
 import { runJudgeWorker } from "../src/judge/worker.ts";
-import { loadModel } from "../src/model/checkpoint.ts";
+import { loadModel } from "../src/model/io/checkpoint.ts";
 import { fixturePath, useBackend } from "../src/model/_test_utils.ts";
 import { createApp } from "../src/server/app.ts";
 import { PolicyHolder } from "../src/server/policy.ts";

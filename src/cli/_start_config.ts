@@ -12,7 +12,7 @@ import { DpoConfigSchema } from "../dpo/config.ts";
 import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
 import { heldOutAdditions } from "../judge/arithmetic.ts";
 import { JUDGE_SPEC_SYNTAX, parseJudgeSpec } from "../judge/spec.ts";
-import { BACKENDS } from "../model/backend.ts";
+import { BACKENDS } from "../model/kernels/backend.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
 import { CONFIG_FLAGS, type Kind } from "./_dpo_flags.ts";
 import { closest } from "../util/names.ts";

@@ -1,8 +1,8 @@
 /** What every CLI command shares: argument parsing, usage errors, and loading a model on a backend. */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { z } from "zod";
-import { BACKENDS } from "../model/backends.ts";
-import type { LoadedModel } from "../model/checkpoint.ts";
+import { BACKENDS } from "../model/kernels/backends.ts";
+import type { LoadedModel } from "../model/io/checkpoint.ts";
 
 /** A mistake in the command line: printed with the command's usage, exit code 2. */
 export class UsageError extends Error {}
@@ -70,10 +70,10 @@ export async function loadForCli(
 ): Promise<LoadedModel> {
   // Imported here: a command that loads no model (a feedback-only server) never loads TF.js.
   const [{ describeBackend, initBackend }, { describeModel }, { loadModel }, { resolveModel }] = await Promise.all([
-    import("../model/backend.ts"),
-    import("../model/architectures.ts"),
-    import("../model/checkpoint.ts"),
-    import("../model/hub.ts"),
+    import("../model/kernels/backend.ts"),
+    import("../model/arch/registry.ts"),
+    import("../model/io/checkpoint.ts"),
+    import("../model/io/hub.ts"),
   ]);
   const report = await initBackend(opts.backend);
   log(describeBackend(report));

@@ -1,6 +1,6 @@
 /** `generate`: sample continuations of one or more prompts, streamed to stdout. */
 import { z } from "zod";
-import { generate } from "../model/generate.ts";
+import { generate } from "../model/decoding/generate.ts";
 import {
   backendOption,
   loadForCli,

@@ -1,9 +1,9 @@
 /** `merge`: folds a LoRA adapter (PEFT layout) into its base and saves the result as a full model. */
 import { z } from "zod";
-import { describeBackend, initBackend } from "../model/backend.ts";
-import { describeModel } from "../model/architectures.ts";
-import { loadModel, saveModel } from "../model/checkpoint.ts";
-import { isAdapterDir } from "../model/lora.ts";
+import { describeBackend, initBackend } from "../model/kernels/backend.ts";
+import { describeModel } from "../model/arch/registry.ts";
+import { loadModel, saveModel } from "../model/io/checkpoint.ts";
+import { isAdapterDir } from "../model/arch/lora.ts";
 import { backendOption, log, parseCommand, validate } from "./common.ts";
 
 /** Usage text of the command. */

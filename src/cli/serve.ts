@@ -92,7 +92,7 @@ export async function runServe(args: string[]): Promise<void> {
   const feedbackOnly = opts["feedback-only"] || (!opts.model && (await checkpoints.current()) === null);
   if (!feedbackOnly) {
     // Imported here: a feedback-only server never loads TF.js.
-    const { describeBackend, initBackend } = await import("../model/backend.ts");
+    const { describeBackend, initBackend } = await import("../model/kernels/backend.ts");
     log(describeBackend(await initBackend(opts.backend)));
   }
   const stop = new AbortController();

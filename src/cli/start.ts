@@ -5,7 +5,7 @@
  * cleanly; starting again continues from the same KV, checkpoints, trainer state and keys.
  */
 import { join } from "node:path";
-import { type BackendReport, describeBackend, initBackend } from "../model/backend.ts";
+import { type BackendReport, describeBackend, initBackend } from "../model/kernels/backend.ts";
 import { runJudgeWorker } from "../judge/worker.ts";
 import type { Judge } from "../judge/types.ts";
 import { runFeeder } from "../roles/feeder.ts";

@@ -1,8 +1,8 @@
 /** `train`: offline DPO on a preference dataset; one JSON line of metrics per optimizer step. */
 import { z } from "zod";
-import { describeBackend, initBackend } from "../model/backend.ts";
-import { type LoadedModel, loadModel } from "../model/checkpoint.ts";
-import { resolveModel } from "../model/hub.ts";
+import { describeBackend, initBackend } from "../model/kernels/backend.ts";
+import { type LoadedModel, loadModel } from "../model/io/checkpoint.ts";
+import { resolveModel } from "../model/io/hub.ts";
 import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
 import { configFromFlags, dpoFlagSpec, flagUsage } from "./_dpo_flags.ts";

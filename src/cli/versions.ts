@@ -94,9 +94,9 @@ export async function runVersions(args: string[]): Promise<void> {
 /** Publishes a model directory trained elsewhere, after checking it loads and fits the served version. */
 async function publish(checkpoints: ReturnType<typeof openCheckpoints>, dir: string, note: string | undefined) {
   const [{ initBackend }, { loadModel }, { describeModel }] = await Promise.all([
-    import("../model/backend.ts"),
-    import("../model/checkpoint.ts"),
-    import("../model/architectures.ts"),
+    import("../model/kernels/backend.ts"),
+    import("../model/io/checkpoint.ts"),
+    import("../model/arch/registry.ts"),
   ]);
   await initBackend("wasm");
   const current = await checkpoints.current();

@@ -7,9 +7,9 @@
  */
 import { join } from "node:path";
 import { z } from "zod";
-import { type LoadedModel, loadModel, saveModel } from "../model/checkpoint.ts";
-import { attachNewAdapter, LoraConfigSchema } from "../model/lora.ts";
-import { decodeSafetensors, encodeSafetensors } from "../model/safetensors.ts";
+import { type LoadedModel, loadModel, saveModel } from "../model/io/checkpoint.ts";
+import { attachNewAdapter, LoraConfigSchema } from "../model/arch/lora.ts";
+import { decodeSafetensors, encodeSafetensors } from "../model/io/safetensors.ts";
 import { writeAtomic } from "../util/fs.ts";
 import { type DpoConfig, parseDpoConfig } from "./config.ts";
 import type { OptimizerState } from "./optimizer.ts";

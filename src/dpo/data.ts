@@ -6,7 +6,7 @@
  * A malformed line is reported with its number and either stops the run or is skipped, never trained on.
  */
 import { z } from "zod";
-import type { ChatMessage, Tokenizer } from "../model/tokenizer.ts";
+import type { ChatMessage, Tokenizer } from "../model/io/tokenizer.ts";
 import type { KtoExample, PreferencePair } from "./trainer.ts";
 
 const Message = z.object({ role: z.string(), content: z.string() });

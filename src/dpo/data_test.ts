@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { loadModel } from "../model/checkpoint.ts";
-import { loadTokenizer } from "../model/tokenizer.ts";
+import { loadModel } from "../model/io/checkpoint.ts";
+import { loadTokenizer } from "../model/io/tokenizer.ts";
 import { assertClose, assertNoLeak, fixturePath, readExpected, useBackend } from "../model/_test_utils.ts";
 import { parseDpoConfig } from "./config.ts";
 import { readKtoExamples, readPreferences } from "./data.ts";

@@ -5,8 +5,8 @@
  * same function.
  */
 import { z } from "zod";
-import type { CausalLM } from "../model/causal_lm.ts";
-import type { Tokenizer } from "../model/tokenizer.ts";
+import type { CausalLM } from "../model/arch/causal_lm.ts";
+import type { Tokenizer } from "../model/io/tokenizer.ts";
 
 /** A task's checker: a score per answer, higher is better (the arithmetic task scores 1 or 0). */
 export type ScoreFn = (prompt: string, completion: string) => number | Promise<number>;
@@ -50,7 +50,7 @@ export async function answerHeldOut(
   options: AnswerOptions,
 ): Promise<Answers> {
   // Imported here: the schemas above are read by processes that never generate (the dashboard's server).
-  const { generate } = await import("../model/generate.ts");
+  const { generate } = await import("../model/decoding/generate.ts");
   const texts: string[] = [];
   const batchSize = options.batchSize ?? 64;
   for (let i = 0; i < prompts.length; i += batchSize) {

@@ -4,8 +4,8 @@
  * server refuses what breaks it (4xx); the trainer gives a stored pair that breaks it (a model swap
  * shortened the context) the terminal status `rejected` instead of failing on it.
  */
-import type { ChatMessage } from "../model/messages.ts";
-import type { Tokenizer } from "../model/tokenizer.ts";
+import type { ChatMessage } from "../model/io/messages.ts";
+import type { Tokenizer } from "../model/io/tokenizer.ts";
 
 /** Why `promptText` cannot be trained on with this tokenizer and token budget, or `null` when it can. */
 export function promptFitProblem(tokenizer: Tokenizer, promptText: string, maxLength: number): string | null {

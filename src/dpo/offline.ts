@@ -3,7 +3,7 @@
  * step number (a seeded shuffle per epoch), so a run resumed from a checkpoint sees exactly the
  * batches it would have seen without stopping.
  */
-import { createRng } from "../model/sampling.ts";
+import { createRng } from "../model/decoding/sampling.ts";
 import type { DpoConfig } from "./config.ts";
 import type { DpoTrainer, KtoExample, KtoMetrics, PreferencePair, StepMetrics } from "./trainer.ts";
 

@@ -12,7 +12,7 @@
  * loss with the batch's KL reference point, the same reference as the DPO steps) between the DPO steps:
  * a KTO step whenever `kto.batch` thumbs are claimed, so the mix follows what arrives.
  */
-import type { Tokenizer } from "../model/tokenizer.ts";
+import type { Tokenizer } from "../model/io/tokenizer.ts";
 import type { MarkTrainedResult, PairStore } from "../store/pairs.ts";
 import type { PublishOptions } from "../store/checkpoints.ts";
 import { FencedOutError } from "../store/errors.ts";

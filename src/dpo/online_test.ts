@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { loadModel, saveModel } from "../model/checkpoint.ts";
-import { loadTokenizer } from "../model/tokenizer.ts";
+import { loadModel, saveModel } from "../model/io/checkpoint.ts";
+import { loadTokenizer } from "../model/io/tokenizer.ts";
 import { fixturePath, readExpected, useBackend } from "../model/_test_utils.ts";
 import { KvCheckpointStore } from "../store/checkpoints.ts";
 import { PairStore } from "../store/pairs.ts";

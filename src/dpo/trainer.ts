@@ -6,7 +6,7 @@
  * both drive this class.
  */
 import * as tf from "../model/tf.ts";
-import type { CausalLM } from "../model/causal_lm.ts";
+import type { CausalLM } from "../model/arch/causal_lm.ts";
 import { buildScoringBatch, scoreRows, type ScoringBatch, type TokenPair } from "../model/logprobs.ts";
 import type { DpoConfig } from "./config.ts";
 import { ktoLoss, preferenceLoss } from "./losses.ts";

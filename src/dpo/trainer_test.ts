@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import * as tf from "../model/tf.ts";
-import { loadModel } from "../model/checkpoint.ts";
+import { loadModel } from "../model/io/checkpoint.ts";
 import { assertClose, fixturePath, useBackend } from "../model/_test_utils.ts";
 import { fixturePairs, readDpoExpected } from "./_fixtures.ts";
 import { type DpoConfig, parseDpoConfig } from "./config.ts";

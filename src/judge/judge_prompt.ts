@@ -5,7 +5,7 @@
  * takes the last verdict in the answer, so that a model changing its mind mid-answer is read correctly.
  */
 
-import type { ChatMessage } from "../model/tokenizer.ts";
+import type { ChatMessage } from "../model/io/tokenizer.ts";
 import type { Choice, Prompt } from "./types.ts";
 
 /** The default system prompt of the LLM judge. */

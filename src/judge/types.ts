@@ -1,6 +1,6 @@
 /** The one interface every judge implements, and the error that keeps failures out of the labels. */
 
-import type { ChatMessage } from "../model/tokenizer.ts";
+import type { ChatMessage } from "../model/io/tokenizer.ts";
 
 /** A prompt as the server received it: plain text or a conversation. */
 export type Prompt = string | ChatMessage[];

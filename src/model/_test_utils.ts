@@ -1,7 +1,7 @@
 /** Shared helpers for the model tests: fixture paths, backend switching, tolerance asserts. */
 import * as tf from "./tf.ts";
 import { fileURLToPath } from "node:url";
-import { type BackendChoice, initBackend } from "./backend.ts";
+import { type BackendChoice, initBackend } from "./kernels/backend.ts";
 
 /** Absolute path of a committed fixture under tests/fixtures. */
 export function fixturePath(name: string): string {

@@ -1,6 +1,6 @@
 /** Padded batches of token sequences and the masks, positions and attention bias they imply. */
 import * as tf from "./tf.ts";
-import type { ForwardInput } from "./causal_lm.ts";
+import type { ForwardInput } from "./arch/causal_lm.ts";
 
 /** Added to attention scores a query must not see: exp() of it is exactly 0 in f32. */
 const MASKED = -1e9;

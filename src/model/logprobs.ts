@@ -5,8 +5,8 @@
  */
 import * as tf from "./tf.ts";
 import { forwardTensors, padBatch, type TokenBatch } from "./batch.ts";
-import type { CausalLM } from "./causal_lm.ts";
-import { customOp } from "./_ops.ts";
+import type { CausalLM } from "./arch/causal_lm.ts";
+import { customOp } from "./kernels/_ops.ts";
 
 /** A prompt and completion as token ids, without the eos. */
 export interface TokenPair {

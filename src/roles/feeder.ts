@@ -5,7 +5,7 @@
  * judge, is not buried under pairs sampled from an ever older policy).
  */
 import type { Prompt } from "../judge/types.ts";
-import type { ChatMessage } from "../model/tokenizer.ts";
+import type { ChatMessage } from "../model/io/tokenizer.ts";
 import { pause } from "../util/time.ts";
 
 /** Options of `runFeeder`. */

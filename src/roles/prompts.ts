@@ -7,7 +7,7 @@
 import { z } from "zod";
 import { createArithmeticPrompts } from "../judge/arithmetic.ts";
 import type { Prompt } from "../judge/types.ts";
-import { MessageSchema as Message } from "../model/messages.ts";
+import { MessageSchema as Message } from "../model/io/messages.ts";
 
 /** An endless source of prompts. */
 export interface PromptSource {

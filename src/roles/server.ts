@@ -49,7 +49,7 @@ export interface RunningServer {
 export async function startServerRole(o: ServerRoleOptions): Promise<RunningServer> {
   const load = async (version: number) => {
     // Imported here: a feedback-only instance never loads the model code (nor TF.js).
-    const { loadModel } = await import("../model/checkpoint.ts");
+    const { loadModel } = await import("../model/io/checkpoint.ts");
     const dir = await o.checkpoints.materialize(version, join(o.cacheDir, `policy-v${version}`));
     // A LoRA version is an adapter: served merged into its base, as fast as a full checkpoint.
     const { model, tokenizer } = await loadModel(dir, { trainable: false, mergeAdapter: true });
@@ -62,8 +62,8 @@ export async function startServerRole(o: ServerRoleOptions): Promise<RunningServ
     if (current) initial = await load(current.version);
     else {
       const [{ loadModel }, { resolveModel }] = await Promise.all([
-        import("../model/checkpoint.ts"),
-        import("../model/hub.ts"),
+        import("../model/io/checkpoint.ts"),
+        import("../model/io/hub.ts"),
       ]);
       const { model, tokenizer } = await loadModel(await resolveModel(o.model!), {
         trainable: false,

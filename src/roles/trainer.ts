@@ -6,9 +6,9 @@
  */
 import { join } from "node:path";
 import { z } from "zod";
-import { BACKENDS, describeBackend, initBackend } from "../model/backend.ts";
-import { type LoadedModel, loadModel, saveModel } from "../model/checkpoint.ts";
-import { resolveModel } from "../model/hub.ts";
+import { BACKENDS, describeBackend, initBackend } from "../model/kernels/backend.ts";
+import { type LoadedModel, loadModel, saveModel } from "../model/io/checkpoint.ts";
+import { resolveModel } from "../model/io/hub.ts";
 import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
 import { answerHeldOut, type Answers, compareWithBase, type VersionEval, VersionEvalSchema } from "../dpo/evaluate.ts";

@@ -6,7 +6,7 @@ import { GateDecisionSchema } from "../dpo/gate.ts";
 import { checkpointUploadKey, evalKey, trainerFenceKey } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
 import { bestEvaluated, runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./trainer.ts";
-import { loadModel } from "../model/checkpoint.ts";
+import { loadModel } from "../model/io/checkpoint.ts";
 import { scorePairs } from "../model/logprobs.ts";
 import { openCheckpoints } from "../store/open.ts";
 import { readFence, trainedPairs, TrainingRecords, unsettledVersions } from "../store/training_records.ts";

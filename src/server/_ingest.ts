@@ -5,7 +5,7 @@
  * stumble on gets in.
  */
 import { promptFitProblem, renderPrompt } from "../dpo/fit.ts";
-import type { ChatMessage } from "../model/messages.ts";
+import type { ChatMessage } from "../model/io/messages.ts";
 import type { ImportLabeledInput } from "../store/pairs.ts";
 import { httpError } from "./http.ts";
 import type { PolicyVersion } from "./policy.ts";

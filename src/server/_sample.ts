@@ -1,5 +1,5 @@
 /** Sampling from a served policy, without importing TF.js (the policy brings its own `generate`). */
-import type { GenerateOptions, Generation } from "../model/generate.ts";
+import type { GenerateOptions, Generation } from "../model/decoding/generate.ts";
 import type { ServedPolicy } from "./policy.ts";
 
 /** Samples `n` responses to one prompt in one batch. */

@@ -8,60 +8,24 @@
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
-import type { ChatMessage } from "../model/messages.ts";
 import { verifyWebhook, WebhookVerificationError } from "../judge/webhook.ts";
 import { ConflictError, NotFoundError, StoreInputError, StoreLimitError } from "../store/errors.ts";
-import type { PairStore } from "../store/pairs.ts";
 import { errorBody, httpError, rateLimit, requireApiKey } from "./http.ts";
 import { Metrics } from "./metrics.ts";
 import { DASHBOARD_PAGE } from "./pages/dashboard.ts";
 import { LABEL_PAGE } from "./pages/label.ts";
 import type { StaticPage } from "./pages/_page.ts";
 import type { PolicyHolder } from "./policy.ts";
-import { chatRoutes, type KeptVersions, openAiErrors } from "./routes/chat.ts";
+import { chatRoutes, openAiErrors } from "./routes/chat.ts";
 import { completionRoutes } from "./routes/completions.ts";
 import { exportRoutes } from "./routes/export.ts";
 import { observeRoutes } from "./routes/observe.ts";
 import { pairRoutes } from "./routes/pairs.ts";
 import { preferenceRoutes } from "./routes/preferences.ts";
-import type { AppVariables, RouteContext } from "./routes/_context.ts";
+import type { AppDeps, AppVariables, Limits, RouteContext } from "./routes/_context.ts";
 
 export { pairJson } from "./routes/pairs.ts";
-
-/** What the app is built from. */
-export interface AppDeps {
-  store: PairStore;
-  /** The served policy; absent, the instance is feedback-only: the routes that need a policy answer 503. */
-  policy?: PolicyHolder;
-  /** Bearer keys accepted on every route except /healthz and the pages. */
-  apiKeys: string[];
-  /**
-   * Bearer keys for the dashboard and labeling pages, accepted only on `LABEL_KEY_ROUTES` (reading the
-   * dashboard and pairs, giving feedback); refused with 403 elsewhere.
-   */
-  labelKeys?: string[];
-  /** API keys the per-key rate limit does not apply to: clients of the server's own (`start`'s feeder). */
-  unlimitedKeys?: string[];
-  /** Scores a response (a verifier judge): pairs are then best against worst instead of two at random. */
-  score?: (prompt: string | ChatMessage[], completion: string) => Promise<number>;
-  /** Standard Webhooks secret: feedback signed with it is accepted without an API key. */
-  webhookSecret?: string;
-  /** Kept policy versions servable by name on the OpenAI routes (`policy@vN`); default only the current one. */
-  kept?: KeptVersions;
-  /** Pending pairs stop accepting verdicts after this long (ms); default 7 days. */
-  pendingTtlMs?: number;
-  limits?: Partial<Limits>;
-  metrics?: Metrics;
-  now?: () => number;
-}
-
-/** The request limits of an app. */
-export interface Limits {
-  bodyBytes: number;
-  requestsPerMinute: number;
-  maxResponses: number;
-  maxNewTokens: number;
-}
+export type { AppDeps, Limits } from "./routes/_context.ts";
 
 const DEFAULT_LIMITS: Limits = { bodyBytes: 256 * 1024, requestsPerMinute: 600, maxResponses: 8, maxNewTokens: 512 };
 

@@ -1,7 +1,7 @@
 import { Webhook } from "standardwebhooks";
 import { createWebhookJudge, verdictToken } from "../judge/webhook.ts";
 import assert from "node:assert/strict";
-import { loadModel } from "../model/checkpoint.ts";
+import { loadModel } from "../model/io/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { PairStore } from "../store/pairs.ts";
 import { legacyEqualCandidates } from "../store/_test_helpers.ts";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { loadModel } from "../model/checkpoint.ts";
+import { loadModel } from "../model/io/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { evalKey, policyPointerKey, trainerStatusKey, trainMetricsKey } from "../store/keys.ts";
 import { FakeClock, sampledInput } from "../store/_test_helpers.ts";

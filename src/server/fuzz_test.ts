@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { promptFitProblem } from "../dpo/fit.ts";
-import { loadModel, saveModel } from "../model/checkpoint.ts";
+import { loadModel, saveModel } from "../model/io/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { PairStore } from "../store/pairs.ts";
 import { KvCheckpointStore } from "../store/checkpoints.ts";

@@ -4,7 +4,7 @@
  * the trainer's status, the judges' counters (an id with characters that need escaping), decoding counters.
  */
 import assert from "node:assert/strict";
-import { loadModel } from "../model/checkpoint.ts";
+import { loadModel } from "../model/io/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { PairStore } from "../store/pairs.ts";
 import { createApp } from "./app.ts";

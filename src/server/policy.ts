@@ -3,10 +3,10 @@
  * with until it finishes, and a replaced version's weights are freed only after its last request.
  * Each version decodes through one scheduler, so concurrent requests share forward steps.
  */
-import type { CausalLM } from "../model/causal_lm.ts";
-import { generate, type GenerateOptions, type Generation } from "../model/generate.ts";
-import { DecodeScheduler, type SchedulerStats } from "../model/scheduler.ts";
-import type { Tokenizer } from "../model/tokenizer.ts";
+import type { CausalLM } from "../model/arch/causal_lm.ts";
+import { generate, type GenerateOptions, type Generation } from "../model/decoding/generate.ts";
+import { DecodeScheduler, type SchedulerStats } from "../model/decoding/scheduler.ts";
+import type { Tokenizer } from "../model/io/tokenizer.ts";
 
 /** One servable policy version. */
 export interface PolicyVersion {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { loadModel } from "../model/checkpoint.ts";
+import { loadModel } from "../model/io/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
 import { PolicyHolder } from "./policy.ts";
 import { sampleResponses } from "./_sample.ts";

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "../model/tf.ts";
-import { loadModel } from "../model/checkpoint.ts";
+import { loadModel } from "../model/io/checkpoint.ts";
 import { fixturePath } from "../model/_test_utils.ts";
 import { sha256 } from "../dpo/checkpoint.ts";
 import {

@@ -1,6 +1,6 @@
 /** What the store keeps, as zod schemas: every value read back from KV is parsed with one of these. */
 import { z } from "zod";
-import type { ChatMessage } from "../model/tokenizer.ts";
+import type { ChatMessage } from "../model/io/tokenizer.ts";
 import { ID_PATTERN } from "./_ulid.ts";
 
 /**
@@ -36,7 +36,7 @@ export const LeaseRoleSchema = z.enum(["judge", "train"]);
 /** Who may hold a lease on a pair: a judge worker or a trainer. */
 export type LeaseRole = z.infer<typeof LeaseRoleSchema>;
 
-/** One chat message, as `src/model/tokenizer.ts` defines it. */
+/** One chat message, as `src/model/io/messages.ts` defines it. */
 export const ChatMessageSchema: z.ZodType<ChatMessage, ChatMessage> = z.object({
   role: z.string(),
   content: z.string(),

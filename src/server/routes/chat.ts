@@ -21,23 +21,16 @@ import { type SSEStreamingApi, streamSSE } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import type { TokenLogprob } from "../../model/logprobs.ts";
-import type { ChatMessage } from "../../model/messages.ts";
+import type { ChatMessage } from "../../model/io/messages.ts";
 import type { PairStore } from "../../store/pairs.ts";
 import { fitPrompt } from "../_ingest.ts";
 import type { Metrics } from "../metrics.ts";
-import type { PolicyHolder, PolicyLease, PolicyVersion, ServedPolicy } from "../policy.ts";
+import type { PolicyHolder, PolicyLease, ServedPolicy } from "../policy.ts";
 import { sampleResponses } from "../_sample.ts";
+import type { KeptVersions } from "./_context.ts";
 
 /** The model name of the served version. */
 export const SERVED_MODEL = "policy";
-
-/** Kept policy versions the server can serve by name besides the current one. */
-export interface KeptVersions {
-  /** The versions kept, with when each was published (ms). */
-  list(): Promise<{ version: number; publishedAt: number }[]>;
-  /** Loads one for serving. */
-  load(version: number): Promise<PolicyVersion>;
-}
 
 /** What the routes are built from. */
 export interface ChatRoutesDeps {

@@ -1,7 +1,7 @@
 /** `POST /v1/preferences`: labeled preferences in TRL's format, one or a list, all or nothing. */
 import { Hono } from "hono";
 import { z } from "zod";
-import { MessageSchema as Message } from "../../model/messages.ts";
+import { MessageSchema as Message } from "../../model/io/messages.ts";
 import { jsonBody } from "../http.ts";
 import { preferenceInputs } from "../_ingest.ts";
 import type { AppVariables, RouteContext } from "./_context.ts";

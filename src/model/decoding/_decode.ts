@@ -1,9 +1,9 @@
 /** What `generate` and the decoding scheduler share: prompt checks, per-row state, the step batch, token bookkeeping. */
-import * as tf from "./tf.ts";
-import { forwardTensors, type TokenBatch } from "./batch.ts";
-import type { CausalLM, KVCache } from "./causal_lm.ts";
+import * as tf from "../tf.ts";
+import { forwardTensors, type TokenBatch } from "../batch.ts";
+import type { CausalLM, KVCache } from "../arch/causal_lm.ts";
 import { createRng } from "./sampling.ts";
-import type { GenerateOptions, Generation, TextCodec } from "./generate.ts";
+import type { GenerateOptions, Generation, TextCodec } from "./types.ts";
 
 /** One sequence being generated. */
 export interface DecodeRow {

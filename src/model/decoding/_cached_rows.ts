@@ -2,9 +2,9 @@
  * The KV cache of rows that decode together while rows join and leave. A joining group is left-padded
  * to the common key length; padding keys are zero and masked, so no row's result changes.
  */
-import * as tf from "./tf.ts";
-import type { TokenBatch } from "./batch.ts";
-import type { KVCache } from "./causal_lm.ts";
+import * as tf from "../tf.ts";
+import type { TokenBatch } from "../batch.ts";
+import type { KVCache } from "../arch/causal_lm.ts";
 
 /** Rows with their cache: per layer keys and values [B, H, S, D], and which of the S keys are real. */
 export interface CachedRows {

@@ -1,12 +1,12 @@
 /** LoRA adapters checked against PyTorch fixtures (scripts/make_llama_fixtures.py): PEFT layout, forward, gradients, merge. */
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type LoadedModel, loadModel, saveModel } from "./checkpoint.ts";
-import { assertClose, assertNoLeak, fixturePath, useBackend } from "./_test_utils.ts";
-import { buildScoringBatch, scorePairs, tokenLogProbs } from "./logprobs.ts";
+import { type LoadedModel, loadModel, saveModel } from "../io/checkpoint.ts";
+import { assertClose, assertNoLeak, fixturePath, useBackend } from "../_test_utils.ts";
+import { buildScoringBatch, scorePairs, tokenLogProbs } from "../logprobs.ts";
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, attachNewAdapter, LoraConfigSchema } from "./lora.ts";
-import { encodeSafetensors, readSafetensors } from "./safetensors.ts";
+import { encodeSafetensors, readSafetensors } from "../io/safetensors.ts";
 
 interface LoraExpected {
   eos_token_id: number;

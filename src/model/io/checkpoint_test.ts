@@ -1,11 +1,11 @@
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { loadModel, saveModel } from "./checkpoint.ts";
-import { parseModelConfig } from "./config.ts";
+import { parseModelConfig } from "../arch/registry.ts";
 import { decodeSafetensors, encodeSafetensors, readSafetensors } from "./safetensors.ts";
-import { assertClose, fixturePath, readExpected, useBackend } from "./_test_utils.ts";
-import { scorePairs } from "./logprobs.ts";
+import { assertClose, fixturePath, readExpected, useBackend } from "../_test_utils.ts";
+import { scorePairs } from "../logprobs.ts";
 
 const FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"];
 

@@ -1,5 +1,5 @@
 /** Compute backend selection: `auto | webgpu | tensorflow | wasm | cpu`. */
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 import { registerWasmKernels } from "./_kernels.ts";
 import { enableNativeMatmul } from "./blas.ts";
 

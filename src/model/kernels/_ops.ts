@@ -4,8 +4,8 @@
  * gradient keeps only what it saves. The forward and backward halves are exported separately so
  * that a transformer block can be one op built from them (see gpt2.ts).
  */
-import type { Gpt2Config } from "./config.ts";
-import * as tf from "./tf.ts";
+import type { Activation } from "../arch/config.ts";
+import * as tf from "../tf.ts";
 
 /**
  * A typed `tf.customGrad` whose forward and backward each run in their own tidy, so that only the
@@ -78,7 +78,7 @@ const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
 /** An activation's output and what its backward pass needs (the input, and one more tensor). */
-export function activationForward(name: Gpt2Config["activation_function"], x: tf.Tensor) {
+export function activationForward(name: Activation, x: tf.Tensor) {
   switch (name) {
     case "gelu_new":
     case "gelu_pytorch_tanh":
@@ -108,7 +108,7 @@ export function activationForward(name: Gpt2Config["activation_function"], x: tf
 
 /** dy * activation'(x), from the input and the `aux` tensor the forward returned. */
 export function activationBackward(
-  name: Gpt2Config["activation_function"],
+  name: Activation,
   dy: tf.Tensor,
   x: tf.Tensor,
   aux: tf.Tensor,

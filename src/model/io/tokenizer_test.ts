@@ -303,7 +303,7 @@ Deno.test("createDecodeStream works through the generic window for other decoder
 });
 
 Deno.test("the fixture tokenizer encodes like the independent Python BPE, and decodes back", async () => {
-  const dir = fileURLToPath(new URL("../../tests/fixtures/gpt2_tiny", import.meta.url));
+  const dir = fileURLToPath(new URL("../../../tests/fixtures/gpt2_tiny", import.meta.url));
   const tokenizer = await loadTokenizer(dir);
   const { cases, eos_token_id } = JSON.parse(await Deno.readTextFile(join(dir, "..", "tokenizer_cases.json"))) as {
     cases: { text: string; ids: number[] }[];
@@ -408,7 +408,7 @@ Deno.test("stopTokenIds: eos, the stopTokenIds option and generation_config.json
 
 Deno.test("the chat fixtures: <|im_end|> ends a turn, generation_config.json adds its eos list", async () => {
   for (const name of ["llama_tiny", "qwen2_tiny", "llama_tiny_llama3"]) {
-    const tok = await loadTokenizer(fileURLToPath(new URL(`../../tests/fixtures/${name}`, import.meta.url)));
+    const tok = await loadTokenizer(fileURLToPath(new URL(`../../../tests/fixtures/${name}`, import.meta.url)));
     assert.equal(tok.eosTokenId, tok.tokenToId("<|endoftext|>"), name);
     assert.equal(tok.endOfTurnId, tok.tokenToId("<|im_end|>"), name);
     assert.deepEqual([...tok.stopTokenIds].sort((a, b) => a - b), [316, 318], name);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { decodeSafetensors, encodeSafetensors, readSafetensors } from "./safetensors.ts";
-import { fixturePath } from "./_test_utils.ts";
+import { fixturePath } from "../_test_utils.ts";
 
 Deno.test("reads F32, F16, BF16 and I64 tensors written by PyTorch", async () => {
   const file = await readSafetensors(fixturePath("dtypes.safetensors"));

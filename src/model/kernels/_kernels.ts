@@ -1,5 +1,5 @@
 /** Kernels TF.js 4.22's wasm backend lacks but training needs. */
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 
 interface WasmBackendLike {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;

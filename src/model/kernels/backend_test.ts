@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 import { describeBackend, initBackend } from "./backend.ts";
 
 Deno.test("an explicit backend that cannot start is an error, never a silent fallback", async () => {

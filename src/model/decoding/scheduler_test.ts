@@ -1,8 +1,8 @@
 /** The decoding scheduler gives every request what `generate` gives it alone, in fewer forward calls. */
 import assert from "node:assert/strict";
-import { type LoadedModel, loadModel } from "./checkpoint.ts";
-import type { CausalLM } from "./causal_lm.ts";
-import { assertNoLeak, fixturePath, useBackend } from "./_test_utils.ts";
+import { type LoadedModel, loadModel } from "../io/checkpoint.ts";
+import type { CausalLM } from "../arch/causal_lm.ts";
+import { assertNoLeak, fixturePath, useBackend } from "../_test_utils.ts";
 import { generate, type GenerateOptions, type Generation, type TextCodec } from "./generate.ts";
 import { DecodeScheduler } from "./scheduler.ts";
 

@@ -5,10 +5,10 @@
  * Results equal `generate` on each request alone: padding keys are masked and positions count real
  * tokens only, and each request samples with its own options and seeded generators.
  */
-import * as tf from "./tf.ts";
-import { padBatch, type TokenBatch } from "./batch.ts";
-import type { CausalLM, KVCache } from "./causal_lm.ts";
-import type { GenerateOptions, Generation, TextCodec } from "./generate.ts";
+import * as tf from "../tf.ts";
+import { padBatch, type TokenBatch } from "../batch.ts";
+import type { CausalLM, KVCache } from "../arch/causal_lm.ts";
+import type { GenerateOptions, Generation, TextCodec } from "./types.ts";
 import { sampleToken } from "./sampling.ts";
 import { advance, appendStep, type DecodePlan, generations, lastLogits, planDecode } from "./_decode.ts";
 import { cachedBatch, type CachedRows, disposeRows, keepRows, mergeRows } from "./_cached_rows.ts";

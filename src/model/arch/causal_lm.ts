@@ -3,9 +3,10 @@
  * weights as TF.js variables under their Hugging Face names, and an optional LoRA adapter on the
  * linear layers (with it, only the adapter trains; disabled, the model is its frozen base).
  */
-import * as tf from "./tf.ts";
-import type { ModelConfig } from "./config.ts";
-import { type LoraAdapter, peftName } from "./lora.ts";
+import * as tf from "../tf.ts";
+import type { z } from "zod";
+import type { BaseModelConfig } from "./config.ts";
+import { type LoraAdapter, peftName } from "./adapter.ts";
 
 /** Keys and values of every layer for the tokens seen so far: [B, KV heads, P, D] each. */
 export type KVCache = {
@@ -46,7 +47,9 @@ export type WeightLookup = (name: string) => tf.Tensor;
 
 /** A causal language model: its config, its weights, and an optional LoRA adapter. */
 export abstract class CausalLM {
-  abstract readonly config: ModelConfig;
+  abstract readonly config: BaseModelConfig;
+  /** What PEFT adapts when `target_modules` is not given (its per-architecture default). */
+  abstract readonly defaultLoraTargets: readonly string[];
   /** Weights by canonical Hugging Face name. */
   readonly params: Map<string, tf.Variable>;
   /** Attached by `attachAdapter` (lora.ts); while attached and enabled it adds its low-rank updates. */
@@ -140,4 +143,22 @@ export abstract class CausalLM {
     const read = (xs: tf.Tensor[]): WeightLookup => (name) => xs[slot.get(name) ?? -1] ?? this.weight(name);
     return { names: trainable, read };
   }
+}
+
+/**
+ * An architecture as the registry (`registry.ts`) knows it: the `model_type` values it loads, its
+ * config's schema, its weights' names and shapes, its initialization, and its model class.
+ */
+export interface Architecture<C extends BaseModelConfig> {
+  readonly modelTypes: readonly string[];
+  /** Validates `config.json`; unknown keys are kept so that saving round-trips them. */
+  readonly configSchema: z.ZodType<C>;
+  /** The tensor names and shapes a checkpoint of this config must hold. */
+  parameterShapes(config: C): Map<string, number[]>;
+  /** The architecture's own initialization, seeded. */
+  initWeights(config: C, seed: number): Map<string, tf.Tensor>;
+  /** A model over `weights` (taken over). */
+  create(config: C, weights: Map<string, tf.Tensor>, trainable: boolean): CausalLM;
+  /** Depth and width, for logs. */
+  size(config: C): { layers: number; width: number };
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
 import { disableNativeMatmul, enableNativeMatmul } from "./blas.ts";

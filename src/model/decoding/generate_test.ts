@@ -1,9 +1,9 @@
 /** Generation ends on every end token a chat model has: eos, the configs' eos lists and the template's end-of-turn. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type LoadedModel, loadModel } from "./checkpoint.ts";
-import { assertNoLeak, fixturePath, readExpected, useBackend } from "./_test_utils.ts";
-import { writeChatModel } from "./_test_chat_model.ts";
+import { type LoadedModel, loadModel } from "../io/checkpoint.ts";
+import { assertNoLeak, fixturePath, readExpected, useBackend } from "../_test_utils.ts";
+import { writeChatModel } from "../_test_chat_model.ts";
 import { generate, type TokenEvent } from "./generate.ts";
 import { DecodeScheduler } from "./scheduler.ts";
 

@@ -1,14 +1,14 @@
 /** Loading and saving models in Hugging Face layout, with every malformed case a clear error. */
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 import { join, resolve } from "node:path";
-import { configEosId, type ModelConfig, parseModelConfig } from "./config.ts";
-import { createModel, parameterShapes } from "./architectures.ts";
-import type { CausalLM } from "./causal_lm.ts";
-import { isAdapterDir, loadAdapter, mergeAdapter, readAdapterConfig, saveAdapter } from "./lora.ts";
+import { configEosId } from "../arch/config.ts";
+import { createModel, type ModelConfig, parameterShapes, parseModelConfig } from "../arch/registry.ts";
+import type { CausalLM } from "../arch/causal_lm.ts";
+import { isAdapterDir, loadAdapter, mergeAdapter, readAdapterConfig, saveAdapter } from "../arch/lora.ts";
 import { resolveModel } from "./hub.ts";
 import { encodeSafetensors, readSafetensors, type StoredTensor } from "./safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
-import { fileExists, writeAtomic } from "../util/fs.ts";
+import { fileExists, writeAtomic } from "../../util/fs.ts";
 
 /** A model ready to use: weights, tokenizer and where they came from. */
 export interface LoadedModel {

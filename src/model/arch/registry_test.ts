@@ -3,13 +3,14 @@
  * Llama with GQA and a sharded checkpoint, Llama with llama3 RoPE scaling, an explicit head_dim and an
  * untied head, and Qwen2 with q/k/v biases and yarn (scripts/make_llama_fixtures.py).
  */
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 import assert from "node:assert/strict";
-import { type LoadedModel, loadModel } from "./checkpoint.ts";
-import { assertClose, assertNoLeak, fixturePath, readExpected, useBackend, webgpuTestable } from "./_test_utils.ts";
-import { buildScoringBatch, scorePairs, tokenLogProbs } from "./logprobs.ts";
-import { forwardTensors, padBatch } from "./batch.ts";
-import { generate } from "./generate.ts";
+import { type LoadedModel, loadModel } from "../io/checkpoint.ts";
+import { assertClose, assertNoLeak, fixturePath, readExpected, useBackend, webgpuTestable } from "../_test_utils.ts";
+import { buildScoringBatch, scorePairs, tokenLogProbs } from "../logprobs.ts";
+import { forwardTensors, padBatch } from "../batch.ts";
+import { generate } from "../decoding/generate.ts";
+import { SUPPORTED_MODEL_TYPES } from "./registry.ts";
 
 const MODELS = ["gpt2_tiny", "gpt2_tiny_gelu", "llama_tiny", "llama_tiny_llama3", "qwen2_tiny"] as const;
 const VARIANTS: { backend: "wasm" | "cpu" | "webgpu"; native: boolean; label: string }[] = [
@@ -18,6 +19,14 @@ const VARIANTS: { backend: "wasm" | "cpu" | "webgpu"; native: boolean; label: st
   { backend: "cpu", native: false, label: "cpu" },
 ];
 if (await webgpuTestable()) VARIANTS.push({ backend: "webgpu", native: false, label: "webgpu" });
+
+Deno.test("every registered model_type has a PyTorch fixture below", async () => {
+  const covered = new Set<string>();
+  for (const name of MODELS) {
+    covered.add(JSON.parse(await Deno.readTextFile(fixturePath(`${name}/config.json`))).model_type);
+  }
+  assert.deepEqual(SUPPORTED_MODEL_TYPES.filter((t) => !covered.has(t)), [], "model types with no fixture");
+});
 
 async function withModel(name: string, fn: (m: LoadedModel) => Promise<void>): Promise<void> {
   const loaded = await loadModel(fixturePath(name));

@@ -2,7 +2,7 @@
 import { downloadFile, HubApiError } from "@huggingface/hub";
 import { join, resolve } from "node:path";
 import { z } from "zod";
-import { fileExists, writeAtomic } from "../util/fs.ts";
+import { fileExists, writeAtomic } from "../../util/fs.ts";
 
 /** Options of `resolveModel`. */
 export interface ResolveModelOptions {

@@ -6,8 +6,9 @@
  * Weights use Hugging Face names and layouts (Conv1D weights are [in, out]).
  * Dropout is never applied: DPO trains with dropout off, as TRL does by default.
  */
-import * as tf from "./tf.ts";
-import { type Gpt2Config, innerSize } from "./config.ts";
+import * as tf from "../tf.ts";
+import { z } from "zod";
+import { ACTIVATIONS, TokenIdSchema, TokenIdsSchema } from "./config.ts";
 import {
   activationBackward,
   activationForward,
@@ -18,9 +19,50 @@ import {
   layerNormForward,
   linearBackward,
   type LoraSaved,
-} from "./_ops.ts";
-import { peftName } from "./lora.ts";
-import { CausalLM, type ForwardInput, type ForwardOutput, type LinearModule, type WeightLookup } from "./causal_lm.ts";
+} from "../kernels/_ops.ts";
+import { peftName } from "./adapter.ts";
+import {
+  type Architecture,
+  CausalLM,
+  type ForwardInput,
+  type ForwardOutput,
+  type LinearModule,
+  type WeightLookup,
+} from "./causal_lm.ts";
+
+/** GPT-2 `config.json`; unknown keys are kept so that saving round-trips them. */
+export const Gpt2ConfigSchema = z.looseObject({
+  model_type: z.literal("gpt2"),
+  vocab_size: z.number().int().positive(),
+  n_positions: z.number().int().positive(),
+  n_embd: z.number().int().positive(),
+  n_layer: z.number().int().positive(),
+  n_head: z.number().int().positive(),
+  n_inner: z.number().int().positive().nullish().describe("MLP width; null means 4 * n_embd"),
+  activation_function: z.enum(ACTIVATIONS).default("gelu_new"),
+  layer_norm_epsilon: z.number().positive().default(1e-5),
+  bos_token_id: TokenIdSchema,
+  eos_token_id: TokenIdsSchema,
+  tie_word_embeddings: z.boolean().default(true),
+  scale_attn_weights: z.boolean().default(true),
+  scale_attn_by_inverse_layer_idx: z.boolean().default(false),
+}).superRefine((c, ctx) => {
+  if (c.n_embd % c.n_head !== 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["n_head"],
+      message: `'n_head' must divide 'n_embd' (${c.n_embd}): current value is ${c.n_head}`,
+    });
+  }
+});
+
+/** A validated GPT-2 configuration. */
+export type Gpt2Config = z.infer<typeof Gpt2ConfigSchema>;
+
+/** The MLP width of a GPT-2 configuration. */
+export function innerSize(config: Gpt2Config): number {
+  return config.n_inner ?? 4 * config.n_embd;
+}
 
 /** The canonical tensor names and shapes a GPT-2 checkpoint must hold. */
 export function gpt2ParameterShapes(config: Gpt2Config): Map<string, number[]> {
@@ -88,6 +130,7 @@ export function initGpt2Weights(config: Gpt2Config, seed: number): Map<string, t
 /** A GPT-2 language model: its config and its weights as TF.js variables. */
 export class Gpt2Model extends CausalLM {
   readonly config: Gpt2Config;
+  readonly defaultLoraTargets = ["c_attn"];
 
   /** Takes ownership of `weights` (shapes already checked by the loader). */
   constructor(config: Gpt2Config, weights: Map<string, tf.Tensor>, trainable = true) {
@@ -342,3 +385,13 @@ function blockBackward(
   norm("ln_1", ln1);
   return { dx: tf.add(dX1, ln1.dx) as tf.Tensor3D, grads, lora };
 }
+
+/** GPT-2 for the registry. */
+export const gpt2: Architecture<Gpt2Config> = {
+  modelTypes: ["gpt2"],
+  configSchema: Gpt2ConfigSchema,
+  parameterShapes: gpt2ParameterShapes,
+  initWeights: initGpt2Weights,
+  create: (config, weights, trainable) => new Gpt2Model(config, weights, trainable),
+  size: (config) => ({ layers: config.n_layer, width: config.n_embd }),
+};

@@ -8,7 +8,7 @@
  * keeps them. The views are made after the output is allocated, since `malloc` may grow the memory,
  * which detaches every older view of it.
  */
-import * as tf from "./tf.ts";
+import * as tf from "../tf.ts";
 import type { KernelConfig, KernelFunc, NamedTensorInfoMap, TensorInfo } from "@tensorflow/tfjs-core";
 
 /** Options of `enableNativeMatmul`. */

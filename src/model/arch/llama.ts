@@ -10,11 +10,13 @@
  * Dropout is never applied. Each layer is one recomputed op in training (`recomputed` in _ops.ts): its
  * gradients come from TF.js's tape over these ops, one layer at a time.
  */
-import * as tf from "./tf.ts";
-import type { LlamaConfig } from "./config.ts";
-import { activationBackward, activationForward, customOp, embed, linearBackward, sumRows } from "./_ops.ts";
-import { peftName } from "./lora.ts";
+import * as tf from "../tf.ts";
+import { z } from "zod";
+import { ACTIVATIONS, TokenIdSchema, TokenIdsSchema } from "./config.ts";
+import { activationBackward, activationForward, customOp, embed, linearBackward, sumRows } from "../kernels/_ops.ts";
+import { peftName } from "./adapter.ts";
 import {
+  type Architecture,
   CausalLM,
   type ForwardInput,
   type ForwardOutput,
@@ -22,6 +24,97 @@ import {
   type LinearModule,
   type WeightLookup,
 } from "./causal_lm.ts";
+
+/** The RoPE scaling variants Llama-family checkpoints ship with (`rope_scaling.rope_type`, or the legacy `type`). */
+export const RopeScalingSchema = z.looseObject({
+  rope_type: z.string().optional(),
+  type: z.string().optional(),
+  factor: z.number().positive().optional(),
+  original_max_position_embeddings: z.number().int().positive().optional(),
+  low_freq_factor: z.number().positive().optional(),
+  high_freq_factor: z.number().positive().optional(),
+  beta_fast: z.number().positive().optional(),
+  beta_slow: z.number().positive().optional(),
+  attention_factor: z.number().positive().optional(),
+});
+
+/** Llama-family `config.json` (`llama`, and `qwen2`, which adds q/k/v biases); unknown keys are kept. */
+export const LlamaConfigSchema = z.looseObject({
+  model_type: z.enum(["llama", "qwen2"]),
+  vocab_size: z.number().int().positive(),
+  hidden_size: z.number().int().positive(),
+  intermediate_size: z.number().int().positive(),
+  num_hidden_layers: z.number().int().positive(),
+  num_attention_heads: z.number().int().positive(),
+  num_key_value_heads: z.number().int().positive().nullish().describe("grouped-query attention; null means MHA"),
+  head_dim: z.number().int().positive().nullish().describe("null means hidden_size / num_attention_heads"),
+  max_position_embeddings: z.number().int().positive(),
+  rms_norm_eps: z.number().positive().default(1e-6),
+  rope_theta: z.number().positive().default(10000),
+  rope_scaling: RopeScalingSchema.nullish(),
+  partial_rotary_factor: z.literal(1).optional(),
+  attention_bias: z.boolean().default(false).describe("llama: biases on q/k/v/o (qwen2 always has q/k/v biases)"),
+  mlp_bias: z.boolean().default(false),
+  hidden_act: z.enum(ACTIVATIONS).default("silu"),
+  use_sliding_window: z.literal(false).optional(),
+  bos_token_id: TokenIdSchema,
+  eos_token_id: TokenIdsSchema,
+  tie_word_embeddings: z.boolean().default(false),
+}).superRefine((c, ctx) => {
+  const kv = c.num_key_value_heads ?? c.num_attention_heads;
+  if (c.num_attention_heads % kv !== 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["num_key_value_heads"],
+      message:
+        `'num_key_value_heads' must divide 'num_attention_heads' (${c.num_attention_heads}): current value is ${kv}`,
+    });
+  }
+  const D = c.head_dim ?? c.hidden_size / c.num_attention_heads;
+  if (!Number.isInteger(D) || D % 2 !== 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: [c.head_dim ? "head_dim" : "num_attention_heads"],
+      message: `the head size must be an even integer for rotary embeddings: current value is ${D}`,
+    });
+  }
+  const s = c.rope_scaling;
+  if (!s) return;
+  const kind = s.rope_type ?? s.type ?? "default";
+  const need = (key: keyof typeof s) => {
+    if (s[key] === undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["rope_scaling", key],
+        message: `'rope_scaling.${key}' is required for rope_type '${kind}'`,
+      });
+    }
+  };
+  if (!["default", "linear", "llama3", "yarn"].includes(kind)) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["rope_scaling", "rope_type"],
+      message: `rope_type '${kind}' is not supported (supported: default, linear, llama3, yarn)`,
+    });
+  }
+  if (kind !== "default") need("factor");
+  if (kind === "llama3") {
+    for (const k of ["low_freq_factor", "high_freq_factor", "original_max_position_embeddings"] as const) need(k);
+    if (
+      s.low_freq_factor !== undefined && s.high_freq_factor !== undefined && s.high_freq_factor <= s.low_freq_factor
+    ) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["rope_scaling", "high_freq_factor"],
+        message:
+          `'high_freq_factor' must exceed 'low_freq_factor' (${s.low_freq_factor}): current value is ${s.high_freq_factor}`,
+      });
+    }
+  }
+});
+
+/** A validated Llama-family configuration. */
+export type LlamaConfig = z.infer<typeof LlamaConfigSchema>;
 
 /** The head size: `head_dim` when the config sets it, else hidden_size / num_attention_heads. */
 export function headDim(config: LlamaConfig): number {
@@ -144,6 +237,7 @@ type Past = { k: tf.Tensor4D; v: tf.Tensor4D };
 /** A Llama-family language model: its config and its weights as TF.js variables. */
 export class LlamaModel extends CausalLM {
   readonly config: LlamaConfig;
+  readonly defaultLoraTargets = ["q_proj", "v_proj"];
   readonly #invFreq: tf.Tensor2D; // [1, D/2]
   readonly #attentionFactor: number;
   /** rotate_half as a matrix: x R = cat(-x2, x1) for x = cat(x1, x2) (a matmul, where slices are slow on wasm). */
@@ -469,3 +563,13 @@ function rmsNormBackward(dy: tf.Tensor2D, xhat: tf.Tensor, rstd: tf.Tensor, weig
   const dx = tf.mul(rstd, tf.sub(dxhat, tf.mul(xhat, tf.mean(tf.mul(dxhat, xhat), -1, true)))) as tf.Tensor2D;
   return { dx, dWeight: sumRows(tf.mul(dy, xhat) as tf.Tensor2D) };
 }
+
+/** The Llama family for the registry. */
+export const llama: Architecture<LlamaConfig> = {
+  modelTypes: ["llama", "qwen2"],
+  configSchema: LlamaConfigSchema,
+  parameterShapes: llamaParameterShapes,
+  initWeights: initLlamaWeights,
+  create: (config, weights, trainable) => new LlamaModel(config, weights, trainable),
+  size: (config) => ({ layers: config.num_hidden_layers, width: config.hidden_size }),
+};
