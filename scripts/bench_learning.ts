@@ -32,7 +32,7 @@ import { createTrainer } from "../src/dpo/checkpoint.ts";
 import { parseDpoConfig } from "../src/dpo/config.ts";
 import type { KtoExample, PreferencePair } from "../src/dpo/trainer.ts";
 import { answerHeldOut, type Answers } from "../src/dpo/evaluate.ts";
-import { createArithmeticPrompts, heldOutArithmeticPrompts, score } from "../src/judge/arithmetic.ts";
+import { createArithmeticPrompts, heldOutArithmeticPrompts, score } from "../src/tasks/arithmetic.ts";
 import { pickCandidates } from "../src/judge/candidates.ts";
 import { writeAtomic } from "../src/util/fs.ts";
 

@@ -37,7 +37,7 @@ import {
   parseArithmeticPrompt,
   score,
   solve,
-} from "../src/judge/arithmetic.ts";
+} from "../src/tasks/arithmetic.ts";
 import { createProgress } from "../src/util/progress.ts";
 import { answerHeldOut } from "../src/dpo/evaluate.ts";
 

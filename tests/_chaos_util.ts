@@ -15,7 +15,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** A small seeded generator (mulberry32), so that a schedule can be replayed from its seed. */
-export { mulberry32 } from "../src/judge/arithmetic.ts";
+export { mulberry32 } from "../src/tasks/arithmetic.ts";
 
 /** Shuffles `items` in place with `rand` (Fisher–Yates) and returns them. */
 export function shuffle<T>(items: T[], rand: () => number): T[] {

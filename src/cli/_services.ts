@@ -1,5 +1,5 @@
 /** Building the judges the roles use from command-line options. */
-import { arithmeticVerifier } from "../judge/arithmetic.ts";
+import { findTask } from "../tasks/registry.ts";
 import { createEnsembleJudge, type EnsembleRule } from "../judge/ensemble.ts";
 import { createHfJudge } from "../judge/hf.ts";
 import type { Judge } from "../judge/types.ts";
@@ -10,7 +10,7 @@ import { UsageError } from "./common.ts";
 
 /** Judge options shared by the roles that judge. */
 export interface JudgeFlags {
-  /** The judge spec (`src/judge/spec.ts`): `J[,J...]`, J = arithmetic | verifier:PATH | hf | webhook, `*W` a weight. */
+  /** The judge spec (`src/judge/spec.ts`): `J[,J...]`, J = a task's name | verifier:PATH | hf | webhook, `*W` a weight. */
   judge: string;
   "hf-model"?: string;
   "hf-endpoint"?: string;
@@ -68,8 +68,8 @@ export async function buildJudge(flags: JudgeFlags): Promise<Judge> {
 
 async function buildMember(member: JudgeSpecMember, flags: JudgeFlags): Promise<Judge> {
   switch (member.kind) {
-    case "arithmetic":
-      return createVerifierJudge(arithmeticVerifier, { id: "arithmetic" });
+    case "task":
+      return createVerifierJudge(findTask(member.task!)!, { id: member.task! });
     case "verifier":
       return createVerifierJudge(await loadVerifierModule(member.path!), { id: `verifier:${member.path}` });
     case "hf": {

@@ -10,7 +10,7 @@ import type { ParseArgsConfig } from "node:util";
 import { z } from "zod";
 import { DpoConfigSchema } from "../dpo/config.ts";
 import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
-import { heldOutAdditions } from "../judge/arithmetic.ts";
+import { DEFAULT_TASK, findTask } from "../tasks/registry.ts";
 import { JUDGE_SPEC_SYNTAX, parseJudgeSpec } from "../judge/spec.ts";
 import { BACKENDS } from "../model/kernels/backend.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
@@ -50,7 +50,7 @@ export const StartConfigSchema = z.strictObject({
     } catch (err) {
       ctx.addIssue({ code: "custom", message: (err as Error).message });
     }
-  }).default("arithmetic"),
+  }).default(DEFAULT_TASK),
   hf_model: z.string().min(1).optional(),
   hf_endpoint: z.url().optional(),
   webhook_url: z.url().optional(),
@@ -58,7 +58,7 @@ export const StartConfigSchema = z.strictObject({
   ensemble_rule: z.enum(ENSEMBLE_RULES).default("majority"),
   judge_concurrency: PositiveInt.default(4),
   judge_max_attempts: PositiveInt.default(5),
-  task: z.string().min(1).default("arithmetic"),
+  task: z.string().min(1).default(DEFAULT_TASK),
   // Training and the feeder: no defaults here, START_DEFAULTS holds them all.
   feeder: z.boolean(),
   n: z.number().int().min(2).max(8),
@@ -76,8 +76,7 @@ export const StartConfigSchema = z.strictObject({
   kto_batch: Count.refine((n) => n !== 1, "a KTO step needs at least 2 thumbs (0 turns them off)"),
   keep: PositiveInt,
   trainer_poll_ms: PositiveInt,
-  // The arithmetic task holds out some of its 10,000 two-digit additions (962).
-  eval_prompts: Count.max(heldOutAdditions()),
+  eval_prompts: Count,
   promotion: z.enum(["gate", "always"]),
   gate_prompts: PositiveInt,
   gate_margin: z.number().min(0).max(1),
@@ -92,10 +91,12 @@ export const StartConfigSchema = z.strictObject({
   if (members.includes("webhook") && (!c.webhook_url || !c.feedback_url)) {
     problem("judge", "judge webhook needs webhook_url and feedback_url (and DPO_WEBHOOK_SECRET)");
   }
-  if (c.promotion === "gate" && c.task === "arithmetic" && c.eval_prompts + c.gate_prompts > heldOutAdditions()) {
+  const task = findTask(c.task);
+  const gated = c.promotion === "gate" && c.eval_prompts > 0 ? c.gate_prompts : 0;
+  if (task && c.eval_prompts + gated > task.heldOutSize) {
     problem(
-      "gate_prompts",
-      `eval_prompts + gate_prompts must fit in the task's ${heldOutAdditions()} held-out prompts`,
+      "eval_prompts",
+      `eval_prompts${gated ? " + gate_prompts" : ""} must fit in the task's ${task.heldOutSize} held-out prompts`,
     );
   }
   if (c.kv === ":memory:") {
@@ -236,9 +237,9 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
     section: "judge",
   },
   task: {
-    metavar: "arithmetic|FILE",
+    metavar: "TASK|FILE",
     help:
-      'the prompts: the built-in arithmetic task, or a prompt file (one per line; *.jsonl: {"prompt"}, text or chat)',
+      'the prompts: a built-in task (arithmetic), which brings a held-out evaluation, or a prompt file (one per line; *.jsonl: {"prompt"}, text or chat)',
     section: "feeder",
   },
   feeder: {

@@ -3,6 +3,7 @@ import type { Judge } from "../judge/types.ts";
 import type { RunningServer } from "../roles/server.ts";
 import type { TrainerEvent } from "../roles/trainer.ts";
 import type { PairStore } from "../store/pairs.ts";
+import { findTask } from "../tasks/registry.ts";
 import type { StartConfig } from "./_start_config.ts";
 
 /** How often a progress line may be printed. */
@@ -26,7 +27,7 @@ export function banner(cfg: StartConfig, f: BannerFacts): string {
     ? `rounds of ${cfg.round_size} pairs × ${cfg.round_epochs} epoch(s), ` +
       (cfg.ref_refresh_rounds > 0 ? `reference refreshed every ${cfg.ref_refresh_rounds} round(s)` : "reference frozen")
     : `a step per ${cfg.per_device_train_batch_size} pairs, publishing every ${cfg.publish_every} steps`;
-  const evaluation = cfg.task === "arithmetic" && cfg.eval_prompts > 0
+  const evaluation = findTask(cfg.task) && cfg.eval_prompts > 0
     ? `every version evaluated on ${cfg.eval_prompts} held-out prompts`
     : "no held-out evaluation";
   const parts = [

@@ -4,6 +4,7 @@ import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
 import { runJudgeWorker } from "../judge/worker.ts";
 import { PairStore } from "../store/pairs.ts";
 import { openSharedKv } from "../store/open.ts";
+import { DEFAULT_TASK } from "../tasks/registry.ts";
 import { buildJudge, JUDGE_USAGE } from "./_services.ts";
 import { log, numberOption, parseCommand, validate } from "./common.ts";
 
@@ -22,7 +23,7 @@ ${JUDGE_USAGE}
 
 const Options = z.object({
   kv: z.string().default("data/dpo.kv"),
-  judge: z.string().default("arithmetic"),
+  judge: z.string().default(DEFAULT_TASK),
   "hf-model": z.string().optional(),
   "hf-endpoint": z.string().optional(),
   "webhook-url": z.string().optional(),

@@ -15,6 +15,7 @@ import type { TrainerRoleOptions } from "../roles/trainer.ts";
 import { startTrainerWorker, type TrainerWorkerHandle } from "../roles/trainer_worker.ts";
 import { openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
+import { findTask } from "../tasks/registry.ts";
 import { fileExists } from "../util/fs.ts";
 import { buildJudge, type JudgeFlags } from "./_services.ts";
 import { loadOrCreateKeys } from "./_keys.ts";
@@ -100,9 +101,6 @@ Keys (environment only):
   DPO_API_KEYS=k1,k2    API keys; default one made on first start and kept in DATA_DIR/api-key
   DPO_LABEL_KEYS=k1,k2  label keys (dashboard and label page); default one kept in DATA_DIR/label-key
   DPO_WEBHOOK_SECRET    accept feedback signed with this Standard Webhooks secret`;
-
-/** New tokens of a greedy held-out answer: the arithmetic task's answers are at most four characters. */
-const EVAL_MAX_NEW_TOKENS = 6;
 
 /** Runs the command until SIGINT/SIGTERM. */
 export async function runStart(args: string[]): Promise<void> {
@@ -271,12 +269,10 @@ function trainerOptions(cfg: StartConfig, backend: BackendReport["backend"]): Tr
     pollMs: cfg.trainer_poll_ms,
     backend,
     dpo: dpoSettings(cfg),
-    gate: cfg.promotion === "gate" && cfg.task === "arithmetic" && cfg.eval_prompts > 0
+    gate: cfg.promotion === "gate" && findTask(cfg.task) && cfg.eval_prompts > 0
       ? { prompts: cfg.gate_prompts, margin: cfg.gate_margin, confidence: cfg.gate_confidence }
       : undefined,
-    eval: cfg.task === "arithmetic" && cfg.eval_prompts > 0
-      ? { task: "arithmetic", prompts: cfg.eval_prompts, maxNewTokens: EVAL_MAX_NEW_TOKENS }
-      : undefined,
+    eval: findTask(cfg.task) && cfg.eval_prompts > 0 ? { task: cfg.task, prompts: cfg.eval_prompts } : undefined,
   };
 }
 

@@ -5,6 +5,7 @@
 import { z } from "zod";
 import { runTrainerRole } from "../roles/trainer.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
+import { TASK_NAMES } from "../tasks/registry.ts";
 import { configFromFlags, dpoFlagSpec, flagUsage, offlineOnlyFlagsGiven } from "./_dpo_flags.ts";
 import { backendOption, log, numberOption, parseCommand, UsageError, validate } from "./common.ts";
 
@@ -31,7 +32,8 @@ After a crash (kill -9 included) and a restart, no pair is lost or trained twice
   --owner NAME              this worker's name (default trainer-<hostname>); each run adds an instance id
   --lease-ms MS             lease on claimed pairs, renewed while held (default 300000)
   --poll-ms MS              wait when there are not enough pairs (default 1000)
-  --eval arithmetic         evaluate every published version on the task's held-out prompts against --model
+  --eval TASK               evaluate every published version on the task's held-out prompts against --model
+                            (tasks: ${TASK_NAMES.join(", ")})
                             (accuracy, win rate); stored in KV with the version (default off)
   --eval-prompts N          held-out prompts evaluated (default 200)
   --promotion gate|always   gate (the default with --eval): publish a trained policy only when it is not worse
@@ -60,7 +62,7 @@ const Options = z.object({
   owner: z.string().default(`trainer-${Deno.hostname()}`),
   "lease-ms": numberOption((n) => n.int().positive()).default(300_000),
   "poll-ms": numberOption((n) => n.int().positive()).default(1000),
-  eval: z.enum(["arithmetic"]).optional(),
+  eval: z.enum(TASK_NAMES as [string, ...string[]]).optional(),
   "eval-prompts": numberOption((n) => n.int().positive()).default(200),
   promotion: z.enum(["gate", "always"]).optional(),
   "gate-prompts": numberOption((n) => n.int().positive()).default(300),
@@ -74,9 +76,6 @@ const Options = z.object({
   path: ["eval"],
   message: "needs --model (the base versions are compared with)",
 });
-
-/** New tokens of a greedy held-out answer: the arithmetic task's answers are at most four characters. */
-const EVAL_MAX_NEW_TOKENS = 6;
 
 /** Runs the command until SIGINT/SIGTERM. */
 export async function runWorker(args: string[]): Promise<void> {
@@ -140,9 +139,7 @@ export async function runWorker(args: string[]): Promise<void> {
       pollMs: opts["poll-ms"],
       backend: opts.backend,
       dpo: configFromFlags(values),
-      eval: opts.eval
-        ? { task: opts.eval, prompts: opts["eval-prompts"], maxNewTokens: EVAL_MAX_NEW_TOKENS }
-        : undefined,
+      eval: opts.eval ? { task: opts.eval, prompts: opts["eval-prompts"] } : undefined,
       // The gate needs an evaluator: on by default where there is one.
       gate: opts.eval && (opts.promotion ?? "gate") === "gate"
         ? { prompts: opts["gate-prompts"], margin: opts["gate-margin"], confidence: opts["gate-confidence"] }

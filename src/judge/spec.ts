@@ -1,7 +1,7 @@
 /**
  * The one way every command names its judge: `J[,J...]`, each `J` one of
  *
- * - `arithmetic`: the built-in verifier of the arithmetic task;
+ * - a task's name (`arithmetic`, see `src/tasks/registry.ts`): that task's checker as a verifier;
  * - `verifier:PATH`: a module exporting `score(prompt, completion)` or `compare(prompt, a, b)`;
  * - `hf`: an LLM judge (its model, endpoint and key are options of their own);
  * - `webhook`: people, through a signed webhook (alone only: a person's answer arrives later);
@@ -11,14 +11,18 @@
  * label page or the feedback API.
  */
 
+import { findTask, TASK_NAMES } from "../tasks/registry.ts";
+
 /** The kinds a judge spec names. */
-export const JUDGE_SPEC_KINDS = ["arithmetic", "verifier", "hf", "webhook"] as const;
+export const JUDGE_SPEC_KINDS = ["task", "verifier", "hf", "webhook"] as const;
 
 /** One member of a judge spec. */
 export interface JudgeSpecMember {
   kind: (typeof JUDGE_SPEC_KINDS)[number];
   /** The module, for `verifier`. */
   path?: string;
+  /** The task, for `task`. */
+  task?: string;
   /** Weight in an ensemble's majority (default 1). */
   weight: number;
 }
@@ -27,8 +31,9 @@ export interface JudgeSpecMember {
 export type JudgeSpec = { human: true } | { human: false; members: JudgeSpecMember[] };
 
 /** One line for usage texts. */
-export const JUDGE_SPEC_SYNTAX =
-  "arithmetic | verifier:PATH | hf | webhook, comma-separated for an ensemble, *W a weight";
+export const JUDGE_SPEC_SYNTAX = `${
+  TASK_NAMES.join(" | ")
+} | verifier:PATH | hf | webhook, comma-separated for an ensemble, *W a weight`;
 
 /** Parses a judge spec; throws a `TypeError` whose message (no "Cannot", for callers to prefix) names the part that is wrong. */
 export function parseJudgeSpec(spec: string, options: { allowHuman?: boolean } = {}): JudgeSpec {
@@ -53,7 +58,8 @@ export function parseJudgeSpec(spec: string, options: { allowHuman?: boolean } =
     if (name === "verifier") {
       throw new TypeError("judge 'verifier' names no module: expected verifier:PATH");
     }
-    if (name === "arithmetic" || name === "hf" || name === "webhook") return { kind: name, weight };
+    if (findTask(name)) return { kind: "task", task: name, weight };
+    if (name === "hf" || name === "webhook") return { kind: name, weight };
     if (name === "human") throw new TypeError("judge 'human' cannot be in an ensemble: it only stands alone");
     throw new TypeError(`unknown judge '${name}': expected ${JUDGE_SPEC_SYNTAX}`);
   });

@@ -2,13 +2,16 @@ import assert from "node:assert/strict";
 import { parseJudgeSpec } from "./spec.ts";
 
 Deno.test("judge spec: one syntax for every command, weights for ensembles, clear errors", () => {
-  assert.deepEqual(parseJudgeSpec("arithmetic"), { human: false, members: [{ kind: "arithmetic", weight: 1 }] });
+  assert.deepEqual(parseJudgeSpec("arithmetic"), {
+    human: false,
+    members: [{ kind: "task", task: "arithmetic", weight: 1 }],
+  });
   assert.deepEqual(parseJudgeSpec(" hf*1 , verifier:./checks/my task.ts*2.5,arithmetic "), {
     human: false,
     members: [
       { kind: "hf", weight: 1 },
       { kind: "verifier", path: "./checks/my task.ts", weight: 2.5 },
-      { kind: "arithmetic", weight: 1 },
+      { kind: "task", task: "arithmetic", weight: 1 },
     ],
   });
   assert.deepEqual(parseJudgeSpec("webhook"), { human: false, members: [{ kind: "webhook", weight: 1 }] });

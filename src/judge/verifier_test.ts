@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { isAbsolute, relative } from "node:path";
-import { arithmeticVerifier } from "./arithmetic.ts";
+import { arithmeticVerifier } from "../tasks/arithmetic.ts";
 import { JudgeError } from "./types.ts";
 import { createVerifierJudge, loadVerifierModule } from "./verifier.ts";
 

@@ -5,7 +5,7 @@
  * `{"prompt": [{"role": "user", "content": "..."}]}` that the server renders with the model's chat template.
  */
 import { z } from "zod";
-import { createArithmeticPrompts } from "../judge/arithmetic.ts";
+import { findTask } from "../tasks/registry.ts";
 import type { Prompt } from "../judge/types.ts";
 import { MessageSchema as Message } from "../model/io/messages.ts";
 
@@ -50,12 +50,10 @@ export function parsePromptFile(text: string, name: string, jsonl: boolean): Pro
   return prompts;
 }
 
-/** The prompts of a task: `arithmetic`, or the path of a prompt file (cycled through from a random start). */
+/** The prompts of a task: a registered task's name, or the path of a prompt file (cycled through from a random start). */
 export async function loadPromptSource(task: string, seed: number): Promise<PromptSource> {
-  if (task === "arithmetic") {
-    const next = createArithmeticPrompts({ seed, minOperand: 0, maxOperand: 99, split: "train" });
-    return { description: "arithmetic (two-digit additions, training split)", next };
-  }
+  const registered = findTask(task);
+  if (registered) return { description: registered.description, next: registered.trainingPrompts(seed) };
   const text = await Deno.readTextFile(task).catch((err) => {
     throw new Error(`Cannot read prompt file '${task}': ${(err as Error).message}`);
   });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { isHeldOut, parseArithmeticPrompt } from "../judge/arithmetic.ts";
+import { isHeldOut, parseArithmeticPrompt } from "../tasks/arithmetic.ts";
 import { loadPromptSource, parsePromptFile } from "./prompts.ts";
 
 Deno.test("prompt files: one prompt per line, or JSON lines with a prompt; problems name the line", () => {

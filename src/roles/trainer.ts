@@ -15,7 +15,7 @@ import { answerHeldOut, type Answers, compareWithBase, type VersionEval, Version
 import { promptFitProblem } from "../dpo/fit.ts";
 import { encodeCompletion, encodeStoredPair, runOnlineTrainer, trainingPromptText } from "../dpo/online.ts";
 import type { DpoTrainer, StepMetrics } from "../dpo/trainer.ts";
-import { heldOutAdditions, heldOutArithmeticPrompts, score as arithmeticScore } from "../judge/arithmetic.ts";
+import { findTask, TASK_NAMES } from "../tasks/registry.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { MAX_PAIRS_PER_VERSION, type TrainingRecords } from "../store/training_records.ts";
@@ -23,14 +23,13 @@ import { decideGate, type GateDecision } from "../dpo/gate.ts";
 import { PointerMovedError } from "../store/errors.ts";
 import { writeAtomic } from "../util/fs.ts";
 
-/** Tasks whose held-out prompts and checker the trainer can evaluate versions on. */
-export const EVAL_TASKS = ["arithmetic"] as const;
-
 const PositiveInt = z.number().int().positive();
 const Count = z.number().int().nonnegative();
 
-// The arithmetic task's held-out additions: the evaluation and the gate draw theirs from these.
-const ARITHMETIC_HELD_OUT = heldOutAdditions();
+const TaskName = z.string().refine((name) => findTask(name) !== undefined, {
+  message: `expected a task: ${TASK_NAMES.join(", ")}`,
+});
+const heldOutSize = (task: string) => findTask(task)?.heldOutSize ?? 0;
 
 /** What the trainer role runs with (plain data, so that it crosses a worker's message boundary). */
 export const TrainerRoleOptionsSchema = z.object({
@@ -61,7 +60,7 @@ export const TrainerRoleOptionsSchema = z.object({
   /** DPO settings by TRL name, validated by `parseDpoConfig` (a resumed run's own settings underneath). */
   dpo: z.record(z.string(), z.unknown()),
   /** Evaluate every published version on held-out prompts of a task; off when absent. */
-  eval: z.object({ task: z.enum(EVAL_TASKS), prompts: PositiveInt, maxNewTokens: PositiveInt }).optional(),
+  eval: z.object({ task: TaskName, prompts: PositiveInt, maxNewTokens: PositiveInt.optional() }).optional(),
   /**
    * The promotion gate (`src/dpo/gate.ts`), on `prompts` held-out prompts of the evaluation's task kept apart
    * from the evaluation's own: a trained policy is published only when not worse than the served one. Needs
@@ -70,9 +69,9 @@ export const TrainerRoleOptionsSchema = z.object({
   gate: z.object({ prompts: PositiveInt, margin: z.number().min(0).max(1), confidence: z.number().gt(0.5).lt(1) })
     .optional(),
 }).refine((o) => !o.gate || o.eval, { message: "the gate needs an evaluation task (eval)", path: ["gate"] })
-  .refine((o) => !o.gate || !o.eval || o.eval.prompts + o.gate.prompts <= ARITHMETIC_HELD_OUT, {
-    message: `the evaluation's and the gate's prompts must fit in the task's ${ARITHMETIC_HELD_OUT} held-out prompts`,
-    path: ["gate", "prompts"],
+  .refine((o) => !o.eval || o.eval.prompts + (o.gate?.prompts ?? 0) <= heldOutSize(o.eval.task), {
+    message: "the evaluation's and the gate's prompts must fit in the task's held-out prompts",
+    path: ["eval", "prompts"],
   })
   .refine((o) => o.mode !== "rounds" || o.roundSize <= MAX_PAIRS_PER_VERSION, {
     message: `a round holds at most ${MAX_PAIRS_PER_VERSION} pairs (one version records them in one commit)`,
@@ -379,11 +378,11 @@ async function createGate(
   log: (m: string) => void,
 ): Promise<Gate> {
   // The evaluation's prompts come first in the held-out split; the gate's follow them, never the same ones.
-  const prompts = heldOutArithmeticPrompts(evalSpec.prompts + spec.prompts, { minOperand: 0, maxOperand: 99 })
-    .slice(evalSpec.prompts);
+  const task = findTask(evalSpec.task)!;
+  const prompts = task.heldOut(evalSpec.prompts + spec.prompts).slice(evalSpec.prompts);
+  const maxNewTokens = evalSpec.maxNewTokens ?? task.answerTokens;
   const answer = async () =>
-    (await answerHeldOut(trainer.policy, tokenizer, prompts, arithmeticScore, { maxNewTokens: evalSpec.maxNewTokens }))
-      .scores;
+    (await answerHeldOut(trainer.policy, tokenizer, prompts, task.score, { maxNewTokens })).scores;
   let served = { version: servedVersion, scores: await answer() };
   let last: number[] = served.scores;
   log(
@@ -424,9 +423,11 @@ async function createEvaluator(
   spec: NonNullable<Options["eval"]>,
   from: { trainer: DpoTrainer; policy: LoadedModel; modelDir: string; fresh: boolean; log: (m: string) => void },
 ): Promise<Evaluator> {
-  const prompts = heldOutArithmeticPrompts(spec.prompts, { minOperand: 0, maxOperand: 99 });
+  const task = findTask(spec.task)!;
+  const prompts = task.heldOut(spec.prompts);
+  const maxNewTokens = spec.maxNewTokens ?? task.answerTokens;
   const answer = (model: LoadedModel["model"]) =>
-    answerHeldOut(model, from.policy.tokenizer, prompts, arithmeticScore, { maxNewTokens: spec.maxNewTokens });
+    answerHeldOut(model, from.policy.tokenizer, prompts, task.score, { maxNewTokens });
   const started = performance.now();
   let base: Answers;
   if (from.fresh) base = await answer(from.trainer.policy); // nothing trained yet: the policy is the base

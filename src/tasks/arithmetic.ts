@@ -4,7 +4,8 @@
  * hash), not of the seed, so training prompts never contain an evaluation problem whatever seeds are used.
  */
 
-import type { Prompt } from "./types.ts";
+import type { Prompt } from "../judge/types.ts";
+import type { Task } from "./task.ts";
 
 /** The operators the task can ask about. */
 export type ArithmeticOp = "+" | "-" | "*";
@@ -206,3 +207,15 @@ function fnv1a(text: string): number {
   hash = Math.imul(hash ^ (hash >>> 13), 0xc2b2ae35);
   return (hash ^ (hash >>> 16)) >>> 0;
 }
+
+/** The built-in task: two-digit additions, one problem in ten held out (962 of the 10,000). */
+export const arithmeticTask: Task = {
+  name: "arithmetic",
+  description: "arithmetic (two-digit additions, training split)",
+  trainingPrompts: (seed) => createArithmeticPrompts({ seed, minOperand: 0, maxOperand: 99, split: "train" }),
+  heldOutSize: heldOutAdditions(),
+  heldOut: (count) => heldOutArithmeticPrompts(count, { minOperand: 0, maxOperand: 99 }),
+  score,
+  // Answers are at most four characters ("198"), a token or two each.
+  answerTokens: 6,
+};
