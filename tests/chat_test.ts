@@ -14,7 +14,7 @@ import { writeChatModel } from "../src/model/_test_chat_model.ts";
 import { encodeStoredPair } from "../src/dpo/online.ts";
 import { buildJudgeMessages } from "../src/judge/judge_prompt.ts";
 import type { Judge, JudgeInput } from "../src/judge/types.ts";
-import { runJudgeWorker } from "../src/judge/worker.ts";
+import { runJudgeRole } from "../src/roles/judge.ts";
 import { createApp } from "../src/server/app.ts";
 import { PolicyHolder } from "../src/server/policy.ts";
 import { PairStore } from "../src/store/pairs.ts";
@@ -116,7 +116,7 @@ Deno.test("a conversation end to end: stop on end-of-turn, clean judge input, TR
       },
     };
     const stop = new AbortController();
-    await runJudgeWorker({
+    await runJudgeRole({
       store,
       judge,
       owner: "judge",

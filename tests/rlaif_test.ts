@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { buildJudge } from "../src/cli/_services.ts";
 import { createHfJudge } from "../src/judge/hf.ts";
-import { runJudgeWorker } from "../src/judge/worker.ts";
+import { runJudgeRole } from "../src/roles/judge.ts";
 import { loadModel } from "../src/model/io/checkpoint.ts";
 import { fixturePath, useBackend } from "../src/model/_test_utils.ts";
 import { createApp } from "../src/server/app.ts";
@@ -60,7 +60,7 @@ Deno.test("the hf judge against this server with a key: checked at start-up, bot
       maxBackoffMs: 10,
     });
     const stop = new AbortController();
-    await runJudgeWorker({
+    await runJudgeRole({
       store,
       judge,
       owner: "j",

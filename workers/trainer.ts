@@ -1,9 +1,9 @@
 /**
  * The trainer role's Web Worker (started by `start`): a message loop over the typed messages of
- * src/roles/trainer_worker.ts; the role itself is src/roles/trainer.ts.
+ * src/roles/train_worker.ts; the role itself is src/roles/train.ts.
  */
-import { runTrainerRole } from "../src/roles/trainer.ts";
-import { type TrainerWorkerReply, TrainerWorkerRequestSchema } from "../src/roles/trainer_worker.ts";
+import { runTrainerRole } from "../src/roles/train.ts";
+import { type TrainerWorkerReply, TrainerWorkerRequestSchema } from "../src/roles/train_worker.ts";
 
 const scope = self as unknown as {
   onmessage: ((e: MessageEvent) => void) | null;

@@ -1,7 +1,7 @@
 /** What `start` prints on stdout: the banner once it runs, then progress lines. */
 import type { Judge } from "../judge/types.ts";
-import type { RunningServer } from "../roles/server.ts";
-import type { TrainerEvent } from "../roles/trainer.ts";
+import type { RunningServer } from "../roles/serve.ts";
+import type { TrainerEvent } from "../roles/train.ts";
 import type { PairStore } from "../store/pairs.ts";
 import { findTask } from "../tasks/registry.ts";
 import type { StartConfig } from "./_start_config.ts";

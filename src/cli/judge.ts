@@ -1,7 +1,7 @@
 /** `judge`: the judge role, on its own process, against the shared KV. */
 import { z } from "zod";
 import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
-import { runJudgeWorker } from "../judge/worker.ts";
+import { runJudgeRole } from "../roles/judge.ts";
 import { PairStore } from "../store/pairs.ts";
 import { openSharedKv } from "../store/open.ts";
 import { DEFAULT_TASK } from "../tasks/registry.ts";
@@ -65,7 +65,7 @@ export async function runJudgeCommand(args: string[]): Promise<void> {
   Deno.addSignalListener("SIGTERM", onSignal);
   log(`judge ${judge.id} (${judge.kind}) on ${opts.kv} as ${opts.owner}`);
   try {
-    await runJudgeWorker({
+    await runJudgeRole({
       store: new PairStore(kv),
       judge,
       owner: opts.owner,

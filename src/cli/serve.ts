@@ -1,6 +1,6 @@
 /** `serve`: the Hono server on the shared KV, hot-swapping policy versions as the trainer publishes them. */
 import { z } from "zod";
-import { startServerRole } from "../roles/server.ts";
+import { startServerRole } from "../roles/serve.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { buildJudge } from "./_services.ts";

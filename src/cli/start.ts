@@ -6,13 +6,13 @@
  */
 import { join } from "node:path";
 import { type BackendReport, describeBackend, initBackend } from "../model/kernels/backend.ts";
-import { runJudgeWorker } from "../judge/worker.ts";
+import { runJudgeRole } from "../roles/judge.ts";
 import type { Judge } from "../judge/types.ts";
 import { runFeeder } from "../roles/feeder.ts";
 import { loadPromptSource } from "../roles/prompts.ts";
-import { type RunningServer, startServerRole } from "../roles/server.ts";
-import type { TrainerRoleOptions } from "../roles/trainer.ts";
-import { startTrainerWorker, type TrainerWorkerHandle } from "../roles/trainer_worker.ts";
+import { type RunningServer, startServerRole } from "../roles/serve.ts";
+import type { TrainerRoleOptions } from "../roles/train.ts";
+import { startTrainerWorker, type TrainerWorkerHandle } from "../roles/train_worker.ts";
 import { openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { findTask } from "../tasks/registry.ts";
@@ -277,7 +277,7 @@ function trainerOptions(cfg: StartConfig, backend: BackendReport["backend"]): Tr
 }
 
 function runJudge(store: PairStore, judge: Judge, cfg: StartConfig, signal: AbortSignal): Promise<void> {
-  return runJudgeWorker({
+  return runJudgeRole({
     store,
     judge,
     owner: `start-judge-${Deno.pid}`,

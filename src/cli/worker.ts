@@ -3,7 +3,7 @@
  * on the pairs judged in the shared KV and publishes policy versions for the servers to swap in.
  */
 import { z } from "zod";
-import { runTrainerRole } from "../roles/trainer.ts";
+import { runTrainerRole } from "../roles/train.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
 import { TASK_NAMES } from "../tasks/registry.ts";
 import { configFromFlags, dpoFlagSpec, flagUsage, offlineOnlyFlagsGiven } from "./_dpo_flags.ts";

@@ -6,7 +6,7 @@
  * worker → parent: the role's events (logs, ready, steps, publishes), then `stopped` or `fatal`.
  */
 import { z } from "zod";
-import { type TrainerEvent, TrainerEventSchema, type TrainerRoleOptions, TrainerRoleOptionsSchema } from "./trainer.ts";
+import { type TrainerEvent, TrainerEventSchema, type TrainerRoleOptions, TrainerRoleOptionsSchema } from "./train.ts";
 
 /** A message to the worker. */
 export const TrainerWorkerRequestSchema = z.discriminatedUnion("type", [

@@ -7,10 +7,10 @@
  */
 import { hasEqualCandidates, type PairStore } from "../store/pairs.ts";
 import { ConflictError } from "../store/errors.ts";
-import { type Judge, JudgeError } from "./types.ts";
+import { type Judge, JudgeError } from "../judge/types.ts";
 import { pause } from "../util/time.ts";
 
-/** Options of `runJudgeWorker`. */
+/** Options of `runJudgeRole`. */
 export interface JudgeWorkerOptions {
   store: PairStore;
   judge: Judge;
@@ -31,7 +31,7 @@ export interface JudgeWorkerOptions {
 }
 
 /** Runs until `signal` aborts. */
-export async function runJudgeWorker(o: JudgeWorkerOptions): Promise<void> {
+export async function runJudgeRole(o: JudgeWorkerOptions): Promise<void> {
   while (!o.signal.aborted) {
     await o.store.expirePending();
     const pairs = await o.store.claim({

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { PairStore } from "../store/pairs.ts";
 import { legacyEqualCandidates, memoryStore, sampledInput } from "../store/_test_helpers.ts";
-import { type Judge, JudgeError } from "./types.ts";
-import { runJudgeWorker } from "./worker.ts";
+import { type Judge, JudgeError } from "../judge/types.ts";
+import { runJudgeRole } from "./judge.ts";
 
 Deno.test("judge worker: records the verdict with the judge's agreement, counted per minute", async () => {
   const { kv, store, clock } = await memoryStore();
@@ -14,7 +14,7 @@ Deno.test("judge worker: records the verdict with the judge's agreement, counted
       judge: () => Promise.resolve({ choice: "tie", latencyMs: 3, judgeId: "hf:x", agreed: false }),
     };
     const stop = new AbortController();
-    await runJudgeWorker({
+    await runJudgeRole({
       store,
       judge,
       owner: "j1",
@@ -58,7 +58,7 @@ Deno.test("judge worker: a judge that always fails ends the pair judge_failed af
     const stop = new AbortController();
     const errors: boolean[] = [];
     const started = Date.now();
-    await runJudgeWorker({
+    await runJudgeRole({
       store,
       judge,
       owner: "j1",
@@ -116,7 +116,7 @@ Deno.test("judge worker: an old pair showing the same text as a and b never reac
       },
     };
     const stop = new AbortController();
-    await runJudgeWorker({
+    await runJudgeRole({
       store,
       judge,
       owner: "j1",

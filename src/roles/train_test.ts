@@ -5,7 +5,7 @@ import { VersionEvalSchema } from "../dpo/evaluate.ts";
 import { GateDecisionSchema } from "../dpo/gate.ts";
 import { checkpointUploadKey, evalKey, trainerFenceKey } from "../store/keys.ts";
 import { PairStore } from "../store/pairs.ts";
-import { bestEvaluated, runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./trainer.ts";
+import { bestEvaluated, runTrainerRole, type TrainerEvent, type TrainerRoleOptions } from "./train.ts";
 import { loadModel } from "../model/io/checkpoint.ts";
 import { scorePairs } from "../model/logprobs.ts";
 import { openCheckpoints } from "../store/open.ts";

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { TrainerEvent, TrainerRoleOptions } from "./trainer.ts";
-import { startTrainerWorker } from "./trainer_worker.ts";
+import type { TrainerEvent, TrainerRoleOptions } from "./train.ts";
+import { startTrainerWorker } from "./train_worker.ts";
 // Type-checks the worker module itself: it is loaded only at run time, by URL.
 import type {} from "../../workers/trainer.ts";
 
