@@ -184,45 +184,50 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
     metavar: "DIR|hf:OWNER/NAME",
     help: "the base policy: trained from when nothing is published, and what versions are evaluated against",
     section: "general",
-    defaultText: "models/arith-tiny (shipped)",
+    defaultText: "`models/arith-tiny` (shipped)",
   },
   backend: { metavar: BACKENDS.join("|"), help: "compute backend of the server and the trainer", section: "general" },
   data_dir: { metavar: "DIR", help: "local state: KV file, checkpoints, trainer state, keys", section: "general" },
   kv: {
     metavar: "PATH|URL",
-    help: "the KV: a file, or an http(s) URL of a remote KV (token in DENO_KV_ACCESS_TOKEN)",
+    help: "the KV: a file, or an http(s) URL of a remote KV (token in `DENO_KV_ACCESS_TOKEN`)",
     section: "general",
-    defaultText: "DATA_DIR/dpo.kv",
+    defaultText: "`DATA_DIR/dpo.kv`",
   },
   checkpoints: {
     metavar: "dir:PATH|kv",
     help: "where policy versions are published: a directory, or KV itself",
     section: "general",
-    defaultText: "dir:DATA_DIR/checkpoints",
+    defaultText: "`dir:DATA_DIR/checkpoints`",
   },
   host: { metavar: "HOST", help: "where the server listens", section: "server" },
   port: { metavar: "N", help: "port; 0 picks a free one", section: "server" },
   rate_limit: {
     metavar: "N",
-    help: "requests per minute per API key (the feeder has a key of its own, not limited)",
+    help:
+      "requests per minute per API key, counted in KV across instances (the feeder has a key of its own, not limited)",
     section: "server",
   },
   serve_poll_ms: { metavar: "MS", help: "how often the server looks for a new policy version", section: "server" },
   judge: {
     metavar: "J[,J...]|human",
-    help: `${JUDGE_SPEC_SYNTAX}; human: none, pairs wait for the label page or the feedback API`,
+    help: `${JUDGE_SPEC_SYNTAX}; \`human\`: none, pairs wait for the label page or the feedback API`,
     section: "judge",
   },
-  hf_model: { metavar: "NAME", help: "model of the hf judge (token in HF_TOKEN)", section: "judge" },
+  hf_model: { metavar: "NAME", help: "model of the hf judge (token in `HF_TOKEN`)", section: "judge" },
   hf_endpoint: {
     metavar: "URL",
-    help: "OpenAI-compatible server of the hf judge (TGI, vLLM, llama.cpp); its key in DPO_JUDGE_TOKEN",
+    help: "OpenAI-compatible server of the hf judge (TGI, vLLM, llama.cpp); its key in `DPO_JUDGE_TOKEN`",
     section: "judge",
   },
-  webhook_url: { metavar: "URL", help: "where the webhook judge POSTs pairs (DPO_WEBHOOK_SECRET)", section: "judge" },
+  webhook_url: {
+    metavar: "URL",
+    help: "where the webhook judge POSTs pairs (secret in `DPO_WEBHOOK_SECRET`)",
+    section: "judge",
+  },
   feedback_url: {
     metavar: "URL",
-    help: "the feedback URL labelers answer to, with {id} for the pair id",
+    help: "the feedback URL labelers answer to, `{id}` for the pair id",
     section: "judge",
   },
   ensemble_rule: {
@@ -233,20 +238,20 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   judge_concurrency: { metavar: "N", help: "pairs judged at once", section: "judge" },
   judge_max_attempts: {
     metavar: "N",
-    help: "failed judgments of a pair before it ends judge_failed",
+    help: "failed judgments of a pair before it ends `judge_failed`",
     section: "judge",
   },
   task: {
     metavar: "TASK|FILE",
-    help:
-      'the prompts: a built-in task (arithmetic), which brings a held-out evaluation, or a prompt file (one per line; *.jsonl: {"prompt"}, text or chat)',
+    help: "the prompts: a built-in task (`arithmetic`: prompts, held-out evaluation, checker; `src/tasks/`), " +
+      'or a prompt file (one per line; `*.jsonl`: `{"prompt"}`, text or chat)',
     section: "feeder",
   },
   feeder: {
     flag: "no-feeder",
     kind: "negated",
     metavar: "",
-    help: "run the prompt feeder, which keeps asking the server for pairs (--no-feeder: only API clients do)",
+    help: "run the prompt feeder, which keeps asking the server for pairs (`--no-feeder`: only API clients do)",
     section: "feeder",
   },
   n: { metavar: "N", help: "responses sampled per prompt; the judge sees the best and the worst", section: "feeder" },
@@ -261,14 +266,14 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   },
   mode: {
     metavar: "stream|rounds",
-    help: "a step per batch as pairs arrive, or rounds of round_size pairs",
+    help: "a step per batch as pairs arrive, or rounds of `round_size` pairs",
     section: "trainer",
   },
-  round_size: { metavar: "K", help: "rounds mode: pairs per round", section: "trainer" },
+  round_size: { metavar: "K", help: "rounds mode: labeled pairs per round", section: "trainer" },
   round_epochs: { metavar: "E", help: "rounds mode: passes over a round", section: "trainer" },
   ref_refresh_rounds: {
     metavar: "N",
-    help: "rounds mode: copy the policy into the reference every N rounds (0: never)",
+    help: "rounds mode: copy the policy into the reference every N rounds (0: never; with `use_peft`: 0)",
     section: "trainer",
   },
   publish_every: { metavar: "N", help: "stream mode: publish every N steps", section: "trainer" },
@@ -286,11 +291,15 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   trainer_poll_ms: { metavar: "MS", help: "trainer's wait when there are not enough pairs", section: "trainer" },
   promotion: {
     metavar: "gate|always",
-    help: "gate: publish a trained policy only when it is not worse than the served one on gate prompts of its " +
-      "own (arithmetic task with evaluation; otherwise always); always: publish every one",
+    help: "gate: serve a trained policy only when it is not worse than the served one on held-out prompts of the " +
+      "gate's own (a task with evaluation; otherwise always); always: every one",
     section: "trainer",
   },
-  gate_prompts: { metavar: "N", help: "held-out prompts of the gate, apart from eval_prompts", section: "trainer" },
+  gate_prompts: {
+    metavar: "N",
+    help: "the gate's held-out prompts, apart from `eval_prompts` (together at most the task's: 962 for arithmetic)",
+    section: "trainer",
+  },
   gate_margin: {
     metavar: "M",
     help: "how far below the served accuracy a candidate may be and still pass",
@@ -299,14 +308,14 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   gate_confidence: { metavar: "C", help: "one-sided confidence of the gate's bound", section: "trainer" },
   eval_prompts: {
     metavar: "N",
-    help: "held-out prompts every version is evaluated on, arithmetic task only (0: no evaluation)",
+    help: "held-out prompts every version is evaluated on, with a task (not a prompt file; 0: none)",
     section: "trainer",
   },
 };
 
 // Online meanings of the DPO settings where `_dpo_flags.ts` says only a value or an offline default.
 const DPO_DOCS: Partial<Record<typeof DPO_KEYS[number], { help: string; defaultText?: string }>> = {
-  loss_type: { help: "sigmoid (DPO), ipo, hinge, robust, sft; several are summed" },
+  loss_type: { help: "sigmoid (DPO), ipo, hinge, robust, sft; several are summed (sigmoid + sft is RPO)" },
   loss_weights: { help: "one weight per loss type", defaultText: "1 each" },
   optimizer: { help: "AdamW (decoupled weight decay) or SGD" },
   learning_rate: { help: "peak learning rate" },
@@ -319,6 +328,18 @@ const DPO_DOCS: Partial<Record<typeof DPO_KEYS[number], { help: string; defaultT
   ref_refresh_steps: { help: "copy the policy into the reference every N optimizer steps", defaultText: "off" },
   ref_model_mixup_alpha: { help: "TR-DPO: α in π_ref ← α·π + (1−α)·π_ref" },
   ref_model_sync_steps: { help: "TR-DPO: mix every N optimizer steps" },
+  sync_ref_model: { help: "TR-DPO soft reference updates (with `rounds`, set `ref_refresh_rounds` to 0)" },
+  desirable_weight: { help: "KTO weight of a thumbs up" },
+  undesirable_weight: { help: "KTO weight of a thumbs down" },
+  precompute_ref_log_probs: { help: "off: score the reference every step instead of once per pair" },
+  use_peft: { help: "train a LoRA adapter; the frozen base is the reference" },
+  lora_alpha: { help: "updates scaled by `lora_alpha / lora_r`" },
+  lora_dropout: { help: "dropout on the adapter's input, only with `--no-disable-dropout`" },
+  lora_target_modules: {
+    help: "layers to adapt: names, a regex, or `all-linear`",
+    defaultText: "PEFT's per model type (`q_proj,v_proj`; `c_attn` for gpt2)",
+  },
+  disable_dropout: { help: "off: train with dropout (`lora_dropout`)" },
 };
 
 /** Every setting's flag, kind, metavar, help and section, by config key. */
@@ -457,12 +478,39 @@ export function settingsUsage(defaults: StartDefaults): string {
       if (doc.section !== section) continue;
       const flag = `--${doc.flag}${doc.metavar ? ` ${doc.metavar}` : ""}`;
       lines.push(`  ${flag}`);
-      const value = doc.defaultText ?? formatValue(values[key]);
-      lines.push(`      ${doc.help} (default ${value})`);
+      const value = plain(doc.defaultText ?? formatValue(values[key]));
+      lines.push(`      ${plain(doc.help)} (default ${value})`);
       lines.push(`      env ${envName(key)}, config "${key}"`);
     }
   }
   return lines.join("\n");
+}
+
+/**
+ * The settings as the README's Markdown table: flag, environment variable, config key, default, meaning
+ * (a test holds the README to it; `deno task docs` writes it there).
+ */
+export function settingsTable(defaults: StartDefaults): string {
+  const shown = StartConfigSchema.safeParse({ ...defaults });
+  const values: Record<string, unknown> = shown.success ? shown.data : { ...defaults };
+  const cell = (text: string) => text.replaceAll("|", "\\|");
+  const code = (text: string) => `\`${cell(text)}\``;
+  const rows = ["| flag | env | config key | default | meaning |", "| --- | --- | --- | --- | --- |"];
+  for (const [section, title] of Object.entries(SECTIONS)) {
+    rows.push(`| **${title}** | | | | |`);
+    for (const [key, doc] of Object.entries(SETTING_DOCS)) {
+      if (doc.section !== section) continue;
+      const flag = code(`--${doc.flag}${doc.metavar ? ` ${doc.metavar}` : ""}`);
+      const value = doc.defaultText ?? (values[key] === undefined ? "none" : code(formatValue(values[key])));
+      rows.push(`| ${flag} | ${code(envName(key))} | ${code(key)} | ${value} | ${cell(doc.help)} |`);
+    }
+  }
+  return rows.join("\n");
+}
+
+/** Help text as the terminal shows it: the Markdown code marks dropped. */
+function plain(text: string): string {
+  return text.replaceAll("`", "");
 }
 
 // The kind follows from the schema, so the table cannot disagree with it.

@@ -7,6 +7,7 @@ import {
   readStartConfigFile,
   resolveStartConfig,
   SETTING_DOCS,
+  settingsTable,
   settingsUsage,
   type StartConfigSources,
   startFlagSpec,
@@ -178,7 +179,7 @@ Deno.test("start settings: --help documents every flag with its environment vari
   }
   assert.match(
     usage,
-    /--round-size K\n +rounds mode: pairs per round \(default 64\)\n +env DPO_ROUND_SIZE, config "round_size"/,
+    /--round-size K\n +rounds mode: labeled pairs per round \(default 64\)\n +env DPO_ROUND_SIZE, config "round_size"/,
   );
   assert.match(usage, /--learning-rate LR\n .*\(default 0\.0001\)/);
   assert.match(usage, /--kv PATH\|URL\n .*\(default DATA_DIR\/dpo\.kv\)/);
@@ -206,4 +207,17 @@ Deno.test("start settings: the config file must be a JSON object", async () => {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("start settings: the README's table is the one the code makes (deno task docs writes it)", async () => {
+  const readme = await Deno.readTextFile(new URL("../../README.md", import.meta.url));
+  const [, table] = /<!-- settings -->\n([\s\S]*?)<!-- \/settings -->/.exec(readme) ?? [];
+  assert.ok(table, "README.md has no <!-- settings --> block");
+  // Cells, not bytes: deno fmt pads the columns.
+  const cells = (markdown: string) =>
+    markdown.trim().split("\n").filter((line) => !/^\|[\s|-]+\|$/.test(line))
+      .map((line) => line.split(/(?<!\\)\|/).slice(1, -1).map((c) => c.trim()));
+  const expected = cells(settingsTable(START_DEFAULTS));
+  assert.equal(expected.length, Object.keys(SETTING_DOCS).length + 7, "a header and a row per section and setting");
+  assert.deepEqual(cells(table), expected, "README.md is out of date: run deno task docs");
 });
