@@ -11,8 +11,8 @@ import { loadModel } from "../src/model/io/checkpoint.ts";
 import { initBackend } from "../src/model/kernels/backend.ts";
 import { createApp } from "../src/server/app.ts";
 import { PolicyHolder } from "../src/server/policy.ts";
-import { evalKey, policyPointerKey, trainerStatusKey, trainMetricsKey } from "../src/store/keys.ts";
-import { type Pair, PairStore } from "../src/store/pairs.ts";
+import { activityKey, evalKey, policyPointerKey, trainerStatusKey, trainMetricsKey } from "../src/store/keys.ts";
+import { MINUTE_MS, minuteOf, type Pair, PairStore } from "../src/store/pairs.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const ARTIFACTS = join(ROOT, "test-artifacts");
@@ -20,6 +20,18 @@ const CHROMIUM = Deno.env.get("DPO_CHROMIUM") ?? "/usr/bin/chromium";
 const KEY = "pages-test-api-key";
 const LABEL_KEY = "pages-test-label-key";
 const STEPS = 120;
+// The run's first counted minute: pairs created this long before the rest of the seed.
+const RUN_MS = 190 * MINUTE_MS;
+// The time charts: one axis, the same window.
+const TIME_CHARTS = [
+  "throughput",
+  "agreement",
+  "judge_calls",
+  "judge_failures",
+  "judge_latency",
+  "judge_tokens",
+  "member_agreement",
+];
 
 const hasChromium = await Deno.stat(CHROMIUM).then((s) => s.isFile, () => false);
 const required = Deno.env.get("DPO_REQUIRE_BROWSER") === "1";
@@ -30,7 +42,10 @@ if (!hasChromium && !required) {
   );
 }
 
-/** Training steps, evaluations, trainer status and pointer as the trainer writes them; pairs in every state. */
+/**
+ * Training steps, evaluations, trainer status and pointer as the trainer writes them; pairs in every state; and
+ * the counters of two pairs created 3 h 10 min earlier, where the run's time axis starts.
+ */
 async function seed(kv: Deno.Kv, store: PairStore) {
   // The throughput chart's last point is the current minute: seed early in a minute so that it is still the
   // current one when the page draws it.
@@ -54,6 +69,7 @@ async function seed(kv: Deno.Kv, store: PairStore) {
       ref_version: step > 60 ? 2 : 1,
     });
   }
+  op.sum(activityKey(minuteOf(now - RUN_MS), "created"), 2n);
   await op.commit();
   for (const version of [1, 2, 3, 4]) {
     await kv.set(evalKey(version), {
@@ -125,7 +141,7 @@ async function seed(kv: Deno.Kv, store: PairStore) {
     await create("What is 20+22?", " 42", " 44"),
     await create("What is 5+5?", " 10", " 11"),
   ];
-  return { judged, hostile, pending };
+  return { judged, hostile, pending, runStart: minuteOf(now - RUN_MS) };
 }
 
 async function text(page: Page, selector: string): Promise<string> {
@@ -139,6 +155,51 @@ async function pointsOf(page: Page, chart: string, series: string): Promise<numb
   const count = drawn!.trim().split(/\s+/).length;
   assert.equal(Number(declared), count, `${chart}/${series}: data-points matches the polyline`);
   return count;
+}
+
+/** A time chart's x range (ms) and its tick labels, each with its time, its lines and where it is drawn. */
+async function timeAxis(page: Page, chart: string) {
+  const svg = page.locator(`section[data-chart="${chart}"] svg`);
+  const [x0, x1] = (await svg.evaluate((e) => [e.getAttribute("data-x0"), e.getAttribute("data-x1")])).map(Number);
+  const ticks = await svg.locator("text.tick.x").evaluateAll((texts) =>
+    texts.map((text) => {
+      const box = (text as unknown as { getBBox(): { x: number; width: number } }).getBBox();
+      const lines = [...text.querySelectorAll("tspan")].map((line) => line.textContent ?? "");
+      return { t: Number(text.getAttribute("data-t")), lines, left: box.x, right: box.x + box.width };
+    })
+  );
+  return { x0: x0!, x1: x1!, ticks };
+}
+
+/**
+ * Every time chart is drawn on the same window, ending in the current bucket, with 2 to 6 ticks inside it whose
+ * labels do not overlap; the throughput chart has one point per `bucketMs` over it.
+ */
+async function checkTimeAxes(page: Page, bucketMs: number) {
+  const axes = await Promise.all(TIME_CHARTS.map((chart) => timeAxis(page, chart)));
+  for (const [i, axis] of axes.entries()) {
+    const chart = TIME_CHARTS[i]!;
+    assert.deepEqual([axis.x0, axis.x1], [axes[0]!.x0, axes[0]!.x1], `${chart}: the same window`);
+    assert.ok(axis.ticks.length >= 2 && axis.ticks.length <= 6, `${chart}: ${axis.ticks.length} ticks`);
+    for (const [j, tick] of axis.ticks.entries()) {
+      assert.ok(tick.t >= axis.x0 && tick.t <= axis.x1, `${chart}: tick ${tick.lines} in the window`);
+      assert.match(tick.lines[0]!, /^(\d\d:\d\d|[A-Z][a-z]{2} \d{1,2})$/, `${chart}: tick '${tick.lines}'`);
+      const next = axis.ticks[j + 1];
+      if (next) assert.ok(tick.right + 4 < next.left, `${chart}: tick labels ${tick.lines} and ${next.lines} apart`);
+    }
+  }
+  const { x0, x1 } = axes[0]!;
+  assert.ok(x1 <= Date.now() && x1 > Date.now() - 2 * bucketMs, "the last point is the current bucket");
+  assert.equal(x0 % bucketMs, 0, "buckets start on multiples of their size");
+  assert.equal(await pointsOf(page, "throughput", "created"), (x1 - x0) / bucketMs + 1);
+  return axes[0]!;
+}
+
+/** Picks a time window in the select and waits for the charts drawn from its answer. */
+async function pickWindow(page: Page, value: string, xLabel: string) {
+  await page.locator("#window").selectOption(value);
+  const label = page.locator('section[data-chart="throughput"] text.label.x');
+  await label.filter({ hasText: new RegExp(`^${xLabel.replace(/[()]/g, "\\$&")}$`) }).waitFor();
 }
 
 async function pairStatus(path: string, id: string): Promise<Pair | null> {
@@ -178,7 +239,8 @@ Deno.test({
     try {
       const seeded = await seed(kv, store);
       browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
-      const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+      // A time zone half an hour off UTC: time ticks must fall on round times of the browser's clock.
+      const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, timezoneId: "Asia/Kolkata" });
       context.setDefaultTimeout(10_000);
       const errors: string[] = [];
       context.on("weberror", (e) => void errors.push(e.error().message));
@@ -239,12 +301,51 @@ Deno.test({
         }
         assert.equal(await text(page, 'section[data-chart="evals"] b.last[data-series="accuracy"]'), "60.0%");
         assert.equal(await text(page, 'section[data-chart="evals"] b.last[data-series="win rate vs base"]'), "70.0%");
-        assert.equal(await pointsOf(page, "throughput", "created"), 60, "one point a minute for an hour");
+        // The time axis spans the run: from the bucket of the first pairs, 3 h 10 min ago, to now, one point
+        // per 2 minutes (191 minutes do not fit in 180 points).
+        const TWO_MINUTES = 2 * MINUTE_MS;
+        const run = await checkTimeAxes(page, TWO_MINUTES);
+        assert.equal(run.x0, Math.floor(seeded.runStart / TWO_MINUTES) * TWO_MINUTES, "the axis starts with the run");
+        assert.ok(run.x1 - run.x0 >= RUN_MS - TWO_MINUTES, "and ends now");
+        assert.ok(run.ticks.every((tick) => tick.lines[0]!.endsWith(":00")), "hourly ticks on the hour");
+        assert.equal(await text(page, 'section[data-chart="throughput"] h3'), "Pairs per 2 minutes");
+        assert.equal(await text(page, 'section[data-chart="throughput"] text.label.y'), "pairs / 2 min");
+        assert.equal(
+          await text(page, 'section[data-chart="throughput"] text.label.x'),
+          "time (one point per 2 minutes)",
+        );
+        assert.equal(await text(page, 'section[data-chart="judge_calls"] h3'), "Judge calls per 2 minutes");
+        assert.match(await text(page, "#window-note"), /^Whole run: since [A-Z][a-z]{2} \d+ \d\d:\d\d \(3 h 1\d min\)/);
+        assert.match(await text(page, "#window-note"), /kept 3 days, so a longer run shows its last 3 days/);
         assert.equal(await text(page, 'section[data-chart="throughput"] b.last[data-series="created"]'), "5");
         assert.equal(await text(page, 'section[data-chart="throughput"] b.last[data-series="judged"]'), "2");
         assert.equal(await pointsOf(page, "agreement", "judge agreed"), 1);
         assert.equal(await text(page, 'section[data-chart="agreement"] b.last[data-series="judge agreed"]'), "50.0%");
         assert.equal(await text(page, 'section[data-chart="agreement"] b.last[data-series="ties"]'), "50.0%");
+
+        // The last hour: one point a minute, the run's first pairs out of it.
+        await pickWindow(page, "60", "time (one point a minute)");
+        const hour = await checkTimeAxes(page, MINUTE_MS);
+        assert.equal(await pointsOf(page, "throughput", "created"), 60, "one point a minute for an hour");
+        assert.ok(hour.x0 > seeded.runStart);
+        assert.ok(hour.ticks.every((tick) => /:[0-5]0$/.test(tick.lines[0]!)), "ticks every 10 minutes");
+        assert.equal(await text(page, 'section[data-chart="throughput"] h3'), "Pairs per minute");
+        assert.equal(await text(page, 'section[data-chart="throughput"] text.label.y'), "pairs / minute");
+        assert.equal(await text(page, 'section[data-chart="throughput"] b.last[data-series="created"]'), "5");
+        assert.match(await text(page, "#window-note"), /^Last 1 h · one point per minute/);
+        // The last 24 h: 10 minutes a point; the axis crosses midnight, so the dates show under the times.
+        await pickWindow(page, "1440", "time (one point per 10 minutes)");
+        const day = await checkTimeAxes(page, 10 * MINUTE_MS);
+        assert.ok(day.x1 - day.x0 >= (24 * 60 - 10) * MINUTE_MS && day.x0 < seeded.runStart);
+        assert.ok(day.ticks.every((tick) => ["00:00", "06:00", "12:00", "18:00"].includes(tick.lines[0]!)));
+        assert.ok(day.ticks.some((tick) => tick.lines.length === 2), "a date under a time");
+        assert.equal(day.ticks[0]!.lines.length, 2, "the first tick has its date");
+        await page.locator("#judge-charts").screenshot({ path: join(ARTIFACTS, "dashboard-24h.png") });
+        assert.equal(await text(page, 'section[data-chart="judge_tokens"] text.label.y'), "tokens / 10 min");
+        await page.reload();
+        await page.waitForSelector('section[data-chart="throughput"] polyline');
+        assert.equal(await page.locator("#window").inputValue(), "1440", "the choice is remembered");
+        await pickWindow(page, "", "time (one point per 2 minutes)");
 
         const judgeRow = async (id: string) =>
           (await page.locator(`#judges tr[data-judge="${id}"] td`).allTextContents()).map((t) => t.trim());

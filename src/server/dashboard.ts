@@ -1,7 +1,9 @@
 /**
  * The data behind `GET /v1/dashboard`: one JSON document with everything the dashboard page plots, read
- * from KV in bounded work (a capped reverse range of training steps, the last evaluations, an hour or so of
- * per-minute counters, the latest pairs through the time index; never a scan of all pairs).
+ * from KV in bounded work (a capped reverse range of training steps, the last evaluations, the per-minute
+ * counters of the time window (at most the 3 days the store keeps), the latest pairs through the time index;
+ * never a scan of all pairs). The time window follows the run unless `minutes` asks for the last N minutes;
+ * its counters are summed into at most 180 equal buckets (see `_timeline.ts`).
  *
  * Shape of the document (times in ms since the epoch):
  *
@@ -25,14 +27,21 @@
  *     truncated: boolean;           // older steps since `since` were left out by `limit`
  *   };
  *   evals: { version, prompts, accuracy, base_accuracy, win_rate_vs_base, at, seconds }[];  // oldest first
- *   activity: {                     // per minute, oldest first, the current minute last
- *     minutes: number[];            // start of each minute
+ *   window: {                       // the time axis of `activity` and `judges`
+ *     from: number; to: number;     // the start of the first bucket, the end of the last (the current minute is in it)
+ *     bucket_minutes: number;       // minutes per bucket: 1, 2, 5, 10, 15, 30, 60, ... (at most 180 buckets)
+ *     minutes: number | null;       // the minutes asked for; null: the whole run
+ *     first_activity: number | null;  // whole run: the earliest minute with a counter (null: none kept)
+ *     retention_ms: number;         // how long the per-minute counters are kept (the run is cut to that)
+ *   };
+ *   activity: {                     // counts per bucket, oldest first, the current one last
+ *     at: number[];                 // start of each bucket
  *     created, imported, labeled, tie, expired, trained, stale, rejected, judge_failed, identical, agreed, disagreed: number[];
  *   };
  *   judges: {                       // the automated judges (see src/store/judge_usage.ts)
  *     totals: Record<judge, { calls, failures, latency_ms, requests, prompt_tokens, completion_tokens, votes, votes_agreed }>;
- *     minutes: number[];            // the same minutes as `activity`
- *     series: Record<judge, Record<metric, number[]>>;  // per judge, the same counters per minute
+ *     at: number[];                 // the same buckets as `activity`
+ *     series: Record<judge, Record<metric, number[]>>;  // per judge, the same counters summed per bucket
  *   };
  *   gate: {                         // the promotion gate (src/dpo/gate.ts)
  *     promoted: number; refused: number;  // decisions ever, by outcome
@@ -52,6 +61,7 @@ import { VersionEvalSchema } from "../dpo/evaluate.ts";
 import { GateDecisionSchema } from "../dpo/gate.ts";
 import { ACTIVITY_KINDS, type Pair, type PairStore } from "../store/pairs.ts";
 import type { TrainingRecords } from "../store/training_records.ts";
+import { MAX_WINDOW_MINUTES, readTimeline } from "./_timeline.ts";
 
 /** The query of `GET /v1/dashboard`. */
 export const DashboardQuerySchema = z.object({
@@ -61,8 +71,8 @@ export const DashboardQuerySchema = z.object({
   limit: z.coerce.number().int().min(1).max(20_000).default(5000),
   /** Most points per metric series (steps are averaged in equal buckets to fit). */
   points: z.coerce.number().int().min(2).max(2000).default(300),
-  /** Minutes of activity counters, the current one included. */
-  minutes: z.coerce.number().int().min(1).max(24 * 60).default(60),
+  /** Minutes on the time axis, the current one included; absent: the whole run (as far as counters are kept). */
+  minutes: z.coerce.number().int().min(1).max(MAX_WINDOW_MINUTES).optional(),
   /** Latest pairs listed. */
   pairs: z.coerce.number().int().min(0).max(100).default(20),
 });
@@ -107,8 +117,7 @@ export interface DashboardSource {
 export async function readDashboard(source: DashboardSource, query: DashboardQuery) {
   const { store, now } = source;
   const records = store.records;
-  const window = { from: now - (query.minutes - 1) * 60_000, to: now };
-  const [pointer, status, counts, metrics, evals, activity, latest, judgeTotals, judgeActivity, gate] = await Promise
+  const [pointer, status, counts, metrics, evals, timeline, latest, judgeTotals, gate] = await Promise
     .all([
       records.pointer(),
       // A status this version cannot read (another trainer version) is shown as none rather than failing the page.
@@ -116,10 +125,9 @@ export async function readDashboard(source: DashboardSource, query: DashboardQue
       store.counts(),
       readMetrics(records, query),
       readEvals(records),
-      store.activity(window),
+      readTimeline(store, now, query.minutes),
       query.pairs === 0 ? Promise.resolve({ pairs: [] }) : store.list({ limit: query.pairs }),
       store.judgeUsage(),
-      store.judgeActivity(window),
       readGate(records),
     ]);
   const trainer = status;
@@ -135,11 +143,12 @@ export async function readDashboard(source: DashboardSource, query: DashboardQue
     pairs: counts,
     metrics,
     evals,
+    window: timeline.window,
     activity: {
-      minutes: activity.minutes,
-      ...Object.fromEntries(ACTIVITY_KINDS.map((k) => [k, activity.counts[k]])),
+      at: timeline.at,
+      ...Object.fromEntries(ACTIVITY_KINDS.map((k) => [k, timeline.activity[k]])),
     },
-    judges: { totals: judgeTotals, minutes: judgeActivity.minutes, series: judgeActivity.judges },
+    judges: { totals: judgeTotals, at: timeline.at, series: timeline.judges },
     gate,
     latest: latest.pairs.map(pairSummary),
   };

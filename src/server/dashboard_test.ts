@@ -1,9 +1,17 @@
 import assert from "node:assert/strict";
 import { loadModel } from "../model/io/checkpoint.ts";
 import { fixturePath, useBackend } from "../model/_test_utils.ts";
-import { evalKey, policyPointerKey, trainerStatusKey, trainMetricsKey } from "../store/keys.ts";
+import {
+  activityKey,
+  evalKey,
+  judgeActivityKey,
+  policyPointerKey,
+  trainerStatusKey,
+  trainMetricsKey,
+} from "../store/keys.ts";
 import { FakeClock, sampledInput } from "../store/_test_helpers.ts";
-import { PairStore } from "../store/pairs.ts";
+import { type ActivityKind, MINUTE_MS, minuteOf, PairStore } from "../store/pairs.ts";
+import { BUCKET_MINUTES, chooseBuckets, MAX_BUCKETS, sumIntoBuckets } from "./_timeline.ts";
 import { createApp } from "./app.ts";
 import { PolicyHolder } from "./policy.ts";
 
@@ -157,15 +165,16 @@ Deno.test("GET /v1/dashboard: downsampled metrics, evals, activity, versions and
     assert.deepEqual([since.metrics.step[0], since.metrics.step.length, since.metrics.truncated], [901, 100, false]);
 
     assert.deepEqual(d.evals.map((e: { version: number }) => e.version), [1, 2, 3]);
-    assert.equal(d.activity.minutes.length, 5);
-    assert.equal(d.activity.minutes.at(-1), clock.t - (clock.t % 60_000));
+    assert.deepEqual([d.window.minutes, d.window.bucket_minutes, d.window.first_activity], [5, 1, null]);
+    assert.equal(d.activity.at.length, 5);
+    assert.equal(d.activity.at.at(-1), clock.t - (clock.t % 60_000));
     assert.deepEqual(d.activity.created, [0, 0, 0, 3, 0]);
     assert.deepEqual(d.activity.labeled, [0, 0, 0, 0, 1]);
     assert.deepEqual(d.activity.tie, [0, 0, 0, 0, 1]);
     assert.deepEqual([d.activity.agreed.at(-1), d.activity.disagreed.at(-1)], [1, 1]);
     // The judge's calls, from the same verdicts, in total and in their minute.
     assert.deepEqual([d.judges.totals["hf:j"].calls, d.judges.totals["hf:j"].failures], [2, 0]);
-    assert.deepEqual(d.judges.minutes, d.activity.minutes);
+    assert.deepEqual(d.judges.at, d.activity.at);
     assert.deepEqual(d.judges.series["hf:j"].calls, [0, 0, 0, 0, 2]);
 
     assert.deepEqual(d.latest.map((p: { prompt: string }) => p.prompt), ["p2", "p1"]);
@@ -178,7 +187,8 @@ Deno.test("GET /v1/dashboard: downsampled metrics, evals, activity, versions and
       null,
     ]);
 
-    for (const bad of ["points=1", "limit=0", "minutes=100000", "since=-1", "pairs=101", "limit=abc"]) {
+    const bad422 = ["points=1", "limit=0", "minutes=100000", "minutes=4321", "minutes=0", "since=-1", "pairs=101"];
+    for (const bad of [...bad422, "limit=abc"]) {
       const r = await call("GET", `/v1/dashboard?${bad}`, KEY);
       assert.equal(r.status, 422, bad);
     }
@@ -188,12 +198,26 @@ Deno.test("GET /v1/dashboard: downsampled metrics, evals, activity, versions and
 });
 
 Deno.test("GET /v1/dashboard: an empty store gives empty series, not errors", async () => {
-  const { call, close } = await setup();
+  const { call, clock, close } = await setup();
   try {
     const d = await (await call("GET", "/v1/dashboard", KEY)).json();
     assert.deepEqual(d.metrics, { names: [], step: [], at: [], series: {}, steps_read: 0, truncated: false });
     assert.deepEqual([d.evals, d.latest, d.trainer, d.policy.current, d.policy.reference], [[], [], null, null, null]);
-    assert.equal(d.activity.minutes.length, 60);
+    // Nothing counted: the whole run is the current minute, one bucket of zeros.
+    assert.deepEqual(d.window, {
+      from: minuteOf(clock.t),
+      to: minuteOf(clock.t) + MINUTE_MS,
+      bucket_minutes: 1,
+      minutes: null,
+      first_activity: null,
+      retention_ms: 3 * 24 * 3600_000,
+    });
+    assert.deepEqual([d.activity.at, d.activity.created, d.judges.at, d.judges.series], [
+      [minuteOf(clock.t)],
+      [0],
+      [minuteOf(clock.t)],
+      {},
+    ]);
   } finally {
     close();
   }
@@ -208,6 +232,141 @@ Deno.test("GET /v1/dashboard: KTO steps on thumbs are their own series, beside t
     assert.deepEqual(d.metrics.names, ["loss", "rewards/accuracies", "grad_norm", "kto/loss", "kto/kl"]);
     assert.deepEqual(d.metrics.series["kto/loss"], [null, 0.5], "no KTO value at the DPO step");
     assert.deepEqual(d.metrics.series.loss, [0.69, null], "the DPO loss is not the KTO loss");
+  } finally {
+    close();
+  }
+});
+
+/** Adds `n` to the activity counter of `kind` in the minute holding `at`, as a transition's commit does. */
+async function countAt(kv: Deno.Kv, at: number, kind: ActivityKind, n: number) {
+  await kv.atomic().sum(activityKey(minuteOf(at), kind), BigInt(n)).commit();
+}
+
+Deno.test("time axis: bucket sizes keep at most 180 points, each on a multiple of its size; sums are kept", () => {
+  const t = Date.UTC(2025, 5, 1, 12, 7);
+  const cases: [number, number][] = [
+    [0, 1], // one minute
+    [179, 1], // 180 minutes: one a minute
+    [180, 2], // 181 minutes
+    [5 * 60, 2],
+    [24 * 60 - 1, 10], // the last 24 h
+    [3 * 24 * 60, 30], // what the store keeps
+  ];
+  for (const [span, size] of cases) {
+    const buckets = chooseBuckets(t - span * MINUTE_MS, t);
+    assert.equal(buckets.minutes, size, `${span + 1} minutes`);
+    assert.ok(buckets.starts.length <= MAX_BUCKETS);
+    assert.ok(buckets.starts.every((s) => s % (size * MINUTE_MS) === 0), "aligned on the bucket size");
+    assert.ok(buckets.starts[0]! <= t - span * MINUTE_MS && buckets.starts.at(-1)! <= t);
+    assert.ok(buckets.starts.at(-1)! + size * MINUTE_MS > t, "the last bucket holds the last minute");
+  }
+  assert.ok(BUCKET_MINUTES.every((m) => (24 * 60) % m === 0), "buckets never straddle a UTC midnight");
+
+  // 12:03 to 12:17 in 5-minute buckets (12:00, 12:05, 12:10, 12:15): partial first and last buckets.
+  const first = Date.UTC(2025, 5, 1, 12, 3);
+  const values = Array.from({ length: 15 }, (_, i) => i + 1);
+  const buckets = { starts: [0, 5, 10, 15].map((m) => Date.UTC(2025, 5, 1, 12, m)), minutes: 5 };
+  assert.deepEqual(sumIntoBuckets(values, first, buckets), [
+    1 + 2,
+    3 + 4 + 5 + 6 + 7,
+    8 + 9 + 10 + 11 + 12,
+    13 + 14 + 15,
+  ]);
+});
+
+Deno.test("GET /v1/dashboard: by default the time axis spans the run, one point a minute for a short run", async () => {
+  const { store, clock, call, close } = await setup();
+  try {
+    const t0 = clock.t;
+    const { pair } = await store.create(sampledInput());
+    clock.advance(20 * MINUTE_MS);
+    await store.recordVerdict(pair.id, { choice: "a", judge: { kind: "hf", id: "hf:j" }, agreed: true });
+    const d = await (await call("GET", "/v1/dashboard", KEY)).json();
+    assert.deepEqual([d.window.minutes, d.window.bucket_minutes, d.window.first_activity], [null, 1, minuteOf(t0)]);
+    assert.equal(d.window.from, minuteOf(t0));
+    assert.equal(d.window.to, minuteOf(clock.t) + MINUTE_MS);
+    assert.equal(d.activity.at.length, 21, "from the first pair's minute to now");
+    assert.deepEqual([d.activity.at[0], d.activity.at.at(-1)], [minuteOf(t0), minuteOf(clock.t)]);
+    assert.deepEqual([d.activity.created[0], d.activity.labeled.at(-1), d.judges.series["hf:j"].calls.at(-1)], [
+      1,
+      1,
+      1,
+    ]);
+    assert.deepEqual(d.judges.at, d.activity.at);
+  } finally {
+    close();
+  }
+});
+
+Deno.test("GET /v1/dashboard: a long run is summed into coarser buckets, as far as the counters are kept", async () => {
+  const { kv, clock, call, close } = await setup();
+  try {
+    const now = clock.t; // 2025-06-01 12:00:30 UTC
+    const start = now - 51 * 3600_000; // 2025-05-30 09:00:30
+    await countAt(kv, now - 4 * 24 * 3600_000, "created", 100); // older than the 3 days kept
+    await countAt(kv, start, "created", 3);
+    await countAt(kv, start + 10 * MINUTE_MS, "created", 2); // the same 30-minute bucket
+    await countAt(kv, start + 40 * MINUTE_MS, "labeled", 4);
+    await countAt(kv, now, "created", 1);
+    await kv.atomic()
+      .sum(judgeActivityKey(minuteOf(start + 40 * MINUTE_MS), "hf:j", "calls"), 5n)
+      .sum(judgeActivityKey(minuteOf(start + 40 * MINUTE_MS), "hf:j", "failures"), 1n)
+      .commit();
+
+    const d = await (await call("GET", "/v1/dashboard", KEY)).json();
+    assert.deepEqual([d.window.minutes, d.window.bucket_minutes, d.window.first_activity], [null, 30, minuteOf(start)]);
+    assert.equal(d.window.from, Date.UTC(2025, 4, 30, 9, 0));
+    assert.equal(d.activity.at.length, 2 * 51 + 1, "09:00 on May 30 to 12:00 on June 1, 30 minutes a point");
+    assert.ok(d.activity.at.every((t: number, i: number) => t === d.window.from + i * 30 * MINUTE_MS));
+    assert.deepEqual(d.activity.created.slice(0, 2), [5, 0]);
+    assert.deepEqual(d.activity.labeled.slice(0, 2), [0, 4]);
+    assert.equal(d.activity.created.at(-1), 1, "the current minute is in the last bucket");
+    assert.equal(d.activity.created.reduce((a: number, n: number) => a + n, 0), 6, "nothing older than kept");
+    assert.deepEqual(d.judges.series["hf:j"].calls.slice(0, 3), [0, 5, 0]);
+    assert.deepEqual(d.judges.series["hf:j"].failures.slice(0, 3), [0, 1, 0]);
+
+    // A later read (the settled minutes come from memory) sees what was counted since, and drops what ages out.
+    clock.advance(2 * 3600_000);
+    await countAt(kv, clock.t, "trained", 7);
+    const later = await (await call("GET", "/v1/dashboard", KEY)).json();
+    assert.equal(later.window.first_activity, minuteOf(start));
+    assert.deepEqual([later.activity.created[0], later.activity.trained.at(-1)], [5, 7]);
+    clock.advance(19 * 3600_000 + 20 * MINUTE_MS); // 3 days on from 20 minutes after the start
+    const aged = await (await call("GET", "/v1/dashboard", KEY)).json();
+    assert.equal(aged.window.first_activity, minuteOf(start + 40 * MINUTE_MS));
+    assert.equal(aged.activity.created.reduce((a: number, n: number) => a + n, 0), 1);
+  } finally {
+    close();
+  }
+});
+
+Deno.test("GET /v1/dashboard: ?minutes=N overrides the run: the last N minutes, bucketed to fit", async () => {
+  const { kv, clock, call, close } = await setup();
+  try {
+    const now = clock.t;
+    await countAt(kv, now - 30 * 3600_000, "created", 9); // outside both windows
+    await countAt(kv, now - 90 * MINUTE_MS, "created", 4); // in the last day only
+    await countAt(kv, now - 30 * MINUTE_MS, "created", 2);
+    await countAt(kv, now, "tie", 1);
+
+    const hour = await (await call("GET", "/v1/dashboard?minutes=60", KEY)).json();
+    assert.deepEqual([hour.window.minutes, hour.window.bucket_minutes, hour.window.first_activity], [60, 1, null]);
+    assert.equal(hour.activity.at.length, 60);
+    assert.deepEqual([hour.activity.at[0], hour.activity.at.at(-1)], [minuteOf(now) - 59 * MINUTE_MS, minuteOf(now)]);
+    assert.deepEqual([hour.activity.created[29], hour.activity.tie[59]], [2, 1]);
+    assert.equal(hour.activity.created.reduce((a: number, n: number) => a + n, 0), 2);
+
+    const day = await (await call("GET", "/v1/dashboard?minutes=1440", KEY)).json();
+    assert.deepEqual([day.window.minutes, day.window.bucket_minutes], [1440, 10]);
+    assert.ok(day.activity.at.length <= MAX_BUCKETS && day.activity.at.length >= 144);
+    assert.equal(day.activity.created.reduce((a: number, n: number) => a + n, 0), 6);
+    assert.equal(day.activity.tie.at(-1), 1);
+
+    const kept = await (await call("GET", "/v1/dashboard?minutes=4320", KEY)).json();
+    assert.deepEqual([kept.window.bucket_minutes, kept.activity.created.reduce((a: number, n: number) => a + n, 0)], [
+      30,
+      15,
+    ]);
   } finally {
     close();
   }

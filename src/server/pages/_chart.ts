@@ -2,7 +2,12 @@
  * A small line chart drawn as inline SVG by the dashboard's script (no library: the pages load nothing
  * from elsewhere). Each chart is a card with a title, the last value of every series, a y axis with
  * ticks and a label, an x axis with ticks and a label, and one polyline per series. Polylines carry
- * `data-series` and `data-points` so tests can count what was drawn.
+ * `data-series` and `data-points`, the plot its x range (`data-x0`, `data-x1`) and time ticks their time
+ * (`data-t`), so tests can check what was drawn.
+ *
+ * A time axis has at most 6 ticks on round local times (a minute to a day apart), read HH:MM; when it
+ * crosses midnight, the first tick and each tick on a new day carry the date on a second line, so labels
+ * stay short and never overlap.
  */
 
 /** Browser JavaScript defining `lineChart(spec)`; it uses `el` from the shared helpers. */
@@ -44,18 +49,36 @@ function niceTicks(lo, hi, count, integer) {
   return ticks;
 }
 
-/** Ticks on whole minutes, for time axes. */
+const DAY = 24 * 60 * MINUTE;
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080].map((m) => m * MINUTE);
+const MAX_TIME_TICKS = 6;
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/** At most MAX_TIME_TICKS ticks from lo to hi (ms), on round times of the browser's clock (09:00, 09:15, midnight). */
 function timeTicks(lo, hi) {
-  const steps = [1, 2, 5, 10, 15, 30, 60, 120, 360].map((m) => m * MINUTE);
-  const step = steps.find((s) => (hi - lo) / s <= 6) || steps[steps.length - 1];
+  const step = TIME_STEPS.find((s) => (hi - lo) / s < MAX_TIME_TICKS) || TIME_STEPS[TIME_STEPS.length - 1];
+  // Round in local time: the offset (ms) from UTC to the local clock, as it is at lo.
+  const offset = -new Date(lo).getTimezoneOffset() * MINUTE;
   const ticks = [];
-  for (let t = Math.ceil(lo / step) * step; t <= hi; t += step) ticks.push(t);
-  return ticks;
+  for (let t = Math.ceil((lo + offset) / step) * step - offset; t <= hi; t += step) ticks.push(t);
+  return { ticks, step };
 }
 
 function fmtMinute(ms) {
   const d = new Date(ms);
   return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+}
+
+function fmtDate(ms) {
+  const d = new Date(ms);
+  return MONTHS[d.getMonth()] + " " + d.getDate();
+}
+
+/** A time tick's label lines: HH:MM, and the date under the first tick and each tick on a new day. */
+function timeTickLines(t, previous, lo, hi, step) {
+  if (step >= DAY) return [fmtDate(t)];
+  const days = fmtDate(lo) !== fmtDate(hi);
+  return days && (previous === undefined || fmtDate(previous) !== fmtDate(t)) ? [fmtMinute(t), fmtDate(t)] : [fmtMinute(t)];
 }
 
 /**
@@ -66,7 +89,7 @@ function fmtMinute(ms) {
  * vertical line at x (an event: a publish, a gate refusal, a reference refresh) with its label as a tooltip.
  */
 function lineChart(spec) {
-  const W = 440, H = 230, L = 58, R = 16, T = 12, B = 42;
+  const W = 440, H = 244, L = 58, R = 16, T = 12, B = 56;
   const pw = W - L - R, ph = H - T - B;
   const yFormat = spec.yFormat || fmtNumber;
   const card = el("section", { class: "chart", "data-chart": spec.id });
@@ -102,6 +125,8 @@ function lineChart(spec) {
   // A natural range (0 to 1 for rates, 0 up for counts) is kept whenever the data fits in it.
   if (spec.yMin !== undefined && lo >= spec.yMin) y0 = spec.yMin;
   if (spec.yMax !== undefined && hi <= spec.yMax) y1 = spec.yMax;
+  svg.setAttribute("data-x0", x0);
+  svg.setAttribute("data-x1", x1);
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * pw;
   const sy = (y) => T + ph - ((y - y0) / (y1 - y0)) * ph;
 
@@ -110,12 +135,14 @@ function lineChart(spec) {
     grid.append(svgEl("line", { x1: L, x2: L + pw, y1: sy(t), y2: sy(t) }));
     svg.append(svgEl("text", { x: L - 6, y: sy(t) + 4, "text-anchor": "end", class: "tick y" }, yFormat(t)));
   }
-  const xTicks = spec.xKind === "time" ? timeTicks(x0, x1) : niceTicks(x0, x1, 5, true);
-  for (const t of xTicks) {
+  const time = spec.xKind === "time" ? timeTicks(x0, x1) : null;
+  const xTicks = time ? time.ticks : niceTicks(x0, x1, 5, true);
+  xTicks.forEach((t, i) => {
     grid.append(svgEl("line", { x1: sx(t), x2: sx(t), y1: T, y2: T + ph }));
-    svg.append(svgEl("text", { x: sx(t), y: T + ph + 15, "text-anchor": "middle", class: "tick x" },
-      spec.xKind === "time" ? fmtMinute(t) : fmtNumber(t)));
-  }
+    const lines = time ? timeTickLines(t, xTicks[i - 1], x0, x1, time.step) : [fmtNumber(t)];
+    svg.append(svgEl("text", { x: sx(t), y: T + ph + 15, "text-anchor": "middle", class: "tick x", "data-t": time ? t : null },
+      ...lines.map((line, j) => svgEl("tspan", { x: sx(t), dy: j === 0 ? null : 13 }, line))));
+  });
   svg.prepend(grid);
   for (const m of spec.markers || []) {
     if (!(m.x >= x0 && m.x <= x1)) continue;

@@ -1,9 +1,11 @@
 /**
  * `/`: the dashboard. Served without a key; its script reads `GET /v1/dashboard` with the key from the
  * URL fragment (`#key=...`, an API key or a label key) every 5 seconds and draws the training metrics,
- * held-out accuracy per version, the pairs' flow and the judges' agreement per minute, each automated judge's
+ * held-out accuracy per version, the pairs' flow and the judges' agreement over time, each automated judge's
  * cost (calls, failures, latency, tokens) and each ensemble member's agreement, the versions and the latest
- * pairs with their verdicts.
+ * pairs with their verdicts. The time charts share one axis: the whole run by default (as far as the
+ * per-minute counters are kept), or the last hour or day (a select, remembered in the browser); the server
+ * sums the counters into at most 180 points, and titles and axis labels name the span of one point.
  */
 import { CHART_CSS, CHART_SCRIPT } from "./_chart.ts";
 import { htmlPage, type StaticPage } from "./_page.ts";
@@ -20,7 +22,11 @@ const BODY = String.raw`<header class="top">
     <label class="smoothing">smoothing <input id="smoothing" type="range" min="0" max="0.99" step="0.01" value="0.6">
       <output id="smoothing-value">0.6</output></label></h2>
   <div class="grid-charts" id="training"></div>
-  <h2>Versions and flow</h2>
+  <h2>Versions and flow
+    <label class="control">time axis <select id="window">
+      <option value="">whole run</option><option value="60">last hour</option><option value="1440">last 24 h</option>
+    </select></label></h2>
+  <p class="note" id="window-note"></p>
   <div class="grid-charts" id="flow"></div>
   <h2>Judges</h2>
   <div class="table-wrap">
@@ -43,8 +49,9 @@ const BODY = String.raw`<header class="top">
 
 const CSS = String.raw`
 h2 { font-size: 15px; margin: 22px 0 10px; }
-h2 .smoothing { font-size: 12px; font-weight: normal; color: var(--muted); margin-left: 16px; }
+h2 .smoothing, h2 .control { font-size: 12px; font-weight: normal; color: var(--muted); margin-left: 16px; }
 h2 .smoothing input { vertical-align: middle; }
+.note { font-size: 12px; color: var(--muted); margin: -4px 0 10px; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 140px; }
 .card .name { font-size: 12px; color: var(--muted); }
@@ -66,6 +73,8 @@ td.empty { color: var(--muted); text-align: center; padding: 18px; }
 const SCRIPT = String.raw`
 const REFRESH_MS = 5000;
 let timer = null;
+// Each refresh's number: an answer to an older one (the time axis changed meanwhile) is dropped.
+let refreshes = 0;
 
 function card(name, value, sub, id) {
   return el("div", { class: "card", "data-card": id }, el("div", { class: "name" }, name),
@@ -173,6 +182,17 @@ function renderTraining(d) {
   })));
 }
 
+// The time axis: the whole run, or the last hour or day; remembered in the browser.
+function setupWindow() {
+  const select = document.getElementById("window");
+  const saved = localStorage.getItem("dpo.window");
+  if (saved !== null && [...select.options].some((o) => o.value === saved)) select.value = saved;
+  select.addEventListener("change", () => {
+    localStorage.setItem("dpo.window", select.value);
+    if (currentKey()) refresh();
+  });
+}
+
 function setupSmoothing() {
   const input = document.getElementById("smoothing");
   const saved = localStorage.getItem("dpo.smoothing");
@@ -183,12 +203,47 @@ function setupSmoothing() {
   });
 }
 
-function perMinute(a, f) {
-  return a.minutes.map((_, i) => f(i));
+function perBucket(a, f) {
+  return a.at.map((_, i) => f(i));
+}
+
+// The span of one point of the time charts: "minute", "5 minutes", "hour", "2 hours" (titles) and
+// "minute", "5 min", "hour", "2 h" (axis labels).
+function bucketName(m) {
+  return m === 1 ? "minute" : m === 60 ? "hour" : m % 60 === 0 ? m / 60 + " hours" : m + " minutes";
+}
+function bucketUnit(m) {
+  return m === 1 ? "minute" : m === 60 ? "hour" : m % 60 === 0 ? m / 60 + " h" : m + " min";
+}
+function timeAxisLabel(w) {
+  return "time (" + (w.bucket_minutes === 1 ? "one point a minute" : "one point per " + bucketName(w.bucket_minutes)) + ")";
+}
+
+// "45 min", "3 h 10 min", "2 days 5 h".
+function fmtSpan(ms) {
+  const m = Math.max(0, Math.round(ms / MINUTE));
+  if (m < 60) return m + " min";
+  if (m < 2 * 1440) return Math.floor(m / 60) + " h" + (m % 60 ? " " + (m % 60) + " min" : "");
+  const h = Math.floor((m % 1440) / 60);
+  return Math.floor(m / 1440) + " days" + (h ? " " + h + " h" : "");
+}
+
+function renderWindowNote(d) {
+  const w = d.window, kept = fmtSpan(w.retention_ms);
+  const span = w.minutes !== null
+    ? "Last " + fmtSpan(w.minutes * MINUTE)
+    : w.first_activity === null
+    ? "Whole run: nothing counted yet"
+    : "Whole run: since " + fmtDate(w.first_activity) + " " + fmtMinute(w.first_activity) + " (" +
+      fmtSpan(d.now - w.first_activity) + ")";
+  document.getElementById("window-note").textContent = span + " · one point per " + bucketName(w.bucket_minutes) +
+    ", counts summed over it (the last point is still filling) · the per-minute counters are kept " + kept +
+    ", so a longer run shows its last " + kept + ".";
 }
 
 function renderFlow(d) {
-  const e = d.evals, a = d.activity;
+  const e = d.evals, a = d.activity, per = bucketName(d.window.bucket_minutes), unit = bucketUnit(d.window.bucket_minutes);
+  renderWindowNote(d);
   const judged = (i) => a.labeled[i] + a.tie[i];
   document.getElementById("flow").replaceChildren(
     lineChart({
@@ -228,13 +283,13 @@ function renderFlow(d) {
     }),
     lineChart({
       id: "throughput",
-      title: "Pairs per minute",
-      xLabel: "time (minute)",
-      yLabel: "pairs / minute",
-      xs: a.minutes,
+      title: "Pairs per " + per,
+      xLabel: timeAxisLabel(d.window),
+      yLabel: "pairs / " + unit,
+      xs: a.at,
       series: [
-        { name: "created", ys: perMinute(a, (i) => a.created[i] + a.imported[i]) },
-        { name: "judged", ys: perMinute(a, judged) },
+        { name: "created", ys: perBucket(a, (i) => a.created[i] + a.imported[i]) },
+        { name: "judged", ys: perBucket(a, judged) },
         { name: "trained", ys: a.trained },
       ],
       xKind: "time",
@@ -242,16 +297,16 @@ function renderFlow(d) {
     }),
     lineChart({
       id: "agreement",
-      title: "Judge agreement and ties per minute",
-      xLabel: "time (minute)",
+      title: "Judge agreement and ties per " + per,
+      xLabel: timeAxisLabel(d.window),
       yLabel: "share of verdicts",
-      xs: a.minutes,
+      xs: a.at,
       series: [
-        { name: "judge agreed", ys: perMinute(a, (i) => {
+        { name: "judge agreed", ys: perBucket(a, (i) => {
           const n = a.agreed[i] + a.disagreed[i];
           return n === 0 ? null : a.agreed[i] / n;
         }) },
-        { name: "ties", ys: perMinute(a, (i) => (judged(i) === 0 ? null : a.tie[i] / judged(i))), color: "#e0662b" },
+        { name: "ties", ys: perBucket(a, (i) => (judged(i) === 0 ? null : a.tie[i] / judged(i))), color: "#e0662b" },
       ],
       xKind: "time",
       yFormat: fmtPercent,
@@ -262,14 +317,15 @@ function renderFlow(d) {
   );
 }
 
-// Each judge's counters per minute, as one series a judge; null where the judge had nothing to show.
+// Each judge's counters per point of the time axis, as one series a judge; null where the judge had nothing to show.
 function judgeSeries(j, f) {
-  return Object.keys(j.series).sort().map((id) => ({ name: id, ys: j.minutes.map((_, i) => f(j.series[id], i)) }))
+  return Object.keys(j.series).sort().map((id) => ({ name: id, ys: j.at.map((_, i) => f(j.series[id], i)) }))
     .filter((s) => s.ys.some((y) => y !== null));
 }
 
 function renderJudges(d) {
-  const j = d.judges;
+  const j = d.judges, per = bucketName(d.window.bucket_minutes), unit = bucketUnit(d.window.bucket_minutes);
+  const xLabel = timeAxisLabel(d.window);
   const ids = Object.keys(j.totals).sort();
   const body = document.querySelector("#judges tbody");
   body.replaceChildren(...(ids.length === 0
@@ -291,10 +347,10 @@ function renderJudges(d) {
   document.getElementById("judge-charts").replaceChildren(
     lineChart({
       id: "judge_calls",
-      title: "Judge calls per minute",
-      xLabel: "time (minute)",
-      yLabel: "calls / minute",
-      xs: j.minutes,
+      title: "Judge calls per " + per,
+      xLabel,
+      yLabel: "calls / " + unit,
+      xs: j.at,
       series: judgeSeries(j, (s, i) => (s.calls[i] === 0 ? null : s.calls[i])),
       xKind: "time",
       yMin: 0,
@@ -302,10 +358,10 @@ function renderJudges(d) {
     }),
     lineChart({
       id: "judge_failures",
-      title: "Judge failure rate per minute",
-      xLabel: "time (minute)",
+      title: "Judge failure rate per " + per,
+      xLabel,
       yLabel: "failed / calls",
-      xs: j.minutes,
+      xs: j.at,
       series: judgeSeries(j, (s, i) => (s.calls[i] === 0 ? null : s.failures[i] / s.calls[i])),
       xKind: "time",
       yFormat: fmtPercent,
@@ -315,10 +371,10 @@ function renderJudges(d) {
     }),
     lineChart({
       id: "judge_latency",
-      title: "Mean judge latency per minute",
-      xLabel: "time (minute)",
+      title: "Mean judge latency per " + per,
+      xLabel,
       yLabel: "ms per verdict",
-      xs: j.minutes,
+      xs: j.at,
       series: judgeSeries(j, (s, i) => {
         const verdicts = s.calls[i] - s.failures[i];
         return verdicts === 0 ? null : s.latency_ms[i] / verdicts;
@@ -329,10 +385,10 @@ function renderJudges(d) {
     }),
     lineChart({
       id: "judge_tokens",
-      title: "Judge tokens per minute",
-      xLabel: "time (minute)",
-      yLabel: "tokens / minute",
-      xs: j.minutes,
+      title: "Judge tokens per " + per,
+      xLabel,
+      yLabel: "tokens / " + unit,
+      xs: j.at,
       series: judgeSeries(j, (s, i) => {
         const n = s.prompt_tokens[i] + s.completion_tokens[i];
         return n === 0 ? null : n;
@@ -343,10 +399,10 @@ function renderJudges(d) {
     }),
     lineChart({
       id: "member_agreement",
-      title: "Ensemble members: agreement with the verdict per minute",
-      xLabel: "time (minute)",
+      title: "Ensemble members: agreement with the verdict per " + per,
+      xLabel,
       yLabel: "share of votes",
-      xs: j.minutes,
+      xs: j.at,
       series: judgeSeries(j, (s, i) => (s.votes[i] === 0 ? null : s.votes_agreed[i] / s.votes[i])),
       xKind: "time",
       yFormat: fmtPercent,
@@ -383,9 +439,12 @@ function renderLatest(d) {
 async function refresh() {
   clearTimeout(timer);
   const error = document.getElementById("error");
+  const mine = ++refreshes;
   try {
-    const response = await api("/v1/dashboard?minutes=60&pairs=20");
+    const minutes = document.getElementById("window").value;
+    const response = await api("/v1/dashboard?pairs=20" + (minutes ? "&minutes=" + minutes : ""));
     const body = await response.json();
+    if (mine !== refreshes) return;
     if (!response.ok) throw new Error(body && body.error ? body.error.message : "HTTP " + response.status);
     renderCards(body);
     renderTraining(body);
@@ -395,7 +454,7 @@ async function refresh() {
     error.textContent = "";
     document.getElementById("updated").textContent = "updated " + fmtClock(body.now) + " · every 5 s";
   } catch (err) {
-    if (err instanceof KeyRefused) return; // the key form is showing; it restarts the refresh
+    if (err instanceof KeyRefused || mine !== refreshes) return; // the key form is showing, or a newer refresh runs
     error.textContent = "Cannot refresh the dashboard: " + err.message;
   }
   timer = setTimeout(refresh, REFRESH_MS);
@@ -403,6 +462,7 @@ async function refresh() {
 
 takeKeyFromFragment();
 setupSmoothing();
+setupWindow();
 setupKeyForm(refresh);
 refresh();
 `;
