@@ -3,7 +3,7 @@ import { ConfigError, UsageError } from "./src/cli/common.ts";
 // Each command's module is imported only when it runs: a command that loads no model (a feedback-only
 // server, versions) never loads TF.js.
 type Command = { run: (args: string[]) => Promise<void>; usage: string };
-const COMMANDS: Record<string, { load: () => Promise<Command>; summary: string }> = {
+export const COMMANDS: Record<string, { load: () => Promise<Command>; summary: string }> = {
   start: {
     load: async () => {
       const m = await import("./src/cli/start.ts");

@@ -445,7 +445,7 @@ Deno.test("worker refuses the settings only offline training uses, naming the co
   assert.equal(r.code, 2);
   assert.match(r.stderr, /Cannot use --max-steps, --seed with worker: they are settings of offline training/);
   const h = await cli(["worker", "--help"]);
-  assert.match(h.stdout, /--lr-scheduler constant\|linear\|cosine {2}\(default constant\)/);
+  assert.match(h.stdout, /--lr-scheduler constant\|linear\|cosine\s+\(default constant\)/);
   for (const flag of ["--max-steps", "--num-epochs", "--seed"]) assert.doesNotMatch(h.stdout, new RegExp(`${flag} `));
   // The KTO weights apply online too: thumbs are trained between the DPO steps.
   for (const flag of ["--desirable-weight", "--undesirable-weight", "--kto-batch"]) {
@@ -514,4 +514,24 @@ Deno.test("versions: publish a model trained elsewhere, refuse one that does not
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("every command: --help works, an unknown flag is refused, a near miss names the flag meant", async () => {
+  const { COMMANDS } = await import("../main.ts");
+  const names = Object.keys(COMMANDS);
+  assert.ok(names.length >= 9, names.join(","));
+  await Promise.all(names.map(async (name) => {
+    const help = await cli([name, "--help"]);
+    assert.equal(help.code, 0, `${name} --help: ${help.stderr}`);
+    assert.match(help.stdout, /^Usage: /, name);
+    const flags = [...help.stdout.matchAll(/^ {2}--([a-z][a-z-]{3,})/gm)].map((m) => m[1]!);
+    assert.ok(flags.length > 0, `${name} --help lists no option`);
+    const unknown = await cli([name, "--no-such-option-anywhere"]);
+    assert.equal(unknown.code, 2, name);
+    assert.match(unknown.stderr, /Unknown option '--no-such-option-anywhere'/, name);
+    const meant = flags.at(-1)!;
+    const typo = await cli([name, `--${meant.slice(0, -1)}x`]);
+    assert.equal(typo.code, 2, name);
+    assert.match(typo.stderr, new RegExp(`did you mean '--${meant}'\\?`), `${name}: ${typo.stderr}`);
+  }));
 });

@@ -1,6 +1,7 @@
 /** The DPO settings as command-line flags, shared by `train` (offline) and `worker` (online). */
-import type { z } from "zod";
-import type { DpoConfigSchema } from "../dpo/config.ts";
+import { z } from "zod";
+import type { DpoConfigSchema, DpoSettings } from "../dpo/config.ts";
+import type { Option, Options } from "./_options.ts";
 
 /** Flags that set a config field, with TRL's field name and how the text is read. */
 export const CONFIG_FLAGS: Record<string, { field: keyof z.input<typeof DpoConfigSchema>; kind: Kind; help: string }> =
@@ -87,10 +88,6 @@ export type TrainingMode = "offline" | "online";
 // Online, the learning rate stays constant unless asked otherwise (no planned end to decay towards).
 const ONLINE_HELP: Record<string, string> = { "lr-scheduler": "constant|linear|cosine  (default constant)" };
 
-function flagsOf(mode: TrainingMode) {
-  return Object.entries(CONFIG_FLAGS).filter(([, f]) => mode === "offline" || !OFFLINE_ONLY_FIELDS.includes(f.field));
-}
-
 /** The given flags of settings only offline training uses, as `--flag` names. */
 export function offlineOnlyFlagsGiven(values: Record<string, unknown>): string[] {
   return Object.entries(CONFIG_FLAGS).filter(([flag, f]) =>
@@ -99,13 +96,35 @@ export function offlineOnlyFlagsGiven(values: Record<string, unknown>): string[]
     .map(([flag]) => `--${flag}`);
 }
 
-export function flagUsage(mode: TrainingMode = "offline"): string {
-  return flagsOf(mode).map(([flag, f]) => `  --${flag} ${(mode === "online" && ONLINE_HELP[flag]) || f.help}`)
-    .join("\n");
+/** A flag's help as `METAVAR  meaning` split in two. */
+export function splitHelp(help: string): [string, string] {
+  const at = help.indexOf("  ");
+  return at < 0 ? [help.trim(), ""] : [help.slice(0, at).trim(), help.slice(at).trim()];
+}
+
+/**
+ * The DPO settings as a command's options (raw: `configFromFlags` reads them). Online, the settings only
+ * offline training uses are accepted but left out of `--help`: the command refuses them with a message
+ * that says why (`offlineOnlyFlagsGiven`).
+ */
+export function dpoOptions(mode: TrainingMode): Options {
+  return Object.fromEntries(
+    Object.entries(CONFIG_FLAGS).map(([flag, f]): [string, Option] => {
+      const [metavar, meaning] = splitHelp((mode === "online" && ONLINE_HELP[flag]) || f.help);
+      const bool = f.kind === "boolean" || f.kind === "negated";
+      return [flag, {
+        type: bool ? "boolean" : "string",
+        metavar,
+        help: meaning,
+        hidden: mode === "online" && OFFLINE_ONLY_FIELDS.includes(f.field),
+        schema: bool ? z.boolean().optional() : z.string().optional(),
+      }];
+    }),
+  );
 }
 
 /** Turns the given flags into config fields (only those given, so the config file's values stay). */
-export function configFromFlags(values: Record<string, unknown>): Record<string, unknown> {
+export function configFromFlags(values: Record<string, unknown>): DpoSettings {
   const out: Record<string, unknown> = {};
   for (const [flag, { field, kind }] of Object.entries(CONFIG_FLAGS)) {
     const v = values[flag];
@@ -128,15 +147,5 @@ export function configFromFlags(values: Record<string, unknown>): Record<string,
       ? !v
       : v;
   }
-  return out;
-}
-
-/** The parseArgs spec of the DPO flags. */
-export function dpoFlagSpec() {
-  return Object.fromEntries(
-    Object.entries(CONFIG_FLAGS).map(([flag, f]) => [
-      flag,
-      { type: f.kind === "boolean" || f.kind === "negated" ? "boolean" as const : "string" as const },
-    ]),
-  );
+  return out as DpoSettings; // each value read as its setting's kind; checked by parseDpoConfig
 }

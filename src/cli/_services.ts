@@ -1,12 +1,14 @@
 /** Building the judges the roles use from command-line options. */
-import { findTask } from "../tasks/registry.ts";
-import { createEnsembleJudge, type EnsembleRule } from "../judge/ensemble.ts";
+import { DEFAULT_TASK, findTask } from "../tasks/registry.ts";
+import { z } from "zod";
+import { createEnsembleJudge, ENSEMBLE_RULES, type EnsembleRule } from "../judge/ensemble.ts";
 import { createHfJudge } from "../judge/hf.ts";
 import type { Judge } from "../judge/types.ts";
 import { createVerifierJudge, loadVerifierModule } from "../judge/verifier.ts";
 import { JUDGE_SPEC_SYNTAX, type JudgeSpecMember, parseJudgeSpec } from "../judge/spec.ts";
 import { createWebhookJudge } from "../judge/webhook.ts";
 import { UsageError } from "./common.ts";
+import { text } from "./_options.ts";
 
 /** Judge options shared by the roles that judge. */
 export interface JudgeFlags {
@@ -22,16 +24,27 @@ export interface JudgeFlags {
   "judge-token"?: string;
 }
 
-/** Usage lines for the judge options. */
-export const JUDGE_USAGE = `  --judge J[,J...]          ${JUDGE_SPEC_SYNTAX}
-                            (verifier:PATH: a module exporting score(prompt, completion) or compare(prompt, a, b))
-  --hf-model NAME           model for the hf judge (HF_TOKEN for the Hugging Face router)
-  --hf-endpoint URL         any OpenAI-compatible server for the hf judge (TGI, vLLM, llama.cpp)
-  --judge-token KEY         bearer key the hf judge sends to its endpoint (default DPO_JUDGE_TOKEN)
-  --webhook-url URL         where the webhook judge POSTs pairs (secret: DPO_WEBHOOK_SECRET)
-  --feedback-url URL        the feedback URL labelers answer to, with {id} for the pair id
-  --ensemble-rule R         majority (default: members that voted a or b decide by weight; ties and failures
-                            abstain) | unanimous (all members must vote the same a or b)`;
+/** The judge options, as the commands that build a judge take them. */
+export const JUDGE_OPTIONS = {
+  judge: text(
+    "J[,J...]",
+    `${JUDGE_SPEC_SYNTAX} (verifier:PATH: a module exporting score(prompt, completion) or compare(prompt, a, b))`,
+    z.string().min(1).default(DEFAULT_TASK),
+  ),
+  "hf-model": text("NAME", "model for the hf judge (HF_TOKEN for the Hugging Face router)"),
+  "hf-endpoint": text("URL", "any OpenAI-compatible server for the hf judge (TGI, vLLM, llama.cpp)"),
+  "judge-token": text("KEY", "bearer key the hf judge sends to its endpoint", z.string().min(1).optional(), {
+    defaultText: "DPO_JUDGE_TOKEN",
+  }),
+  "webhook-url": text("URL", "where the webhook judge POSTs pairs (secret: DPO_WEBHOOK_SECRET)"),
+  "feedback-url": text("URL", "the feedback URL labelers answer to, with {id} for the pair id"),
+  "ensemble-rule": text(
+    "R",
+    "majority: members that voted a or b decide by weight; ties and failures abstain | unanimous: all members must " +
+      "vote the same a or b",
+    z.enum(ENSEMBLE_RULES).default("majority"),
+  ),
+};
 
 /** Builds the configured judge (an ensemble when several are named); a bad spec or missing option is a UsageError. */
 export async function buildJudge(flags: JudgeFlags): Promise<Judge> {

@@ -8,13 +8,13 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ParseArgsConfig } from "node:util";
 import { z } from "zod";
-import { DpoConfigSchema } from "../dpo/config.ts";
+import { DpoConfigSchema, type DpoSettings } from "../dpo/config.ts";
 import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
 import { DEFAULT_TASK, findTask } from "../tasks/registry.ts";
 import { JUDGE_SPEC_SYNTAX, parseJudgeSpec } from "../judge/spec.ts";
 import { BACKENDS } from "../model/kernels/backend.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
-import { CONFIG_FLAGS, type Kind } from "./_dpo_flags.ts";
+import { CONFIG_FLAGS, type Kind, splitHelp } from "./_dpo_flags.ts";
 import { closest } from "../util/names.ts";
 import { ConfigError } from "./common.ts";
 
@@ -151,8 +151,8 @@ export type StartDefaults = Pick<StartConfigInput, typeof TRAINING_KEYS[number]>
 export type StartConfig = z.infer<typeof StartConfigSchema> & { kv: string; checkpoints: string };
 
 /** The DPO settings of a config, by TRL name (absent ones left out, so the engine's defaults apply). */
-export function dpoSettings(c: Record<string, unknown>): Record<string, unknown> {
-  return Object.fromEntries(DPO_KEYS.filter((k) => c[k] !== undefined).map((k) => [k, c[k]]));
+export function dpoSettings(c: Record<string, unknown>): DpoSettings {
+  return Object.fromEntries(DPO_KEYS.filter((k) => c[k] !== undefined).map((k) => [k, c[k]])) as DpoSettings;
 }
 
 interface SettingDoc {
@@ -349,7 +349,8 @@ export const SETTING_DOCS: Record<StartKey, SettingDoc> = {
   ),
   ...Object.fromEntries(
     Object.entries(CONFIG_FLAGS).filter(([, f]) => f.field in DPO_SHAPE).map(([flag, f]) => {
-      const [metavar, meaning] = splitHelp(f.help);
+      const [metavar, withDefault] = splitHelp(f.help);
+      const meaning = withDefault.replace(/\s*\(default[^)]*\)\s*$/, ""); // start's defaults are its own
       const description = (DPO_SHAPE as Record<string, z.ZodType>)[f.field]!.description;
       const own = DPO_DOCS[f.field as typeof DPO_KEYS[number]];
       return [f.field, {
@@ -533,10 +534,6 @@ function ownKind(key: string): Kind {
 }
 
 /** Splits `_dpo_flags.ts` help ("N  pairs per micro-batch (default 8)") into metavar and meaning, without the offline default. */
-function splitHelp(help: string): [string, string] {
-  const [metavar = "", meaning = ""] = help.split(/ {2,}/, 2);
-  return [metavar.trim(), meaning.replace(/\s*\(default[^)]*\)\s*$/, "").trim()];
-}
 
 function fromText(text: string, kind: Exclude<Kind, "negated">): unknown {
   const number = (s: string) => {

@@ -1,7 +1,7 @@
 /** What every CLI command shares: argument parsing, usage errors, and loading a model on a backend. */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { z } from "zod";
-import { BACKENDS } from "../model/kernels/backends.ts";
+import type { BackendChoice } from "../model/kernels/backends.ts";
+import { closest } from "../util/names.ts";
 import type { LoadedModel } from "../model/io/checkpoint.ts";
 
 /** A mistake in the command line: printed with the command's usage, exit code 2. */
@@ -10,21 +10,7 @@ export class UsageError extends Error {}
 /** A settings mistake (flag, environment or config file): printed with a pointer to `--help`, exit code 2. */
 export class ConfigError extends UsageError {}
 
-/** Options every model-loading command accepts. */
-export const MODEL_OPTIONS = {
-  model: { type: "string" },
-  backend: { type: "string", default: "auto" },
-  "cache-dir": { type: "string" },
-  help: { type: "boolean", short: "h" },
-} as const satisfies ParseArgsConfig["options"];
-
-/** Usage lines for `MODEL_OPTIONS`. */
-export const MODEL_USAGE =
-  `  --model DIR|hf:OWNER/NAME[@REV]  model directory in Hugging Face layout, or a Hub repository
-  --backend ${BACKENDS.join("|")}  compute backend (default auto)
-  --cache-dir DIR                   where hf: models are downloaded (default $DPO_CACHE_DIR or ~/.cache/dpo-deno/hub)`;
-
-/** Parses argv strictly; unknown options and stray arguments are usage errors. */
+/** Parses argv strictly: an unknown option is a usage error naming the closest known one; a stray argument too. */
 export function parseCommand<T extends NonNullable<ParseArgsConfig["options"]>>(
   args: string[],
   options: T,
@@ -32,26 +18,12 @@ export function parseCommand<T extends NonNullable<ParseArgsConfig["options"]>>(
   try {
     return parseArgs({ args, options, strict: true, allowPositionals: false }).values;
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    const message = (err as Error).message;
+    const unknown = /Unknown option '-{1,2}([^']+)'/.exec(message);
+    const near = unknown ? closest(unknown[1]!, Object.keys(options)) : undefined;
+    throw new UsageError(near ? `${message} (did you mean '--${near}'?)` : message);
   }
 }
-
-/** Validates parsed options with a zod schema; problems become one usage error. */
-export function validate<S extends z.ZodType>(schema: S, values: unknown): z.infer<S> {
-  const parsed = schema.safeParse(values);
-  if (!parsed.success) {
-    throw new UsageError(parsed.error.issues.map((i) => `--${i.path.join(".")}: ${i.message}`).join("; "));
-  }
-  return parsed.data;
-}
-
-/** A numeric option given as text. */
-export function numberOption(check: (n: z.ZodNumber) => z.ZodNumber = (n) => n) {
-  return z.string().trim().min(1, "expected a number").transform(Number).pipe(check(z.number()));
-}
-
-/** The backend option's schema. */
-export const backendOption = z.enum(BACKENDS);
 
 /** Writes a line to stderr (logs never mix with a command's stdout results). */
 export function log(message: string): void {
@@ -66,7 +38,7 @@ export async function writeStdout(text: string): Promise<void> {
 
 /** Initializes the backend, resolves and loads the model, and logs both. */
 export async function loadForCli(
-  opts: { model: string; backend: z.infer<typeof backendOption>; "cache-dir"?: string },
+  opts: { model: string; backend: BackendChoice; "cache-dir"?: string },
 ): Promise<LoadedModel> {
   // Imported here: a command that loads no model (a feedback-only server) never loads TF.js.
   const [{ describeBackend, initBackend }, { describeModel }, { loadModel }, { resolveModel }] = await Promise.all([

@@ -1,17 +1,26 @@
 /** `generate`: sample continuations of one or more prompts, streamed to stdout. */
 import { z } from "zod";
 import { generate } from "../model/decoding/generate.ts";
-import {
-  backendOption,
-  loadForCli,
-  log,
-  MODEL_OPTIONS,
-  MODEL_USAGE,
-  numberOption,
-  parseCommand,
-  validate,
-  writeStdout,
-} from "./common.ts";
+import { loadForCli, log, writeStdout } from "./common.ts";
+import { flag, number, optionsUsage, parseOptions, SHARED, text } from "./_options.ts";
+
+const OPTIONS = {
+  model: { ...SHARED.model, schema: z.string({ error: "is required" }) },
+  backend: SHARED.backend,
+  "cache-dir": SHARED["cache-dir"],
+  prompt: text("TEXT", "prompt text (repeat for a batch)", z.array(z.string()).min(1, "is required"), {
+    multiple: true,
+  }),
+  chat: flag("wrap each prompt as a user message in the model's chat template"),
+  "max-new-tokens": number("N", "most tokens to generate", (n) => n.int().positive(), 64),
+  temperature: number("T", "0 for greedy", (n) => n.nonnegative(), 1),
+  "top-k": number("K", "keep the K most likely tokens, 0 for all", (n) => n.int().nonnegative(), 0),
+  "top-p": number("P", "nucleus sampling mass, 1 for all", (n) => n.gt(0).lte(1), 1),
+  seed: number("S", "makes sampling reproducible", (n) => n.int().nonnegative()),
+  stop: text("TEXT", "stop before this string (repeatable)", z.array(z.string()).default([]), { multiple: true }),
+  "no-cache": flag("recompute the whole prefix each step (slow; for comparison)"),
+  json: flag("print JSON lines instead of streaming text"),
+};
 
 /** Usage text of the command. */
 export const GENERATE_USAGE = `Usage: deno task cli generate --model DIR --prompt TEXT [options]
@@ -19,51 +28,13 @@ export const GENERATE_USAGE = `Usage: deno task cli generate --model DIR --promp
 Streams the continuation of one prompt to stdout; with several --prompt (one batch) or --json,
 prints one JSON line {"index", "text", "finish_reason", "n_tokens"} per prompt.
 
-${MODEL_USAGE}
-  --prompt TEXT          prompt text (repeat for a batch)
-  --chat                 wrap each prompt as a user message in the model's chat template
-  --max-new-tokens N     most tokens to generate (default 64)
-  --temperature T        0 for greedy (default 1)
-  --top-k K              keep the K most likely tokens, 0 for all (default 0)
-  --top-p P              nucleus sampling mass, 1 for all (default 1)
-  --seed S               makes sampling reproducible
-  --stop TEXT            stop before this string (repeatable)
-  --no-cache             recompute the whole prefix each step (slow; for comparison)
-  --json                 print JSON lines instead of streaming text`;
-
-const Options = z.object({
-  model: z.string({ error: "is required" }),
-  prompt: z.array(z.string()).min(1, "is required"),
-  backend: backendOption,
-  "cache-dir": z.string().optional(),
-  chat: z.boolean().default(false),
-  "max-new-tokens": numberOption((n) => n.int().positive()).default(64),
-  temperature: numberOption((n) => n.nonnegative()).default(1),
-  "top-k": numberOption((n) => n.int().nonnegative()).default(0),
-  "top-p": numberOption((n) => n.gt(0).lte(1)).default(1),
-  seed: numberOption((n) => n.int().nonnegative()).optional(),
-  stop: z.array(z.string()).default([]),
-  "no-cache": z.boolean().default(false),
-  json: z.boolean().default(false),
-});
+${optionsUsage(OPTIONS)}`;
 
 /** Runs the command. */
 export async function runGenerate(args: string[]): Promise<void> {
-  const values = parseCommand(args, {
-    ...MODEL_OPTIONS,
-    prompt: { type: "string", multiple: true },
-    chat: { type: "boolean" },
-    "max-new-tokens": { type: "string" },
-    temperature: { type: "string" },
-    "top-k": { type: "string" },
-    "top-p": { type: "string" },
-    seed: { type: "string" },
-    stop: { type: "string", multiple: true },
-    "no-cache": { type: "boolean" },
-    json: { type: "boolean" },
-  });
-  if (values.help) return void console.log(GENERATE_USAGE);
-  const opts = validate(Options, values);
+  const parsed = parseOptions(args, OPTIONS);
+  if (parsed.help) return void console.log(GENERATE_USAGE);
+  const opts = parsed.values;
   const { model, tokenizer } = await loadForCli(opts);
   const texts = opts.chat
     ? opts.prompt.map((p) => tokenizer.applyChatTemplate([{ role: "user", content: p }], { addGenerationPrompt: true }))

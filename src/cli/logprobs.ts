@@ -5,16 +5,17 @@
 import { z } from "zod";
 import { scorePairs, type TokenPair } from "../model/logprobs.ts";
 import { createProgress } from "../util/progress.ts";
-import {
-  backendOption,
-  loadForCli,
-  MODEL_OPTIONS,
-  MODEL_USAGE,
-  numberOption,
-  parseCommand,
-  validate,
-  writeStdout,
-} from "./common.ts";
+import { loadForCli, writeStdout } from "./common.ts";
+import { flag, number, optionsUsage, parseOptions, required, SHARED } from "./_options.ts";
+
+const OPTIONS = {
+  model: { ...SHARED.model, schema: z.string({ error: "is required" }) },
+  backend: SHARED.backend,
+  "cache-dir": SHARED["cache-dir"],
+  data: required("FILE.jsonl", "input lines (use - for stdin)"),
+  average: flag("print the mean log-prob per token instead of the sum"),
+  "batch-size": number("N", "sequences per forward pass", (n) => n.int().positive(), 8),
+};
 
 /** Usage text of the command. */
 export const LOGPROBS_USAGE = `Usage: deno task cli logprobs --model DIR --data FILE.jsonl [options]
@@ -22,19 +23,7 @@ export const LOGPROBS_USAGE = `Usage: deno task cli logprobs --model DIR --data 
 Prints one JSON line {"logp": number, "n_tokens": integer} per input line {"prompt", "completion"},
 in order. logp sums log p(token) over the completion tokens and the final eos (n_tokens of them).
 
-${MODEL_USAGE}
-  --data FILE.jsonl   input lines (use - for stdin)
-  --average           print the mean log-prob per token instead of the sum
-  --batch-size N      sequences per forward pass (default 8)`;
-
-const Options = z.object({
-  model: z.string({ error: "is required" }),
-  data: z.string({ error: "is required" }),
-  backend: backendOption,
-  "cache-dir": z.string().optional(),
-  average: z.boolean().default(false),
-  "batch-size": numberOption((n) => n.int().positive()).default(8),
-});
+${optionsUsage(OPTIONS)}`;
 
 const Line = z.object({ prompt: z.string(), completion: z.string() });
 
@@ -69,14 +58,9 @@ export async function readPairsJsonl(path: string): Promise<(z.infer<typeof Line
 
 /** Runs the command. */
 export async function runLogprobs(args: string[]): Promise<void> {
-  const values = parseCommand(args, {
-    ...MODEL_OPTIONS,
-    data: { type: "string" },
-    average: { type: "boolean" },
-    "batch-size": { type: "string" },
-  });
-  if (values.help) return void console.log(LOGPROBS_USAGE);
-  const opts = validate(Options, values);
+  const parsed = parseOptions(args, OPTIONS);
+  if (parsed.help) return void console.log(LOGPROBS_USAGE);
+  const opts = parsed.values;
   const lines = await readPairsJsonl(opts.data);
   const { model, tokenizer } = await loadForCli(opts);
   const pairs: TokenPair[] = lines.map((l) => ({

@@ -1,10 +1,17 @@
 /** `merge`: folds a LoRA adapter (PEFT layout) into its base and saves the result as a full model. */
-import { z } from "zod";
 import { describeBackend, initBackend } from "../model/kernels/backend.ts";
 import { describeModel } from "../model/arch/registry.ts";
 import { loadModel, saveModel } from "../model/io/checkpoint.ts";
 import { isAdapterDir } from "../model/arch/lora.ts";
-import { backendOption, log, parseCommand, validate } from "./common.ts";
+import { log } from "./common.ts";
+import { optionsUsage, parseOptions, required, SHARED, text } from "./_options.ts";
+
+const OPTIONS = {
+  adapter: required("DIR", "a LoRA adapter directory (adapter_config.json, adapter_model.safetensors)"),
+  base: text("DIR|hf:OWNER/NAME[@REV]", "the base model, instead of the one the adapter names"),
+  out: required("DIR", "where to write the merged model (must not exist, or be empty)"),
+  backend: SHARED.backend,
+};
 
 /** Usage text of the command. */
 export const MERGE_USAGE = `Usage: deno task cli merge --adapter DIR --out DIR [options]
@@ -13,29 +20,13 @@ Loads the adapter's base (its adapter_config.json's base_model_name_or_path, or 
 adapter's update to the weights it adapts (W + lora_alpha / r * B A) and saves a full model in
 Hugging Face layout, with the base's tokenizer files.
 
-  --adapter DIR                    a LoRA adapter directory (adapter_config.json, adapter_model.safetensors)
-  --base DIR|hf:OWNER/NAME[@REV]   the base model, instead of the one the adapter names
-  --out DIR                        where to write the merged model (must not exist, or be empty)
-  --backend B                      compute backend (default auto)`;
-
-const Options = z.object({
-  adapter: z.string({ error: "is required" }),
-  out: z.string({ error: "is required" }),
-  base: z.string().optional(),
-  backend: backendOption,
-});
+${optionsUsage(OPTIONS)}`;
 
 /** Runs the command. */
 export async function runMerge(args: string[]): Promise<void> {
-  const values = parseCommand(args, {
-    help: { type: "boolean", short: "h" },
-    adapter: { type: "string" },
-    base: { type: "string" },
-    out: { type: "string" },
-    backend: { type: "string", default: "auto" },
-  });
-  if (values.help) return void console.log(MERGE_USAGE);
-  const opts = validate(Options, values);
+  const parsed = parseOptions(args, OPTIONS);
+  if (parsed.help) return void console.log(MERGE_USAGE);
+  const opts = parsed.values;
   if (!(await isAdapterDir(opts.adapter))) {
     throw new Error(`Cannot merge '${opts.adapter}': it holds no adapter_config.json (not a LoRA adapter directory)`);
   }

@@ -1,12 +1,44 @@
 /** `serve`: the Hono server on the shared KV, hot-swapping policy versions as the trainer publishes them. */
 import { z } from "zod";
 import { startServerRole } from "../roles/serve.ts";
-import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
+import { openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { buildJudge } from "./_services.ts";
 import { checkKeyLengths, MIN_KEY_LENGTH } from "../server/http.ts";
 import { splitKeys } from "./_keys.ts";
-import { backendOption, log, numberOption, parseCommand, UsageError, validate } from "./common.ts";
+import { log, UsageError } from "./common.ts";
+import { flag, number, optionsUsage, parseOptions, SHARED, text } from "./_options.ts";
+
+const OPTIONS = {
+  kv: SHARED.kv,
+  checkpoints: SHARED.checkpoints,
+  model: { ...SHARED.model, help: "the policy before any version is published" },
+  "feedback-only": flag("serve no policy, whatever is published"),
+  host: text("HOST", "where to listen", z.string().min(1).default("127.0.0.1")),
+  port: number("N", "port; 0 picks a free one", (n) => n.int().min(0).max(65535), 8000),
+  "api-key": text(
+    "KEY",
+    `accepted bearer key, ${MIN_KEY_LENGTH} characters or more (repeatable; also DPO_API_KEYS=k1,k2; ` +
+      "DPO_LABEL_KEYS=k1,k2: keys for the dashboard and label page only); one is made up if none",
+    z.array(z.string().min(MIN_KEY_LENGTH, `every key must have at least ${MIN_KEY_LENGTH} characters`)).default([]),
+    { multiple: true },
+  ),
+  judge: text(
+    "J[,J...]",
+    "score sampled responses so that pairs are best against worst: a judge that can score (a task's name, " +
+      "verifier:PATH with score()), or several",
+  ),
+  "poll-ms": number("MS", "how often to look for a new policy version", (n) => n.int().positive(), 2000),
+  "rate-limit": number(
+    "N",
+    "requests per minute per API key, counted in KV across instances",
+    (n) => n.int().positive(),
+    600,
+  ),
+  "pending-hours": number("H", "a pair awaiting judgment expires after H hours", (n) => n.positive(), 168),
+  backend: SHARED.backend,
+  "cache-dir": text("DIR", "where KV-stored versions are unpacked", z.string().min(1).default("data/cache")),
+};
 
 /** Usage text of the command. */
 export const SERVE_USAGE = `Usage: deno task cli serve [options]
@@ -17,38 +49,7 @@ a new version is swapped in without failing requests), or --model until one is p
 client-supplied pairs, feedback, export, stats, metrics and the pages work; sampling and chat answer
 503; no model code (TF.js) is loaded.
 
-  --kv PATH|URL             the shared KV (default data/dpo.kv)
-  --checkpoints dir:PATH|kv where policy versions are published (default dir:data/checkpoints)
-  --model DIR|hf:...        the policy before any version is published
-  --feedback-only           serve no policy, whatever is published
-  --host HOST --port N      where to listen (default 127.0.0.1:8000)
-  --api-key KEY             accepted bearer key, 16 characters or more (repeatable; also DPO_API_KEYS=k1,k2);
-                            one is made up if none
-                            (DPO_LABEL_KEYS=k1,k2: keys for the dashboard and label page only)
-  --judge J[,J...]          score sampled responses so that pairs are best against worst (optional):
-                            a judge that can score, arithmetic | verifier:PATH (with score()), or several
-  --poll-ms MS              how often to look for a new policy version (default 2000)
-  --rate-limit N            requests per minute per API key and instance (default 600)
-  --pending-hours H         a pair awaiting judgment expires after H hours (default 168)
-  --backend B               compute backend (default auto)
-  --cache-dir DIR           where KV-stored versions are unpacked (default data/cache)`;
-
-const Options = z.object({
-  kv: z.string().default("data/dpo.kv"),
-  checkpoints: CheckpointsSpecSchema.default("dir:data/checkpoints"),
-  model: z.string().optional(),
-  host: z.string().default("127.0.0.1"),
-  port: numberOption((n) => n.int().min(0).max(65535)).default(8000),
-  "api-key": z.array(z.string().min(MIN_KEY_LENGTH, `every key must have at least ${MIN_KEY_LENGTH} characters`))
-    .default([]),
-  judge: z.string().optional(),
-  "poll-ms": numberOption((n) => n.int().positive()).default(2000),
-  "rate-limit": numberOption((n) => n.int().positive()).default(600),
-  "pending-hours": numberOption((n) => n.positive()).default(168),
-  backend: backendOption,
-  "feedback-only": z.boolean().default(false),
-  "cache-dir": z.string().default("data/cache"),
-});
+${optionsUsage(OPTIONS)}`;
 
 /** The scoring function of the judge `spec` names; a judge that cannot score is a UsageError. */
 async function scorer(spec: string) {
@@ -64,24 +65,9 @@ async function scorer(spec: string) {
 
 /** Runs the command until SIGINT/SIGTERM. */
 export async function runServe(args: string[]): Promise<void> {
-  const values = parseCommand(args, {
-    help: { type: "boolean", short: "h" },
-    kv: { type: "string" },
-    checkpoints: { type: "string" },
-    model: { type: "string" },
-    host: { type: "string" },
-    port: { type: "string" },
-    "api-key": { type: "string", multiple: true },
-    judge: { type: "string" },
-    "poll-ms": { type: "string" },
-    "rate-limit": { type: "string" },
-    "pending-hours": { type: "string" },
-    backend: { type: "string", default: "auto" },
-    "feedback-only": { type: "boolean" },
-    "cache-dir": { type: "string" },
-  });
-  if (values.help) return void console.log(SERVE_USAGE);
-  const opts = validate(Options, values);
+  const parsed = parseOptions(args, OPTIONS);
+  if (parsed.help) return void console.log(SERVE_USAGE);
+  const opts = parsed.values;
   const keys = [...opts["api-key"], ...checkKeyLengths(splitKeys(Deno.env.get("DPO_API_KEYS")), "DPO_API_KEYS")];
   const labelKeys = checkKeyLengths(splitKeys(Deno.env.get("DPO_LABEL_KEYS")), "DPO_LABEL_KEYS");
   if (keys.length === 0) keys.push(`dpo-${crypto.randomUUID().replaceAll("-", "")}`);

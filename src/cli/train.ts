@@ -5,22 +5,35 @@ import { type LoadedModel, loadModel } from "../model/io/checkpoint.ts";
 import { resolveModel } from "../model/io/hub.ts";
 import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
 import { parseDpoConfig } from "../dpo/config.ts";
-import { configFromFlags, dpoFlagSpec, flagUsage } from "./_dpo_flags.ts";
+import { configFromFlags, dpoOptions } from "./_dpo_flags.ts";
+import { flag, number, optionsUsage, parseOptions, required, SHARED, text } from "./_options.ts";
 import { type BadLine, readKtoExamples, readPreferences } from "../dpo/data.ts";
 import type { KtoExample, PreferencePair } from "../dpo/trainer.ts";
 import { plannedSteps, trainOffline } from "../dpo/offline.ts";
 import { createProgress } from "../util/progress.ts";
-import {
-  backendOption,
-  log,
-  MODEL_OPTIONS,
-  MODEL_USAGE,
-  numberOption,
-  parseCommand,
-  UsageError,
-  validate,
-  writeStdout,
-} from "./common.ts";
+import { log, UsageError, writeStdout } from "./common.ts";
+
+const OPTIONS = {
+  model: { ...SHARED.model, defaultText: "required, unless --resume" },
+  backend: SHARED.backend,
+  "cache-dir": SHARED["cache-dir"],
+  data: required("FILE.jsonl", "preference pairs"),
+  out: required("DIR", "where the trained model and its training state go"),
+  ref: text("DIR|hf:...", "reference model", z.string().min(1).optional(), { defaultText: "the starting model" }),
+  resume: text("DIR", "continue from a checkpoint written by this command"),
+  config: text("FILE.json", "settings with TRL's names (beta, loss_type, ...); flags override them"),
+  "on-bad-line": text(
+    "fail|skip",
+    "a malformed data line stops the run or is skipped with a warning",
+    z.enum(["fail", "skip"]).default("fail"),
+  ),
+  kto: flag(
+    'the data is unpaired feedback {"prompt", "completion", "label": bool}: train KTO (--desirable-weight, ' +
+      "--undesirable-weight)",
+  ),
+  "save-steps": number("N", "also write --out every N steps", (n) => n.int().positive()),
+  ...dpoOptions("offline"),
+};
 
 /** Usage text of the command. */
 export const TRAIN_USAGE = `Usage: deno task cli train --model DIR --data FILE.jsonl --out DIR [options]
@@ -30,52 +43,16 @@ Offline DPO. Data lines in TRL's formats: {"prompt", "chosen", "rejected"} as st
 message lists that share their leading prompt messages. Prints one JSON line of metrics per optimizer
 step; writes the trained model (Hugging Face layout) and everything needed to resume to --out.
 
-${MODEL_USAGE}
-  --data FILE.jsonl                 preference pairs
-  --out DIR                         where the trained model and its training state go
-  --ref DIR|hf:...                  reference model (default: the starting model)
-  --resume DIR                      continue from a checkpoint written by this command
-  --config FILE.json                settings with TRL's names (beta, loss_type, ...); flags override them
-  --on-bad-line fail|skip           a malformed data line stops the run (default) or is skipped with a warning
-  --kto                             the data is unpaired feedback {"prompt", "completion", "label": bool}: train KTO
-                                    (--desirable-weight, --undesirable-weight)
-  --save-steps N                    also write --out every N steps
-${flagUsage()}`;
-
-const Options = z.object({
-  model: z.string().optional(),
-  data: z.string({ error: "is required" }),
-  out: z.string({ error: "is required" }),
-  ref: z.string().optional(),
-  resume: z.string().optional(),
-  config: z.string().optional(),
-  backend: backendOption,
-  "cache-dir": z.string().optional(),
-  "on-bad-line": z.enum(["fail", "skip"]).default("fail"),
-  kto: z.boolean().default(false),
-  "save-steps": numberOption((n) => n.int().positive()).optional(),
-}).refine((o) => o.model !== undefined || o.resume !== undefined, {
-  path: ["model"],
-  message: "is required (or --resume a checkpoint)",
-});
+${optionsUsage(OPTIONS)}`;
 
 /** Runs the command. */
 export async function runTrain(args: string[]): Promise<void> {
-  const flagSpec = dpoFlagSpec();
-  const values = parseCommand(args, {
-    ...MODEL_OPTIONS,
-    data: { type: "string" },
-    out: { type: "string" },
-    ref: { type: "string" },
-    resume: { type: "string" },
-    config: { type: "string" },
-    "on-bad-line": { type: "string" },
-    kto: { type: "boolean" },
-    "save-steps": { type: "string" },
-    ...flagSpec,
-  });
-  if (values.help) return void console.log(TRAIN_USAGE);
-  const opts = validate(Options, values);
+  const parsed = parseOptions(args, OPTIONS);
+  if (parsed.help) return void console.log(TRAIN_USAGE);
+  const opts = parsed.values;
+  if (opts.model === undefined && opts.resume === undefined) {
+    throw new UsageError("--model: is required (or --resume a checkpoint)");
+  }
   const fromFile = opts.config ? await readConfigFile(opts.config) : {};
   const report = await initBackend(opts.backend);
   log(describeBackend(report));
@@ -86,10 +63,10 @@ export async function runTrain(args: string[]): Promise<void> {
   if (opts.resume) {
     resumeState = await loadTrainingCheckpoint(opts.resume);
     ({ policy, reference } = resumeState);
-    config = parseDpoConfig({ ...resumeState.config, ...fromFile, ...configFromFlags(values) });
+    config = parseDpoConfig({ ...resumeState.config, ...fromFile, ...configFromFlags(opts) });
     log(`resuming from ${opts.resume} at step ${resumeState.trainerState.step}`);
   } else {
-    config = parseDpoConfig({ ...fromFile, ...configFromFlags(values) }, "the training settings");
+    config = parseDpoConfig({ ...fromFile, ...configFromFlags(opts) }, "the training settings");
     if (opts.ref && config.use_peft) {
       throw new UsageError("--ref: with --use-peft the reference is the model itself with its adapter off");
     }

@@ -6,9 +6,18 @@ import { join } from "node:path";
 import { z } from "zod";
 import { VersionEvalSchema } from "../dpo/evaluate.ts";
 import { type GateDecision, GateDecisionSchema } from "../dpo/gate.ts";
-import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
+import { openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
-import { log, numberOption, parseCommand, UsageError, validate, writeStdout } from "./common.ts";
+import { log, UsageError, writeStdout } from "./common.ts";
+import { flag, number, optionsUsage, parseOptions, SHARED, text } from "./_options.ts";
+
+const OPTIONS = {
+  kv: { ...SHARED.kv, help: `${SHARED.kv.help}; it must exist, except to publish` },
+  checkpoints: SHARED.checkpoints,
+  rollback: number("N", "serve version N", (n) => n.int().positive()),
+  note: text("TEXT", "with publish: a note kept with the version", z.string().max(4096).optional()),
+  json: flag("one JSON line per version instead of the table"),
+};
 
 /** Usage text of the command. */
 export const VERSIONS_USAGE = `Usage: deno task cli versions [publish DIR] [--rollback N] [options]
@@ -20,19 +29,7 @@ a model or LoRA adapter trained elsewhere (offline train, TRL) as the next versi
 must load, and match the served version's architecture and vocabulary; a worker running meanwhile
 starts again from it.
 
-  --kv PATH|URL             the shared KV (default data/dpo.kv); it must exist, except to publish
-  --checkpoints dir:PATH|kv where versions are published (default dir:data/checkpoints)
-  --rollback N              serve version N
-  --note TEXT               with publish: a note kept with the version
-  --json                    one JSON line per version instead of the table`;
-
-const Options = z.object({
-  kv: z.string().default("data/dpo.kv"),
-  checkpoints: CheckpointsSpecSchema.default("dir:data/checkpoints"),
-  rollback: numberOption((n) => n.int().positive()).optional(),
-  note: z.string().max(4096).optional(),
-  json: z.boolean().default(false),
-});
+${optionsUsage(OPTIONS)}`;
 
 /** Runs the command. */
 export async function runVersions(args: string[]): Promise<void> {
@@ -42,16 +39,9 @@ export async function runVersions(args: string[]): Promise<void> {
     if (publishDir === undefined || publishDir.startsWith("-")) throw new UsageError("publish needs a DIR");
     args = args.slice(2);
   }
-  const values = parseCommand(args, {
-    help: { type: "boolean", short: "h" },
-    kv: { type: "string" },
-    checkpoints: { type: "string" },
-    rollback: { type: "string" },
-    note: { type: "string" },
-    json: { type: "boolean" },
-  });
-  if (values.help) return void console.log(VERSIONS_USAGE);
-  const opts = validate(Options, values);
+  const parsed = parseOptions(args, OPTIONS);
+  if (parsed.help) return void console.log(VERSIONS_USAGE);
+  const opts = parsed.values;
   if (opts.note !== undefined && publishDir === undefined) throw new UsageError("--note goes with publish DIR");
   // Opening a path that is not there would make an empty KV and list nothing: say what is wrong instead.
   const local = !/^https?:\/\//.test(opts.kv);

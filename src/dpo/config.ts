@@ -80,6 +80,32 @@ export const DpoConfigSchema = z.object({
 /** A validated DPO configuration. */
 export type DpoConfig = z.infer<typeof DpoConfigSchema>;
 
+/** Some DPO settings by TRL name, as given (defaults and rules across settings applied later, by `parseDpoConfig`). */
+export type DpoSettings = Partial<z.input<typeof DpoConfigSchema>>;
+
+/**
+ * Some DPO settings, each checked on its own: a name that is no setting (with the closest one), a value its
+ * setting refuses. What crosses into the trainer's Web Worker; `parseDpoConfig` then checks them together.
+ */
+export const DpoSettingsSchema = z.record(z.string(), z.unknown()).superRefine((given, ctx) => {
+  const shape = DpoConfigSchema.shape as Record<string, z.ZodType>;
+  for (const [key, value] of Object.entries(given)) {
+    const setting = shape[key];
+    if (!setting) {
+      const near = closest(key, Object.keys(shape));
+      ctx.addIssue({
+        code: "custom",
+        path: [key],
+        message: `unknown setting${near ? ` (did you mean '${near}'?)` : ""}`,
+      });
+      continue;
+    }
+    for (const issue of setting.safeParse(value).error?.issues ?? []) {
+      ctx.addIssue({ code: "custom", path: [key, ...issue.path], message: issue.message });
+    }
+  }
+}) as unknown as z.ZodType<DpoSettings>;
+
 /** Validates a DPO configuration; every problem is named in one error. */
 export function parseDpoConfig(raw: unknown, origin = "DPO config"): DpoConfig {
   // A mistyped name ("betta") would otherwise be dropped and its default trained with, silently.

@@ -10,7 +10,7 @@ import { BACKENDS, describeBackend, initBackend } from "../model/kernels/backend
 import { type LoadedModel, loadModel, saveModel } from "../model/io/checkpoint.ts";
 import { resolveModel } from "../model/io/hub.ts";
 import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
-import { parseDpoConfig } from "../dpo/config.ts";
+import { DpoSettingsSchema, parseDpoConfig } from "../dpo/config.ts";
 import { answerHeldOut, type Answers, compareWithBase, type VersionEval, VersionEvalSchema } from "../dpo/evaluate.ts";
 import { promptFitProblem } from "../dpo/fit.ts";
 import { encodeCompletion, encodeStoredPair, runOnlineTrainer, trainingPromptText } from "../dpo/online.ts";
@@ -58,7 +58,7 @@ export const TrainerRoleOptionsSchema = z.object({
   /** Thumbs up/down per KTO step, trained beside the pairs (at least 2; 0: thumbs are not trained). */
   ktoBatch: Count.refine((n) => n !== 1, "a KTO step needs at least 2 thumbs (0 turns them off)").default(8),
   /** DPO settings by TRL name, validated by `parseDpoConfig` (a resumed run's own settings underneath). */
-  dpo: z.record(z.string(), z.unknown()),
+  dpo: DpoSettingsSchema,
   /** Evaluate every published version on held-out prompts of a task; off when absent. */
   eval: z.object({ task: TaskName, prompts: PositiveInt, maxNewTokens: PositiveInt.optional() }).optional(),
   /**
