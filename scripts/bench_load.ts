@@ -5,19 +5,26 @@
  *     on 1 and on 2 feedback-only instances (the load spread over them), then every verdict counted in KV;
  *   - preferences: POST /v1/preferences, one preference a request, likewise;
  *   - pairs: POST /v1/pairs with the tiny fixture model (generation + a commit), on one instance.
- * Every request also counts against its key's rate limit in KV (a commit and a read).
+ * Every request also spends a token of its key's rate limit, drawn from KV in leased blocks.
  *
- *   deno task bench:load [--seconds 10] [--connections 32] [--pairs-connections 4] [--instances 1,2]
+ *   deno task bench:load [--seconds 8] [--connections 32] [--pairs-connections 4] [--instances 1,2]
+ *                        [--client auto|wrk|deno] [--skip-pairs]
  *
- * The load comes from a Deno fetch client in this process (wrk, when installed, for one instance's feedback).
+ * The load comes from wrk (Debian's `wrk`) on one instance when it is installed (`--client auto`, the
+ * default), as it takes the least CPU from the cores the servers use; otherwise, and for several instances
+ * (one client spreads the load over them), from a lean keep-alive HTTP client in this Deno process
+ * (`_load_client.ts`). The client column says which.
  */
 import { scriptArgs } from "./_args.ts";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { PairStore } from "../src/store/pairs.ts";
+import { type LoadRequest, type LoadResult, runLoad } from "./_load_client.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const KEY = "bench-load-key-0001";
+// Pending pairs made per second of a feedback run: more than a run answers, so that no pair is judged twice.
+const PAIRS_PER_SECOND = 15_000;
 
 async function startServer(dir: string, withModel: boolean): Promise<{ child: Deno.ChildProcess; url: string }> {
   const child = new Deno.Command(Deno.execPath(), {
@@ -57,57 +64,32 @@ async function startServer(dir: string, withModel: boolean): Promise<{ child: De
   }
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
-}
-
-/** Runs `connections` request loops for `seconds`; `next` makes each request. */
-async function load(
-  seconds: number,
-  connections: number,
-  next: () => Promise<Response>,
-): Promise<{ rps: number; p50: number; p99: number; errors: number; n: number }> {
-  const latencies: number[] = [];
-  let errors = 0;
-  const end = performance.now() + seconds * 1000;
-  await Promise.all(Array.from({ length: connections }, async () => {
-    while (performance.now() < end) {
-      const t = performance.now();
-      const res = await next();
-      await res.arrayBuffer();
-      latencies.push(performance.now() - t);
-      if (!res.ok) {
-        errors++;
-        if (errors === 1) console.error(`first error: ${res.status} ${await res.clone().text()}`);
-      }
-    }
-  }));
-  latencies.sort((a, b) => a - b);
-  return {
-    rps: latencies.length / seconds,
-    p50: percentile(latencies, 50),
-    p99: percentile(latencies, 99),
-    errors,
-    n: latencies.length,
-  };
-}
-
-/** wrk's Lua script: each thread POSTs feedback on its own share of the pending pair ids, in turn. */
+/**
+ * wrk's Lua script: POSTs feedback on the pending pair ids in turn (its argument names the file that lists
+ * them), or one preference a request (its argument is "-"), and writes its figures to OUT when done.
+ */
 const WRK_SCRIPT = `
-local ids, n, step = {}, 0, 0
-function setup(thread)
-  thread:set("slot", n)
-  n = n + 1
-end
+local ids, k = {}, 0
 function init(args)
-  for line in io.lines(args[1]) do ids[#ids + 1] = line end
-  threads = tonumber(args[2])
+  if args[1] ~= "-" then for line in io.lines(args[1]) do ids[#ids + 1] = line end end
 end
 function request()
-  local id = ids[(step * threads + slot) % #ids + 1]
-  step = step + 1
-  return wrk.format("POST", "/v1/pairs/" .. id .. "/feedback",
-    { ["authorization"] = "Bearer KEY", ["content-type"] = "application/json" }, '{"choice":"a"}')
+  k = k + 1
+  local headers = { ["authorization"] = "Bearer KEY", ["content-type"] = "application/json" }
+  if #ids > 0 then
+    local choice = (k % 2 == 0) and "b" or "a"
+    return wrk.format("POST", "/v1/pairs/" .. ids[(k - 1) % #ids + 1] .. "/feedback", headers,
+      '{"choice":"' .. choice .. '","annotator":"bench"}')
+  end
+  return wrk.format("POST", "/v1/preferences", headers,
+    '{"prompt":"' .. k .. '+1=","chosen":"' .. (k + 1) .. '","rejected":"' .. (k + 2) .. '"}')
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  local f = io.open([[OUT]], "w")
+  f:write(string.format("%d %d %d %d %f %f\\n", summary.requests, summary.duration, e.status,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
+  f:close()
 end
 `;
 
@@ -119,115 +101,117 @@ async function hasWrk(): Promise<boolean> {
   }
 }
 
-/** Feedback load from wrk: requests/s, p50 and p99 from its latency distribution, non-2xx count. */
-async function wrkFeedback(url: string, ids: string[], dir: string, seconds: number, connections: number) {
-  const threads = 1;
-  await Deno.writeTextFile(join(dir, "ids.txt"), ids.join("\n") + "\n");
-  await Deno.writeTextFile(join(dir, "feedback.lua"), WRK_SCRIPT.replace("KEY", KEY));
-  const out = await new Deno.Command("wrk", {
-    args: [
-      `-t${threads}`,
-      `-c${connections}`,
-      `-d${seconds}s`,
-      "--latency",
-      "-s",
-      join(dir, "feedback.lua"),
-      url,
-      "--",
-      join(dir, "ids.txt"),
-      String(threads),
-    ],
-    stdout: "piped",
+/** Load from wrk on one instance: feedback on `ids`, or preferences when `ids` is undefined. */
+async function wrkLoad(url: string, ids: string[] | undefined, dir: string, seconds: number, connections: number) {
+  const idsFile = join(dir, "ids.txt");
+  if (ids) await Deno.writeTextFile(idsFile, ids.join("\n") + "\n");
+  const script = join(dir, "load.lua");
+  const out = join(dir, "wrk.out");
+  await Deno.writeTextFile(script, WRK_SCRIPT.replace("KEY", KEY).replace("OUT", out));
+  const run = await new Deno.Command("wrk", {
+    args: ["-t1", `-c${connections}`, `-d${seconds}s`, "-s", script, url, "--", ids ? idsFile : "-"],
+    stdout: "null",
     stderr: "piped",
   }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  const ms = (label: string) => {
-    const m = new RegExp(`${label}%\\s+([\\d.]+)(us|ms|s)`).exec(text);
-    if (!m) return NaN;
-    return Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 } as Record<string, number>)[m[2]!]!;
-  };
-  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]);
-  const n = Number(/(\d+) requests in/.exec(text)?.[1]);
-  const errors = Number(/Non-2xx or 3xx responses: (\d+)/.exec(text)?.[1] ?? 0);
-  return { rps, p50: ms("50"), p99: ms("99"), errors, n };
+  if (!run.success) throw new Error(`wrk failed: ${new TextDecoder().decode(run.stderr)}`);
+  const [requests, durationUs, status, socket, p50Us, p99Us] = (await Deno.readTextFile(out)).trim().split(" ")
+    .map(Number) as [number, number, number, number, number, number];
+  return {
+    rps: requests / (durationUs / 1e6),
+    p50: p50Us / 1000,
+    p99: p99Us / 1000,
+    errors: status + socket,
+    n: requests,
+  } satisfies LoadResult;
 }
 
 async function main(): Promise<void> {
   const { values } = scriptArgs(import.meta.url, {
-    seconds: { type: "string", default: "10" },
+    seconds: { type: "string", default: "8" },
     connections: { type: "string", default: "32" },
     "pairs-connections": { type: "string", default: "4" },
     instances: { type: "string", default: "1,2" },
+    client: { type: "string", default: "auto" },
+    "skip-pairs": { type: "boolean", default: false },
   });
   const seconds = Number(values.seconds);
   const connections = Number(values.connections);
   const counts = values.instances!.split(",").map(Number);
   if (counts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--instances must list positive integers`);
-  const headers = { authorization: `Bearer ${KEY}`, "content-type": "application/json" };
-  const useWrk = await hasWrk();
+  if (!["auto", "wrk", "deno"].includes(values.client!)) throw new Error(`--client must be auto, wrk or deno`);
+  const wrk = values.client !== "deno" && await hasWrk();
+  if (values.client === "wrk" && !wrk) throw new Error("--client wrk: wrk is not installed (apt-get install wrk)");
+  const headers = { authorization: `Bearer ${KEY}` };
   console.log(
-    `# load from ${useWrk ? "wrk (one instance's feedback), else " : ""}a Deno fetch client in this ` +
-      `process; servers in processes of their own on one KV file; ${navigator.hardwareConcurrency} cores`,
+    `# servers in processes of their own on one KV file; load over loopback from ${
+      wrk ? "wrk (one instance) and " : ""
+    }a keep-alive Deno client; ${navigator.hardwareConcurrency} cores`,
   );
-  const row = (name: string, c: number, r: Awaited<ReturnType<typeof load>>, lost: number | string) =>
+  const row = (name: string, client: string, c: number, r: LoadResult, lost: string) =>
     console.log(
-      `${name.padEnd(40)} ${String(c).padStart(4)} conn ${r.rps.toFixed(0).padStart(7)} req/s   p50 ${
-        r.p50.toFixed(1).padStart(6)
-      } ms   p99 ${r.p99.toFixed(1).padStart(6)} ms   ${r.errors} errors of ${r.n}   lost ${lost}`,
+      `${name.padEnd(44)} ${client.padEnd(4)} ${String(c).padStart(3)} conn ${r.rps.toFixed(0).padStart(6)} req/s   ` +
+        `p50 ${r.p50.toFixed(1).padStart(5)} ms   p99 ${r.p99.toFixed(1).padStart(5)} ms   ` +
+        `${r.errors} errors of ${r.n}   lost ${lost}`,
     );
+  // 2xx answers whose write KV does not hold. wrk stops with requests on their way, whose writes may land
+  // unanswered: those show as stored beyond the answers, never as lost.
+  const lostOf = (r: LoadResult, stored: number) => {
+    const ok = r.n - r.errors;
+    return ok >= stored ? String(ok - stored) : `0 (${stored - ok} more stored, answered after the stop)`;
+  };
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 500));
   for (const n of counts) {
     const dir = await Deno.makeTempDir({ prefix: "bench_load_" });
     // Pending pairs to give feedback on, written straight into the KV file before the servers start.
     const kv = await Deno.openKv(join(dir, "dpo.kv"));
     const store = new PairStore(kv);
     const ids: string[] = [];
-    for (let i = 0; i < Math.ceil(seconds * 6000); i++) {
-      ids.push(
-        (await store.create({ prompt: `p${i}`, promptText: `p${i}`, responses: ["a", "b"], policyVersion: 0 }))
-          .pair.id,
+    const total = Math.ceil(seconds * PAIRS_PER_SECOND);
+    for (let i = 0; i < total; i += 100) {
+      const made = await Promise.all(
+        Array.from(
+          { length: Math.min(100, total - i) },
+          (_, j) =>
+            store.create({ prompt: `p${i + j}`, promptText: `p${i + j}`, responses: ["a", "b"], policyVersion: 0 }),
+        ),
       );
+      ids.push(...made.map((r) => r.pair.id));
     }
     const servers = [];
     for (let k = 0; k < n; k++) servers.push(await startServer(dir, false));
     const urls = servers.map((x) => x.url);
+    const client = wrk && n === 1 ? "wrk" : "deno";
+    const load = (next: (k: number) => LoadRequest, wrkIds: string[] | undefined) =>
+      client === "wrk"
+        ? wrkLoad(urls[0]!, wrkIds, dir, seconds, connections)
+        : runLoad({ urls, seconds, connections, headers, next });
     try {
-      let i = 0;
-      const feedback = useWrk && n === 1 ? await wrkFeedback(urls[0]!, ids, dir, seconds, connections) : await load(
-        seconds,
-        connections,
-        () => {
-          const k = i++;
-          return fetch(`${urls[k % n]}/v1/pairs/${ids[k % ids.length]}/feedback`, {
-            method: "POST",
-            headers,
-            body: JSON.stringify({ choice: k % 2 ? "a" : "b", annotator: "bench" }),
-          });
-        },
-      );
+      const feedback = await load((k) => ({
+        path: `/v1/pairs/${ids[k % ids.length]}/feedback`,
+        body: JSON.stringify({ choice: k % 2 ? "a" : "b", annotator: "bench" }),
+      }), ids);
+      await settle();
       // Every verdict answered 200 is in KV: a lost write would show as fewer labeled pairs than answers.
       const judged = await store.counts();
-      const labeledByFeedback = judged.labeled + judged.tie;
       row(
         `POST /v1/pairs/:id/feedback, ${n} instance(s)`,
+        client,
         connections,
         feedback,
-        feedback.n - feedback.errors - labeledByFeedback,
+        lostOf(feedback, judged.labeled + judged.tie),
       );
-      let j = 0;
-      const prefs = await load(seconds, connections, () => {
-        const k = j++;
-        return fetch(`${urls[k % n]}/v1/preferences`, {
-          method: "POST",
-          headers,
-          body: JSON.stringify({ prompt: `${k}+1=`, chosen: `${k + 1}`, rejected: `${k + 2}` }),
-        });
-      });
+      const prefs = await load((k) => ({
+        path: "/v1/preferences",
+        body: JSON.stringify({ prompt: `${k}+1=`, chosen: `${k + 1}`, rejected: `${k + 2}` }),
+      }), undefined);
+      await settle();
       const after = await store.counts();
       row(
         `POST /v1/preferences, ${n} instance(s)`,
+        client,
         connections,
         prefs,
-        prefs.n - prefs.errors - (after.labeled - judged.labeled),
+        lostOf(prefs, after.labeled - judged.labeled),
       );
     } finally {
       kv.close();
@@ -238,17 +222,22 @@ async function main(): Promise<void> {
       await Deno.remove(dir, { recursive: true });
     }
   }
+  if (values["skip-pairs"]) return;
   const dir = await Deno.makeTempDir({ prefix: "bench_load_" });
   const { child, url } = await startServer(dir, true);
   try {
     const pairConnections = Number(values["pairs-connections"]);
-    const pairs = await load(seconds, pairConnections, () =>
-      fetch(`${url}/v1/pairs`, {
-        method: "POST",
-        headers,
+    const pairs = await runLoad({
+      urls: [url],
+      seconds,
+      connections: pairConnections,
+      headers,
+      next: () => ({
+        path: "/v1/pairs",
         body: JSON.stringify({ prompt: "What is 2+2? Answer:", n: 2, max_new_tokens: 8 }),
-      }));
-    row("POST /v1/pairs (tiny model), 1 instance", pairConnections, pairs, "-");
+      }),
+    });
+    row("POST /v1/pairs (tiny model), 1 instance", "deno", pairConnections, pairs, "-");
   } finally {
     child.kill("SIGTERM");
     await child.status;

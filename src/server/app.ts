@@ -102,8 +102,8 @@ export function createApp(deps: AppDeps): Hono<{ Variables: AppVariables }> {
     windowMs: 60_000,
     exempt: deps.unlimitedKeys,
     now,
-    // Counted in KV: however many instances serve this KV, a key gets one limit.
-    count: (key, window) => store.countRequest(key, window),
+    // Taken from KV: however many instances serve this KV, a key gets one limit.
+    take: (key, window, want, limit) => store.takeRateTokens(key, window, want, limit),
   });
   // The OpenAI-compatible routes answer every error, the middleware's below included, in OpenAI's shape.
   app.use("/v1/chat/*", openAiErrors);

@@ -3,14 +3,13 @@
  * (schema, value size) before anything is written, then all go in one atomic commit; a list that cannot
  * fit in one commit is refused up front, so a client never has to find out which part of it was stored.
  */
-import { serialize } from "node:v8";
 import type { z } from "zod";
 import { decodeStored, parseInput } from "./_codec.ts";
 import { decodePair, MAX_ATTEMPTS } from "./_leases.ts";
 import { checkedPair, insertPair } from "./_mutations.ts";
-import { commitWithinLimits, MAX_CHECKS, MAX_COMMIT_BYTES, MAX_MUTATIONS } from "./_size.ts";
+import { type GroupCommit, RecordedWrites } from "./_group_commit.ts";
 import type { IdGenerator } from "./_ulid.ts";
-import { NotFoundError, StoreInputError, StoreLimitError } from "./errors.ts";
+import { NotFoundError, StoreInputError } from "./errors.ts";
 import {
   type IdempotencyOptions,
   IdempotencyOptionsSchema,
@@ -20,14 +19,13 @@ import {
 import { idempotencyKey, pairKey } from "./keys.ts";
 import { IdempotencyRecordSchema, type Pair } from "./schema.ts";
 
-/** Largest total size of the keys one commit writes (Deno KV's `MAX_TOTAL_KEY_SIZE_BYTES`). */
-const MAX_COMMIT_KEY_BYTES = 80 * 1024;
 /** Most keys one `getMany` reads. */
 const GET_MANY_KEYS = 10;
 
-/** What the store lends the import: its KV, clock, id generator and idempotency window. */
+/** What the store lends the import: its KV and group commit, clock, id generator and idempotency window. */
 export interface ImportContext {
   kv: Deno.Kv;
+  group: GroupCommit;
   now: () => number;
   newId: IdGenerator;
   idempotencyTtlMs: number;
@@ -66,7 +64,7 @@ export async function importLabeledMany(
       return [{ i, pair: checkedPair(pair, `item [${i}] of ${n} (pair '${pair.id}')`) }];
     });
     if (fresh.length === 0) return firsts.map((pair) => ({ pair: pair!, created: false }));
-    const op = new TalliedOperation(ctx.kv.atomic());
+    const op = new RecordedWrites();
     // Pair ids are fresh time-sortable ids with 80 random bits, so unlike `create` the pair keys are not
     // checked (a commit allows 10 checks, a list has up to 100 items). The first new item's idempotency
     // key is: a concurrent request with the same key writes it too, so only one of the two commits.
@@ -75,8 +73,8 @@ export async function importLabeledMany(
       if (idemKeys !== undefined) op.set(idemKeys[i]!, pair.id, { expireIn: ctx.idempotencyTtlMs });
       insertPair(op, pair);
     }
-    op.assertWithinLimits(`the list of ${n} labeled pairs`);
-    if (await commitWithinLimits(op, `the list of ${n} labeled pairs`)) {
+    // Refused (StoreLimitError) before anything is written when the list cannot fit in one commit.
+    if (await ctx.group.commit(op, `the list of ${n} labeled pairs`)) {
       const stored = new Map(fresh.map(({ i, pair }) => [i, pair]));
       return firsts.map((first, i) =>
         first === null ? { pair: stored.get(i)!, created: true } : { pair: first, created: false }
@@ -138,120 +136,4 @@ async function getMany(kv: Deno.Kv, keys: Deno.KvKey[]): Promise<unknown[]> {
     values.push(...entries.map((e) => e.value));
   }
   return values;
-}
-
-/**
- * An atomic operation that counts what Deno KV's commit limits count (checks, mutations, the bytes of
- * keys and values) as it passes every call on, so that a commit too large can be refused with a clear
- * reason before KV sees it. Value sizes are V8's serialization (exact, see `_size.ts`) and key sizes
- * KV's key encoding, so the estimate is close; KV's own refusal stays the backstop.
- */
-class TalliedOperation implements Deno.AtomicOperation {
-  readonly #op: Deno.AtomicOperation;
-  #checks = 0;
-  #mutations = 0;
-  #bytes = 0;
-  #keyBytes = 0;
-
-  constructor(op: Deno.AtomicOperation) {
-    this.#op = op;
-  }
-
-  check(...checks: Deno.AtomicCheck[]): this {
-    this.#checks += checks.length;
-    for (const c of checks) this.#bytes += keyBytes(c.key);
-    this.#op.check(...checks);
-    return this;
-  }
-
-  mutate(...mutations: Deno.KvMutation[]): this {
-    for (const m of mutations) this.#write(m.key, m.type === "delete" ? undefined : valueBytes(m.value));
-    this.#op.mutate(...mutations);
-    return this;
-  }
-
-  sum(key: Deno.KvKey, n: bigint): this {
-    this.#write(key, 8);
-    this.#op.sum(key, n);
-    return this;
-  }
-
-  min(key: Deno.KvKey, n: bigint): this {
-    this.#write(key, 8);
-    this.#op.min(key, n);
-    return this;
-  }
-
-  max(key: Deno.KvKey, n: bigint): this {
-    this.#write(key, 8);
-    this.#op.max(key, n);
-    return this;
-  }
-
-  set(key: Deno.KvKey, value: unknown, options?: { expireIn?: number }): this {
-    this.#write(key, valueBytes(value));
-    this.#op.set(key, value, options);
-    return this;
-  }
-
-  delete(key: Deno.KvKey): this {
-    this.#write(key, undefined);
-    this.#op.delete(key);
-    return this;
-  }
-
-  enqueue(value: unknown, options?: Parameters<Deno.AtomicOperation["enqueue"]>[1]): this {
-    this.#mutations++;
-    this.#bytes += valueBytes(value) + 4 * (options?.backoffSchedule?.length ?? 0);
-    this.#op.enqueue(value, options);
-    return this;
-  }
-
-  commit(): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
-    return this.#op.commit();
-  }
-
-  /** Throws `StoreLimitError` naming the limit when the commit would break one of KV's. */
-  assertWithinLimits(what: string): void {
-    const over = (count: number, limit: number, unit: string) =>
-      new StoreLimitError(
-        `Cannot store ${what} as it must go in one commit to be stored all or nothing, and Deno KV allows at ` +
-          `most ${limit} ${unit} in one commit: this one needs about ${count} (send fewer or smaller items)`,
-      );
-    if (this.#checks > MAX_CHECKS) throw over(this.#checks, MAX_CHECKS, "checks");
-    if (this.#mutations > MAX_MUTATIONS) throw over(this.#mutations, MAX_MUTATIONS, "mutations");
-    if (this.#bytes > MAX_COMMIT_BYTES) throw over(this.#bytes, MAX_COMMIT_BYTES, "bytes of keys and values");
-    if (this.#keyBytes > MAX_COMMIT_KEY_BYTES) throw over(this.#keyBytes, MAX_COMMIT_KEY_BYTES, "bytes of keys");
-  }
-
-  /**
-   * A mutation as Deno KV's `op_kv_atomic_write` sizes it: every mutation's key once, and a mutation with
-   * a value (all but a delete) its key again with the value; only the latter count toward the key total.
-   */
-  #write(key: Deno.KvKey, value: number | undefined): void {
-    this.#mutations++;
-    const k = keyBytes(key);
-    this.#bytes += k;
-    if (value === undefined) return;
-    this.#keyBytes += k;
-    this.#bytes += k + value;
-  }
-}
-
-/** A value's size as KV stores it: V8's serialization, as `_size.ts` explains (a counter is 8 bytes). */
-function valueBytes(value: unknown): number {
-  if (value instanceof Deno.KvU64) return 8;
-  return serialize(value).byteLength;
-}
-
-/** An encoded key's size: a type byte per part, strings and bytes escaped (0x00 doubles) and terminated. */
-function keyBytes(key: Deno.KvKey): number {
-  const escaped = (b: Uint8Array) => b.length + b.filter((x) => x === 0).length + 2;
-  return key.reduce<number>((n, part) => {
-    if (typeof part === "string") return n + escaped(new TextEncoder().encode(part));
-    if (part instanceof Uint8Array) return n + escaped(part);
-    if (typeof part === "bigint") return n + 2 + Math.ceil(part.toString(16).length / 2);
-    if (typeof part === "number") return n + 9;
-    return n + 1; // a boolean
-  }, 0);
 }

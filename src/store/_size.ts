@@ -15,12 +15,64 @@ export const MAX_MUTATIONS = 1000;
 const SLACK_BYTES = 256;
 
 /**
- * Upper estimate of a value's size as Deno KV stores it. It serializes with V8's own ValueSerializer
- * (what KV uses), because a string's size depends on its in-memory representation, which only V8
- * knows: an ASCII string sliced out of a string with an emoji is stored at two bytes a character.
+ * Upper estimate of a value's size as Deno KV stores it. A string's stored size depends on its in-memory
+ * representation, which only V8 knows (an ASCII string sliced out of a string with an emoji is stored at
+ * two bytes a character), so plain data is first bounded assuming two bytes a character everywhere
+ * (`serializedBound`: no serialization, cheap enough for every write); only a value whose bound does not
+ * fit is serialized with V8's own ValueSerializer (what KV uses) for its exact size.
  */
 export function estimateValueBytes(value: unknown): number {
+  const bound = serializedBound(value);
+  if (bound !== undefined && bound + SLACK_BYTES <= MAX_VALUE_BYTES) return bound + SLACK_BYTES;
   return serialize(value).byteLength + SLACK_BYTES;
+}
+
+// How deep `serializedBound` follows plain data before it leaves the value to the serializer (a cycle).
+const MAX_BOUND_DEPTH = 64;
+
+/**
+ * An upper bound of the bytes V8's ValueSerializer writes for `value` (without its 2-byte header), when it
+ * is plain data: strings, numbers, booleans, null, undefined, arrays and plain objects of them; otherwise
+ * `undefined`. Per V8's format: a string is a tag, a possible padding byte, a length varint (≤ 5 bytes) and
+ * at most 2 bytes a character; a number at most a tag and 8 bytes; an array a tag, its length, its elements
+ * (each with its index, should it be stored sparse) and a closing tag with two varints; an object a tag,
+ * its keys and values and a closing tag with a varint. A repeated object is stored as a shorter reference.
+ */
+export function serializedBound(value: unknown, depth = 0): number | undefined {
+  switch (typeof value) {
+    case "string":
+      return 7 + 2 * value.length;
+    case "number":
+      return 9;
+    case "boolean":
+    case "undefined":
+      return 1;
+    case "object": {
+      if (value === null) return 1;
+      if (depth >= MAX_BOUND_DEPTH) return undefined;
+      const proto = Object.getPrototypeOf(value);
+      if (Array.isArray(value) && proto === Array.prototype) {
+        let n = 16;
+        for (const item of value) {
+          const b = serializedBound(item, depth + 1);
+          if (b === undefined) return undefined;
+          n += 9 + b;
+        }
+        return Object.keys(value).length === value.length ? n : undefined;
+      }
+      if (proto !== Object.prototype && proto !== null) return undefined;
+      let n = 7;
+      for (const key in value) {
+        if (!Object.hasOwn(value, key)) continue;
+        const b = serializedBound((value as Record<string, unknown>)[key], depth + 1);
+        if (b === undefined) return undefined;
+        n += 7 + 2 * key.length + b;
+      }
+      return n;
+    }
+    default:
+      return undefined; // bigint, symbol, function: left to the serializer
+  }
 }
 
 /** Throws `StoreLimitError` naming the largest fields when `value` would not fit in one KV value. */

@@ -11,7 +11,7 @@
  * | `["activity", minute, kind]` | `Deno.KvU64` | `sum` in the same commit as the insert or transition it counts; pruned after 3 days |
  * | `["judge_usage", judge, metric]` | `Deno.KvU64` | `sum` in the commit of each automated verdict or failed judgment (`judge_usage.ts`) |
  * | `["judge_activity", minute, judge, metric]` | `Deno.KvU64` | with `judge_usage`, per minute; pruned with the activity counters |
- * | `["rate", window, key digest]` | `Deno.KvU64` | `sum` per request (`rate_limits.ts`); pruned by the periodic sweep |
+ * | `["rate", window, key digest]` | `Deno.KvU64` | tokens handed out, set by a checked commit per block an instance takes (`rate_limits.ts`); pruned by the periodic sweep |
  * | `["lease", role, id]` | `Lease` | by `claim`/`renew`, with `expireIn`; deleted by the transition it leads to |
  * | `["idem", key]` | pair id | with the pair, `expireIn` 24 h |
  * | `["webhook_seen", webhookId]` | `null` | by the first signed verdict with that `webhook-id`, `expireIn` 10 min |

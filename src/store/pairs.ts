@@ -8,10 +8,12 @@ import { importLabeledMany, labeledPair } from "./_import_many.ts";
 import { checkedPair, insertPair, transitionPair } from "./_mutations.ts";
 import { claimPairs, decodePair, isPastExpiry, MAX_ATTEMPTS, releaseLease, renewLease } from "./_leases.ts";
 import { readIndexPage } from "./_paging.ts";
+import { BatchedGet } from "./_batched_get.ts";
+import { GroupCommit, RecordedWrites } from "./_group_commit.ts";
 import { commitWithinLimits } from "./_size.ts";
 import { createIdGenerator, type IdGenerator } from "./_ulid.ts";
 import { type Activity, ACTIVITY_RETENTION_MS, pruneActivity, readActivity } from "./activity.ts";
-import { countRequest, pruneRateWindows } from "./rate_limits.ts";
+import { pruneRateWindows, takeRateTokens } from "./rate_limits.ts";
 import {
   countJudgeFailure,
   countVerdictUsage,
@@ -117,6 +119,10 @@ export class PairStore {
   readonly #now: () => number;
   readonly #newId: IdGenerator = createIdGenerator();
   readonly #completions: CompletionStore;
+  // Verdicts and imports that arrive together share a commit (`_group_commit.ts`).
+  readonly #group: GroupCommit;
+  // Reads of one pair that arrive together share a `getMany` (`_batched_get.ts`).
+  readonly #reads: BatchedGet;
   #prunedAt = -Infinity;
 
   /** Wraps an open `Deno.Kv` (which the caller closes). */
@@ -125,6 +131,8 @@ export class PairStore {
 
   constructor(kv: Deno.Kv, options: PairStoreOptions = {}) {
     this.#kv = kv;
+    this.#group = new GroupCommit(kv);
+    this.#reads = new BatchedGet(kv);
     this.records = new TrainingRecords(kv);
     this.#now = options.now ?? Date.now;
     this.#completions = new CompletionStore(
@@ -185,7 +193,13 @@ export class PairStore {
    * first pairs with `created: false`. Results are in the order of `inputs`.
    */
   importLabeledMany(inputs: readonly ImportLabeledInput[], options: IdempotencyOptions = {}): Promise<CreateResult[]> {
-    const ctx = { kv: this.#kv, now: this.#now, newId: this.#newId, idempotencyTtlMs: IDEMPOTENCY_TTL_MS };
+    const ctx = {
+      kv: this.#kv,
+      group: this.#group,
+      now: this.#now,
+      newId: this.#newId,
+      idempotencyTtlMs: IDEMPOTENCY_TTL_MS,
+    };
     return importLabeledMany(ctx, inputs, options);
   }
 
@@ -200,12 +214,12 @@ export class PairStore {
       const pair = build(this.#newId(now), now);
       const what = `pair '${pair.id}'`;
       checkedPair(pair, what);
-      const op = this.#kv.atomic().check({ key: pairKey(pair.id), versionstamp: null });
+      const op = new RecordedWrites().check({ key: pairKey(pair.id), versionstamp: null });
       if (idemKey !== undefined) {
         op.check({ key: idemKey, versionstamp: null }).set(idemKey, pair.id, { expireIn: IDEMPOTENCY_TTL_MS });
       }
       insertPair(op, pair);
-      if (await commitWithinLimits(op, what)) return { pair, created: true };
+      if (await this.#group.commit(op, what)) return { pair, created: true };
       // Lost to a concurrent request with the same key (replayed on the next round) or an id clash.
     }
     throw new Error(`Cannot create a pair: lost the race ${MAX_ATTEMPTS} times in a row`);
@@ -236,7 +250,7 @@ export class PairStore {
   }
 
   async #getEntry(id: string): Promise<{ pair: Pair; entry: Deno.KvEntry<unknown> } | null> {
-    const entry = await this.#kv.get(pairKey(id));
+    const entry = await this.#reads.get(pairKey(id));
     return entry.value === null ? null : { pair: decodePair(entry.value, id), entry };
   }
 
@@ -305,11 +319,11 @@ export class PairStore {
       }
       const verdict: Verdict = { ...given, at: given.at ?? now };
       const after = checkedPair(judged(pair, verdict, now), `pair '${id}'`);
-      const op = this.#kv.atomic().check(entry);
+      const op = new RecordedWrites().check(entry);
       transitionPair(op, pair, after);
       op.delete(leaseKey("judge", id));
       countVerdictUsage(op, verdict);
-      if (await commitWithinLimits(op, `pair '${id}'`)) return after;
+      if (await this.#group.commit(op, `pair '${id}'`)) return after;
       // Lost a race: the next round re-reads and usually finds the other writer's verdict (409).
     }
     throw new Error(`Cannot record a verdict on pair '${id}': lost the race ${MAX_ATTEMPTS} times in a row`);
@@ -551,11 +565,11 @@ export class PairStore {
   }
 
   /**
-   * Counts one request of an API key in the window starting at `window` (ms), in KV so that every server
-   * instance counts the same; returns the window's count so far. See `rate_limits.ts`.
+   * Takes up to `want` of the `limit` request tokens of an API key's window starting at `window` (ms), in KV
+   * so that every server instance draws on one count; returns how many it got. See `rate_limits.ts`.
    */
-  countRequest(key: string, window: number): Promise<number> {
-    return countRequest(this.#kv, key, window);
+  takeRateTokens(key: string, window: number, want: number, limit: number): Promise<number> {
+    return takeRateTokens(this.#kv, key, window, want, limit);
   }
 
   /** Every automated judge's running totals (calls, failures, latency, tokens, votes); see `judge_usage.ts`. */
