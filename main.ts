@@ -1,8 +1,10 @@
 /** Entry point: parses the command line and runs one command. Wiring only. */
 import { ConfigError, UsageError } from "./src/cli/common.ts";
+import type { Options } from "./src/cli/_options.ts";
 // Each command's module is imported only when it runs: a command that loads no model (a feedback-only
 // server, versions) never loads TF.js.
-type Command = { run: (args: string[]) => Promise<void>; usage: string };
+// `options`: the command's flags, for the generated configuration reference (`start` has its settings table).
+type Command = { run: (args: string[]) => Promise<void>; usage: string; options?: Options };
 export const COMMANDS: Record<string, { load: () => Promise<Command>; summary: string }> = {
   start: {
     load: async () => {
@@ -14,56 +16,56 @@ export const COMMANDS: Record<string, { load: () => Promise<Command>; summary: s
   logprobs: {
     load: async () => {
       const m = await import("./src/cli/logprobs.ts");
-      return { run: m.runLogprobs, usage: m.LOGPROBS_USAGE };
+      return { run: m.runLogprobs, usage: m.LOGPROBS_USAGE, options: m.OPTIONS };
     },
     summary: "score completions: one JSON line per input",
   },
   generate: {
     load: async () => {
       const m = await import("./src/cli/generate.ts");
-      return { run: m.runGenerate, usage: m.GENERATE_USAGE };
+      return { run: m.runGenerate, usage: m.GENERATE_USAGE, options: m.OPTIONS };
     },
     summary: "sample continuations of prompts",
   },
   train: {
     load: async () => {
       const m = await import("./src/cli/train.ts");
-      return { run: m.runTrain, usage: m.TRAIN_USAGE };
+      return { run: m.runTrain, usage: m.TRAIN_USAGE, options: m.OPTIONS };
     },
     summary: "offline DPO on a preference dataset",
   },
   serve: {
     load: async () => {
       const m = await import("./src/cli/serve.ts");
-      return { run: m.runServe, usage: m.SERVE_USAGE };
+      return { run: m.runServe, usage: m.SERVE_USAGE, options: m.OPTIONS };
     },
     summary: "the API server on the shared KV (role serve)",
   },
   judge: {
     load: async () => {
       const m = await import("./src/cli/judge.ts");
-      return { run: m.runJudgeCommand, usage: m.JUDGE_COMMAND_USAGE };
+      return { run: m.runJudgeCommand, usage: m.JUDGE_COMMAND_USAGE, options: m.OPTIONS };
     },
     summary: "judge pairs awaiting judgment (role judge)",
   },
   worker: {
     load: async () => {
       const m = await import("./src/cli/worker.ts");
-      return { run: m.runWorker, usage: m.WORKER_USAGE };
+      return { run: m.runWorker, usage: m.WORKER_USAGE, options: m.OPTIONS };
     },
     summary: "train online and publish policy versions (role train)",
   },
   versions: {
     load: async () => {
       const m = await import("./src/cli/versions.ts");
-      return { run: m.runVersions, usage: m.VERSIONS_USAGE };
+      return { run: m.runVersions, usage: m.VERSIONS_USAGE, options: m.OPTIONS };
     },
     summary: "list, publish or roll back policy versions",
   },
   merge: {
     load: async () => {
       const m = await import("./src/cli/merge.ts");
-      return { run: m.runMerge, usage: m.MERGE_USAGE };
+      return { run: m.runMerge, usage: m.MERGE_USAGE, options: m.OPTIONS };
     },
     summary: "fold a LoRA adapter into its base model",
   },

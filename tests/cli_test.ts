@@ -445,7 +445,7 @@ Deno.test("worker refuses the settings only offline training uses, naming the co
   assert.equal(r.code, 2);
   assert.match(r.stderr, /Cannot use --max-steps, --seed with worker: they are settings of offline training/);
   const h = await cli(["worker", "--help"]);
-  assert.match(h.stdout, /--lr-scheduler constant\|linear\|cosine\s+\(default constant\)/);
+  assert.match(h.stdout, /--lr-scheduler constant\|linear\|cosine\s+[^\n]*(\n +[^\n]*)?\(default constant\)/);
   for (const flag of ["--max-steps", "--num-epochs", "--seed"]) assert.doesNotMatch(h.stdout, new RegExp(`${flag} `));
   // The KTO weights apply online too: thumbs are trained between the DPO steps.
   for (const flag of ["--desirable-weight", "--undesirable-weight", "--kto-batch"]) {
@@ -533,5 +533,14 @@ Deno.test("every command: --help works, an unknown flag is refused, a near miss 
     const typo = await cli([name, `--${meant.slice(0, -1)}x`]);
     assert.equal(typo.code, 2, name);
     assert.match(typo.stderr, new RegExp(`did you mean '--${meant}'\\?`), `${name}: ${typo.stderr}`);
+    assert.match(help.stdout, /DPO_[A-Z]/, `${name} --help does not say which environment variables it reads`);
   }));
+});
+
+Deno.test("every command reads its options from DPO_<NAME> too, and names the variable when its value is wrong", async () => {
+  const r = await cli(["worker"], { env: { DPO_ROUND_SIZE: "many" } });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /DPO_ROUND_SIZE: /);
+  const flagWins = await cli(["worker", "--round-size", "many"], { env: { DPO_ROUND_SIZE: "8" } });
+  assert.match(flagWins.stderr, /--round-size: /);
 });

@@ -47,7 +47,7 @@ export const JUDGE_OPTIONS = {
 };
 
 /** Builds the configured judge (an ensemble when several are named); a bad spec or missing option is a UsageError. */
-export async function buildJudge(flags: JudgeFlags): Promise<Judge> {
+export async function buildJudge(flags: JudgeFlags, origin: Record<string, string> = {}): Promise<Judge> {
   let spec;
   try {
     spec = parseJudgeSpec(flags.judge);
@@ -66,7 +66,9 @@ export async function buildJudge(flags: JudgeFlags): Promise<Judge> {
   ];
   for (const [flag, kind] of stray) {
     if (flags[flag] !== undefined && !kinds.has(kind as never)) {
-      throw new UsageError(`--${flag} is an option of the ${kind} judge, and --judge ${flags.judge} names none`);
+      throw new UsageError(
+        `${origin[flag] ?? `--${flag}`} is an option of the ${kind} judge, and --judge ${flags.judge} names none`,
+      );
     }
   }
   const judges: Judge[] = [];

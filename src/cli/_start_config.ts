@@ -14,7 +14,8 @@ import { DEFAULT_TASK, findTask } from "../tasks/registry.ts";
 import { JUDGE_SPEC_SYNTAX, parseJudgeSpec } from "../judge/spec.ts";
 import { BACKENDS } from "../model/kernels/backend.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
-import { CONFIG_FLAGS, type Kind, splitHelp } from "./_dpo_flags.ts";
+import { DPO_SETTINGS, schemaKind } from "./_dpo_flags.ts";
+import { envName, type Kind, readSettingText } from "./_options.ts";
 import { closest } from "../util/names.ts";
 import { ConfigError } from "./common.ts";
 
@@ -313,62 +314,22 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   },
 };
 
-// Online meanings of the DPO settings where `_dpo_flags.ts` says only a value or an offline default.
-const DPO_DOCS: Partial<Record<typeof DPO_KEYS[number], { help: string; defaultText?: string }>> = {
-  loss_type: { help: "sigmoid (DPO), ipo, hinge, robust, sft; several are summed (sigmoid + sft is RPO)" },
-  loss_weights: { help: "one weight per loss type", defaultText: "1 each" },
-  optimizer: { help: "AdamW (decoupled weight decay) or SGD" },
-  learning_rate: { help: "peak learning rate" },
-  weight_decay: { help: "weight decay" },
-  lr_scheduler_type: { help: "after warmup; online training has no planned end, so linear and cosine hardly decay" },
-  warmup_steps: { help: "linear warmup, in optimizer steps" },
-  gradient_accumulation_steps: { help: "micro-batches per optimizer step" },
-  max_grad_norm: { help: "global gradient-norm clipping" },
-  max_length: { help: "longest prompt + completion", defaultText: "the model's context" },
-  ref_refresh_steps: { help: "copy the policy into the reference every N optimizer steps", defaultText: "off" },
-  ref_model_mixup_alpha: { help: "TR-DPO: α in π_ref ← α·π + (1−α)·π_ref" },
-  ref_model_sync_steps: { help: "TR-DPO: mix every N optimizer steps" },
-  sync_ref_model: { help: "TR-DPO soft reference updates (with `rounds`, set `ref_refresh_rounds` to 0)" },
-  desirable_weight: { help: "KTO weight of a thumbs up" },
-  undesirable_weight: { help: "KTO weight of a thumbs down" },
-  precompute_ref_log_probs: { help: "off: score the reference every step instead of once per pair" },
-  use_peft: { help: "train a LoRA adapter; the frozen base is the reference" },
-  lora_alpha: { help: "updates scaled by `lora_alpha / lora_r`" },
-  lora_dropout: { help: "dropout on the adapter's input, only with `--no-disable-dropout`" },
-  lora_target_modules: {
-    help: "layers to adapt: names, a regex, or `all-linear`",
-    defaultText: "PEFT's per model type (`q_proj,v_proj`; `c_attn` for gpt2)",
-  },
-  disable_dropout: { help: "off: train with dropout (`lora_dropout`)" },
-};
-
 /** Every setting's flag, kind, metavar, help and section, by config key. */
 export const SETTING_DOCS: Record<StartKey, SettingDoc> = {
   ...Object.fromEntries(
     Object.entries(OWN_DOCS).map(([key, d]) => [key, { flag: key.replaceAll("_", "-"), kind: ownKind(key), ...d }]),
   ),
   ...Object.fromEntries(
-    Object.entries(CONFIG_FLAGS).filter(([, f]) => f.field in DPO_SHAPE).map(([flag, f]) => {
-      const [metavar, withDefault] = splitHelp(f.help);
-      const meaning = withDefault.replace(/\s*\(default[^)]*\)\s*$/, ""); // start's defaults are its own
-      const description = (DPO_SHAPE as Record<string, z.ZodType>)[f.field]!.description;
-      const own = DPO_DOCS[f.field as typeof DPO_KEYS[number]];
-      return [f.field, {
-        flag,
-        kind: f.kind,
-        metavar,
-        help: own?.help ?? (meaning || description || f.field),
-        section: "dpo",
-        defaultText: own?.defaultText,
-      }];
-    }),
+    DPO_SETTINGS.filter((s) => !s.offlineOnly).map((s) => [s.field, {
+      flag: s.flag,
+      kind: s.kind,
+      metavar: s.metavar,
+      help: s.onlineHelp,
+      section: "dpo",
+      defaultText: s.defaultText,
+    }]),
   ),
 } as Record<StartKey, SettingDoc>;
-
-/** The environment variable of a setting. */
-export function envName(key: string): string {
-  return `DPO_${key.toUpperCase()}`;
-}
 
 /** The parseArgs spec of `start`: a flag per setting, and --config, --help. */
 export function startFlagSpec(): NonNullable<ParseArgsConfig["options"]> {
@@ -413,7 +374,7 @@ export function resolveStartConfig(sources: StartConfigSources): StartConfig {
     const text = sources.env(name);
     if (text === undefined || text === "") continue;
     try {
-      put(key, fromText(text, doc.kind === "negated" ? "boolean" : doc.kind), name);
+      put(key, readSettingText(text, doc.kind === "negated" ? "boolean" : doc.kind), name);
     } catch (err) {
       problems.push(`Cannot use ${name}: ${(err as Error).message}: current value is '${text}'`);
     }
@@ -424,7 +385,7 @@ export function resolveStartConfig(sources: StartConfigSources): StartConfig {
     try {
       put(
         key,
-        doc.kind === "negated" ? !value : doc.kind === "boolean" ? value : fromText(String(value), doc.kind),
+        doc.kind === "negated" ? !value : doc.kind === "boolean" ? value : readSettingText(String(value), doc.kind),
         `--${doc.flag}`,
       );
     } catch (err) {
@@ -488,8 +449,8 @@ export function settingsUsage(defaults: StartDefaults): string {
 }
 
 /**
- * The settings as the README's Markdown table: flag, environment variable, config key, default, meaning
- * (a test holds the README to it; `deno task docs` writes it there).
+ * The settings as the configuration reference's Markdown table: flag, environment variable, config key, default,
+ * meaning (`deno task docs` writes it into docs/configuration.md; a test holds the docs to it).
  */
 export function settingsTable(defaults: StartDefaults): string {
   const shown = StartConfigSchema.safeParse({ ...defaults });
@@ -514,7 +475,6 @@ function plain(text: string): string {
   return text.replaceAll("`", "");
 }
 
-// The kind follows from the schema, so the table cannot disagree with it.
 /** The kinds a valid judge spec names (none for `human`); [] for an invalid one (reported on its own). */
 function judgeKinds(spec: string): string[] {
   try {
@@ -525,36 +485,9 @@ function judgeKinds(spec: string): string[] {
   }
 }
 
+// The kind follows from the schema, so the table cannot disagree with it.
 function ownKind(key: string): Kind {
-  let def = (StartConfigSchema.shape as Record<string, z.ZodType>)[key]!._zod.def;
-  while (def.type === "default" || def.type === "optional") {
-    def = (def as { innerType: z.ZodType } & typeof def).innerType._zod.def;
-  }
-  return def.type === "number" ? "number" : def.type === "boolean" ? "boolean" : "string";
-}
-
-/** Splits `_dpo_flags.ts` help ("N  pairs per micro-batch (default 8)") into metavar and meaning, without the offline default. */
-
-function fromText(text: string, kind: Exclude<Kind, "negated">): unknown {
-  const number = (s: string) => {
-    const n = Number(s.trim());
-    if (s.trim() === "" || !Number.isFinite(n)) throw new Error("expected a number");
-    return n;
-  };
-  switch (kind) {
-    case "number":
-      return number(text);
-    case "numbers":
-      return text.split(",").map(number);
-    case "list":
-      return text.split(",").map((s) => s.trim());
-    case "boolean":
-      if (/^(1|true|yes|on)$/i.test(text.trim())) return true;
-      if (/^(0|false|no|off)$/i.test(text.trim())) return false;
-      throw new Error("expected true or false");
-    case "string":
-      return text;
-  }
+  return schemaKind((StartConfigSchema.shape as Record<string, z.ZodType>)[key]!);
 }
 
 function describeIssue(

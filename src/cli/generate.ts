@@ -4,7 +4,7 @@ import { generate } from "../model/decoding/generate.ts";
 import { loadForCli, log, writeStdout } from "./common.ts";
 import { flag, number, optionsUsage, parseOptions, SHARED, text } from "./_options.ts";
 
-const OPTIONS = {
+export const OPTIONS = {
   model: { ...SHARED.model, schema: z.string({ error: "is required" }) },
   backend: SHARED.backend,
   "cache-dir": SHARED["cache-dir"],

@@ -5,9 +5,9 @@ import { PairStore } from "../store/pairs.ts";
 import { openSharedKv } from "../store/open.ts";
 import { buildJudge, JUDGE_OPTIONS } from "./_services.ts";
 import { log } from "./common.ts";
-import { number, optionsUsage, parseOptions, SHARED, text } from "./_options.ts";
+import { number, optionsUsage, parseOptions, SHARED, text, withEnv } from "./_options.ts";
 
-const OPTIONS = {
+const OWN_OPTIONS = {
   kv: SHARED.kv,
   ...JUDGE_OPTIONS,
   owner: text("NAME", "this judge's name in leases", z.string().min(1).default(`judge-${Deno.pid}`), {
@@ -24,6 +24,9 @@ const OPTIONS = {
   "poll-ms": number("MS", "wait when there is nothing to judge", (n) => n.int().positive(), 500),
 };
 
+// Not --judge-token: DPO_JUDGE_TOKEN is read when the hf judge is built.
+export const OPTIONS = withEnv(OWN_OPTIONS, ["judge-token"]);
+
 /** Usage text of the command. */
 export const JUDGE_COMMAND_USAGE = `Usage: deno task cli judge [options]
 
@@ -36,7 +39,7 @@ export async function runJudgeCommand(args: string[]): Promise<void> {
   const parsed = parseOptions(args, OPTIONS);
   if (parsed.help) return void console.log(JUDGE_COMMAND_USAGE);
   const opts = parsed.values;
-  const judge = await buildJudge(opts);
+  const judge = await buildJudge(opts, parsed.origin);
   const kv = await openSharedKv(opts.kv);
   const stop = new AbortController();
   const onSignal = () => stop.abort();

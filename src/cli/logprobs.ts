@@ -8,7 +8,7 @@ import { createProgress } from "../util/progress.ts";
 import { loadForCli, writeStdout } from "./common.ts";
 import { flag, number, optionsUsage, parseOptions, required, SHARED } from "./_options.ts";
 
-const OPTIONS = {
+export const OPTIONS = {
   model: { ...SHARED.model, schema: z.string({ error: "is required" }) },
   backend: SHARED.backend,
   "cache-dir": SHARED["cache-dir"],

@@ -6,7 +6,7 @@ import { isAdapterDir } from "../model/arch/lora.ts";
 import { log } from "./common.ts";
 import { optionsUsage, parseOptions, required, SHARED, text } from "./_options.ts";
 
-const OPTIONS = {
+export const OPTIONS = {
   adapter: required("DIR", "a LoRA adapter directory (adapter_config.json, adapter_model.safetensors)"),
   base: text("DIR|hf:OWNER/NAME[@REV]", "the base model, instead of the one the adapter names"),
   out: required("DIR", "where to write the merged model (must not exist, or be empty)"),

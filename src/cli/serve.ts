@@ -7,9 +7,9 @@ import { buildJudge } from "./_services.ts";
 import { checkKeyLengths, MIN_KEY_LENGTH } from "../server/http.ts";
 import { splitKeys } from "./_keys.ts";
 import { log, UsageError } from "./common.ts";
-import { flag, number, optionsUsage, parseOptions, SHARED, text } from "./_options.ts";
+import { flag, number, optionsUsage, parseOptions, SHARED, text, withEnv } from "./_options.ts";
 
-const OPTIONS = {
+const OWN_OPTIONS = {
   kv: SHARED.kv,
   checkpoints: SHARED.checkpoints,
   model: { ...SHARED.model, help: "the policy before any version is published" },
@@ -39,6 +39,9 @@ const OPTIONS = {
   backend: SHARED.backend,
   "cache-dir": text("DIR", "where KV-stored versions are unpacked", z.string().min(1).default("data/cache")),
 };
+
+// Not the keys (DPO_API_KEYS, a list, is read below) nor --cache-dir (DPO_CACHE_DIR is the hub's cache).
+export const OPTIONS = withEnv(OWN_OPTIONS, ["api-key", "cache-dir"]);
 
 /** Usage text of the command. */
 export const SERVE_USAGE = `Usage: deno task cli serve [options]

@@ -15,6 +15,7 @@ import type { TrainerRoleOptions } from "../roles/train.ts";
 import { startTrainerWorker, type TrainerWorkerHandle } from "../roles/train_worker.ts";
 import { openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
+import { ONLINE_DPO_DEFAULTS } from "../dpo/config.ts";
 import { findTask } from "../tasks/registry.ts";
 import { fileExists } from "../util/fs.ts";
 import { buildJudge, type JudgeFlags } from "./_services.ts";
@@ -61,23 +62,11 @@ export const START_DEFAULTS: StartDefaults = {
   feeder_concurrency: 2,
   feeder_pause_ms: 0,
   feeder_max_backlog: 128,
-  // DPO.
+  // DPO, where start's differ from the engine's online defaults (the rest: `DpoConfigSchema`).
   loss_type: ["sigmoid", "sft"],
-  beta: 0.1,
-  label_smoothing: 0,
-  length_normalize: false,
-  optimizer: "adamw",
   learning_rate: 1e-4,
-  weight_decay: 0,
-  lr_scheduler_type: "constant",
-  warmup_steps: 0,
   per_device_train_batch_size: 16,
-  gradient_accumulation_steps: 1,
-  max_grad_norm: 1.0,
-  precompute_ref_log_probs: true,
-  sync_ref_model: false,
-  ref_model_mixup_alpha: 0.6,
-  ref_model_sync_steps: 512,
+  ...ONLINE_DPO_DEFAULTS,
 };
 
 export { DEFAULT_MODEL };

@@ -13,7 +13,7 @@ import { plannedSteps, trainOffline } from "../dpo/offline.ts";
 import { createProgress } from "../util/progress.ts";
 import { log, UsageError, writeStdout } from "./common.ts";
 
-const OPTIONS = {
+export const OPTIONS = {
   model: { ...SHARED.model, defaultText: "required, unless --resume" },
   backend: SHARED.backend,
   "cache-dir": SHARED["cache-dir"],
@@ -21,7 +21,11 @@ const OPTIONS = {
   out: required("DIR", "where the trained model and its training state go"),
   ref: text("DIR|hf:...", "reference model", z.string().min(1).optional(), { defaultText: "the starting model" }),
   resume: text("DIR", "continue from a checkpoint written by this command"),
-  config: text("FILE.json", "settings with TRL's names (beta, loss_type, ...); flags override them"),
+  config: text(
+    "FILE.json",
+    "settings with TRL's names (beta, loss_type, ...); flags override them",
+    z.string().min(1).optional(),
+  ),
   "on-bad-line": text(
     "fail|skip",
     "a malformed data line stops the run or is skipped with a warning",
@@ -63,10 +67,10 @@ export async function runTrain(args: string[]): Promise<void> {
   if (opts.resume) {
     resumeState = await loadTrainingCheckpoint(opts.resume);
     ({ policy, reference } = resumeState);
-    config = parseDpoConfig({ ...resumeState.config, ...fromFile, ...configFromFlags(opts) });
+    config = parseDpoConfig({ ...resumeState.config, ...fromFile, ...configFromFlags(opts, parsed.origin) });
     log(`resuming from ${opts.resume} at step ${resumeState.trainerState.step}`);
   } else {
-    config = parseDpoConfig({ ...fromFile, ...configFromFlags(opts) }, "the training settings");
+    config = parseDpoConfig({ ...fromFile, ...configFromFlags(opts, parsed.origin) }, "the training settings");
     if (opts.ref && config.use_peft) {
       throw new UsageError("--ref: with --use-peft the reference is the model itself with its adapter off");
     }

@@ -11,7 +11,7 @@ import { PairStore } from "../store/pairs.ts";
 import { log, UsageError, writeStdout } from "./common.ts";
 import { flag, number, optionsUsage, parseOptions, SHARED, text } from "./_options.ts";
 
-const OPTIONS = {
+export const OPTIONS = {
   kv: { ...SHARED.kv, help: `${SHARED.kv.help}; it must exist, except to publish` },
   checkpoints: SHARED.checkpoints,
   rollback: number("N", "serve version N", (n) => n.int().positive()),

@@ -7,12 +7,12 @@ import { runTrainerRole } from "../roles/train.ts";
 import { TASK_NAMES } from "../tasks/registry.ts";
 import { configFromFlags, dpoOptions, offlineOnlyFlagsGiven } from "./_dpo_flags.ts";
 import { log, UsageError } from "./common.ts";
-import { number, optionsUsage, parseOptions, SHARED, text } from "./_options.ts";
+import { number, optionsUsage, parseOptions, SHARED, text, withEnv } from "./_options.ts";
 
 const positive = (n: z.ZodNumber) => n.int().positive();
 const count = (n: z.ZodNumber) => n.int().nonnegative();
 
-const OPTIONS = {
+const OWN_OPTIONS = {
   kv: SHARED.kv,
   checkpoints: SHARED.checkpoints,
   model: {
@@ -81,6 +81,8 @@ const OPTIONS = {
   ...dpoOptions("online"),
 };
 
+export const OPTIONS = withEnv(OWN_OPTIONS);
+
 /** Usage text of the command. */
 export const WORKER_USAGE = `Usage: deno task cli worker [options]
 
@@ -128,7 +130,7 @@ export async function runWorker(args: string[]): Promise<void> {
       leaseMs: opts["lease-ms"],
       pollMs: opts["poll-ms"],
       backend: opts.backend,
-      dpo: configFromFlags(opts),
+      dpo: configFromFlags(opts, parsed.origin),
       eval: opts.eval ? { task: opts.eval, prompts: opts["eval-prompts"] } : undefined,
       // The gate needs an evaluator: on by default where there is one.
       gate: opts.eval && (opts.promotion ?? "gate") === "gate"

@@ -77,6 +77,12 @@ export const DpoConfigSchema = z.object({
   }
 });
 
+/**
+ * Where online training's defaults differ from TRL's (offline) ones: the learning rate stays constant, as
+ * an online run has no planned end to decay towards.
+ */
+export const ONLINE_DPO_DEFAULTS = { lr_scheduler_type: "constant" } as const satisfies DpoSettings;
+
 /** A validated DPO configuration. */
 export type DpoConfig = z.infer<typeof DpoConfigSchema>;
 

@@ -10,7 +10,7 @@ import { BACKENDS, describeBackend, initBackend } from "../model/kernels/backend
 import { type LoadedModel, loadModel, saveModel } from "../model/io/checkpoint.ts";
 import { resolveModel } from "../model/io/hub.ts";
 import { createTrainer, loadTrainingCheckpoint, saveTrainingCheckpoint } from "../dpo/checkpoint.ts";
-import { DpoSettingsSchema, parseDpoConfig } from "../dpo/config.ts";
+import { DpoSettingsSchema, ONLINE_DPO_DEFAULTS, parseDpoConfig } from "../dpo/config.ts";
 import { answerHeldOut, type Answers, compareWithBase, type VersionEval, VersionEvalSchema } from "../dpo/evaluate.ts";
 import { promptFitProblem } from "../dpo/fit.ts";
 import { encodeCompletion, encodeStoredPair, runOnlineTrainer, trainingPromptText } from "../dpo/online.ts";
@@ -181,7 +181,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
   }
   const config = parseDpoConfig({
     ...(resume?.config ?? {}),
-    lr_scheduler_type: "constant",
+    ...ONLINE_DPO_DEFAULTS,
     ...opts.dpo,
   }, "the training settings");
   const trainer = createTrainer(policy, reference, config, resume);
