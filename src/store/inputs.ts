@@ -1,6 +1,6 @@
 /** The arguments of the store's methods, as zod schemas (the store parses every argument it is given). */
 import { z } from "zod";
-import { ChatMessageSchema, LeaseRoleSchema, type Pair, PairStatusSchema, VerdictSchema } from "./schema.ts";
+import { ChatMessageSchema, LeaseRoleSchema, type Pair, PairStatusSchema, StoredVerdictSchema } from "./schema.ts";
 
 const Ms = z.number().int().nonnegative();
 const Version = z.number().int().nonnegative();
@@ -60,7 +60,7 @@ export const ImportLabeledInputSchema = z.object({
 export type ImportLabeledInput = z.input<typeof ImportLabeledInputSchema>;
 
 /** A verdict as a judge gives it (`PairStore.recordVerdict`); `at` defaults to the store's clock. */
-export const VerdictInputSchema = VerdictSchema.extend({ at: Ms.optional() });
+export const VerdictInputSchema = StoredVerdictSchema.extend({ at: Ms.optional() });
 /** A verdict as a judge gives it (`PairStore.recordVerdict`). */
 export type VerdictInput = z.input<typeof VerdictInputSchema>;
 

@@ -18,7 +18,7 @@ import {
   judgeActivityMinuteKey,
   judgeUsageKey,
 } from "./keys.ts";
-import type { Judge, Verdict } from "./schema.ts";
+import type { StoredVerdict, VerdictJudge } from "./schema.ts";
 import { deleteRange, MINUTE_MS, minuteOf } from "./activity.ts";
 
 /** The counters kept per judge. */
@@ -48,12 +48,12 @@ export type JudgeUsage = Record<JudgeUsageMetric, number>;
 const MAX_JUDGES = 100;
 
 /** Whether verdicts of this kind of judge are judge calls (see the module comment). */
-export function isAutomatedJudge(judge: Judge): boolean {
+export function isAutomatedJudge(judge: VerdictJudge): boolean {
   return judge.kind === "verifier" || judge.kind === "hf" || judge.kind === "ensemble";
 }
 
 /** Adds the counters of one verdict to `op` (nothing for a person's verdict or an import). */
-export function countVerdictUsage(op: Deno.AtomicOperation, verdict: Verdict): void {
+export function countVerdictUsage(op: Deno.AtomicOperation, verdict: StoredVerdict): void {
   if (!isAutomatedJudge(verdict.judge)) return;
   const at = verdict.at;
   count(op, at, verdict.judge.id, {
@@ -79,7 +79,7 @@ export function countJudgeFailure(op: Deno.AtomicOperation, at: number, judgeId:
   count(op, at, judgeId, { calls: 1, failures: 1 });
 }
 
-function usageCounts(usage: Verdict["usage"]): Partial<JudgeUsage> {
+function usageCounts(usage: StoredVerdict["usage"]): Partial<JudgeUsage> {
   if (!usage) return {};
   return {
     requests: usage.requests,

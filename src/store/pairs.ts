@@ -64,7 +64,7 @@ import {
   type PairStatus,
   type RetiredStatus,
   sameText,
-  type Verdict,
+  type StoredVerdict,
 } from "./schema.ts";
 import { markSettled, trainedPairs, TrainingRecords } from "./training_records.ts";
 
@@ -317,7 +317,7 @@ export class PairStore {
               : "two different responses replace them, to be judged afresh"),
         );
       }
-      const verdict: Verdict = { ...given, at: given.at ?? now };
+      const verdict: StoredVerdict = { ...given, at: given.at ?? now };
       const after = checkedPair(judged(pair, verdict, now), `pair '${id}'`);
       const op = new RecordedWrites().check(entry);
       transitionPair(op, pair, after);
@@ -642,7 +642,7 @@ function promptOf(p: { prompt?: string; messages?: Pair["messages"] }): Pick<Pai
   };
 }
 
-function judged(judging: Pair, verdict: Verdict, now: number): Pair {
+function judged(judging: Pair, verdict: StoredVerdict, now: number): Pair {
   const { statusReason: _, ...pair } = judging; // a judge_failed pair's reason goes with its status
   const [a, b] = pair.candidates;
   if (verdict.choice === "tie") return { ...pair, status: "tie", verdict, updatedAt: now };

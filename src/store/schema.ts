@@ -77,12 +77,12 @@ export const ACTIVITY_KINDS = [
 export type ActivityKind = (typeof ACTIVITY_KINDS)[number];
 
 /** Which judge gave a verdict. */
-export const JudgeSchema = z.object({
+export const VerdictJudgeSchema = z.object({
   kind: z.enum(["verifier", "hf", "webhook", "human", "ensemble", "import"]),
   id: z.string().min(1),
 });
-/** Which judge gave a verdict. */
-export type Judge = z.infer<typeof JudgeSchema>;
+/** Which judge gave a stored verdict (the judge itself is a `Judge` of `src/judge/types.ts`). */
+export type VerdictJudge = z.infer<typeof VerdictJudgeSchema>;
 
 const Count = z.number().int().nonnegative();
 
@@ -98,10 +98,13 @@ export const MemberVoteSchema = z.object({
   error: z.string().max(2000).optional(),
 });
 
-/** A judge's answer on the two candidates shown to it as a and b. */
-export const VerdictSchema = z.object({
+/**
+ * A judge's answer on the two candidates shown to it as a and b, as stored with the pair (the judge's own
+ * `Verdict`, in `src/judge/types.ts`, plus who gave it and when).
+ */
+export const StoredVerdictSchema = z.object({
   choice: z.enum(["a", "b", "tie"]),
-  judge: JudgeSchema,
+  judge: VerdictJudgeSchema,
   annotator: z.string().optional(),
   reason: z.string().optional(),
   at: Ms,
@@ -116,8 +119,8 @@ export const VerdictSchema = z.object({
   /** An ensemble's members' votes, in member order. */
   votes: z.array(MemberVoteSchema).optional(),
 });
-/** A judge's answer on the two candidates shown to it as a and b. */
-export type Verdict = z.infer<typeof VerdictSchema>;
+/** A judge's answer as stored with the pair. */
+export type StoredVerdict = z.infer<typeof StoredVerdictSchema>;
 
 /** A stored preference pair (see `PAIR_STATUSES` for its life). */
 export const PairSchema = z.object({
@@ -135,7 +138,7 @@ export const PairSchema = z.object({
   candidates: z.tuple([Index, Index]),
   chosen: Index.optional(),
   rejected: Index.optional(),
-  verdict: VerdictSchema.optional(),
+  verdict: StoredVerdictSchema.optional(),
   /** When a pair still awaiting judgment stops accepting verdicts (ms). */
   expiresAt: Ms.optional(),
   /** The policy version this pair was trained into. */
