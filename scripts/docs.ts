@@ -1,25 +1,27 @@
 /**
- * Writes the README's generated parts from the code: the table of `start`'s settings, between the
- * `<!-- settings -->` and `<!-- /settings -->` marks (then `deno fmt README.md` aligns it). A test
- * (src/cli/_start_config_test.ts) fails when the README and the code disagree.
+ * Writes the docs' generated parts from the code: every `<!-- NAME -->` … `<!-- /NAME -->` block in
+ * README.md and docs/*.md (`start`'s settings table, each command's options table: see
+ * `_docs_blocks.ts`), then `deno task docs` formats them with `deno fmt`. A test
+ * (tests/generated_docs_test.ts) fails when the docs and the code disagree, or a command has no table.
  *
  *   deno task docs
  */
+import { basename } from "node:path";
 import { scriptArgs } from "./_args.ts";
-import { settingsTable } from "../src/cli/_start_config.ts";
-import { START_DEFAULTS } from "../src/cli/start.ts";
-import { fileURLToPath } from "node:url";
+import { blocksIn, docFiles, fillBlocks, generatedBlocks } from "./_docs_blocks.ts";
 
 scriptArgs(import.meta.url, {});
-const README = fileURLToPath(new URL("../README.md", import.meta.url));
-const text = await Deno.readTextFile(README);
-const open = "<!-- settings -->\n", close = "<!-- /settings -->";
-const start = text.indexOf(open), end = text.indexOf(close);
-if (start < 0 || end < start) {
-  throw new Error(`Cannot update README.md: the marks ${open.trim()} and ${close} are missing`);
+const blocks = await generatedBlocks();
+const placed = new Set<string>();
+for (const file of await docFiles()) {
+  const text = await Deno.readTextFile(file);
+  const names = [...blocksIn(text).keys()];
+  if (names.length === 0) continue;
+  const unknown = names.filter((name) => !blocks.has(name));
+  if (unknown.length > 0) throw new Error(`Cannot update ${basename(file)}: no generated block is named ${unknown}`);
+  await Deno.writeTextFile(file, fillBlocks(text, blocks));
+  for (const name of names) placed.add(name);
+  console.error(`${basename(file)}: ${names.join(", ")} written`);
 }
-await Deno.writeTextFile(
-  README,
-  text.slice(0, start + open.length) + "\n" + settingsTable(START_DEFAULTS) + "\n\n" + text.slice(end),
-);
-console.error("README.md: settings table written; run deno fmt README.md");
+const missing = [...blocks.keys()].filter((name) => !placed.has(name));
+if (missing.length > 0) console.error(`not in any doc yet (add <!-- NAME --> <!-- /NAME --> marks): ${missing}`);
