@@ -241,3 +241,24 @@ export async function ensureTorch(): Promise<string | undefined> {
 
 /** A number with thousands separators. */
 export const fmt = (x: number, digits = 0) => x.toLocaleString("en-US", { maximumFractionDigits: digits });
+
+/**
+ * The machine in one line, for the top of a benchmark's output: CPU model, the SIMD extensions that matter
+ * to the kernels (AVX2, FMA, AVX-512), cores, OS. From /proc/cpuinfo where there is one.
+ */
+export function machineLine(): string {
+  let model = "unknown CPU", flags: string[] = [];
+  try {
+    const info = Deno.readTextFileSync("/proc/cpuinfo");
+    model = /^model name\s*:\s*(.+)$/m.exec(info)?.[1]?.trim() ?? model;
+    const all = new Set((/^flags\s*:\s*(.+)$/m.exec(info)?.[1] ?? "").split(/\s+/));
+    flags = ["avx2", "fma", "avx512f"].filter((f) => all.has(f)).map((f) =>
+      f === "avx512f" ? "AVX-512" : f.toUpperCase()
+    );
+    if (!all.has("avx512f")) flags.push("no AVX-512");
+  } catch {
+    // Not Linux: the model stays unknown.
+  }
+  return `${model}${flags.length ? ` (${flags.join(", ")})` : ""}, ${navigator.hardwareConcurrency} cores, ` +
+    `${Deno.build.os} ${Deno.build.arch}`;
+}

@@ -24,6 +24,7 @@ import {
   fmt,
   GEN_TOKENS,
   generateWork,
+  machineLine,
   parameterCount,
   peakRssMb,
   randomModel,
@@ -243,7 +244,8 @@ async function main(): Promise<void> {
   const torchVersion = values["no-torch"] ? undefined : await ensureTorch();
   const self = fileURLToPath(import.meta.url);
   const torchScript = fileURLToPath(new URL("./bench_torch.py", import.meta.url));
-  console.log(`# ${navigator.hardwareConcurrency} cores; TF.js 4.22 backends: ${variants.join(", ")}`);
+  console.log(`# machine: ${machineLine()}`);
+  console.log(`# TF.js 4.22 backends: ${variants.join(", ")} (each one's kernels and BLAS under its row)`);
   console.log(
     `# PyTorch: ${
       torchVersion
@@ -296,8 +298,8 @@ async function main(): Promise<void> {
       ours.set(v, r);
       const slow = "error" in r ? /did not finish/.test(r.error) : r.dpo !== undefined && "skipped" in r.dpo;
       if (slow) tooSlow.set(v, `too slow at ${name}`);
-      if (!("error" in r)) notes.push(`${name} ${v}: ${r.backend}`);
       printRow([`tfjs ${v}`, ...cells(r)]);
+      if (!("error" in r)) console.log(`#   ${r.backend}`);
     }
     let theirs: TorchResult | Failure | undefined;
     if (torchVersion) {
