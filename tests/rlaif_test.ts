@@ -35,12 +35,12 @@ Deno.test("the hf judge against this server with a key: checked at start-up, bot
   const kv = await Deno.openKv(":memory:");
   try {
     // Without the key: a clear error before any pair is claimed; with it, the judge is built.
-    const flags = { judge: "hf", "hf-endpoint": endpoint, "hf-model": "policy" };
+    const choice = { judge: "hf", settings: { hf_endpoint: endpoint, hf_model: "policy" } };
     await assert.rejects(
-      buildJudge(flags),
+      buildJudge(choice),
       /Cannot use judge 'hf:policy'.*HTTP 401.*--judge-token or DPO_JUDGE_TOKEN/s,
     );
-    const built = await buildJudge({ ...flags, "judge-token": KEY });
+    const built = await buildJudge({ ...choice, settings: { ...choice.settings, judge_token: KEY } });
     assert.equal(built.kind, "hf");
 
     const store = new PairStore(kv);

@@ -11,7 +11,8 @@ import { z } from "zod";
 import { DpoConfigSchema, type DpoSettings } from "../dpo/config.ts";
 import { ENSEMBLE_RULES } from "../judge/ensemble.ts";
 import { DEFAULT_TASK, findTask } from "../tasks/registry.ts";
-import { JUDGE_SPEC_SYNTAX, parseJudgeSpec } from "../judge/spec.ts";
+import { JUDGE_SPEC_SYNTAX, type JudgeSpecMember, parseJudgeSpec } from "../judge/spec.ts";
+import { JUDGE_SETTINGS, type JudgeSettingKey, missingSettings } from "../judge/registry.ts";
 import { BACKENDS } from "../model/kernels/backend.ts";
 import { CheckpointsSpecSchema } from "../store/open.ts";
 import { DPO_SETTINGS, schemaKind } from "./_dpo_flags.ts";
@@ -26,6 +27,11 @@ export const DEFAULT_MODEL = fileURLToPath(new URL("../../models/arith-tiny", im
 export const DEFAULT_CONFIG_FILE = "dpo.config.json";
 
 const PositiveInt = z.number().int().positive();
+
+// The judges' settings, as the judge registry declares them.
+const JUDGE_SETTINGS_SHAPE = Object.fromEntries(
+  Object.entries(JUDGE_SETTINGS).map(([key, s]) => [key, s.schema]),
+) as { [K in JudgeSettingKey]: (typeof JUDGE_SETTINGS)[K]["schema"] };
 const Count = z.number().int().nonnegative();
 
 // Offline-only DPO settings: online training has no planned end and no data order to seed.
@@ -52,10 +58,7 @@ export const StartConfigSchema = z.strictObject({
       ctx.addIssue({ code: "custom", message: (err as Error).message });
     }
   }).default(DEFAULT_TASK),
-  hf_model: z.string().min(1).optional(),
-  hf_endpoint: z.url().optional(),
-  webhook_url: z.url().optional(),
-  feedback_url: z.url().optional(),
+  ...JUDGE_SETTINGS_SHAPE,
   ensemble_rule: z.enum(ENSEMBLE_RULES).default("majority"),
   judge_concurrency: PositiveInt.default(4),
   judge_max_attempts: PositiveInt.default(5),
@@ -85,12 +88,8 @@ export const StartConfigSchema = z.strictObject({
   ...DPO_SHAPE,
 }).superRefine((c, ctx) => {
   const problem = (key: string, message: string) => ctx.addIssue({ code: "custom", path: [key], message });
-  const members = judgeKinds(c.judge);
-  if (members.includes("hf") && !c.hf_model && !c.hf_endpoint) {
-    problem("judge", "judge hf needs hf_model or hf_endpoint");
-  }
-  if (members.includes("webhook") && (!c.webhook_url || !c.feedback_url)) {
-    problem("judge", "judge webhook needs webhook_url and feedback_url (and DPO_WEBHOOK_SECRET)");
+  for (const missing of missingSettings(judgeMembers(c.judge), c, () => "checked when the judge is built")) {
+    problem("judge", missing);
   }
   const task = findTask(c.task);
   const gated = c.promotion === "gate" && c.eval_prompts > 0 ? c.gate_prompts : 0;
@@ -178,7 +177,7 @@ const SECTIONS: Record<Section, string> = {
 };
 
 type StartKey = keyof z.infer<typeof StartConfigSchema>;
-type OwnKey = Exclude<StartKey, typeof DPO_KEYS[number]>;
+type OwnKey = Exclude<StartKey, typeof DPO_KEYS[number] | JudgeSettingKey>;
 
 const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: string; kind?: Kind }> = {
   model: {
@@ -213,22 +212,6 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   judge: {
     metavar: "J[,J...]|human",
     help: `${JUDGE_SPEC_SYNTAX}; \`human\`: none, pairs wait for the label page or the feedback API`,
-    section: "judge",
-  },
-  hf_model: { metavar: "NAME", help: "model of the hf judge (token in `HF_TOKEN`)", section: "judge" },
-  hf_endpoint: {
-    metavar: "URL",
-    help: "OpenAI-compatible server of the hf judge (TGI, vLLM, llama.cpp); its key in `DPO_JUDGE_TOKEN`",
-    section: "judge",
-  },
-  webhook_url: {
-    metavar: "URL",
-    help: "where the webhook judge POSTs pairs (secret in `DPO_WEBHOOK_SECRET`)",
-    section: "judge",
-  },
-  feedback_url: {
-    metavar: "URL",
-    help: "the feedback URL labelers answer to, `{id}` for the pair id",
     section: "judge",
   },
   ensemble_rule: {
@@ -317,7 +300,17 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
 /** Every setting's flag, kind, metavar, help and section, by config key. */
 export const SETTING_DOCS: Record<StartKey, SettingDoc> = {
   ...Object.fromEntries(
-    Object.entries(OWN_DOCS).map(([key, d]) => [key, { flag: key.replaceAll("_", "-"), kind: ownKind(key), ...d }]),
+    Object.entries(OWN_DOCS).flatMap(([key, d]) => [
+      [key, { flag: key.replaceAll("_", "-"), kind: ownKind(key), ...d }],
+      // The judges' own settings (`src/judge/registry.ts`) right after the judge.
+      ...(key !== "judge" ? [] : Object.entries(JUDGE_SETTINGS).map(([k, s]) => [k, {
+        flag: k.replaceAll("_", "-"),
+        kind: "string" as const,
+        metavar: s.metavar,
+        help: s.help,
+        section: "judge" as const,
+      }])),
+    ]),
   ),
   ...Object.fromEntries(
     DPO_SETTINGS.filter((s) => !s.offlineOnly).map((s) => [s.field, {
@@ -475,11 +468,11 @@ function plain(text: string): string {
   return text.replaceAll("`", "");
 }
 
-/** The kinds a valid judge spec names (none for `human`); [] for an invalid one (reported on its own). */
-function judgeKinds(spec: string): string[] {
+/** The members of a valid judge spec (none for `human`); [] for an invalid one (reported on its own). */
+function judgeMembers(spec: string): JudgeSpecMember[] {
   try {
     const parsed = parseJudgeSpec(spec, { allowHuman: true });
-    return parsed.human ? [] : parsed.members.map((m) => m.kind);
+    return parsed.human ? [] : parsed.members;
   } catch {
     return [];
   }

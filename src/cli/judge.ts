@@ -3,7 +3,7 @@ import { z } from "zod";
 import { runJudgeRole } from "../roles/judge.ts";
 import { PairStore } from "../store/pairs.ts";
 import { openSharedKv } from "../store/open.ts";
-import { buildJudge, JUDGE_OPTIONS } from "./_services.ts";
+import { buildJudge, JUDGE_OPTIONS, judgeChoice } from "./_services.ts";
 import { log } from "./common.ts";
 import { number, optionsUsage, parseOptions, SHARED, text, withEnv } from "./_options.ts";
 
@@ -24,8 +24,7 @@ const OWN_OPTIONS = {
   "poll-ms": number("MS", "wait when there is nothing to judge", (n) => n.int().positive(), 500),
 };
 
-// Not --judge-token: DPO_JUDGE_TOKEN is read when the hf judge is built.
-export const OPTIONS = withEnv(OWN_OPTIONS, ["judge-token"]);
+export const OPTIONS = withEnv(OWN_OPTIONS);
 
 /** Usage text of the command. */
 export const JUDGE_COMMAND_USAGE = `Usage: deno task cli judge [options]
@@ -39,7 +38,7 @@ export async function runJudgeCommand(args: string[]): Promise<void> {
   const parsed = parseOptions(args, OPTIONS);
   if (parsed.help) return void console.log(JUDGE_COMMAND_USAGE);
   const opts = parsed.values;
-  const judge = await buildJudge(opts, parsed.origin);
+  const judge = await buildJudge(judgeChoice(opts, parsed.origin));
   const kv = await openSharedKv(opts.kv);
   const stop = new AbortController();
   const onSignal = () => stop.abort();

@@ -56,7 +56,7 @@ ${optionsUsage(OPTIONS)}`;
 
 /** The scoring function of the judge `spec` names; a judge that cannot score is a UsageError. */
 async function scorer(spec: string) {
-  const judge = await buildJudge({ judge: spec });
+  const judge = await buildJudge({ judge: spec, settings: {} });
   if (!judge.score) {
     throw new UsageError(
       `--judge ${spec}: serve uses its judge only to score responses, and '${judge.id}' cannot score ` +

@@ -18,7 +18,8 @@ import { PairStore } from "../store/pairs.ts";
 import { ONLINE_DPO_DEFAULTS } from "../dpo/config.ts";
 import { findTask } from "../tasks/registry.ts";
 import { fileExists } from "../util/fs.ts";
-import { buildJudge, type JudgeFlags } from "./_services.ts";
+import { buildJudge, type JudgeChoice } from "./_services.ts";
+import { JUDGE_SETTINGS, type JudgeSettingKey } from "../judge/registry.ts";
 import { loadOrCreateKeys } from "./_keys.ts";
 import {
   DEFAULT_CONFIG_FILE,
@@ -115,7 +116,7 @@ export async function runStart(args: string[]): Promise<void> {
     file: "label-key",
     prefix: "label-",
   });
-  const judge = cfg.judge === "human" ? undefined : await buildJudge(judgeFlags(cfg));
+  const judge = cfg.judge === "human" ? undefined : await buildJudge(judgeChoice(cfg));
   const prompts = await loadPromptSource(cfg.task, crypto.getRandomValues(new Uint32Array(1))[0]!);
   const backend = await initBackend(cfg.backend);
   log(describeBackend(backend));
@@ -228,15 +229,14 @@ async function configFile(flag: string | undefined) {
   return path === undefined ? undefined : { path, values: await readStartConfigFile(path) };
 }
 
-function judgeFlags(cfg: StartConfig): JudgeFlags {
-  return {
-    judge: cfg.judge,
-    "hf-model": cfg.hf_model,
-    "hf-endpoint": cfg.hf_endpoint,
-    "webhook-url": cfg.webhook_url,
-    "feedback-url": cfg.feedback_url,
-    "ensemble-rule": cfg.ensemble_rule,
-  };
+function judgeChoice(cfg: StartConfig): JudgeChoice {
+  const settings = Object.fromEntries(
+    Object.keys(JUDGE_SETTINGS).flatMap((key) =>
+      cfg[key as JudgeSettingKey] === undefined ? [] : [[key, cfg[key as JudgeSettingKey]]]
+    ),
+  );
+  // The settings come from flags, a shared environment and a config file: one for a judge not named waits unused.
+  return { judge: cfg.judge, settings, ensembleRule: cfg.ensemble_rule, ignoreStrays: true };
 }
 
 function trainerOptions(cfg: StartConfig, backend: BackendReport["backend"]): TrainerRoleOptions {

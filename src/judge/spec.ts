@@ -11,29 +11,21 @@
  * label page or the feedback API.
  */
 
-import { findTask, TASK_NAMES } from "../tasks/registry.ts";
+import { findTask } from "../tasks/registry.ts";
+import { JUDGE_KINDS, type JudgeKindName, type JudgeSpecMember } from "./registry.ts";
 
-/** The kinds a judge spec names. */
-export const JUDGE_SPEC_KINDS = ["task", "verifier", "hf", "webhook"] as const;
-
-/** One member of a judge spec. */
-export interface JudgeSpecMember {
-  kind: (typeof JUDGE_SPEC_KINDS)[number];
-  /** The module, for `verifier`. */
-  path?: string;
-  /** The task, for `task`. */
-  task?: string;
-  /** Weight in an ensemble's majority (default 1). */
-  weight: number;
-}
+export type { JudgeSpecMember };
 
 /** A parsed judge spec: `human` (no automated judge) or its members (several: an ensemble). */
 export type JudgeSpec = { human: true } | { human: false; members: JudgeSpecMember[] };
 
 /** One line for usage texts. */
 export const JUDGE_SPEC_SYNTAX = `${
-  TASK_NAMES.join(" | ")
-} | verifier:PATH | hf | webhook, comma-separated for an ensemble, *W a weight`;
+  Object.values(JUDGE_KINDS).map((k) => k.syntax).join(" | ")
+}, comma-separated for an ensemble, *W a weight`;
+
+// The kinds a spec names by their name alone (`hf`), not by a task's name or with a `:ARG`.
+const NAMED = Object.keys(JUDGE_KINDS).filter((kind) => JUDGE_KINDS[kind as JudgeKindName].syntax === kind);
 
 /** Parses a judge spec; throws a `TypeError` whose message (no "Cannot", for callers to prefix) names the part that is wrong. */
 export function parseJudgeSpec(spec: string, options: { allowHuman?: boolean } = {}): JudgeSpec {
@@ -59,12 +51,13 @@ export function parseJudgeSpec(spec: string, options: { allowHuman?: boolean } =
       throw new TypeError("judge 'verifier' names no module: expected verifier:PATH");
     }
     if (findTask(name)) return { kind: "task", task: name, weight };
-    if (name === "hf" || name === "webhook") return { kind: name, weight };
+    if (NAMED.includes(name)) return { kind: name as JudgeKindName, weight };
     if (name === "human") throw new TypeError("judge 'human' cannot be in an ensemble: it only stands alone");
     throw new TypeError(`unknown judge '${name}': expected ${JUDGE_SPEC_SYNTAX}`);
   });
-  if (members.length > 1 && members.some((m) => m.kind === "webhook")) {
-    throw new TypeError("judge 'webhook' cannot be in an ensemble: a person's verdict arrives later");
+  for (const m of members.length > 1 ? members : []) {
+    const alone = (JUDGE_KINDS[m.kind] as { alone?: string }).alone;
+    if (alone) throw new TypeError(`judge '${m.kind}' cannot be in an ensemble: ${alone}`);
   }
   if (members.length === 1 && members[0]!.weight !== 1) {
     throw new TypeError(`judge '${text}': a weight only means something in an ensemble`);
