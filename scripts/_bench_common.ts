@@ -262,3 +262,17 @@ export function machineLine(): string {
   return `${model}${flags.length ? ` (${flags.join(", ")})` : ""}, ${navigator.hardwareConcurrency} cores, ` +
     `${Deno.build.os} ${Deno.build.arch}`;
 }
+
+/**
+ * The 1, 5 and 15-minute load averages, for the lines beside a benchmark's figures: on a machine shared with
+ * other work the figures move with it (PyTorch's threads most of all), so a reader can tell a quiet run from a
+ * busy one. Empty where there is no /proc/loadavg.
+ */
+export function loadLine(): string {
+  try {
+    const [one, five, fifteen] = Deno.readTextFileSync("/proc/loadavg").split(" ");
+    return `load average ${one}, ${five}, ${fifteen} on ${navigator.hardwareConcurrency} cores`;
+  } catch {
+    return "";
+  }
+}

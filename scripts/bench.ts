@@ -24,6 +24,7 @@ import {
   fmt,
   GEN_TOKENS,
   generateWork,
+  loadLine,
   machineLine,
   parameterCount,
   peakRssMb,
@@ -245,6 +246,7 @@ async function main(): Promise<void> {
   const self = fileURLToPath(import.meta.url);
   const torchScript = fileURLToPath(new URL("./bench_torch.py", import.meta.url));
   console.log(`# machine: ${machineLine()}`);
+  if (loadLine()) console.log(`# ${loadLine()} at the start`);
   console.log(`# TF.js 4.22 backends: ${variants.join(", ")} (each one's kernels and BLAS under its row)`);
   console.log(
     `# PyTorch: ${
@@ -326,6 +328,7 @@ async function main(): Promise<void> {
       notes.push(`${name} pytorch: DPO with ${dpo}, scoring with ${score}, generation with ${generate}`);
     }
     printBreakdown(primary, theirs);
+    if (loadLine()) console.log(`# ${loadLine()} after ${name}`);
   }
   console.log("\nratio = our throughput / PyTorch's (above 1 is faster); for memory, ours / PyTorch's.");
   for (const n of notes) console.log(`# ${n}`);

@@ -12,6 +12,12 @@ import { type LoraAdapter, peftName } from "./adapter.ts";
 export type KVCache = {
   keys: tf.Tensor4D[];
   values: tf.Tensor4D[];
+  /**
+   * Set when the tensors have room for more keys ([B, KV heads, capacity, D]): the P positions in use. A
+   * step then writes its keys and values in place and returns the same tensors, P + 1 in use (only
+   * where `CausalLM.decodesInPlace()` says so).
+   */
+  length?: number;
 };
 
 /** The inputs of one forward call, built by `src/model/batch.ts`. */
@@ -75,6 +81,14 @@ export abstract class CausalLM {
    * also returns every layer's keys and values (generation).
    */
   abstract forward(input: ForwardInput, withCache?: boolean): ForwardOutput;
+
+  /**
+   * Whether a decoding step (one new token per row) accepts a cache with room (`KVCache.length`) and
+   * writes into it in place, instead of returning a new, longer cache.
+   */
+  decodesInPlace(): boolean {
+    return false;
+  }
 
   /** Next-token logits for hidden states: [N, C] -> [N, V]. */
   abstract logits(hidden: tf.Tensor2D): tf.Tensor2D;

@@ -20,12 +20,21 @@ import {
   linearBackward,
   type LoraSaved,
 } from "../kernels/_ops.ts";
+import {
+  decodeAttention,
+  decodeAttentionInPlace,
+  decodeEmbed,
+  decodeKernelsApply,
+  decodeLayerNorm,
+  decodeLinear,
+} from "../kernels/_decode_kernels.ts";
 import { peftName } from "./adapter.ts";
 import {
   type Architecture,
   CausalLM,
   type ForwardInput,
   type ForwardOutput,
+  type KVCache,
   type LinearModule,
   type WeightLookup,
 } from "./causal_lm.ts";
@@ -160,11 +169,13 @@ export class Gpt2Model extends CausalLM {
    * The transformer: embeddings, blocks, final LayerNorm. Synchronous; call inside `tf.tidy`.
    * Without a cache or an active adapter each block is one op with a hand-written gradient (training
    * and scoring); otherwise blocks are composed ops (TF.js differentiates the adapter's matrices) and
-   * also return their keys and values (generation).
+   * also return their keys and values (generation). A decoding step (one new token per row, after a
+   * cache) runs on the wasm backend's decoding kernels when they apply.
    */
   forward(input: ForwardInput, withCache = false): ForwardOutput {
     const [B, T] = input.ids.shape;
     const C = this.config.n_embd;
+    if (input.cache && T === 1 && this.decodesInPlace()) return this.decodeStep(input, input.cache);
     const tok = embed(this.p("transformer.wte.weight"), tf.reshape(input.ids, [-1])); // [B*T, C]
     const pos = embed(this.p("transformer.wpe.weight"), tf.reshape(input.positions, [-1])); // [B*T, C]
     let x = tf.reshape(tf.add(tok, pos), [B, T, C]) as tf.Tensor3D; // [B, T, C]
@@ -180,7 +191,7 @@ export class Gpt2Model extends CausalLM {
       }
       const lora = (module: string, rows: tf.Tensor2D) =>
         this.loraUpdate(this.weight, `transformer.h.${i}.${module}`, rows);
-      const past = input.cache ? { k: input.cache.keys[i]!, v: input.cache.values[i]! } : undefined;
+      const past = input.cache ? usedKeys(input.cache, i) : undefined;
       const out = blockForward(this.config, i, this.blockWeights(i), x, input.bias, past, lora);
       x = out.out;
       keys.push(out.k);
@@ -189,6 +200,52 @@ export class Gpt2Model extends CausalLM {
     const ln = "transformer.ln_f";
     const hidden = layerNorm(x, this.p(`${ln}.weight`), this.p(`${ln}.bias`), this.config.layer_norm_epsilon);
     return withCache ? { hidden, cache: { keys, values } } : { hidden };
+  }
+
+  /** On the wasm backend's decoding kernels, without an active adapter (its updates are composed ops). */
+  override decodesInPlace(): boolean {
+    return !this.adapter?.enabled && decodeKernelsApply();
+  }
+
+  /**
+   * One decoding step, one new token per row, on the decoding kernels: about 15 ops a block instead of
+   * about 65, which is what a step of a small model costs (see _decode_kernels.ts). Rows travel as
+   * [1, B, C], the shape those kernels take. A cache with room is written in place and returned with one
+   * more key in use; otherwise a cache one key longer is returned. No gradient.
+   */
+  private decodeStep(input: ForwardInput, cache: KVCache): ForwardOutput {
+    const [B] = input.ids.shape;
+    const config = this.config;
+    const C = config.n_embd;
+    const eps = config.layer_norm_epsilon;
+    const [wte, wpe] = [this.p("transformer.wte.weight"), this.p("transformer.wpe.weight")];
+    let x = decodeEmbed(wte, wpe, input.ids, input.positions); // [1, B, C]
+    const keys: tf.Tensor4D[] = [];
+    const values: tf.Tensor4D[] = [];
+    for (let i = 0; i < config.n_layer; i++) {
+      const w = this.blockWeights(i);
+      const past = { k: cache.keys[i]!, v: cache.values[i]! };
+      const ln1 = decodeLayerNorm(x, w["ln_1.weight"], w["ln_1.bias"], eps); // [1, B, C]
+      const qkv = decodeLinear(ln1, w["attn.c_attn.weight"], w["attn.c_attn.bias"]); // [1, B, 3C]
+      const scale = attentionScale(config, i);
+      let merged: tf.Tensor3D; // [1, B, C]
+      if (cache.length !== undefined) merged = decodeAttentionInPlace(qkv, past, input.bias, scale);
+      else {
+        const attn = decodeAttention(qkv, past, input.bias, scale); // keys and values [B, H, S, D]
+        merged = attn.merged;
+        keys.push(attn.k);
+        values.push(attn.v);
+      }
+      const x1 = tf.add(x, decodeLinear(merged, w["attn.c_proj.weight"], w["attn.c_proj.bias"])); // [1, B, C]
+      const ln2 = decodeLayerNorm(x1 as tf.Tensor3D, w["ln_2.weight"], w["ln_2.bias"], eps); // [1, B, C]
+      const pre = decodeLinear(ln2, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"]); // [1, B, F]
+      const act = activationForward(config.activation_function, pre).y as tf.Tensor3D; // [1, B, F]
+      x = tf.add(x1, decodeLinear(act, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])) as tf.Tensor3D; // [1, B, C]
+    }
+    const ln = "transformer.ln_f";
+    const hidden = tf.reshape(decodeLayerNorm(x, this.p(`${ln}.weight`), this.p(`${ln}.bias`), eps), [B, 1, C]);
+    const next = cache.length !== undefined ? { ...cache, length: cache.length + 1 } : { keys, values };
+    return { hidden: hidden as tf.Tensor3D, cache: next };
   }
 
   /** Next-token logits through the (tied) LM head. */
@@ -240,6 +297,14 @@ export class Gpt2Model extends CausalLM {
     });
     return op(x, ...names.map(this.weight)) as tf.Tensor3D;
   }
+}
+
+/** Layer `layer`'s keys and values [B, H, P, D] in use: a cache with room (`length`) has more positions. */
+function usedKeys(cache: KVCache, layer: number): { k: tf.Tensor4D; v: tf.Tensor4D } {
+  const [k, v] = [cache.keys[layer]!, cache.values[layer]!];
+  if (cache.length === undefined || cache.length === k.shape[2]) return { k, v };
+  const used = (t: tf.Tensor4D) => tf.slice(t, [0, 0, 0, 0], [-1, -1, cache.length!, -1]) as tf.Tensor4D;
+  return { k: used(k), v: used(v) };
 }
 
 /** How many activations `blockForward` saves for `blockBackward`. */

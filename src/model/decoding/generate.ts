@@ -22,8 +22,10 @@ export async function generate(
   try {
     for (let step = 0; step < budget && !options.signal?.aborted; step++) {
       const out: StepOutput = tf.tidy(() => nextLogits(model, batch, cache, useCache, greedy));
-      if (cache) tf.dispose([...cache.keys, ...cache.values]);
+      if (cache && out.cache?.keys[0] !== cache.keys[0]) tf.dispose([...cache.keys, ...cache.values]);
       cache = out.cache;
+      // After the prompt, room for every step's keys: each step then writes its keys in place.
+      if (step === 0 && cache && budget > 1 && model.decodesInPlace()) cache = withRoom(cache, budget - 1);
       const values = await out.logits.data();
       out.logits.dispose();
       if (!greedy) options.onLogits?.(values as Float32Array, step);
@@ -48,6 +50,15 @@ export async function generate(
 }
 
 type StepOutput = { logits: tf.Tensor; cache?: KVCache };
+
+/** The cache with room for `more` keys after those it holds (zeros, never attended to). Consumes `cache`. */
+function withRoom(cache: KVCache, more: number): KVCache {
+  const length = cache.keys[0]!.shape[2];
+  const grow = (t: tf.Tensor4D) => tf.pad(t, [[0, 0], [0, 0], [0, more], [0, 0]]) as tf.Tensor4D;
+  const grown = tf.tidy(() => ({ keys: cache.keys.map(grow), values: cache.values.map(grow), length }));
+  tf.dispose([...cache.keys, ...cache.values]);
+  return grown;
+}
 
 /** One forward step: the last position's logits [B, V] (or their argmax [B]) and, with caching, the extended cache. */
 function nextLogits(

@@ -63,6 +63,24 @@ const SYMBOLS = {
     result: "void",
     nonblocking: false,
   },
+  cblas_sgemv: {
+    parameters: [
+      "i32", // order
+      "i32", // trans
+      "i32", // M
+      "i32", // N
+      "f32", // alpha
+      "buffer", // A
+      "i32", // lda
+      "buffer", // x
+      "i32", // incx
+      "f32", // beta
+      "buffer", // y
+      "i32", // incy
+    ],
+    result: "void",
+    nonblocking: false,
+  },
   openblas_set_num_threads: { parameters: ["i32"], result: "void", nonblocking: false, optional: true },
   openblas_get_num_threads: { parameters: [], result: "i32", nonblocking: false, optional: true },
   openblas_get_config: { parameters: [], result: "pointer", nonblocking: false, optional: true },
@@ -91,6 +109,17 @@ interface State {
 let loaded: { library: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | undefined;
 let state: State | undefined;
 let minWork = DEFAULT_MIN_WORK;
+let threadCount = 1;
+
+/**
+ * sgemm calls with fewer multiply-adds than this run on one OpenBLAS thread. OpenBLAS splits anything above
+ * 262,144 across its threads, and waking a parked worker costs more than such a product saves, most of all
+ * when other processes hold the cores: a decoding step at the tiny size (products of 8 x 128 x 512 and
+ * smaller) took 2.6-3.0 ms with them on two threads and 1.5-1.7 ms on one, on 2 cores at load 6. Larger
+ * products keep both threads, even with few rows: gpt2-8x512 generated 253-267 tokens/s with its 8-row
+ * products on two threads and 156-158 on one, at load 2.
+ */
+const SINGLE_THREAD_WORK = 4_000_000;
 
 /** Routes wasm-backend matmuls to OpenBLAS; idempotent, never throws, reports why it could not. */
 export function enableNativeMatmul(options: NativeMatmulOptions = {}): NativeMatmulStatus {
@@ -99,6 +128,26 @@ export function enableNativeMatmul(options: NativeMatmulOptions = {}): NativeMat
   } catch (error) {
     return { enabled: false, reason: `Cannot enable native matmul: ${String(error)}` };
   }
+}
+
+/** y = alpha op(A) x + beta y for a row-major A [m, n]: op(A) is A^T with `transpose`. */
+export type Gemv = (
+  transpose: boolean,
+  m: number,
+  n: number,
+  alpha: number,
+  a: Float32Array,
+  x: Float32Array,
+  beta: number,
+  y: Float32Array,
+) => void;
+
+/** OpenBLAS's sgemv while native matmul is enabled (the decoding kernels' attention uses it), else undefined. */
+export function nativeGemv(): Gemv | undefined {
+  if (state === undefined || loaded === undefined) return undefined;
+  const sgemv = loaded.library.symbols.cblas_sgemv;
+  return (transpose, m, n, alpha, a, x, beta, y) =>
+    sgemv(CBLAS_ROW_MAJOR, transpose ? CBLAS_TRANS : CBLAS_NO_TRANS, m, n, alpha, a, n, x, 1, beta, y, 1);
 }
 
 /** Restores the wasm backend's own matmul kernels; a no-op when native matmul is not enabled. */
@@ -161,6 +210,7 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
   const blas = loaded.library.symbols;
   blas.openblas_set_num_threads?.(threads);
   const actualThreads = blas.openblas_get_num_threads?.() ?? 1;
+  threadCount = actualThreads;
   const config = blas.openblas_get_config
     ? Deno.UnsafePointerView.getCString(blas.openblas_get_config()!)
     : "unknown BLAS";
@@ -327,14 +377,21 @@ function runGemm(
       n,
     );
   // One call for the common [B, T, C] x [C, N]: rows of a non-transposed A stack into one matrix.
-  if (p.aIndex === null && p.bCount === 1 && !transposeA) {
-    gemm(p.batch * m, offsets.a, offsets.b, offsets.out);
-    return;
-  }
-  for (let i = 0; i < p.batch; i++) {
-    const ai = p.aIndex === null ? i : p.aIndex[i]!;
-    const bi = p.bIndex === null ? i : p.bIndex[i]!;
-    gemm(m, offsets.a + 4 * ai * aSize, offsets.b + 4 * bi * bSize, offsets.out + 4 * i * cSize);
+  const stacked = p.aIndex === null && p.bCount === 1 && !transposeA;
+  const single = threadCount > 1 && (stacked ? p.batch * m : m) * n * k < SINGLE_THREAD_WORK;
+  if (single) blas.openblas_set_num_threads?.(1);
+  try {
+    if (stacked) {
+      gemm(p.batch * m, offsets.a, offsets.b, offsets.out);
+      return;
+    }
+    for (let i = 0; i < p.batch; i++) {
+      const ai = p.aIndex === null ? i : p.aIndex[i]!;
+      const bi = p.bIndex === null ? i : p.bIndex[i]!;
+      gemm(m, offsets.a + 4 * ai * aSize, offsets.b + 4 * bi * bSize, offsets.out + 4 * i * cSize);
+    }
+  } finally {
+    if (single) blas.openblas_set_num_threads?.(threadCount);
   }
 }
 

@@ -101,6 +101,16 @@ const CASES: Case[] = [
   { label: "odd sizes 37x129x65", aShape: [37, 129], bShape: [129, 65] },
   { label: "odd sizes, both transposed", aShape: [129, 37], bShape: [65, 129], transposeA: true, transposeB: true },
   { label: "300x700x500", aShape: [300, 700], bShape: [700, 500] },
+  { label: "one row", aShape: [1, 9], bShape: [9, 5] },
+  { label: "one row, transposeB", aShape: [1, 9], bShape: [5, 9], transposeB: true },
+  { label: "one row, transposeA", aShape: [9, 1], bShape: [9, 5], transposeA: true },
+  {
+    label: "batched one row, both transposed",
+    aShape: [4, 9, 1],
+    bShape: [4, 5, 9],
+    transposeA: true,
+    transposeB: true,
+  },
   { label: "zero rows", aShape: [0, 7], bShape: [7, 3] },
   { label: "zero columns", aShape: [5, 7], bShape: [7, 0] },
   { label: "zero inner dimension", aShape: [5, 0], bShape: [0, 3] },
@@ -177,20 +187,24 @@ Deno.test("gradients of sum(w * matMul(a, b)) match cpu", async () => {
 
 Deno.test("native fused matMul with bias and relu matches cpu", async () => {
   enableOrFail();
-  const configs: { bias?: number[]; activation: "linear" | "relu"; transposeB: boolean }[] = [
+  const configs: { bias?: number[]; activation: "linear" | "relu"; transposeB: boolean; oneRow?: boolean }[] = [
     { activation: "linear", transposeB: false },
     { bias: [11], activation: "linear", transposeB: false },
     { bias: [11], activation: "relu", transposeB: true },
     { bias: [1], activation: "relu", transposeB: false },
     { activation: "relu", transposeB: false },
+    // One row: what a decoding step of one sequence multiplies.
+    { bias: [11], activation: "linear", transposeB: false, oneRow: true },
+    { bias: [11], activation: "relu", transposeB: true, oneRow: true },
   ];
   for (const [i, config] of configs.entries()) {
-    const aValues = randomValues(2 * 13 * 17, 60 + i);
+    const aShape = config.oneRow ? [1, 1, 17] : [2, 13, 17];
+    const aValues = randomValues(aShape.reduce((x, y) => x * y, 1), 60 + i);
     const bValues = randomValues(17 * 11, 70 + i);
     const biasValues = config.bias ? randomValues(config.bias[0]!, 80 + i) : undefined;
     const fn = () =>
       tf.fused.matMul({
-        a: tf.tensor(aValues, [2, 13, 17]),
+        a: tf.tensor(aValues, aShape),
         b: tf.tensor(bValues, config.transposeB ? [11, 17] : [17, 11]),
         transposeB: config.transposeB,
         bias: biasValues ? tf.tensor(biasValues, config.bias) : undefined,
