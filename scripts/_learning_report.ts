@@ -4,13 +4,52 @@
  * reported again (`--from`) without training anything.
  */
 import { z } from "zod";
-import { formatPoints, type Interval, interval, pairedDifference } from "./_learning_stats.ts";
+import {
+  firstReaching,
+  formatPoints,
+  type Interval,
+  interval,
+  largestDrop,
+  pairedDifference,
+  successiveSd,
+} from "./_learning_stats.ts";
 import { type Curve, plotBands } from "./_learning_plot.ts";
 
-/** The benchmark's arms, in their default order. */
-export const ARMS = ["online", "frozen", "offline", "lora", "thumbs", "gate", "noisy-sigmoid", "noisy-robust"] as const;
+/** The benchmark's arms: those run by default, then the levers against swings between versions. */
+export const ARMS = [
+  "online",
+  "frozen",
+  "offline",
+  "lora",
+  "thumbs",
+  "gate",
+  "noisy-sigmoid",
+  "noisy-robust",
+  "isqrt",
+  "cosine",
+  "ema",
+  "ema-isqrt",
+  "gate-isqrt",
+  "gate-ema",
+  "gate-ema-isqrt",
+  "adaptive-beta",
+] as const;
 /** One arm. */
 export type Arm = typeof ARMS[number];
+/** The arms run when --arms is not given. */
+export const DEFAULT_ARMS: Arm[] = ARMS.slice(0, 8);
+
+/** One run's held-out accuracy after every round (with --per-round): what its versions did one after another. */
+export const TraceSchema = z.object({
+  arm: z.enum(ARMS),
+  seed: z.number().int().positive(),
+  /** Judgments done when each version was evaluated (the first, 0: the base). */
+  judgments: z.array(z.number().int().nonnegative()),
+  /** Held-out accuracy of each version (the gate arms: of the served version). */
+  accuracy: z.array(z.number().min(0).max(1)),
+});
+/** One run's accuracy after every round. */
+export type Trace = z.infer<typeof TraceSchema>;
 
 const Count = z.number().int().nonnegative();
 
@@ -57,6 +96,7 @@ export const ResultsFileSchema = z.object({
   }),
   base_accuracy: z.number().min(0).max(1),
   rows: z.array(RowSchema).min(1),
+  traces: z.array(TraceSchema).optional(),
 });
 
 /** Everything the tables and the plot are made from. */
@@ -71,6 +111,8 @@ export interface Results {
   noise: number;
   baseAccuracy: number;
   rows: Row[];
+  /** Per-round accuracy of every run (with --per-round); empty otherwise. */
+  traces: Trace[];
 }
 
 /** Results read back from a results file, validated, with the command and wall time of the run that wrote it. */
@@ -99,6 +141,7 @@ export function resultsFromFile(
     noise: settings.noise,
     baseAccuracy: parsed.data.base_accuracy,
     rows,
+    traces: parsed.data.traces ?? [],
   };
   return { results, command: parsed.data.command, wallSeconds: parsed.data.wall_seconds };
 }
@@ -163,7 +206,77 @@ const CONTRASTS: [Arm, Arm, string][] = [
   ["gate", "online", "serving through the gate"],
   ["noisy-sigmoid", "online", "flipped verdicts"],
   ["noisy-robust", "noisy-sigmoid", "robust DPO on flipped verdicts"],
+  ["isqrt", "online", "1/√step learning-rate decay"],
+  ["cosine", "online", "cosine decay over the run"],
+  ["ema", "online", "EMA of the weights"],
+  ["ema-isqrt", "online", "EMA and 1/√step decay"],
+  ["gate-isqrt", "gate", "1/√step decay behind the gate"],
+  ["gate-ema", "gate", "EMA behind the gate"],
+  ["gate-ema-isqrt", "gate", "EMA and decay behind the gate"],
+  ["adaptive-beta", "online", "β adapted toward a KL target"],
 ];
+
+/** How one run's versions moved: from its per-round trace. */
+export interface Swing {
+  /** Largest drop of a version below the best before it (points as a fraction). */
+  drop: number;
+  /** Standard deviation of the differences between successive versions from the first at 90% on (all without one). */
+  sd: number;
+  /** Judgments at the first version with ≥ 95% (null: none). */
+  first95: number | null;
+  /** Largest drop after the first version with ≥ 90% (the swings of a trained policy, not of early learning). */
+  lateDrop: number;
+}
+
+/** The swing measures of one trace. */
+export function swingOf(t: Trace): Swing {
+  const points = t.judgments.map((x, i) => ({ x, y: t.accuracy[i]! }));
+  const at90 = t.accuracy.findIndex((a) => a >= 0.9);
+  return {
+    drop: largestDrop(t.accuracy),
+    sd: successiveSd(at90 < 0 ? t.accuracy : t.accuracy.slice(at90)),
+    first95: firstReaching(points, 0.95),
+    lateDrop: at90 < 0 ? 0 : largestDrop(t.accuracy.slice(at90)),
+  };
+}
+
+/** The swing table (Markdown), one line per arm with traces: means ± 95% intervals over seeds. */
+export function swingTable(r: Results): string {
+  const arms = r.arms.filter((a) => r.traces.some((t) => t.arm === a));
+  if (arms.length === 0) return "";
+  const lines = [
+    "swings between successive versions (per-round evaluation; points, mean ± 95% interval over seeds): the " +
+    "largest drop of a version below the best before it, the same after the first version at 90% or more, the sd " +
+    "of successive differences from that version on, and the judgments at the first version with 95% or more (seeds that reached it):",
+    "| arm | largest drop | drop after 90% | sd of differences | first ≥ 95% at | final |",
+    "|---|---:|---:|---:|---:|---:|",
+  ];
+  for (const arm of arms) {
+    const traces = r.traces.filter((t) => t.arm === arm);
+    const swings = traces.map(swingOf);
+    const reached = swings.map((s) => s.first95).filter((x): x is number => x !== null);
+    const first = reached.length === 0 ? "–" : `${fmtInt(mean(reached))} (${reached.length}/${swings.length})`;
+    lines.push(
+      `| ${arm} | ${formatPoints(interval(swings.map((s) => s.drop)))} | ${
+        formatPoints(interval(swings.map((s) => s.lateDrop)))
+      } | ${formatPoints(interval(swings.map((s) => s.sd)))} | ${first} | ${
+        formatPoints(interval(traces.map((t) => t.accuracy.at(-1)!)))
+      } |`,
+    );
+  }
+  const contrasts = CONTRASTS.filter(([a, b]) => arms.includes(a) && arms.includes(b));
+  if (contrasts.length > 0 && r.seeds.length > 1) {
+    lines.push("", "paired differences of the largest drop after 90% and of the sd (points, a − b):");
+    lines.push("| a − b | drop after 90% | sd of differences |", "|---|---:|---:|");
+    for (const [a, b, what] of contrasts) {
+      const by = (arm: Arm, f: (s: Swing) => number) =>
+        new Map(r.traces.filter((t) => t.arm === arm).map((t) => [t.seed, f(swingOf(t))]));
+      const cell = (f: (s: Swing) => number) => formatPoints(pairedDifference(by(a, f), by(b, f)), true);
+      lines.push(`| ${a} − ${b} (${what}) | ${cell((s) => s.lateDrop)} | ${cell((s) => s.sd)} |`);
+    }
+  }
+  return lines.join("\n");
+}
 
 /** The tables, as Markdown: accuracy, ties and judge calls, paired differences, the gate, the time per run. */
 export function tables(r: Results, summary: Summary[]): string {
@@ -202,12 +315,14 @@ export function tables(r: Results, summary: Summary[]): string {
     }
   }
   const last = r.budgets.at(-1)!;
-  if (r.arms.includes("gate")) {
+  for (const arm of r.arms.filter((a) => a.startsWith("gate"))) {
     lines.push(
       "",
-      `gate: ${at("gate", last).promotions.toFixed(1)} of ${r.rounds} candidates promoted per seed (mean)`,
+      `${arm}: ${at(arm, last).promotions.toFixed(1)} of ${r.rounds} candidates promoted per seed (mean)`,
     );
   }
+  const swings = swingTable(r);
+  if (swings) lines.push("", swings);
   lines.push("", "seconds of sampling, judging and training per run (evaluations excluded), mean over seeds:");
   for (const arm of r.arms) lines.push(`  ${arm}: ${at(arm, last).seconds.toFixed(0)} s`);
   return lines.join("\n");
@@ -222,6 +337,14 @@ const COLORS: Record<Arm, string> = {
   gate: "#2ca02c",
   "noisy-sigmoid": "#8c564b",
   "noisy-robust": "#e377c2",
+  isqrt: "#17becf",
+  cosine: "#bcbd22",
+  ema: "#9edae5",
+  "ema-isqrt": "#393b79",
+  "gate-isqrt": "#2f6f2f",
+  "gate-ema": "#98df8a",
+  "gate-ema-isqrt": "#637939",
+  "adaptive-beta": "#e7969c",
 };
 
 /** The plot: three panels (the pair arms; LoRA, thumbs and the gate; the noisy judge), online repeated dashed. */
@@ -243,6 +366,11 @@ export function plot(r: Results, summary: Summary[]): string {
     {
       title: `${Math.round(r.noise * 100)}% of verdicts flipped`,
       curves: withOnline(["noisy-sigmoid", "noisy-robust"]),
+    },
+    { title: "levers: decay, EMA", curves: withOnline(["isqrt", "cosine", "ema", "ema-isqrt", "adaptive-beta"]) },
+    {
+      title: "levers behind the gate (served)",
+      curves: pick(["gate", "gate-isqrt", "gate-ema", "gate-ema-isqrt"]).map((a) => curve(a)),
     },
   ].filter((p) => p.curves.length > 0);
   return plotBands(

@@ -77,3 +77,29 @@ export function formatPoints(i: Interval, signed = false): string {
   const text = `${signed && m > 0 ? "+" : ""}${m.toFixed(1)}`;
   return Number.isNaN(i.half) ? text : `${text} ± ${(100 * i.half).toFixed(1)}`;
 }
+
+/**
+ * The largest drop of a value below the best before it, in the values' units (0 when none falls below an
+ * earlier best): over a run's successive versions, how far a version fell below the best one before it.
+ */
+export function largestDrop(values: readonly number[]): number {
+  let best = -Infinity, drop = 0;
+  for (const v of values) {
+    drop = Math.max(drop, best - v);
+    best = Math.max(best, v);
+  }
+  return drop;
+}
+
+/** The standard deviation (n − 1) of the differences between successive values; NaN with fewer than 3 values. */
+export function successiveSd(values: readonly number[]): number {
+  const d = values.slice(1).map((v, i) => v - values[i]!);
+  if (d.length < 2) return NaN;
+  const m = d.reduce((a, x) => a + x, 0) / d.length;
+  return Math.sqrt(d.reduce((a, x) => a + (x - m) ** 2, 0) / (d.length - 1));
+}
+
+/** The first `x` whose value reaches `target`, or null when none does. */
+export function firstReaching(points: readonly { x: number; y: number }[], target: number): number | null {
+  return points.find((p) => p.y >= target - 1e-12)?.x ?? null;
+}

@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
-import { formatPoints, interval, pairedDifference, t975 } from "./_learning_stats.ts";
+import {
+  firstReaching,
+  formatPoints,
+  interval,
+  largestDrop,
+  pairedDifference,
+  successiveSd,
+  t975,
+} from "./_learning_stats.ts";
 
 // Reference quantiles from SciPy (`scipy.stats.t.ppf(0.975, df)`), not from this code.
 Deno.test("t975 matches SciPy's Student t quantiles, in the table and beyond it", () => {
@@ -26,4 +34,25 @@ Deno.test("pairedDifference takes the seeds both arms have, seed by seed", () =>
   assert.equal(d.n, 2);
   assert.ok(Math.abs(d.mean - 0.05) < 1e-12);
   assert.equal(formatPoints(d, true), "+5.0 ± 0.0");
+});
+
+Deno.test("largestDrop: how far a value fell below the best before it", () => {
+  assert.equal(largestDrop([]), 0);
+  assert.equal(largestDrop([0.5, 0.6, 0.7]), 0);
+  // the issue's run: 93 then 87.5, 85.5, ... 69: the drop is 93 − 69 = 24 points
+  assert.ok(Math.abs(largestDrop([0.425, 0.735, 0.93, 0.875, 0.855, 0.69, 0.935, 0.76]) - 0.24) < 1e-12);
+  assert.ok(Math.abs(largestDrop([0.9, 0.8, 0.95, 0.9]) - 0.1) < 1e-12);
+});
+
+Deno.test("successiveSd: the spread of version-to-version changes", () => {
+  assert.ok(Number.isNaN(successiveSd([0.5, 0.6])));
+  assert.ok(successiveSd([0.1, 0.2, 0.3, 0.4]) < 1e-12); // a steady climb does not swing
+  // differences +0.2, −0.2: sd √(0.08) = 0.2828
+  assert.ok(Math.abs(successiveSd([0.5, 0.7, 0.5]) - Math.sqrt(0.08)) < 1e-12);
+});
+
+Deno.test("firstReaching: the first point at or above the target", () => {
+  const pts = [{ x: 64, y: 0.8 }, { x: 128, y: 0.95 }, { x: 192, y: 0.9 }];
+  assert.equal(firstReaching(pts, 0.95), 128);
+  assert.equal(firstReaching(pts, 0.99), null);
 });

@@ -20,6 +20,21 @@
  *   noisy-robust   the same flipped verdicts, trained with robust DPO (loss_type robust in place of sigmoid,
  *                  label_smoothing = the flip rate)
  *
+ * and, run only when named in --arms, the levers against the swings between successive versions:
+ *
+ *   isqrt          online with the learning rate decayed as 1/sqrt(step) (lr_scheduler_type inverse_sqrt, its
+ *                  timescale --lr-timescale optimizer steps of warmup)
+ *   cosine         online with a cosine decay to 0 over the planned run (--pairs judgments; the optimizer steps
+ *                  it will take extrapolated from those taken so far)
+ *   ema            online, sampling, evaluating (and publishing) an exponential moving average of the weights
+ *                  (decay --ema-decay per optimizer step), training the weights themselves
+ *   ema-isqrt      both
+ *   gate-isqrt     the gate arm with the 1/sqrt decay
+ *   gate-ema       the gate arm with the moving average as the candidate (and the served version sampled from)
+ *   gate-ema-isqrt the same with the 1/sqrt decay
+ *   adaptive-beta  online with β adapted after every step toward a KL target (--kl-target nats of the step's
+ *                  objective/kl; the adaptive KL controller of Ziegler et al., 2019)
+ *
  * A judgment is one judged pair (a prompt's best sampled answer against its worst; a tie, not trained, when
  * all score the same) or one thumbs. Rounds hold --round prompts; the round that reaches a budget is cut short
  * so that every evaluation lands on the budget exactly. The policy is evaluated (greedy, --eval-prompts
@@ -28,7 +43,8 @@
  *
  *   deno task bench:learning [--seeds 5 | --seeds 1,2,3 | --seed 3] [--arms online,frozen,...]
  *     [--pairs 2000] [--budgets 250,500,1000,2000] [--task add2|add199|add3] [--out docs/learning]
- *     [--plot docs/learning.svg]
+ *     [--plot docs/learning.svg] [--per-round] [--ema-decay 0.95] [--lr-timescale 8]
+ *     [--kl-target 0.5]
  *
  * --seeds N runs seeds 1..N; a comma list runs those; --seed S runs seed S alone. --out P writes P.json and
  * P.csv (one row per arm, seed and budget); --out '' and --plot '' write nothing. --task add2 is the built-in
@@ -36,6 +52,9 @@
  * base for larger sums, so that the policy must drift further.
  * Prints the estimated total time first, a progress line per round (rate and ETA), then tables of mean ± 95%
  * interval (Student t over seeds) per arm and budget, ties and judge calls, and paired differences between arms.
+ * --per-round evaluates every version (after every round) as well, stores each run's trace in the JSON
+ * (`traces`) and adds a table of swings: the largest drop of a version below the best before it (and the
+ * same after the first version at 90% or more), the sd of successive differences, and when 95% was reached.
  */
 import { scriptArgs } from "./_args.ts";
 import { fileURLToPath } from "node:url";
@@ -48,7 +67,7 @@ import * as tf from "../src/model/tf.ts";
 import { createTrainer } from "../src/dpo/checkpoint.ts";
 import { type DpoConfig, parseDpoConfig } from "../src/dpo/config.ts";
 import { decideGate } from "../src/dpo/gate.ts";
-import type { KtoExample, PreferencePair } from "../src/dpo/trainer.ts";
+import { DpoTrainer, type KtoExample, type PreferencePair } from "../src/dpo/trainer.ts";
 import { answerHeldOut } from "../src/dpo/evaluate.ts";
 import {
   type ArithmeticTaskOptions,
@@ -61,6 +80,7 @@ import { writeAtomic } from "../src/util/fs.ts";
 import {
   type Arm,
   ARMS,
+  DEFAULT_ARMS,
   plot,
   type Results,
   resultsFromFile,
@@ -68,6 +88,7 @@ import {
   summarize,
   tables,
   toCsv,
+  type Trace,
 } from "./_learning_report.ts";
 
 /** The tasks: operand ranges of the arithmetic task (additions). */
@@ -91,6 +112,14 @@ const SECONDS_PER_1000: Record<Arm, number> = {
   gate: 31.5,
   "noisy-sigmoid": 26.5,
   "noisy-robust": 23,
+  isqrt: 22.5,
+  cosine: 22.5,
+  ema: 23,
+  "ema-isqrt": 23,
+  "gate-isqrt": 31.5,
+  "gate-ema": 32,
+  "gate-ema-isqrt": 32,
+  "adaptive-beta": 22.5,
 };
 /** Seconds per held-out prompt of the base evaluation on that machine. */
 const REFERENCE_EVAL_S_PER_PROMPT = 0.64 / 200;
@@ -111,7 +140,7 @@ const { values } = scriptArgs(import.meta.url, {
   "loss-weights": { type: "string", default: "1,1" },
   optimizer: { type: "string", default: "adamw" },
   "eval-prompts": { type: "string", default: "200" },
-  arms: { type: "string", default: ARMS.join(",") },
+  arms: { type: "string", default: DEFAULT_ARMS.join(",") },
   seeds: { type: "string", default: "5" },
   seed: { type: "string" },
   noise: { type: "string", default: "0.2" },
@@ -122,6 +151,10 @@ const { values } = scriptArgs(import.meta.url, {
   out: { type: "string", default: "docs/learning" },
   plot: { type: "string", default: "docs/learning.svg" },
   from: { type: "string" },
+  "per-round": { type: "boolean", default: false },
+  "ema-decay": { type: "string", default: "0.95" },
+  "kl-target": { type: "string", default: "0.5" },
+  "lr-timescale": { type: "string", default: "8" },
 });
 
 /** Stops with the rule and the value, as the usage errors of `_args.ts` do, without a stack trace. */
@@ -150,6 +183,12 @@ const TEMPERATURE = Number(values.temperature);
 const NOISE = Number(values.noise);
 const GATE = { margin: Number(values["gate-margin"]), confidence: Number(values["gate-confidence"]) };
 const MAX_NEW_TOKENS = 6;
+const PER_ROUND = values["per-round"]!;
+const EMA_DECAY = Number(values["ema-decay"]);
+const LR_TIMESCALE = positiveInt("lr-timescale", values["lr-timescale"]);
+const KL_TARGET = Number(values["kl-target"]);
+if (!(KL_TARGET > 0)) fail(`--kl-target must be a positive number: current value is '${values["kl-target"]}'`);
+if (!(EMA_DECAY > 0 && EMA_DECAY < 1)) fail(`--ema-decay must be in (0, 1): current value is '${values["ema-decay"]}'`);
 if (N < 2) fail(`--n must be at least 2 (a pair needs two answers): current value is ${N}`);
 if (!(NOISE >= 0 && NOISE < 0.5)) fail(`--noise must be in [0, 0.5): current value is '${values.noise}'`);
 if (!(GATE.margin >= 0 && GATE.margin <= 1)) fail(`--gate-margin must be in [0, 1]: current value is ${GATE.margin}`);
@@ -184,8 +223,30 @@ if (ARM_LIST.includes("noisy-robust") && !BASE_CONFIG.loss_type.includes("sigmoi
   fail(`the noisy-robust arm replaces 'sigmoid' in --loss-type by 'robust': current value is '${values["loss-type"]}'`);
 }
 
+/** What an arm changes of online training. */
+interface Traits {
+  /** Pairs sampled from a served version that the gate promotes candidates into. */
+  gated: boolean;
+  /** Sample, evaluate and promote the moving average of the weights. */
+  ema: boolean;
+  schedule: "constant" | "inverse_sqrt" | "cosine";
+}
+
+function traitsOf(arm: Arm): Traits {
+  return {
+    gated: arm === "gate" || arm.startsWith("gate-"),
+    ema: arm.includes("ema"),
+    schedule: arm.endsWith("isqrt") ? "inverse_sqrt" : arm === "cosine" ? "cosine" : "constant",
+  };
+}
+
 /** The DPO settings of one arm and seed. */
 function armConfig(arm: Arm, seed: number): DpoConfig {
+  const { schedule } = traitsOf(arm);
+  if (schedule === "inverse_sqrt") {
+    return parseDpoConfig({ ...RAW_CONFIG, seed, lr_scheduler_type: schedule, warmup_steps: LR_TIMESCALE }, arm);
+  }
+  if (schedule === "cosine") return parseDpoConfig({ ...RAW_CONFIG, seed, lr_scheduler_type: schedule }, arm);
   if (arm === "lora") {
     // The adapter (the reference is the frozen base), at 5x the learning rate, as LoRA is usually run.
     return parseDpoConfig({
@@ -226,7 +287,8 @@ function roundSizes(): number[] {
 const SIZES = roundSizes();
 
 // The evaluation's prompts come first in the held-out split, the gate's follow: never the same ones.
-const HELD_OUT = heldOutArithmeticPrompts(EVAL_PROMPTS + (ARM_LIST.includes("gate") ? GATE_PROMPTS : 0), TASK);
+const ANY_GATE = ARM_LIST.some((a) => traitsOf(a).gated);
+const HELD_OUT = heldOutArithmeticPrompts(EVAL_PROMPTS + (ANY_GATE ? GATE_PROMPTS : 0), TASK);
 const EVAL_SET = HELD_OUT.slice(0, EVAL_PROMPTS);
 const GATE_SET = HELD_OUT.slice(EVAL_PROMPTS);
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
@@ -314,14 +376,29 @@ function minutes(seconds: number): string {
   return seconds < 90 ? `${seconds.toFixed(0)} s` : `${(seconds / 60).toFixed(1)} min`;
 }
 
-/** Runs one arm on one seed; returns a row at each budget. */
-async function runArm(arm: Arm, seed: number, run: string, progress: Progress): Promise<Row[]> {
-  const thumbsArm = arm === "thumbs", lora = arm === "lora", gated = arm === "gate";
+/** Runs one arm on one seed; returns a row at each budget, and the trace of every round with --per-round. */
+async function runArm(arm: Arm, seed: number, run: string, progress: Progress): Promise<{ rows: Row[]; trace: Trace }> {
+  const thumbsArm = arm === "thumbs", lora = arm === "lora";
+  const { gated, ema, schedule } = traitsOf(arm);
   const noisy = arm === "noisy-sigmoid" || arm === "noisy-robust";
   const policy = await loadModel(values.model!);
   const reference = lora ? null : await loadModel(values.model!, { trainable: false });
   const served = gated ? await loadModel(values.model!, { trainable: false }) : null;
-  const trainer = createTrainer(policy, reference, armConfig(arm, seed));
+  const trainer = ema || arm === "adaptive-beta"
+    ? new DpoTrainer({
+      policy: policy.model,
+      reference: reference!.model,
+      config: armConfig(arm, seed),
+      eosId: policy.tokenizer.eosTokenId,
+      bosId: policy.tokenizer.bosTokenId,
+      emaDecay: ema ? EMA_DECAY : 0,
+      klTarget: arm === "adaptive-beta" ? KL_TARGET : 0,
+    })
+    : createTrainer(policy, reference, armConfig(arm, seed));
+  // What is sampled from, evaluated and promoted: the served version, or the policy (its average, with EMA).
+  const asPublished = <T>(fn: () => Promise<T>): Promise<T> => trainer.withEmaWeights(fn);
+  // Cosine: the optimizer steps of the whole run, extrapolated from those so far (a guess before the first).
+  let totalSteps = Number.MAX_SAFE_INTEGER;
   const nextPrompt = createArithmeticPrompts({ seed, ...TASK });
   const shuffle = createRng(seed);
   const flip = createRng(seed + 0x5eed);
@@ -344,13 +421,24 @@ async function runArm(arm: Arm, seed: number, run: string, progress: Progress): 
       offline.push(await sampleRound(policy, Array.from({ length: size }, nextPrompt), seed * 1000 + r));
     }
   }
+  const trace: Trace = { arm, seed, judgments: [], accuracy: [] };
+  if (PER_ROUND) {
+    trace.judgments.push(0);
+    trace.accuracy.push(mean(await answer(served ?? policy, EVAL_SET)));
+  }
   let servedGate = gated ? await answer(served!, GATE_SET) : [];
   c.gate_calls += servedGate.length;
   seconds += (performance.now() - began) / 1000;
   for (const [r, size] of SIZES.entries()) {
     const t0 = performance.now();
     const losses: number[] = [];
+    const kls: number[] = [];
     let note: string;
+    if (schedule === "cosine") {
+      totalSteps = judged === 0
+        ? Math.ceil((PAIRS * 0.5 / BATCH) * EPOCHS)
+        : Math.max(trainer.step + 1, Math.round((trainer.step * PAIRS) / judged));
+    }
     if (thumbsArm) {
       const thumbs = await sampleThumbs(policy, Array.from({ length: size }, nextPrompt), seed * 1000 + r);
       c.judge_calls += thumbs.length;
@@ -359,15 +447,16 @@ async function runArm(arm: Arm, seed: number, run: string, progress: Progress): 
         const order = shuffled(thumbs, shuffle);
         // A KTO step needs two thumbs at least (its KL reference point pairs each with another).
         for (let i = 0; i + 1 < order.length; i += BATCH) {
-          losses.push((await trainer.ktoStep(order.slice(i, i + BATCH), Number.MAX_SAFE_INTEGER)).loss);
+          losses.push((await trainer.ktoStep(order.slice(i, i + BATCH), totalSteps)).loss);
         }
       }
       trainer.refreshReference(1);
       note = `${thumbs.filter((t) => t.desirable).length} up`;
     } else {
+      const prompts = arm === "offline" ? [] : Array.from({ length: size }, nextPrompt);
       const round = arm === "offline"
         ? offline[r]!
-        : await sampleRound(served ?? policy, Array.from({ length: size }, nextPrompt), seed * 1000 + r);
+        : await asPublished(() => sampleRound(served ?? policy, prompts, seed * 1000 + r));
       if (noisy) {
         for (const p of round.pairs) {
           if (flip() >= NOISE) continue;
@@ -381,19 +470,21 @@ async function runArm(arm: Arm, seed: number, run: string, progress: Progress): 
       for (let e = 0; e < EPOCHS; e++) {
         const order = shuffled(round.pairs, shuffle);
         for (let i = 0; i < order.length; i += BATCH) {
-          losses.push((await trainer.trainStep(order.slice(i, i + BATCH), Number.MAX_SAFE_INTEGER)).loss);
+          const m = await trainer.trainStep(order.slice(i, i + BATCH), totalSteps);
+          losses.push(m.loss);
+          kls.push(m["objective/kl"]);
         }
       }
       trainer.forgetReference(round.pairs);
       if (arm !== "frozen" && arm !== "offline" && !lora) trainer.refreshReference(1);
-      note = `${round.ties} ties`;
+      note = `${round.ties} ties, kl ${kls.length ? mean(kls).toFixed(3) : "-"}, β ${trainer.beta.toFixed(3)}`;
       if (gated) {
         // The trainer role's gate: the candidate against the served version on the gate's own prompts.
-        const candidate = await answer(policy, GATE_SET);
+        const candidate = await asPublished(() => answer(policy, GATE_SET));
         c.gate_calls += candidate.length;
         const decision = decideGate(candidate, servedGate, GATE);
         if (decision.promoted) {
-          copyWeights(policy, served!);
+          await asPublished(() => Promise.resolve(copyWeights(policy, served!)));
           servedGate = candidate;
           c.promotions++;
         } else c.refusals++;
@@ -406,9 +497,15 @@ async function runArm(arm: Arm, seed: number, run: string, progress: Progress): 
     seconds += (performance.now() - t0) / 1000;
     const budget = BUDGETS.includes(judged);
     let accuracy = "";
-    if (budget) {
-      const scores = await answer(served ?? policy, EVAL_SET);
-      rows.push({ task: values.task!, arm, seed, judgments: judged, accuracy: mean(scores), seconds, ...c });
+    if (budget || PER_ROUND) {
+      const scores = served ? await answer(served, EVAL_SET) : await asPublished(() => answer(policy, EVAL_SET));
+      if (budget) {
+        rows.push({ task: values.task!, arm, seed, judgments: judged, accuracy: mean(scores), seconds, ...c });
+      }
+      if (PER_ROUND) {
+        trace.judgments.push(judged);
+        trace.accuracy.push(mean(scores));
+      }
       accuracy = `, held-out accuracy ${(100 * mean(scores)).toFixed(1)}%`;
     }
     const loss = losses.length > 0 ? mean(losses).toFixed(3) : "- (no step)";
@@ -420,10 +517,11 @@ async function runArm(arm: Arm, seed: number, run: string, progress: Progress): 
     );
   }
   trainer.optimizer.dispose();
+  trainer.disposeEma();
   policy.model.dispose();
   reference?.model.dispose();
   served?.model.dispose();
-  return rows;
+  return { rows, trace };
 }
 
 async function writeText(path: string, text: string): Promise<void> {
@@ -438,7 +536,7 @@ async function report(results: Results, files: { json?: object; wall: number; co
   if (values.out && files.json) {
     await writeText(
       `${values.out}.json`,
-      JSON.stringify({ ...files.json, summary, rows: results.rows }, null, 2) + "\n",
+      JSON.stringify({ ...files.json, summary, rows: results.rows, traces: results.traces }, null, 2) + "\n",
     );
     await writeText(`${values.out}.csv`, toCsv(results.rows));
     console.log(`results: ${values.out}.json, ${values.out}.csv`);
@@ -482,11 +580,16 @@ async function main(): Promise<void> {
   );
   const progress = new Progress(total);
   const rows: Row[] = [];
+  const traces: Trace[] = [];
   const began = performance.now();
   let k = 0;
   // Seed-major order: a run stopped early still has every arm on its first seeds, paired.
   for (const seed of SEEDS) {
-    for (const arm of ARM_LIST) rows.push(...await runArm(arm, seed, `[${++k}/${runs}]`, progress));
+    for (const arm of ARM_LIST) {
+      const run = await runArm(arm, seed, `[${++k}/${runs}]`, progress);
+      rows.push(...run.rows);
+      if (PER_ROUND) traces.push(run.trace);
+    }
   }
   const wall = (performance.now() - began) / 1000;
   const quote = (a: string) => (/^[\w.,:/=+-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`);
@@ -501,6 +604,7 @@ async function main(): Promise<void> {
     noise: NOISE,
     baseAccuracy,
     rows,
+    traces,
   };
   const json = {
     benchmark: "bench:learning",
@@ -526,7 +630,11 @@ async function main(): Promise<void> {
       temperature: TEMPERATURE,
       epochs: EPOCHS,
       eval_prompts: EVAL_SET.length,
-      gate: ARM_LIST.includes("gate") ? { prompts: GATE_SET.length, ...GATE } : null,
+      gate: ANY_GATE ? { prompts: GATE_SET.length, ...GATE } : null,
+      per_round: PER_ROUND,
+      ema_decay: ARM_LIST.some((a) => traitsOf(a).ema) ? EMA_DECAY : null,
+      lr_timescale: ARM_LIST.some((a) => traitsOf(a).schedule === "inverse_sqrt") ? LR_TIMESCALE : null,
+      kl_target: ARM_LIST.includes("adaptive-beta") ? KL_TARGET : null,
       noise: NOISE,
       dpo: BASE_CONFIG,
     },

@@ -445,7 +445,10 @@ Deno.test("worker refuses the settings only offline training uses, naming the co
   assert.equal(r.code, 2);
   assert.match(r.stderr, /Cannot use --max-steps, --seed with worker: they are settings of offline training/);
   const h = await cli(["worker", "--help"]);
-  assert.match(h.stdout, /--lr-scheduler constant\|linear\|cosine\s+[^\n]*(\n +[^\n]*)?\(default constant\)/);
+  assert.match(
+    h.stdout,
+    /--lr-scheduler constant\|linear\|cosine\|inverse_sqrt\n(?: {30}.*\n)*? {30}.*\(default inverse_sqrt\)/,
+  );
   for (const flag of ["--max-steps", "--num-epochs", "--seed"]) assert.doesNotMatch(h.stdout, new RegExp(`${flag} `));
   // The KTO weights apply online too: thumbs are trained between the DPO steps.
   for (const flag of ["--desirable-weight", "--undesirable-weight", "--kto-batch"]) {

@@ -44,11 +44,15 @@ const DECLS: Record<DpoKey, DpoSettingDecl> = {
   weight_decay: { metavar: "WD", help: "weight decay" },
   lr_scheduler_type: {
     flag: "lr-scheduler",
-    metavar: "constant|linear|cosine",
-    help: "after warmup, as Hugging Face's schedules",
-    onlineHelp: "after warmup; online training has no planned end, so linear and cosine hardly decay",
+    metavar: "constant|linear|cosine|inverse_sqrt",
+    help: "after warmup, as Hugging Face's schedules (`inverse_sqrt`: 1/√step, timescale `warmup_steps`)",
+    onlineHelp: "after warmup; online training has no planned end: `inverse_sqrt` (1/√step, timescale " +
+      "`warmup_steps`) needs none, `linear` and `cosine` hardly decay",
   },
-  warmup_steps: { metavar: "N", help: "linear warmup, in optimizer steps" },
+  warmup_steps: {
+    metavar: "N",
+    help: "linear warmup, in optimizer steps; with `inverse_sqrt` also its timescale",
+  },
   max_steps: {
     metavar: "N",
     help: "optimizer steps",

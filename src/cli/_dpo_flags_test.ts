@@ -11,7 +11,10 @@ Deno.test("DPO flags: every engine setting has one flag, and --help shows the en
   const engine = DpoConfigSchema.parse({});
   assert.match(offline, new RegExp(`--beta B .*\\(default ${engine.beta}\\)`));
   assert.match(offline, /--learning-rate LR .*\(default 1e-6\)/);
-  assert.match(offline, new RegExp(`--lr-scheduler [^\\n]*\\n? *[^\\n]*\\(default ${engine.lr_scheduler_type}\\)`));
+  assert.match(
+    offline,
+    new RegExp(`--lr-scheduler .*\\n(?: {30}.*\\n)*? {30}.*\\(default ${engine.lr_scheduler_type}\\)`),
+  );
   const online = optionsUsage(dpoOptions("online"));
   assert.match(online, new RegExp(`\\(default ${ONLINE_DPO_DEFAULTS.lr_scheduler_type}\\)`));
   for (const s of DPO_SETTINGS.filter((s) => s.offlineOnly)) {

@@ -109,6 +109,11 @@ export interface OnlineTrainerOptions {
    * stays held for the next publish. Absent: every publish goes ahead.
    */
   gate?: () => Promise<boolean>;
+  /**
+   * Called with the number of labeled pairs trained into the policy and not yet published (a refused
+   * candidate's among them) whenever it changes: work done, not work waiting (the feeder's backlog).
+   */
+  onHolding?: (pairs: number) => void | Promise<void>;
 }
 
 /**
@@ -199,6 +204,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         if (o.mode === "stream" && ++steps % o.publishEverySteps === 0) {
           trained = await publish(o, trained, held, lineage);
         }
+        await reportHolding(o, trained);
       }
       const ready = o.mode === "stream" ? pending.length >= o.batchPairs : pending.length >= o.roundPairs;
       if (!ready) {
@@ -210,6 +216,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         await step(o, batch);
         trained.push(...batch);
         if (++steps % o.publishEverySteps === 0) trained = await publish(o, trained, held, lineage);
+        await reportHolding(o, trained);
       } else {
         const round = pending;
         pending = [];
@@ -222,13 +229,20 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         trained.push(...round);
         // Refresh before publishing: the trainer checkpoint saved with the version holds the new reference.
         if (o.refRefreshRounds > 0 && ++rounds % o.refRefreshRounds === 0) o.trainer.refreshReference(1);
+        await reportHolding(o, trained);
         trained = await publish(o, trained, held, lineage);
+        await reportHolding(o, trained);
       }
     }
   } finally {
     keeper.stop();
   }
   if (fencedOut) throw fencedOut;
+}
+
+/** Tells `onHolding` how many labeled pairs are trained and not yet published. */
+async function reportHolding(o: OnlineTrainerOptions, trained: Trained[]): Promise<void> {
+  await o.onHolding?.(trained.filter((t) => "responses" in t).length);
 }
 
 /** Claims up to `limit` labeled pairs and ends those it must not train (stale or untrainable) at once. */

@@ -391,13 +391,16 @@ export async function globalNorm(tensors: tf.Tensor[]): Promise<number> {
 }
 
 /** A learning-rate schedule of Hugging Face transformers, each with linear warmup from 0. */
-export type LrSchedule = "constant" | "linear" | "cosine";
+export type LrSchedule = "constant" | "linear" | "cosine" | "inverse_sqrt";
 
 /** Options for `learningRateAt`. */
 export interface LearningRateOptions {
   /** The peak learning rate (the optimizer's `learningRate`). */
   base: number;
-  /** `get_constant_schedule_with_warmup`, `get_linear_schedule_with_warmup` or `get_cosine_schedule_with_warmup`. */
+  /**
+   * `get_constant_schedule_with_warmup`, `get_linear_schedule_with_warmup`, `get_cosine_schedule_with_warmup` or
+   * `get_inverse_sqrt_schedule` (timescale: the warmup steps; it ignores `totalSteps`).
+   */
   schedule: LrSchedule;
   /** Steps of linear warmup from 0 to `base`. */
   warmupSteps: number;
@@ -412,6 +415,11 @@ const LAMBDAS: Record<LrSchedule, (step: number, warmup: number, total: number) 
   cosine: (step, warmup, total) => {
     const progress = (step - warmup) / Math.max(1, total - warmup);
     return Math.max(0, 0.5 * (1 + Math.cos(Math.PI * 0.5 * 2 * progress)));
+  },
+  // get_inverse_sqrt_schedule: timescale = the warmup steps (10,000 without warmup); no planned end needed.
+  inverse_sqrt: (step, warmup) => {
+    const timescale = warmup > 0 ? warmup : 10_000;
+    return 1 / Math.sqrt((step + timescale - warmup) / timescale);
   },
 };
 

@@ -215,8 +215,21 @@ Deno.test("learningRateAt matches transformers' schedules under torch's LambdaLR
   );
   assert.throws(
     () => learningRateAt(0, { base: 1, schedule: "step" as LrSchedule, warmupSteps: 0, totalSteps: 3 }),
-    /'schedule' must be one of constant, linear, cosine: current value is step/,
+    /'schedule' must be one of constant, linear, cosine, inverse_sqrt: current value is step/,
   );
+});
+
+// transformers' get_inverse_sqrt_schedule: warmup, then 1/sqrt((step + shift) / timescale), timescale = warmup.
+Deno.test("learningRateAt: inverse_sqrt decays as transformers' get_inverse_sqrt_schedule", () => {
+  const at = (step: number, warmupSteps: number) =>
+    learningRateAt(step, { base: 1, schedule: "inverse_sqrt", warmupSteps, totalSteps: 0 });
+  assert.equal(at(2, 4), 0.5); // warmup
+  assert.equal(at(4, 4), 1);
+  assert.equal(at(16, 4), 0.5);
+  assert.equal(at(100, 4), 0.2);
+  // no warmup: timescale 10,000
+  assert.equal(at(0, 0), 1);
+  assert.equal(at(30_000, 0), 0.5);
 });
 
 for (const name of ["adamw_cosine", "sgd"]) {

@@ -85,6 +85,33 @@ export interface DpoTrainerOptions {
   eosId: number;
   /** Context for an empty prompt; default `eosId`. */
   bosId?: number;
+  /**
+   * Keep an exponential moving average of the trainable weights with this decay per optimizer step (at most
+   * `emaDecayAt`); 0 or absent: none.
+   */
+  emaDecay?: number;
+  /**
+   * Adaptive β (the adaptive KL controller of Ziegler et al., 2019): after every DPO update β is multiplied by
+   * 1 + 0.1·clip(KL / klTarget − 1, −0.2, 0.2), KL the step's `objective/kl`, so that β rises while the policy
+   * runs further from the reference than the target and falls while it stays closer. 0 or absent: β stays fixed.
+   */
+  klTarget?: number;
+}
+
+/** β after a DPO update that measured `kl` (see `DpoTrainerOptions.klTarget`), kept within [1e-3, 10]. */
+export function adaptBeta(beta: number, kl: number, target: number): number {
+  if (!(target > 0) || !Number.isFinite(kl)) return beta;
+  const error = Math.max(-0.2, Math.min(0.2, kl / target - 1));
+  return Math.max(1e-3, Math.min(10, beta * (1 + 0.1 * error)));
+}
+
+/**
+ * The decay of the policy's exponential moving average after optimizer step `step` (0-based): `decay`, but
+ * at most (1 + step) / (10 + step), so that the first steps are not averaged with the starting weights at
+ * full weight (the num_updates rule of TensorFlow's ExponentialMovingAverage).
+ */
+export function emaDecayAt(decay: number, step: number): number {
+  return Math.min(decay, (1 + step) / (10 + step));
 }
 
 interface RefLogps {
@@ -98,6 +125,8 @@ export interface TrainerState {
   step: number;
   refVersion: number;
   skippedSteps: number;
+  /** β of the next step, when it adapts toward a KL target (absent: `config.beta`). */
+  beta?: number;
 }
 
 /** Runs DPO steps on batches of preference pairs. */
@@ -122,6 +151,13 @@ export class DpoTrainer {
   #eosId: number;
   #bosId?: number;
   #refCache = new Map<string, RefLogps>();
+  /** The moving average of the trainable weights by parameter name (`emaDecay` > 0), or null. */
+  #ema: Map<string, tf.Variable> | null = null;
+  /** The moving average's decay per optimizer step (0: none). */
+  readonly emaDecay: number;
+  /** β of the next step: `config.beta`, adapted after every step toward `klTarget` when one is set. */
+  beta: number;
+  readonly klTarget: number;
 
   constructor(options: DpoTrainerOptions) {
     if ((options.reference === null) !== (options.policy.adapter !== undefined)) {
@@ -141,11 +177,71 @@ export class DpoTrainer {
       learningRate: options.config.learning_rate,
       weightDecay: options.config.weight_decay,
     });
+    const decay = options.emaDecay ?? 0;
+    if (!(decay >= 0 && decay < 1)) {
+      throw new Error(`Cannot keep a moving average of the weights as its decay must be in [0, 1): ${decay}`);
+    }
+    this.emaDecay = decay;
+    this.beta = options.config.beta;
+    this.klTarget = options.klTarget ?? 0;
+    if (decay > 0) {
+      this.#ema = new Map([...this.policy.trainableParams()].map(([name, v]) => [name, copyVariable(v)]));
+    }
+  }
+
+  /** Whether the trainer keeps a moving average of the policy's weights (`emaDecay` > 0). */
+  get hasEma(): boolean {
+    return this.#ema !== null;
+  }
+
+  /**
+   * Runs `fn` with the policy's trainable weights replaced by their moving average (`emaDecay`), then puts
+   * the trained weights back: what is published, served and evaluated is the average, what trains is not.
+   * Without an average, runs `fn` on the policy as it is. Nothing may train while `fn` runs.
+   */
+  async withEmaWeights<T>(fn: () => T | Promise<T>): Promise<T> {
+    if (!this.#ema) return await fn();
+    const params = this.policy.trainableParams();
+    const trained = new Map<string, tf.Tensor>();
+    for (const [name, avg] of this.#ema) {
+      const p = params.get(name)!;
+      trained.set(name, p.clone());
+      p.assign(avg);
+    }
+    try {
+      return await fn();
+    } finally {
+      for (const [name, t] of trained) {
+        params.get(name)!.assign(t);
+        t.dispose();
+      }
+    }
+  }
+
+  /** The moving average's weights by parameter name (for a checkpoint); empty without one. */
+  emaWeights(): Map<string, tf.Variable> {
+    return new Map(this.#ema ?? []);
+  }
+
+  /** Sets the moving average's weights (from a checkpoint); a name it does not hold is an error. */
+  loadEma(weights: Map<string, tf.Tensor>): void {
+    if (!this.#ema) {
+      throw new Error("Cannot load a moving average of the weights as the trainer keeps none (emaDecay 0)");
+    }
+    for (const [name, t] of weights) {
+      const avg = this.#ema.get(name);
+      if (!avg || !sameShape(avg.shape, t.shape)) {
+        throw new Error(`Cannot load the moving average's '${name}': no trainable weight of that name and shape`);
+      }
+      avg.assign(t);
+    }
   }
 
   /** The trainer's counters, for a checkpoint. */
   state(): TrainerState {
-    return { step: this.step, refVersion: this.refVersion, skippedSteps: this.skippedSteps };
+    const counters = { step: this.step, refVersion: this.refVersion, skippedSteps: this.skippedSteps };
+    // β is state only when it adapts; otherwise a resumed run takes the beta it is given.
+    return this.klTarget > 0 ? { ...counters, beta: this.beta } : counters;
   }
 
   /** Restores counters from a checkpoint (the optimizer state is restored separately). */
@@ -153,6 +249,7 @@ export class DpoTrainer {
     this.step = state.step;
     this.refVersion = state.refVersion;
     this.skippedSteps = state.skippedSteps;
+    if (state.beta !== undefined && this.klTarget > 0) this.beta = state.beta;
     this.#refCache.clear();
   }
 
@@ -270,7 +367,7 @@ export class DpoTrainer {
             chosenLengths: tf.tensor1d(counts.slice(0, B)),
             rejectedLengths: tf.tensor1d(counts.slice(B)),
           }, {
-            beta: this.config.beta,
+            beta: this.beta,
             labelSmoothing: this.config.label_smoothing,
             lossTypes: this.config.loss_type,
             lossWeights: this.config.loss_weights,
@@ -325,6 +422,7 @@ export class DpoTrainer {
       skipped_steps: this.skippedSteps,
       ref_version: this.refVersion,
     });
+    if (!update.skipped) this.beta = adaptBeta(this.beta, metrics["objective/kl"], this.klTarget);
     this.refreshReferenceIfDue();
     return metrics;
   }
@@ -345,7 +443,10 @@ export class DpoTrainer {
     });
     const skipped = !Number.isFinite(norm) || !Number.isFinite(loss);
     if (skipped) this.skippedSteps++;
-    else this.optimizer.step(named, lr, clipCoefficient(norm, this.config.max_grad_norm));
+    else {
+      this.optimizer.step(named, lr, clipCoefficient(norm, this.config.max_grad_norm));
+      this.#updateEma();
+    }
     tf.dispose([...named.values()]);
     this.step++;
     return { grad_norm: norm, learning_rate: lr, skipped };
@@ -384,7 +485,7 @@ export class DpoTrainer {
           klPolicy: tf.tensor1d(klPolicyValues),
           klRef: tf.tensor1d(refValues.slice(n)),
         }, {
-          beta: this.config.beta,
+          beta: this.beta,
           desirableWeight: this.config.desirable_weight,
           undesirableWeight: this.config.undesirable_weight,
         });
@@ -418,6 +519,22 @@ export class DpoTrainer {
     return metrics;
   }
 
+  /** avg ← d·avg + (1 − d)·θ after an update, d = `emaDecayAt(emaDecay, step)`. */
+  #updateEma(): void {
+    if (!this.#ema) return;
+    const d = emaDecayAt(this.emaDecay, this.step);
+    const params = this.policy.trainableParams();
+    tf.tidy(() => {
+      for (const [name, avg] of this.#ema!) avg.assign(tf.add(tf.mul(avg, d), tf.mul(params.get(name)!, 1 - d)));
+    });
+  }
+
+  /** Frees the moving average's weights (the models and the optimizer are freed by their owners). */
+  disposeEma(): void {
+    for (const v of this.#ema?.values() ?? []) v.dispose();
+    this.#ema = null;
+  }
+
   /** Applies the reference schedule after a step: hard copy every N steps, or the TR-DPO soft mix. */
   private refreshReferenceIfDue(): void {
     const c = this.config;
@@ -440,6 +557,17 @@ export class DpoTrainer {
     });
     this.refVersion++;
   }
+}
+
+function copyVariable(v: tf.Variable): tf.Variable {
+  const copy = v.clone();
+  const out = tf.variable(copy, false);
+  copy.dispose();
+  return out;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 function pairKey(p: PreferencePair): string {

@@ -4,9 +4,9 @@ import { loadModel } from "../model/io/checkpoint.ts";
 import { assertClose, fixturePath, useBackend } from "../model/_test_utils.ts";
 import { fixturePairs, readDpoExpected } from "./_fixtures.ts";
 import { type DpoConfig, parseDpoConfig } from "./config.ts";
-import { DpoTrainer } from "./trainer.ts";
+import { DpoTrainer, emaDecayAt } from "./trainer.ts";
 
-async function makeTrainer(config: Partial<DpoConfig>, refDir = fixturePath("dpo/ref")) {
+async function makeTrainer(config: Partial<DpoConfig>, refDir = fixturePath("dpo/ref"), emaDecay?: number) {
   const policy = await loadModel(fixturePath("gpt2_tiny"));
   const reference = await loadModel(refDir, { trainable: false });
   const trainer = new DpoTrainer({
@@ -14,11 +14,13 @@ async function makeTrainer(config: Partial<DpoConfig>, refDir = fixturePath("dpo
     reference: reference.model,
     config: parseDpoConfig(config),
     eosId: policy.tokenizer.eosTokenId,
+    emaDecay,
   });
   const dispose = () => {
     policy.model.dispose();
     reference.model.dispose();
     trainer.optimizer.dispose();
+    trainer.disposeEma();
   };
   return { trainer, dispose };
 }
@@ -203,4 +205,76 @@ Deno.test("LoRA DPO matches PyTorch: the reference is the base with the adapter 
     policy.model.dispose();
     trainer.optimizer.dispose();
   }
+});
+
+Deno.test("emaDecayAt: the decay, capped by (1 + step) / (10 + step) early on", () => {
+  assert.equal(emaDecayAt(0.95, 0), 0.1);
+  assert.equal(emaDecayAt(0.95, 10), 11 / 20);
+  assert.equal(emaDecayAt(0.95, 1000), 0.95);
+});
+
+Deno.test("EMA: the average follows each update, serves inside withEmaWeights, and training weights come back", async () => {
+  await useBackend("wasm");
+  const pairs = fixturePairs(await readDpoExpected());
+  const { trainer, dispose } = await makeTrainer({ ...SGD, learning_rate: 0.5 }, fixturePath("dpo/ref"), 0.9);
+  assert.equal(trainer.hasEma, true);
+  const name = "transformer.h.0.attn.c_attn.weight";
+  const w = trainer.policy.params.get(name)!;
+  const w0 = await w.data();
+  await trainer.trainStep(pairs, 2); // step 0: d = min(0.9, 1/10) = 0.1
+  const w1 = await w.data();
+  assert.ok(w1.some((v, i) => v !== w0[i]), "the step moved the weight");
+  const avg1 = Array.from(w0, (v, i) => 0.1 * v + 0.9 * w1[i]!);
+  assertClose(await trainer.emaWeights().get(name)!.data(), avg1, 1e-6, "average after step 0");
+  await trainer.trainStep(pairs, 2); // step 1: d = 2/11
+  const w2 = await w.data();
+  const avg2 = avg1.map((v, i) => (2 / 11) * v + (9 / 11) * w2[i]!);
+  const tensors = tf.memory().numTensors;
+  const inside = await trainer.withEmaWeights(async () => await trainer.policy.params.get(name)!.data());
+  assertClose(inside, avg2, 1e-6, "the policy's weight inside withEmaWeights");
+  assert.deepEqual(await w.data(), w2, "the trained weight is back");
+  assert.equal(tf.memory().numTensors, tensors, "tensors after withEmaWeights");
+  // An error inside still puts the trained weights back.
+  await assert.rejects(trainer.withEmaWeights(() => Promise.reject(new Error("boom"))), /boom/);
+  assert.deepEqual(await w.data(), w2);
+  // A skipped (NaN) step does not move the average.
+  const ln = trainer.reference!.params.get("transformer.ln_f.weight")!;
+  const lnBefore = ln.clone();
+  ln.assign(tf.fill(ln.shape, NaN));
+  await trainer.trainStep(pairs.map((p) => ({ ...p, chosenIds: [...p.chosenIds, 1] })), 2);
+  assertClose(await trainer.emaWeights().get(name)!.data(), avg2, 1e-6, "average after a skipped step");
+  ln.assign(lnBefore);
+  lnBefore.dispose();
+  // Loading an average from a checkpoint: names and shapes must match.
+  const ones = tf.onesLike(w);
+  trainer.loadEma(new Map([[name, ones]]));
+  assert.deepEqual(Array.from(await trainer.emaWeights().get(name)!.data()), Array(w.size).fill(1));
+  assert.throws(() => trainer.loadEma(new Map([["nope", ones]])), /Cannot load the moving average's 'nope'/);
+  ones.dispose();
+  dispose();
+});
+
+Deno.test("EMA off: withEmaWeights runs on the policy as it is, and a decay outside [0, 1) is refused", async () => {
+  await useBackend("wasm");
+  const { trainer, dispose } = await makeTrainer(SGD);
+  assert.equal(trainer.hasEma, false);
+  assert.equal(await trainer.withEmaWeights(() => 7), 7);
+  assert.throws(() => trainer.loadEma(new Map()), /keeps none \(emaDecay 0\)/);
+  dispose();
+  await assert.rejects(makeTrainer(SGD, fixturePath("dpo/ref"), 1), /decay must be in \[0, 1\)/);
+});
+
+Deno.test("inverse_sqrt: online steps (no planned end) warm up, then decay as √(warmup / step)", async () => {
+  await useBackend("wasm");
+  const pairs = fixturePairs(await readDpoExpected()).slice(0, 2);
+  const { trainer, dispose } = await makeTrainer({
+    ...SGD,
+    learning_rate: 0.01,
+    lr_scheduler_type: "inverse_sqrt",
+    warmup_steps: 2,
+  });
+  const lrs: number[] = [];
+  for (let i = 0; i < 5; i++) lrs.push((await trainer.trainStep(pairs, Number.MAX_SAFE_INTEGER)).learning_rate);
+  assertClose(lrs, [0, 0.005, 0.01, 0.01 * Math.sqrt(2 / 3), 0.01 * Math.sqrt(2 / 4)], 1e-12, "learning rates");
+  dispose();
 });

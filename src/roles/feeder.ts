@@ -99,12 +99,16 @@ export async function runFeeder(o: FeederOptions): Promise<void> {
   await Promise.all(Array.from({ length: o.concurrency }, lane));
 }
 
-/** Pairs waiting for a judge or the trainer, from the server's stats. */
+/**
+ * Pairs waiting for a judge or the trainer, from the server's stats: labeled pairs the trainer has trained
+ * and holds for a later publish (after a gate refusal) are done work, not waiting.
+ */
 async function backlog(o: FeederOptions, headers: Record<string, string>): Promise<number> {
   const res = await fetch(`${o.url}/v1/stats`, { headers, signal: o.signal });
   const body = await res.json().catch(() => null);
   if (!res.ok) throw new Error(`GET /v1/stats answered ${res.status}: ${body?.error?.message ?? "no message"}`);
-  return Number(body?.pairs?.awaiting_judgment ?? 0) + Number(body?.pairs?.labeled ?? 0);
+  const labeled = Number(body?.pairs?.labeled ?? 0) - Number(body?.trainer?.held_pairs ?? 0);
+  return Number(body?.pairs?.awaiting_judgment ?? 0) + Math.max(0, labeled);
 }
 
 /** Passes a message on, but a repeat of the last one only every 10 s (with how many were held back). */

@@ -193,7 +193,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
     );
   }
   let version = current?.version ?? 0;
-  const counts = { leasesLost: 0, retired: 0 };
+  const counts = { leasesLost: 0, retired: 0, held: 0 };
   const status = () =>
     records.writeStatus({
       owner: opts.owner,
@@ -202,6 +202,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       ref_version: trainer.refVersion,
       leases_lost: counts.leasesLost,
       retired: counts.retired,
+      held_pairs: counts.held,
       updated_at: Date.now(),
     });
 
@@ -259,7 +260,9 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       trainer,
       encode: (pair) => encodeStoredPair(tok, pair, maxLength),
       problem: (pair) => promptFitProblem(tok, trainingPromptText(tok, pair), maxLength),
-      savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
+      // With a moving average (the trainer's emaDecay), what is published (and so served), gated and evaluated
+      // is the average.
+      savePolicy: (dir) => trainer.withEmaWeights(() => saveModel({ ...policy, model: trainer.policy }, dir)),
       tmpDir,
       owner: instance,
       fence,
@@ -298,6 +301,11 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
           log(`pair ${r.id} is in v${v}'s record but was not marked trained: ${r.reason}`);
         }
       },
+      // Written at once: the feeder leaves held pairs out of its backlog, and a stale count could stall it.
+      onHolding: async (pairs) => {
+        counts.held = pairs;
+        await status();
+      },
       mode: opts.mode,
       batchPairs,
       roundPairs: opts.roundSize,
@@ -314,7 +322,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
         hooks.onEvent({ type: "step", metrics: m });
       },
       gate: gater && (async () => {
-        decision = await gater.decide(trainer);
+        decision = await trainer.withEmaWeights(() => gater.decide(trainer));
         const verdict =
           `candidate ${percent(decision.candidate_accuracy)} vs served ${
             percent(decision.served_accuracy)
@@ -337,7 +345,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
         // The best evaluated version is kept however many newer ones follow: it is what a rollback wants.
         const pruned = await checkpoints.prune(opts.keep, { alsoKeep: await bestEvaluated(records) });
         log(`published policy v${published} (${pairs} pairs)${pruned.length ? `; pruned ${pruned.join(", ")}` : ""}`);
-        const result = evaluator ? await evaluator.evaluate(published, trainer) : null;
+        const result = evaluator ? await trainer.withEmaWeights(() => evaluator.evaluate(published, trainer)) : null;
         await status();
         hooks.onEvent({ type: "publish", version: published, pairs, eval: result });
       },
@@ -346,6 +354,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
     policy.model.dispose();
     reference?.model.dispose();
     trainer.optimizer.dispose();
+    trainer.disposeEma();
   }
 }
 

@@ -365,7 +365,13 @@ Deno.test({
       leaseMs: 60_000,
       pollMs: 20,
       backend: "wasm",
-      dpo: { per_device_train_batch_size: 4, learning_rate: 3e-3, loss_type: ["sigmoid"] },
+      dpo: {
+        per_device_train_batch_size: 4,
+        learning_rate: 3e-3,
+        loss_type: ["sigmoid"],
+        lr_scheduler_type: "constant",
+        warmup_steps: 0,
+      },
       eval: { task: "arithmetic", prompts: 20, maxNewTokens: 6 },
       gate: { prompts: 100, margin: 0.02, confidence: 0.95 },
     };
@@ -397,8 +403,11 @@ Deno.test({
       assert.equal(last.served_version, 0);
       assert.ok(last.candidate_accuracy < last.served_accuracy, JSON.stringify(last));
       assert.ok(last.lower_bound < -0.02);
-      // The pairs stay with the trainer (held, not trained into any version) until a candidate passes.
+      // The pairs stay with the trainer (held, not trained into any version) until a candidate passes, and
+      // its status says so: trained work the feeder must not count as backlog.
       assert.equal((await store.counts()).trained, 0);
+      const status = await store.records.status();
+      assert.equal(status?.held_pairs, 4 * steps, JSON.stringify(status));
     } finally {
       kv.close();
       await Deno.remove(dir, { recursive: true });

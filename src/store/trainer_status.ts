@@ -15,6 +15,11 @@ export const TrainerStatusSchema = z.object({
   leases_lost: z.number().int().nonnegative().default(0),
   /** Pairs this trainer run ended as stale or rejected instead of training them. */
   retired: z.number().int().nonnegative().default(0),
+  /**
+   * Labeled pairs trained into the policy and not yet published (a candidate the gate refused holds its
+   * pairs until a later one passes): trained work, not work waiting.
+   */
+  held_pairs: z.number().int().nonnegative().default(0),
   /** When this record was written, ms since the epoch. */
   updated_at: z.number().int().nonnegative(),
 });
