@@ -6,7 +6,6 @@
  * directory and renamed into place: a crash leaves the previous checkpoint or none, never half of one.
  */
 import { join } from "node:path";
-import * as tf from "../model/tf.ts";
 import { z } from "zod";
 import { type LoadedModel, loadModel, saveModel } from "../model/io/checkpoint.ts";
 import { attachNewAdapter, LoraConfigSchema } from "../model/arch/lora.ts";
@@ -20,7 +19,6 @@ const MANIFEST = "checkpoint.json";
 const OPTIMIZER_FILE = "optimizer.safetensors";
 const STATE_FILE = "trainer_state.json";
 const REFERENCE_DIR = "reference";
-const EMA_FILE = "ema.safetensors";
 
 const TrainerStateFile = z.object({
   format: z.literal(1),
@@ -28,8 +26,6 @@ const TrainerStateFile = z.object({
   ref_version: z.number().int().nonnegative(),
   skipped_steps: z.number().int().nonnegative(),
   optimizer_step: z.number().int().nonnegative(),
-  /** β of the next step (adapted toward a KL target); absent in checkpoints written before it was kept. */
-  beta: z.number().positive().optional(),
   config: z.unknown(),
 });
 
@@ -43,8 +39,6 @@ export interface TrainingCheckpoint {
   config: DpoConfig;
   trainerState: TrainerState;
   optimizerState: OptimizerState;
-  /** The moving average of the policy's weights (`DpoTrainer`'s `emaDecay`), when the run kept one. */
-  emaState?: Map<string, { shape: number[]; values: Float32Array }>;
 }
 
 /**
@@ -57,7 +51,7 @@ export function createTrainer(
   policy: LoadedModel,
   reference: LoadedModel | null,
   config: DpoConfig,
-  resume?: Pick<TrainingCheckpoint, "trainerState" | "optimizerState" | "emaState">,
+  resume?: Pick<TrainingCheckpoint, "trainerState" | "optimizerState">,
 ): DpoTrainer {
   if (config.use_peft && !policy.model.adapter) {
     attachNewAdapter(policy.model, loraConfig(config), config.seed);
@@ -69,26 +63,11 @@ export function createTrainer(
     eosId: policy.tokenizer.eosTokenId,
     bosId: policy.tokenizer.bosTokenId,
   });
-  if (resume) resumeTrainer(trainer, resume);
-  return trainer;
-}
-
-/** Restores a checkpoint's counters, optimizer state and moving average (when both keep one) into `trainer`. */
-export function resumeTrainer(
-  trainer: DpoTrainer,
-  resume: Pick<TrainingCheckpoint, "trainerState" | "optimizerState" | "emaState">,
-): void {
-  trainer.restore(resume.trainerState);
-  trainer.optimizer.load(resume.optimizerState);
-  // A run that kept no average (or one whose average is off now) starts one from the policy's weights.
-  if (resume.emaState && trainer.hasEma) {
-    const tensors = new Map([...resume.emaState].map(([name, t]) => [name, tf.tensor(t.values, t.shape)]));
-    try {
-      trainer.loadEma(tensors);
-    } finally {
-      tf.dispose([...tensors.values()]);
-    }
+  if (resume) {
+    trainer.restore(resume.trainerState);
+    trainer.optimizer.load(resume.optimizerState);
   }
+  return trainer;
 }
 
 /** The adapter a DPO config asks for, as PEFT's LoRA config. */
@@ -125,13 +104,6 @@ export async function saveTrainingCheckpoint(
     }
     const opt = await trainer.optimizer.state();
     await writeAtomic(join(tmp, OPTIMIZER_FILE), encodeSafetensors(opt.tensors, { step: String(opt.step) }));
-    if (trainer.hasEma) {
-      const ema = new Map<string, { shape: number[]; values: Float32Array }>();
-      for (const [name, v] of trainer.emaWeights()) {
-        ema.set(name, { shape: [...v.shape], values: new Float32Array(await v.data()) });
-      }
-      await writeAtomic(join(tmp, EMA_FILE), encodeSafetensors(ema));
-    }
     const s = trainer.state();
     const state = {
       format: 1,
@@ -139,7 +111,6 @@ export async function saveTrainingCheckpoint(
       ref_version: s.refVersion,
       skipped_steps: s.skippedSteps,
       optimizer_step: opt.step,
-      beta: s.beta,
       config: trainer.config,
     };
     await writeAtomic(join(tmp, STATE_FILE), new TextEncoder().encode(JSON.stringify(state, null, 2) + "\n"));
@@ -184,15 +155,6 @@ export async function loadTrainingCheckpoint(dir: string): Promise<TrainingCheck
     if (!(t.values instanceof Float32Array)) fail(`optimizer tensor '${name}' is not a float tensor`);
     tensors.set(name, { shape: t.shape, values: t.values as Float32Array });
   }
-  let emaState: TrainingCheckpoint["emaState"];
-  if (manifest.files[EMA_FILE] !== undefined) {
-    emaState = new Map();
-    const ema = decodeSafetensors(await Deno.readFile(join(dir, EMA_FILE)), join(dir, EMA_FILE));
-    for (const [name, t] of ema.tensors) {
-      if (!(t.values instanceof Float32Array)) fail(`moving-average tensor '${name}' is not a float tensor`);
-      emaState.set(name, { shape: t.shape, values: t.values as Float32Array });
-    }
-  }
   const policy = await loadModel(dir);
   const reference = policy.model.adapter
     ? null
@@ -204,14 +166,8 @@ export async function loadTrainingCheckpoint(dir: string): Promise<TrainingCheck
     policy,
     reference,
     config,
-    trainerState: {
-      step: state.step,
-      refVersion: state.ref_version,
-      skippedSteps: state.skipped_steps,
-      ...(state.beta === undefined ? {} : { beta: state.beta }),
-    },
+    trainerState: { step: state.step, refVersion: state.ref_version, skippedSteps: state.skipped_steps },
     optimizerState: { step: state.optimizer_step, tensors },
-    ...(emaState ? { emaState } : {}),
   };
 }
 

@@ -125,8 +125,6 @@ export interface TrainerState {
   step: number;
   refVersion: number;
   skippedSteps: number;
-  /** β of the next step, when it adapts toward a KL target (absent: `config.beta`). */
-  beta?: number;
 }
 
 /** Runs DPO steps on batches of preference pairs. */
@@ -218,30 +216,14 @@ export class DpoTrainer {
     }
   }
 
-  /** The moving average's weights by parameter name (for a checkpoint); empty without one. */
+  /** The moving average's weights by parameter name; empty without one. */
   emaWeights(): Map<string, tf.Variable> {
     return new Map(this.#ema ?? []);
   }
 
-  /** Sets the moving average's weights (from a checkpoint); a name it does not hold is an error. */
-  loadEma(weights: Map<string, tf.Tensor>): void {
-    if (!this.#ema) {
-      throw new Error("Cannot load a moving average of the weights as the trainer keeps none (emaDecay 0)");
-    }
-    for (const [name, t] of weights) {
-      const avg = this.#ema.get(name);
-      if (!avg || !sameShape(avg.shape, t.shape)) {
-        throw new Error(`Cannot load the moving average's '${name}': no trainable weight of that name and shape`);
-      }
-      avg.assign(t);
-    }
-  }
-
   /** The trainer's counters, for a checkpoint. */
   state(): TrainerState {
-    const counters = { step: this.step, refVersion: this.refVersion, skippedSteps: this.skippedSteps };
-    // β is state only when it adapts; otherwise a resumed run takes the beta it is given.
-    return this.klTarget > 0 ? { ...counters, beta: this.beta } : counters;
+    return { step: this.step, refVersion: this.refVersion, skippedSteps: this.skippedSteps };
   }
 
   /** Restores counters from a checkpoint (the optimizer state is restored separately). */
@@ -249,7 +231,6 @@ export class DpoTrainer {
     this.step = state.step;
     this.refVersion = state.refVersion;
     this.skippedSteps = state.skippedSteps;
-    if (state.beta !== undefined && this.klTarget > 0) this.beta = state.beta;
     this.#refCache.clear();
   }
 
@@ -564,10 +545,6 @@ function copyVariable(v: tf.Variable): tf.Variable {
   const out = tf.variable(copy, false);
   copy.dispose();
   return out;
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 function pairKey(p: PreferencePair): string {

@@ -260,9 +260,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       trainer,
       encode: (pair) => encodeStoredPair(tok, pair, maxLength),
       problem: (pair) => promptFitProblem(tok, trainingPromptText(tok, pair), maxLength),
-      // With a moving average (the trainer's emaDecay), what is published (and so served), gated and evaluated
-      // is the average.
-      savePolicy: (dir) => trainer.withEmaWeights(() => saveModel({ ...policy, model: trainer.policy }, dir)),
+      savePolicy: (dir) => saveModel({ ...policy, model: trainer.policy }, dir),
       tmpDir,
       owner: instance,
       fence,
@@ -322,7 +320,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
         hooks.onEvent({ type: "step", metrics: m });
       },
       gate: gater && (async () => {
-        decision = await trainer.withEmaWeights(() => gater.decide(trainer));
+        decision = await gater.decide(trainer);
         const verdict =
           `candidate ${percent(decision.candidate_accuracy)} vs served ${
             percent(decision.served_accuracy)
@@ -345,7 +343,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
         // The best evaluated version is kept however many newer ones follow: it is what a rollback wants.
         const pruned = await checkpoints.prune(opts.keep, { alsoKeep: await bestEvaluated(records) });
         log(`published policy v${published} (${pairs} pairs)${pruned.length ? `; pruned ${pruned.join(", ")}` : ""}`);
-        const result = evaluator ? await trainer.withEmaWeights(() => evaluator.evaluate(published, trainer)) : null;
+        const result = evaluator ? await evaluator.evaluate(published, trainer) : null;
         await status();
         hooks.onEvent({ type: "publish", version: published, pairs, eval: result });
       },
@@ -354,7 +352,6 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
     policy.model.dispose();
     reference?.model.dispose();
     trainer.optimizer.dispose();
-    trainer.disposeEma();
   }
 }
 
