@@ -107,8 +107,14 @@ async function backlog(o: FeederOptions, headers: Record<string, string>): Promi
   const res = await fetch(`${o.url}/v1/stats`, { headers, signal: o.signal });
   const body = await res.json().catch(() => null);
   if (!res.ok) throw new Error(`GET /v1/stats answered ${res.status}: ${body?.error?.message ?? "no message"}`);
-  const labeled = Number(body?.pairs?.labeled ?? 0) - Number(body?.trainer?.held_pairs ?? 0);
-  return Number(body?.pairs?.awaiting_judgment ?? 0) + Math.max(0, labeled);
+  return backlogOf(body);
+}
+
+/** The backlog in a `/v1/stats` answer: pairs awaiting judgment, and labeled pairs the trainer does not hold. */
+// deno-lint-ignore no-explicit-any
+export function backlogOf(stats: any): number {
+  const labeled = Number(stats?.pairs?.labeled ?? 0) - Number(stats?.trainer?.held_pairs ?? 0);
+  return Number(stats?.pairs?.awaiting_judgment ?? 0) + Math.max(0, labeled);
 }
 
 /** Passes a message on, but a repeat of the last one only every 10 s (with how many were held back). */

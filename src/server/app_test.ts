@@ -7,6 +7,7 @@ import { PairStore } from "../store/pairs.ts";
 import { legacyEqualCandidates } from "../store/_test_helpers.ts";
 import { type AppDeps, createApp } from "./app.ts";
 import { PolicyHolder } from "./policy.ts";
+import { backlogOf } from "../roles/feeder.ts";
 
 const KEY = "app-test-key-0001";
 const FEEDER = "feeder-test-key-0001";
@@ -460,6 +461,7 @@ Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or
     ref_version: 0,
     leases_lost: 3,
     retired: 2,
+    held_pairs: 1,
     updated_at: Date.now(),
   });
   const judged = await store.create({ prompt: "q", promptText: "q", responses: ["x", "z"], policyVersion: 1 });
@@ -473,6 +475,9 @@ Deno.test("stats, metrics and the pairs list show pairs ended stale, rejected or
   await store.records.recordGate({ at: 2, step: 6, promoted: true, version: 1 });
   const stats = await (await call("GET", "/v1/stats")).json();
   assert.deepEqual([stats.pairs.stale, stats.pairs.rejected, stats.pairs.judge_failed], [1, 1, 1]);
+  // The feeder reads its backlog from here: the one labeled pair is held by the trainer, so it is not backlog.
+  assert.deepEqual([stats.trainer.step, stats.trainer.held_pairs, stats.pairs.labeled], [7, 1, 1]);
+  assert.equal(backlogOf(stats), stats.pairs.awaiting_judgment);
   assert.deepEqual(stats.gate, { promoted: 1, refused: 1, last: { at: 2, step: 6, promoted: true, version: 1 } });
   assert.deepEqual(stats.judges["hf:judge"], {
     calls: 2,

@@ -15,15 +15,18 @@ export function observeRoutes(ctx: RouteContext): Hono<{ Variables: AppVariables
   });
 
   routes.get("/v1/stats", async (c) => {
-    const [pairs, feedback, judges, gate] = await Promise.all([
+    const [pairs, feedback, judges, gate, trainer] = await Promise.all([
       store.counts(),
       store.feedbackCounts(),
       store.judgeUsage(),
       store.records.gates(1),
+      store.records.status(),
     ]);
     return c.json({
       policy_version: policy?.version ?? null,
       pairs,
+      // The feeder leaves the pairs the trainer holds (`held_pairs`, after a gate refusal) out of its backlog.
+      trainer,
       completion_feedback: feedback,
       judges: judgeStats(judges),
       gate: { promoted: gate.promoted, refused: gate.refused, last: gate.decisions[0] ?? null },
