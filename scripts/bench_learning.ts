@@ -66,7 +66,7 @@ import { createRng } from "../src/model/decoding/sampling.ts";
 import * as tf from "../src/model/tf.ts";
 import { createTrainer } from "../src/dpo/checkpoint.ts";
 import { type DpoConfig, parseDpoConfig } from "../src/dpo/config.ts";
-import { decideGate } from "../src/dpo/gate.ts";
+import { decideGate, GateBar } from "../src/dpo/gate.ts";
 import { DpoTrainer, type KtoExample, type PreferencePair } from "../src/dpo/trainer.ts";
 import { answerHeldOut } from "../src/dpo/evaluate.ts";
 import {
@@ -426,8 +426,8 @@ async function runArm(arm: Arm, seed: number, run: string, progress: Progress): 
     trace.judgments.push(0);
     trace.accuracy.push(mean(await answer(served ?? policy, EVAL_SET)));
   }
-  let servedGate = gated ? await answer(served!, GATE_SET) : [];
-  c.gate_calls += servedGate.length;
+  const bar = new GateBar(0, gated ? await answer(served!, GATE_SET) : []);
+  c.gate_calls += bar.scores.length;
   seconds += (performance.now() - began) / 1000;
   for (const [r, size] of SIZES.entries()) {
     const t0 = performance.now();
@@ -479,13 +479,13 @@ async function runArm(arm: Arm, seed: number, run: string, progress: Progress): 
       if (arm !== "frozen" && arm !== "offline" && !lora) trainer.refreshReference(1);
       note = `${round.ties} ties, kl ${kls.length ? mean(kls).toFixed(3) : "-"}, β ${trainer.beta.toFixed(3)}`;
       if (gated) {
-        // The trainer role's gate: the candidate against the served version on the gate's own prompts.
+        // The trainer role's gate: the candidate against the best served version on the gate's own prompts.
         const candidate = await asPublished(() => answer(policy, GATE_SET));
         c.gate_calls += candidate.length;
-        const decision = decideGate(candidate, servedGate, GATE);
+        const decision = decideGate(candidate, bar.scores, GATE);
         if (decision.promoted) {
           await asPublished(() => Promise.resolve(copyWeights(policy, served!)));
-          servedGate = candidate;
+          bar.promoted(c.promotions + 1, candidate);
           c.promotions++;
         } else c.refusals++;
         note +=

@@ -366,7 +366,7 @@ Deno.test({
           0,
         );
 
-        for (const [series, points] of [["promoted", 1], ["refused", 1], ["served", 2]] as const) {
+        for (const [series, points] of [["promoted", 1], ["refused", 1], ["best served", 2]] as const) {
           assert.equal(await pointsOf(page, "gate", series), points, series);
         }
         assert.equal(await text(page, 'section[data-chart="gate"] b.last[data-series="refused"]'), "41.0%");

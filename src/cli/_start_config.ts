@@ -275,7 +275,8 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   trainer_poll_ms: { metavar: "MS", help: "trainer's wait when there are not enough pairs", section: "trainer" },
   promotion: {
     metavar: "gate|always",
-    help: "gate: serve a trained policy only when it is not worse than the served one on held-out prompts of the " +
+    help:
+      "gate: serve a trained policy only when it is not worse than the best served so far on held-out prompts of the " +
       "gate's own (a task with evaluation; otherwise always); always: every one",
     section: "trainer",
   },

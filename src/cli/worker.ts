@@ -61,15 +61,15 @@ const OWN_OPTIONS = {
     z.enum(TASK_NAMES as [string, ...string[]]).optional(),
     { defaultText: "off" },
   ),
-  "eval-prompts": number("N", "held-out prompts evaluated", positive, 200),
+  "eval-prompts": number("N", "held-out prompts evaluated", positive, 400),
   promotion: text(
     "gate|always",
-    "gate: publish a trained policy only when it is not worse than the served one on held-out prompts of its own; " +
+    "gate: publish a trained policy only when it is not worse than the best served so far on held-out prompts of its own; " +
       "always: publish every one",
     z.enum(["gate", "always"]).optional(),
     { defaultText: "gate with --eval" },
   ),
-  "gate-prompts": number("N", "the gate's prompts, apart from the evaluation's", positive, 300),
+  "gate-prompts": number("N", "the gate's prompts, apart from the evaluation's", positive, 500),
   "gate-margin": number(
     "M",
     "how far below the served accuracy a candidate may be and pass",

@@ -1,8 +1,9 @@
 /**
- * The promotion gate: a trained policy is published (served) only when it is not worse than the version
- * served now. Both answer the gate's prompts, a held-out set kept apart from the one the dashboard and the
- * benchmarks report (so that the reported accuracy is not the figure the gate selected on), greedily; each
- * prompt gives a paired difference d = score(candidate) − score(served) (for a 0/1 checker: −1, 0 or 1).
+ * The promotion gate: a trained policy is published (served) only when it is not worse than the best version
+ * served so far (the bar, `GateBar`; the starting model before any). Both answer the gate's prompts, a
+ * held-out set kept apart from the one the dashboard and the benchmarks report (so that the reported accuracy
+ * is not the figure the gate selected on), greedily; each prompt gives a paired difference
+ * d = score(candidate) − score(bar) (for a 0/1 checker: −1, 0 or 1).
  * The gate promotes when the one-sided lower confidence bound of the mean difference is not below
  * −margin: d̄ − z(confidence) · s/√n ≥ −margin (a non-inferiority test on paired data; with no variance the
  * bound is d̄ itself). A candidate it refuses is not published: training goes on from it, and its pairs
@@ -15,7 +16,10 @@ export const GateDecisionSchema = z.object({
   at: z.number().int().nonnegative(),
   /** The trainer's optimizer step when the candidate was evaluated. */
   step: z.number().int().nonnegative(),
-  /** The served version it was compared with (0: the starting model, nothing published yet). */
+  /**
+   * The served version it was compared with: the best on the gate's prompts of those served so far in this
+   * trainer run (0: the starting model, nothing published yet). `served_accuracy` is that version's.
+   */
   served_version: z.number().int().nonnegative(),
   prompts: z.number().int().positive(),
   candidate_accuracy: z.number(),
@@ -40,7 +44,44 @@ export interface GateSettings {
   confidence: number;
 }
 
-/** Decides on a candidate from per-prompt scores of the candidate and of the served version. */
+/**
+ * What candidates are compared with: the gate answers of the most accurate version served so far. Comparing
+ * with the version served now instead would let a run of promotions, each within the margin of the one before
+ * it, drift below the best by more than the margin; against the bar, every promoted version is within the
+ * margin of the best served before it (on the gate's prompts, with the stated confidence).
+ */
+export class GateBar {
+  #version: number;
+  #scores: readonly number[];
+
+  /** Starts from the served version's (or the starting model's, as version 0) answers. */
+  constructor(version: number, scores: readonly number[]) {
+    this.#version = version;
+    this.#scores = scores;
+  }
+
+  get version(): number {
+    return this.#version;
+  }
+
+  get scores(): readonly number[] {
+    return this.#scores;
+  }
+
+  /** A candidate with these answers was published as `version`: it is the bar when at least as accurate. */
+  promoted(version: number, scores: readonly number[]): void {
+    if (sum(scores) >= sum(this.#scores)) {
+      this.#version = version;
+      this.#scores = scores;
+    }
+  }
+}
+
+function sum(xs: readonly number[]): number {
+  return xs.reduce((a, x) => a + x, 0);
+}
+
+/** Decides on a candidate from per-prompt scores of the candidate and of the bar (`GateBar`). */
 export function decideGate(
   candidate: readonly number[],
   served: readonly number[],

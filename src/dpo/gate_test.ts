@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { decideGate, normalQuantile } from "./gate.ts";
+import { decideGate, GateBar, normalQuantile } from "./gate.ts";
 
 Deno.test("normalQuantile: matches the standard normal's known quantiles", () => {
   const known: [number, number][] = [[0.5, 0], [0.9, 1.2815516], [0.95, 1.6448536], [0.975, 1.959964], [
@@ -35,4 +35,27 @@ Deno.test("decideGate: a non-inferiority bound on paired differences", () => {
   // Better is always promoted.
   assert.equal(decideGate(served.map(() => 1), served, settings).promoted, true);
   assert.throws(() => decideGate([1], [1, 0], settings), /1 scores against 2/);
+});
+
+Deno.test("GateBar: a run of promotions within the margin of the one before cannot drift below the best", () => {
+  const settings = { margin: 0.02, confidence: 0.95 };
+  const n = 1000;
+  // Version k answers the first 900 − 10k prompts right: each is 1 point below the one before it.
+  const answers = (k: number) => Array.from({ length: n }, (_, i) => (i < 900 - 10 * k ? 1 : 0));
+  const bar = new GateBar(0, answers(0));
+  // Against the version before it, v2 (1 point below v1) passes: that is what compounds into a drift.
+  assert.equal(decideGate(answers(2), answers(1), settings).promoted, true);
+  const first = decideGate(answers(1), bar.scores, settings);
+  assert.equal(first.promoted, true);
+  bar.promoted(1, answers(1));
+  // A less accurate version promoted does not lower the bar: v0 stays the one compared with.
+  assert.equal(bar.version, 0);
+  const second = decideGate(answers(2), bar.scores, settings);
+  assert.equal(second.promoted, false, JSON.stringify(second));
+  assert.ok(Math.abs(second.served_accuracy - 0.9) < 1e-12);
+  // A better one raises it; an equal one, newer, takes its place.
+  bar.promoted(3, answers(-1));
+  assert.deepEqual([bar.version, bar.scores], [3, answers(-1)]);
+  bar.promoted(4, answers(-1));
+  assert.equal(bar.version, 4);
 });

@@ -19,7 +19,7 @@ import { findTask, TASK_NAMES } from "../tasks/registry.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { MAX_PAIRS_PER_VERSION, type TrainingRecords } from "../store/training_records.ts";
-import { decideGate, type GateDecision } from "../dpo/gate.ts";
+import { decideGate, GateBar, type GateDecision } from "../dpo/gate.ts";
 import { PointerMovedError } from "../store/errors.ts";
 import { writeAtomic } from "../util/fs.ts";
 
@@ -63,7 +63,7 @@ export const TrainerRoleOptionsSchema = z.object({
   eval: z.object({ task: TaskName, prompts: PositiveInt, maxNewTokens: PositiveInt.optional() }).optional(),
   /**
    * The promotion gate (`src/dpo/gate.ts`), on `prompts` held-out prompts of the evaluation's task kept apart
-   * from the evaluation's own: a trained policy is published only when not worse than the served one. Needs
+   * from the evaluation's own: a trained policy is published only when not worse than the best served so far. Needs
    * `eval`; off when absent.
    */
   gate: z.object({ prompts: PositiveInt, margin: z.number().min(0).max(1), confidence: z.number().gt(0.5).lt(1) })
@@ -367,11 +367,11 @@ export async function bestEvaluated(records: TrainingRecords): Promise<number[]>
   return best === undefined ? [] : [best.version];
 }
 
-/** The promotion gate of the trainer role: the served version's answers, kept, against each candidate's. */
+/** The promotion gate of the trainer role: the best served version's answers, kept, against each candidate's. */
 interface Gate {
   /** Answers the gate prompts with the trainer's policy and decides (see `src/dpo/gate.ts`). */
   decide(trainer: DpoTrainer): Promise<GateDecision>;
-  /** The candidate last decided on was published as `version`: its answers are the served ones now. */
+  /** The candidate last decided on was published as `version`: it is the bar when the most accurate so far. */
   promoted(version: number): void;
 }
 
@@ -389,31 +389,29 @@ async function createGate(
   const maxNewTokens = evalSpec.maxNewTokens ?? task.answerTokens;
   const answer = async () =>
     (await answerHeldOut(trainer.policy, tokenizer, prompts, task.score, { maxNewTokens })).scores;
-  let served = { version: servedVersion, scores: await answer() };
-  let last: number[] = served.scores;
-  log(
-    `gate: ${prompts.length} prompts of its own; the served v${servedVersion} scores ${percent(mean(served.scores))}`,
-  );
+  const bar = new GateBar(servedVersion, await answer());
+  let last = bar.scores;
+  log(`gate: ${prompts.length} prompts of its own; the served v${servedVersion} scores ${percent(mean(bar.scores))}`);
   return {
     async decide(t) {
       last = await answer();
       return {
         at: Date.now(),
         step: t.step,
-        served_version: served.version,
+        served_version: bar.version,
         prompts: prompts.length,
         margin: spec.margin,
         confidence: spec.confidence,
-        ...decideGate(last, served.scores, spec),
+        ...decideGate(last, bar.scores, spec),
       };
     },
     promoted(version) {
-      served = { version, scores: last };
+      bar.promoted(version, last);
     },
   };
 }
 
-function mean(xs: number[]): number {
+function mean(xs: readonly number[]): number {
   return xs.reduce((a, x) => a + x, 0) / xs.length;
 }
 

@@ -265,7 +265,7 @@ function renderFlow(d) {
     }),
     lineChart({
       id: "gate",
-      title: "Promotion gate: each candidate against the served version (" + d.gate.promoted + " promoted, " +
+      title: "Promotion gate: each candidate against the best served version (" + d.gate.promoted + " promoted, " +
         d.gate.refused + " refused)",
       xLabel: "time",
       yLabel: "accuracy on the gate's prompts",
@@ -273,7 +273,7 @@ function renderFlow(d) {
       series: [
         { name: "promoted", ys: d.gate.decisions.map((g) => (g.promoted ? g.candidate_accuracy : null)), color: "#1a9c6b" },
         { name: "refused", ys: d.gate.decisions.map((g) => (g.promoted ? null : g.candidate_accuracy)), color: "#c4321f" },
-        { name: "served", ys: d.gate.decisions.map((g) => g.served_accuracy), dashed: true, color: "#98a2b3" },
+        { name: "best served", ys: d.gate.decisions.map((g) => g.served_accuracy), dashed: true, color: "#98a2b3" },
       ],
       xKind: "time",
       yFormat: fmtPercent,
