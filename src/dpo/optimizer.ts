@@ -4,6 +4,7 @@
  * transformers. Checked against PyTorch by tests/fixtures/optimizer (scripts/make_optimizer_fixtures.py).
  */
 import * as tf from "../model/tf.ts";
+import { type AdamWStep, heapSumOfSquares, WasmAdamW } from "./_optimizer_wasm.ts";
 
 /** The update rules on offer. */
 export type OptimizerName = "adamw" | "sgd";
@@ -91,28 +92,13 @@ const UPDATES: Record<OptimizerName, Update> = {
   },
 };
 
-/** The parts of tfjs-backend-wasm's backend that reach a tensor's bytes on the wasm heap. */
-interface WasmHeapBackend {
-  typedArrayFromHeap(info: { shape: number[]; dtype: tf.DataType; dataId: object }): Float32Array;
-  refCount(dataId: object): number;
-}
-
-/**
- * Zero-copy access to float32 tensors on the wasm heap, or undefined on any other backend. A view is
- * valid until the next allocation (which may grow the heap and detach it): take it, use it, drop it.
- */
-function wasmHeap(): { view(t: tf.Tensor): Float32Array; shared(t: tf.Tensor): boolean } | undefined {
-  if (tf.getBackend() !== "wasm") return undefined;
-  const backend = tf.backend() as unknown as WasmHeapBackend;
-  return { view: (t) => backend.typedArrayFromHeap(t), shared: (t) => backend.refCount(t.dataId) > 1 };
-}
-
 /** Options of `new Optimizer`. */
 export interface OptimizerOptions {
   /**
-   * AdamW on the wasm backend as one loop per parameter over the wasm heap, its two moments kept in
-   * host memory (not on the 4 GiB heap), the parameter updated in place. Default true; false keeps the
-   * composed TF.js ops (the path every other backend takes).
+   * AdamW on the wasm backend as one WebAssembly SIMD loop per parameter over the wasm heap
+   * (`_optimizer_wasm.ts`), its two moments in a memory of their own (not on the 4 GiB heap), the
+   * parameter updated in place. Default true; false keeps the composed TF.js ops (the path every other
+   * backend takes).
    */
   fused?: boolean;
 }
@@ -124,20 +110,24 @@ export class Optimizer {
   readonly #params: Map<string, tf.Variable>;
   /** State on the device (the composed path). */
   readonly #slots = new Map<string, tf.Variable>();
-  /** State in host memory (the fused path). */
-  readonly #hostSlots = new Map<string, Float32Array>();
-  readonly #fused: boolean;
+  /** The fused path, with its state. */
+  readonly #fused: WasmAdamW | undefined;
 
   /** Keeps `params` (not copied, not owned) and validates `config`. */
   constructor(params: Map<string, tf.Variable>, config: OptimizerConfig, options: OptimizerOptions = {}) {
     this.config = resolveConfig(config);
-    this.#fused = (options.fused ?? true) && this.config.name === "adamw" && wasmHeap() !== undefined;
+    this.#fused = (options.fused ?? true) && this.config.name === "adamw" ? WasmAdamW.create() : undefined;
     for (const [name, p] of params) {
       if (p.dtype !== "float32") {
         throw new Error(`Cannot optimize parameter '${name}' as it must be float32: current dtype is ${p.dtype}`);
       }
     }
     this.#params = new Map(params);
+  }
+
+  /** Whether updates take the fused WebAssembly path (`OptimizerOptions.fused`, AdamW on the wasm backend). */
+  get fused(): boolean {
+    return this.#fused !== undefined;
   }
 
   /** Steps taken so far (set by `load`). */
@@ -189,10 +179,23 @@ export class Optimizer {
     }
     const t = this.#step + 1;
     const update = UPDATES[this.config.name];
+    const [beta1, beta2] = this.config.betas;
+    // UPDATES.adamw's operations in the same order, its constants folded (the clipping scale into β's
+    // complements): composed, the update is ~12 ops per parameter, each allocating a parameter-sized tensor.
+    const fused: AdamWStep = {
+      beta1,
+      beta2,
+      c1: (1 - beta1) * gradScale,
+      c2: (1 - beta2) * gradScale * gradScale,
+      decay: 1 - lr * this.config.weightDecay,
+      stepSize: lr / (1 - beta1 ** t),
+      inv: 1 / Math.sqrt(1 - beta2 ** t),
+      eps: this.config.eps,
+    };
     // One tidy per parameter: temporaries of the whole model at once would not fit next to it.
     for (const [name, p] of this.#params) {
       if (this.#fused) {
-        this.#fusedAdamW(name, p, grads.get(name)!, lr, t, gradScale);
+        this.#fused.update(name, p, grads.get(name)!, fused);
         continue;
       }
       tf.tidy(() => {
@@ -209,58 +212,15 @@ export class Optimizer {
     this.#step = t;
   }
 
-  /**
-   * UPDATES.adamw as one pass over the heap: the same operations in the same order. Composed, the
-   * update is ~12 ops per parameter, each allocating a parameter-sized tensor; here nothing is
-   * allocated after the first step. The parameter is written in place unless its storage is shared
-   * (after `reference.assign(policy)`, say): then it gets fresh storage and the sharer keeps the old values.
-   */
-  #fusedAdamW(name: string, p: tf.Variable, g: tf.Tensor, lr: number, t: number, gradScale: number): void {
-    const [beta1, beta2] = this.config.betas;
-    const decay = 1 - lr * this.config.weightDecay;
-    const stepSize = lr / (1 - beta1 ** t);
-    const bc2Sqrt = Math.sqrt(1 - beta2 ** t);
-    const eps = this.config.eps;
-    const slot = (kind: string) => {
-      const key = `${kind}/${name}`;
-      let values = this.#hostSlots.get(key);
-      if (values === undefined) this.#hostSlots.set(key, values = new Float32Array(p.size));
-      return values;
-    };
-    const m = slot("exp_avg");
-    const v = slot("exp_avg_sq");
-    const heap = wasmHeap()!;
-    const shared = heap.shared(p);
-    const pv = heap.view(p);
-    const gv = heap.view(g);
-    const out = shared ? new Float32Array(p.size) : pv;
-    // Float64 arithmetic, stored as float32: as close to torch as float32 throughout (the fixtures agree
-    // to 1e-5). Math.fround at every step made the loop 4x slower; folding the constants out of it (the
-    // clipping scale into β's complements) saved another 25%.
-    const c1 = (1 - beta1) * gradScale;
-    const c2 = (1 - beta2) * gradScale * gradScale;
-    const inv = 1 / bc2Sqrt;
-    const n = pv.length;
-    for (let i = 0; i < n; i++) {
-      const gi = gv[i]!;
-      const mi = m[i]! * beta1 + gi * c1;
-      const vi = v[i]! * beta2 + gi * gi * c2;
-      m[i] = mi;
-      v[i] = vi;
-      out[i] = pv[i]! * decay - (stepSize * mi) / (Math.sqrt(vi) * inv + eps);
-    }
-    if (shared) tf.tidy(() => p.assign(tf.tensor(out, p.shape, "float32")));
-  }
-
   /** Copies the step count and every state tensor off the device (a consistent snapshot, even if `step` runs meanwhile). */
   async state(): Promise<OptimizerState> {
     const step = this.#step;
     const snapshot = [...this.#slots].map(([name, v]) => [name, tf.clone(v)] as const);
     const tensors = new Map<string, StateTensor>();
-    for (const [name, values] of this.#hostSlots) {
+    for (const [name, values] of this.#fused?.moments() ?? []) {
       tensors.set(name, {
         shape: [...this.#params.get(name.slice(name.indexOf("/") + 1))!.shape],
-        values: values.slice(),
+        values,
       });
     }
     try {
@@ -302,9 +262,15 @@ export class Optimizer {
       if (!state.tensors.has(name)) fail(`'${name}' is missing (${this.config.name} at step ${state.step})`);
     }
     this.dispose();
-    for (const [name, t] of state.tensors) {
-      if (this.#fused) this.#hostSlots.set(name, Float32Array.from(t.values));
-      else this.#slots.set(name, tf.tidy(() => tf.variable(tf.tensor(t.values, t.shape, "float32"), false)));
+    if (this.#fused && state.step > 0) {
+      for (const name of this.#params.keys()) {
+        const moment = (kind: string) => state.tensors.get(`${kind}/${name}`)!.values;
+        this.#fused.setMoments(name, moment("exp_avg"), moment("exp_avg_sq"));
+      }
+    } else {
+      for (const [name, t] of state.tensors) {
+        this.#slots.set(name, tf.tidy(() => tf.variable(tf.tensor(t.values, t.shape, "float32"), false)));
+      }
     }
     this.#step = state.step;
   }
@@ -313,7 +279,7 @@ export class Optimizer {
   dispose(): void {
     tf.dispose([...this.#slots.values()]);
     this.#slots.clear();
-    this.#hostSlots.clear();
+    this.#fused?.clear();
   }
 }
 
@@ -370,16 +336,9 @@ function checkMaxNorm(maxNorm: number): void {
 /** The global L2 norm sqrt(Σ‖g‖²) of `tensors`, accumulated in float64; NaN or Infinity when one is not finite. */
 export async function globalNorm(tensors: tf.Tensor[]): Promise<number> {
   if (tensors.length === 0) return 0;
-  const heap = wasmHeap();
-  if (heap) {
-    // On the heap in place: no squared copy, no device round trip.
-    let total = 0;
-    for (const t of tensors) {
-      const values = heap.view(t);
-      for (let i = 0; i < values.length; i++) total += values[i]! * values[i]!;
-    }
-    return Math.sqrt(total);
-  }
+  // On the wasm heap in place: no squared copy, no device round trip.
+  const onHeap = heapSumOfSquares(tensors);
+  if (onHeap !== undefined) return Math.sqrt(onHeap);
   // Per-tensor sums of squares in float32, summed in float64 here: one read of the device.
   // One tidy per tensor: the squares of every gradient at once would double the gradients' memory.
   const perTensor = tensors.map((g) => tf.tidy(() => tf.sum(tf.square(g))));

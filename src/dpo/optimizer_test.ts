@@ -118,6 +118,7 @@ for (const run of fixture.runs) {
       await assertNoLeak(async () => {
         const params = makeParams(fixture.params);
         const optimizer = new Optimizer(params, configOf(run), { fused });
+        assert.equal(optimizer.fused, fused && run.optimizer.name === "adamw");
         for (const [i, expected] of run.steps.entries()) {
           assert.ok(Math.abs(lrOf(run, i) - expected.lr) <= 1e-15, `${run.name} step ${i}: lr`);
           // Without clipping (SGD) a huge maxNorm still reports the norm and copies the gradients unscaled.
