@@ -5,6 +5,7 @@
  * Results equal `generate` on each request alone: padding keys are masked and positions count real
  * tokens only, and each request samples with its own options and seeded generators.
  */
+import { yieldToEventLoop } from "../../util/time.ts";
 import * as tf from "../tf.ts";
 import { padBatch, type TokenBatch } from "../batch.ts";
 import type { CausalLM, KVCache } from "../arch/causal_lm.ts";
@@ -20,8 +21,6 @@ export type ScheduledOptions = Omit<GenerateOptions, "onLogits" | "useCache">;
 export interface SchedulerOptions {
   /** Most rows decoding at once; a request with more rows than this still runs, alone. Default 32. */
   maxBatchRows?: number;
-  /** Gives the event loop a turn (new requests, streamed bytes) at least this often while decoding, ms. Default 50. */
-  yieldEveryMs?: number;
 }
 
 /** Counters since the scheduler was made, for tests and metrics. */
@@ -70,7 +69,6 @@ export class DecodeScheduler {
   readonly #model: CausalLM;
   readonly #codec: TextCodec;
   readonly #maxRows: number;
-  readonly #yieldMs: number;
   #waiting: Request[] = [];
   #slots: Slot[] = [];
   #state?: CachedRows;
@@ -88,7 +86,6 @@ export class DecodeScheduler {
     this.#model = model;
     this.#codec = codec;
     this.#maxRows = maxRows;
-    this.#yieldMs = options.yieldEveryMs ?? 50;
   }
 
   /** Counters so far and the current load. */
@@ -128,7 +125,6 @@ export class DecodeScheduler {
   async #run(): Promise<void> {
     // Requests submitted in the same tick start together.
     await Promise.resolve();
-    let yielded = performance.now();
     try {
       while (this.#waiting.length > 0 || this.#slots.length > 0) {
         this.#dropAborted();
@@ -136,10 +132,9 @@ export class DecodeScheduler {
         if (admitted.length > 0) await this.#prefill(admitted);
         this.#dropAborted();
         if (this.#slots.length > 0) await this.#decode();
-        if (performance.now() - yielded >= this.#yieldMs) {
-          await new Promise((r) => setTimeout(r, 0));
-          yielded = performance.now();
-        }
+        // A turn of the event loop after every step: streamed tokens leave, new requests come in. Awaiting a
+        // tensor's data on wasm resolves as a microtask and never gives the loop one.
+        await yieldToEventLoop();
       }
     } catch (err) {
       // Steps fail only their own requests; anything else fails every request rather than leave one hanging.
