@@ -287,7 +287,7 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   },
   gate_margin: {
     metavar: "M",
-    help: "how far below the served accuracy a candidate may be and still pass",
+    help: "how far below the best served version's accuracy a candidate may be and still pass",
     section: "trainer",
   },
   gate_confidence: { metavar: "C", help: "one-sided confidence of the gate's bound", section: "trainer" },

@@ -72,9 +72,9 @@ const OWN_OPTIONS = {
   "gate-prompts": number("N", "the gate's prompts, apart from the evaluation's", positive, 500),
   "gate-margin": number(
     "M",
-    "how far below the served accuracy a candidate may be and pass",
+    "how far below the best served version's accuracy a candidate may be and pass",
     (n) => n.min(0).max(1),
-    0.02,
+    0.01,
   ),
   "gate-confidence": number("C", "one-sided confidence of the gate's bound", (n) => n.gt(0.5).lt(1), 0.95),
   backend: SHARED.backend,
