@@ -104,10 +104,13 @@ export async function scoreWork(model: CausalLM, pairs: PreferencePair[], eos: n
   s.dispose();
 }
 
-/** Batched greedy generation of WORK: `gen_batch` prompts, `gen_tokens` new tokens each, KV cache. */
-export async function generateWork(model: CausalLM, eos: number): Promise<void> {
+/**
+ * Greedy generation of WORK: `batch` prompts (`gen_batch` by default; 1 for a single request), `gen_tokens`
+ * new tokens each, KV cache.
+ */
+export async function generateWork(model: CausalLM, eos: number, batch: number = WORK.gen_batch): Promise<void> {
   const codec = { eosTokenId: -1, decode: () => "" };
-  const prompts = Array.from({ length: WORK.gen_batch }, (_, b) => ids(WORK.gen_prompt_len, 300 + b, eos));
+  const prompts = Array.from({ length: batch }, (_, b) => ids(WORK.gen_prompt_len, 300 + b, eos));
   await generate(model, codec, prompts, { temperature: 0, maxNewTokens: WORK.gen_tokens, stopAtEos: false });
 }
 

@@ -66,6 +66,8 @@ interface Result {
   dpo?: { step_s: number } | { skipped: string };
   score_s?: number;
   generate_s?: number;
+  /** One request alone (batch 1). */
+  generate1_s?: number;
   breakdown?: Breakdown;
   peak_rss_mb: number;
   sgemm_gflops?: number;
@@ -76,28 +78,32 @@ interface TorchResult {
   dpo_phases: { forward_s: number; backward_s: number; update_s: number };
   score_s: number;
   generate_s: number;
+  generate1_s: number;
   peak_rss_mb: number;
   sgemm_gflops: number;
   torch: string;
   threads: number;
   /** Which of TORCH_SETTINGS gave each figure. */
-  settings?: { dpo: string; score: string; generate: string };
+  settings?: { dpo: string; score: string; generate: string; generate1: string };
 }
 
 /** The better figure of each kind over PyTorch's runs in TORCH_SETTINGS. */
 async function runTorch(script: string, config: unknown, timeout: number): Promise<TorchResult | Failure> {
   const runs = await runTorchSettings<TorchResult>(script, config, timeout);
   if ("error" in runs) return runs;
-  const best = (key: "dpo_step_s" | "score_s" | "generate_s") => runs.reduce((a, b) => (b[1][key] < a[1][key] ? b : a));
+  const best = (key: "dpo_step_s" | "score_s" | "generate_s" | "generate1_s") =>
+    runs.reduce((a, b) => (b[1][key] < a[1][key] ? b : a));
   const [dpoName, dpo] = best("dpo_step_s");
   const [scoreName, score] = best("score_s");
   const [generateName, generate] = best("generate_s");
+  const [generate1Name, generate1] = best("generate1_s");
   return {
     ...dpo,
     score_s: score.score_s,
     generate_s: generate.generate_s,
+    generate1_s: generate1.generate1_s,
     sgemm_gflops: Math.max(...runs.map(([, r]) => r.sgemm_gflops)),
-    settings: { dpo: dpoName, score: scoreName, generate: generateName },
+    settings: { dpo: dpoName, score: scoreName, generate: generateName, generate1: generate1Name },
   };
 }
 
@@ -146,6 +152,8 @@ async function worker(sizeName: string, variant: Variant, seconds: number, budge
   if ("seconds" in score) result.score_s = score.seconds;
   const gen = await timed(() => generateWork(policy, eos), { seconds, budget, minIters: 1 });
   if ("seconds" in gen) result.generate_s = gen.seconds;
+  const gen1 = await timed(() => generateWork(policy, eos, 1), { seconds, budget, minIters: 1 });
+  if ("seconds" in gen1) result.generate1_s = gen1.seconds;
 
   result.peak_rss_mb = peakRssMb();
   if (variant === "wasm") result.sgemm_gflops = sgemmGflops();
@@ -260,7 +268,7 @@ async function main(): Promise<void> {
   console.log(
     `# work: DPO step = ${WORK.pairs} pairs x 2 x (${WORK.prompt_len} prompt + ${WORK.completion_len} completion)` +
       ` = ${DPO_TOKENS} tokens, reference log-probs cached, sigmoid, AdamW, clipping at 1;` +
-      ` reference scoring = the same ${DPO_TOKENS} tokens, forward only; generation = batch ${WORK.gen_batch},` +
+      ` reference scoring = the same ${DPO_TOKENS} tokens, forward only; generation = batch ${WORK.gen_batch} and batch 1 (b1),` +
       ` ${WORK.gen_prompt_len}-token prompts, ${WORK.gen_tokens} new tokens, greedy, KV cache.` +
       ` Mean over >= ${seconds} s after a warm-up.`,
   );
@@ -276,7 +284,7 @@ async function main(): Promise<void> {
         (params / 1e6).toFixed(1)
       }M parameters`,
     );
-    printRow(["", "DPO pairs/s", "DPO tok/s", "scoring tok/s", "generate tok/s", "peak RSS MB"]);
+    printRow(["", "DPO pairs/s", "DPO tok/s", "scoring tok/s", "generate tok/s", "generate b1 tok/s", "peak RSS MB"]);
     const ours = new Map<Variant, Result | Failure>();
     for (const v of variants) {
       if (tooSlow.has(v)) {
@@ -320,12 +328,15 @@ async function main(): Promise<void> {
         ratio(dpo, theirs.dpo_step_s),
         ratio(primary.score_s, theirs.score_s),
         ratio(primary.generate_s, theirs.generate_s),
+        ratio(primary.generate1_s, theirs.generate1_s),
         `${(primary.peak_rss_mb / theirs.peak_rss_mb).toFixed(2)}x`,
       ]);
     }
     if (theirs && "settings" in theirs && theirs.settings) {
-      const { dpo, score, generate } = theirs.settings;
-      notes.push(`${name} pytorch: DPO with ${dpo}, scoring with ${score}, generation with ${generate}`);
+      const { dpo, score, generate, generate1 } = theirs.settings;
+      notes.push(
+        `${name} pytorch: DPO with ${dpo}, scoring with ${score}, generation with ${generate}, batch 1 with ${generate1}`,
+      );
     }
     printBreakdown(primary, theirs);
     if (loadLine()) console.log(`# ${loadLine()} after ${name}`);
@@ -344,6 +355,7 @@ function cells(res: Result | Failure): string[] {
     per(res.dpo.step_s, DPO_TOKENS),
     per(res.score_s, DPO_TOKENS),
     per(res.generate_s, GEN_TOKENS),
+    per(res.generate1_s, WORK.gen_tokens),
     fmt(res.peak_rss_mb),
   ];
 }
@@ -355,6 +367,7 @@ function torchCells(r: TorchResult | Failure): string[] {
     fmt(DPO_TOKENS / r.dpo_step_s),
     fmt(DPO_TOKENS / r.score_s),
     fmt(GEN_TOKENS / r.generate_s),
+    fmt(WORK.gen_tokens / r.generate1_s),
     fmt(r.peak_rss_mb),
   ];
 }

@@ -3,8 +3,8 @@
     OPENBLAS_NUM_THREADS=1 /usr/bin/python3 scripts/bench_torch.py '{"n_layer": 4, "n_embd": 256, ...}'
 
 Prints one JSON object: a DPO optimizer step (reference log-probs cached, sigmoid loss, AdamW, clipping
-at 1) with where it spent its time, forward-only reference scoring, greedy batched generation with a KV
-cache, the sgemm peak of this process, and its peak resident memory. Requires Debian's python3-torch.
+at 1) with where it spent its time, forward-only reference scoring, greedy generation with a KV cache (batched
+and a single request), the sgemm peak of this process, and its peak resident memory. Requires Debian's python3-torch.
 Plain torch (no transformers): the model is GPT-2 as in scripts/make_fixtures.py.
 """
 
@@ -137,19 +137,22 @@ def main():
 
     out["score_s"] = timed(score, c["min_seconds"])
 
-    G = c["gen_batch"]
-    gen_prompt = torch.randint(0, c["vocab_size"], (G, c["gen_prompt_len"]), generator=g)
+    def generation(G):
+        gen_prompt = torch.randint(0, c["vocab_size"], (G, c["gen_prompt_len"]), generator=g)
 
-    def gen():
-        with torch.no_grad():
-            L = gen_prompt.shape[1]
-            hidden, cache = policy(gen_prompt, torch.arange(L).expand(G, L))
-            for t in range(c["gen_tokens"]):
-                nxt = (hidden[:, -1] @ policy.wte.T).argmax(-1, keepdim=True)
-                if t < c["gen_tokens"] - 1:  # as in generate.ts: no forward after the last token
-                    hidden, cache = policy(nxt, torch.full((G, 1), L + t), cache)
+        def gen():
+            with torch.no_grad():
+                L = gen_prompt.shape[1]
+                hidden, cache = policy(gen_prompt, torch.arange(L).expand(G, L))
+                for t in range(c["gen_tokens"]):
+                    nxt = (hidden[:, -1] @ policy.wte.T).argmax(-1, keepdim=True)
+                    if t < c["gen_tokens"] - 1:  # as in generate.ts: no forward after the last token
+                        hidden, cache = policy(nxt, torch.full((G, 1), L + t), cache)
 
-    out["generate_s"] = timed(gen, c["min_seconds"], 1)
+        return timed(gen, c["min_seconds"], 1)
+
+    out["generate_s"] = generation(c["gen_batch"])
+    out["generate1_s"] = generation(1)
     out["peak_rss_mb"] = peak_rss_mb()
     out["sgemm_gflops"] = sgemm_gflops()
     print(json.dumps(out))
