@@ -50,7 +50,7 @@ export const START_DEFAULTS: StartDefaults = {
   kto_batch: 8,
   promotion: "gate",
   gate_prompts: 500,
-  gate_margin: 0.01,
+  gate_margin: 0.02,
   gate_confidence: 0.95,
   keep: 5,
   trainer_poll_ms: 500,

@@ -74,7 +74,7 @@ const OWN_OPTIONS = {
     "M",
     "how far below the best served version's accuracy a candidate may be and pass",
     (n) => n.min(0).max(1),
-    0.01,
+    0.02,
   ),
   "gate-confidence": number("C", "one-sided confidence of the gate's bound", (n) => n.gt(0.5).lt(1), 0.95),
   backend: SHARED.backend,
