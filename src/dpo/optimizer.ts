@@ -179,23 +179,11 @@ export class Optimizer {
     }
     const t = this.#step + 1;
     const update = UPDATES[this.config.name];
-    const [beta1, beta2] = this.config.betas;
-    // UPDATES.adamw's operations in the same order, its constants folded (the clipping scale into β's
-    // complements): composed, the update is ~12 ops per parameter, each allocating a parameter-sized tensor.
-    const fused: AdamWStep = {
-      beta1,
-      beta2,
-      c1: (1 - beta1) * gradScale,
-      c2: (1 - beta2) * gradScale * gradScale,
-      decay: 1 - lr * this.config.weightDecay,
-      stepSize: lr / (1 - beta1 ** t),
-      inv: 1 / Math.sqrt(1 - beta2 ** t),
-      eps: this.config.eps,
-    };
+    const fused = this.#fused && this.#adamWStep(lr, t, gradScale);
     // One tidy per parameter: temporaries of the whole model at once would not fit next to it.
     for (const [name, p] of this.#params) {
-      if (this.#fused) {
-        this.#fused.update(name, p, grads.get(name)!, fused);
+      if (fused) {
+        this.#fused!.update(name, p, grads.get(name)!, fused);
         continue;
       }
       tf.tidy(() => {
@@ -210,6 +198,24 @@ export class Optimizer {
       });
     }
     this.#step = t;
+  }
+
+  /**
+   * UPDATES.adamw's operations in the same order, its constants folded (the clipping scale into β's
+   * complements): composed, the update is ~12 ops per parameter, each allocating a parameter-sized tensor.
+   */
+  #adamWStep(lr: number, t: number, gradScale: number): AdamWStep {
+    const [beta1, beta2] = this.config.betas;
+    return {
+      beta1,
+      beta2,
+      c1: (1 - beta1) * gradScale,
+      c2: (1 - beta2) * gradScale * gradScale,
+      decay: 1 - lr * this.config.weightDecay,
+      stepSize: lr / (1 - beta1 ** t),
+      inv: 1 / Math.sqrt(1 - beta2 ** t),
+      eps: this.config.eps,
+    };
   }
 
   /** Copies the step count and every state tensor off the device (a consistent snapshot, even if `step` runs meanwhile). */
