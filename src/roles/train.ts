@@ -322,7 +322,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
       gate: gater && (async () => {
         decision = await gater.decide(trainer);
         const verdict =
-          `candidate ${percent(decision.candidate_accuracy)} vs served ${
+          `candidate ${percent(decision.candidate_accuracy)} vs the best served, v${decision.served_version}, ${
             percent(decision.served_accuracy)
           } on ${decision.prompts} gate prompts (lower bound of the difference ${decision.lower_bound.toFixed(3)}, ` +
           `margin ${decision.margin})`;
