@@ -55,6 +55,13 @@ function memarg(memory: number, align: number): number[] {
 
 const simd = (op: number) => [0xfd, ...uleb(op)];
 
+/** A float32's four bytes, little-endian as WebAssembly stores them. */
+function f32Bytes(x: number): number[] {
+  const view = new DataView(new ArrayBuffer(4));
+  view.setFloat32(0, x, true);
+  return [...new Uint8Array(view.buffer)];
+}
+
 /** Instructions, each as its bytes. */
 export const op = {
   localGet: (i: number) => [0x20, ...uleb(i)],
@@ -87,6 +94,24 @@ export const op = {
   f64x2Add: simd(0xf0),
   f64x2Mul: simd(0xf2),
   f64x2PromoteLowF32x4: simd(0x5f),
+  i32And: [0x71],
+  i32Eqz: [0x45],
+  f32Const: (x: number) => [0x43, ...f32Bytes(x)],
+  f32Load: (memory: number) => [0x2a, ...memarg(memory, 2)],
+  f32Store: (memory: number) => [0x38, ...memarg(memory, 2)],
+  f32ConvertI32U: [0xb3],
+  f32Sqrt: [0x91],
+  f32Add: [0x92],
+  f32Sub: [0x93],
+  f32Mul: [0x94],
+  f32Div: [0x95],
+  f32x4ExtractLane: (lane: number) => [...simd(0x1f), lane],
+  f32x4Ge: simd(0x46),
+  v128Or: simd(0x50),
+  v128Bitselect: simd(0x52),
+  i32x4Shl: simd(0xab),
+  /** max as x86's maxps computes it (b when a < b, else a): one instruction, where max's NaN rules take several. */
+  f32x4Pmax: simd(0xeb),
 };
 
 /** One exported function. */

@@ -1,6 +1,7 @@
 /** Kernels TF.js 4.22's wasm backend lacks (or runs slowly) but training, scoring and generation need. */
 import * as tf from "../tf.ts";
 import { registerDecodeKernels } from "./_decode_kernels.ts";
+import { registerTrainKernels } from "./_train_kernels.ts";
 
 interface WasmBackendLike {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
@@ -84,9 +85,10 @@ function gatherV2(args: { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap
 
 let registered = false;
 
-/** Registers the missing wasm kernels, and those of the decoding step, once. */
+/** Registers the missing wasm kernels, and those of the decoding and training steps, once. */
 export function registerWasmKernels(): void {
   registerDecodeKernels();
+  registerTrainKernels();
   if (registered) return;
   registered = true;
   const gather = tf.getKernel(tf.GatherV2, "wasm");

@@ -6,6 +6,13 @@
  */
 import type { Activation } from "../arch/config.ts";
 import * as tf from "../tf.ts";
+import {
+  fusedLayerNorm,
+  fusedLayerNormBackward,
+  fusedSigmoidGate,
+  fusedSigmoidGateBackward,
+  trainKernelsApply,
+} from "./_train_kernels.ts";
 
 /**
  * A typed `tf.customGrad` whose forward and backward each run in their own tidy, so that only the
@@ -30,8 +37,13 @@ export function customOp(
   return (...inputs) => op(...inputs);
 }
 
-/** LayerNorm over the last axis, with what its backward pass needs. */
+/** LayerNorm over the last axis, with what its backward pass needs: one kernel on wasm (`_train_kernels.ts`). */
 export function layerNormForward<T extends tf.Tensor>(x: T, weight: tf.Tensor, bias: tf.Tensor, eps: number) {
+  return trainKernelsApply() ? fusedLayerNorm(x, weight, bias, eps) : composedLayerNormForward(x, weight, bias, eps);
+}
+
+/** `layerNormForward` as TF.js ops: off wasm, under TF.js's tape, and the reference for the wasm kernel. */
+export function composedLayerNormForward<T extends tf.Tensor>(x: T, weight: tf.Tensor, bias: tf.Tensor, eps: number) {
   const mean = tf.mean(x, -1, true); // [..., 1]
   const centered = tf.sub(x, mean);
   const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), eps)); // [..., 1]
@@ -39,8 +51,15 @@ export function layerNormForward<T extends tf.Tensor>(x: T, weight: tf.Tensor, b
   return { y: tf.add(tf.mul(xhat, weight), bias) as T, xhat, rstd };
 }
 
-/** Gradients of LayerNorm given its output gradient and what the forward saved. */
+/** Gradients of LayerNorm given its output gradient and what the forward saved: one kernel on wasm. */
 export function layerNormBackward(dy: tf.Tensor, xhat: tf.Tensor, rstd: tf.Tensor, weight: tf.Tensor) {
+  return trainKernelsApply()
+    ? fusedLayerNormBackward(dy, xhat, rstd, weight)
+    : composedLayerNormBackward(dy, xhat, rstd, weight);
+}
+
+/** `layerNormBackward` as TF.js ops: off wasm, under TF.js's tape, and the reference for the wasm kernel. */
+export function composedLayerNormBackward(dy: tf.Tensor, xhat: tf.Tensor, rstd: tf.Tensor, weight: tf.Tensor) {
   const rows: [number, number] = [-1, xhat.shape[xhat.rank - 1]!];
   const dxhat = tf.mul(dy, weight); // [..., C]
   // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
@@ -77,8 +96,21 @@ export function layerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor, bias: tf
 const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
+/** The tanh GELUs as x sigmoid(a x (1 + b x^2)): 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). */
+const GELU_TANH = { a: 2 * SQRT_2_OVER_PI, b: 0.044715 };
+
+function isGeluTanh(name: Activation): boolean {
+  return name === "gelu_new" || name === "gelu_pytorch_tanh" || name === "gelu_fast";
+}
+
 /** An activation's output and what its backward pass needs (the input, and one more tensor). */
-export function activationForward(name: Activation, x: tf.Tensor) {
+export function activationForward(name: Activation, x: tf.Tensor): { y: tf.Tensor; aux: tf.Tensor } {
+  if (isGeluTanh(name) && trainKernelsApply()) return fusedSigmoidGate(x, GELU_TANH.a, GELU_TANH.b);
+  return composedActivationForward(name, x);
+}
+
+/** `activationForward` as TF.js ops: all but the tanh GELUs on wasm off the tape (the reference for that kernel). */
+export function composedActivationForward(name: Activation, x: tf.Tensor): { y: tf.Tensor; aux: tf.Tensor } {
   switch (name) {
     case "gelu_new":
     case "gelu_pytorch_tanh":
@@ -107,12 +139,13 @@ export function activationForward(name: Activation, x: tf.Tensor) {
 }
 
 /** dy * activation'(x), from the input and the `aux` tensor the forward returned. */
-export function activationBackward(
-  name: Activation,
-  dy: tf.Tensor,
-  x: tf.Tensor,
-  aux: tf.Tensor,
-): tf.Tensor {
+export function activationBackward(name: Activation, dy: tf.Tensor, x: tf.Tensor, aux: tf.Tensor): tf.Tensor {
+  if (isGeluTanh(name) && trainKernelsApply()) return fusedSigmoidGateBackward(dy, x, aux, GELU_TANH.a, GELU_TANH.b);
+  return composedActivationBackward(name, dy, x, aux);
+}
+
+/** `activationBackward` as TF.js ops: all but the tanh GELUs on wasm off the tape (the reference for that kernel). */
+export function composedActivationBackward(name: Activation, dy: tf.Tensor, x: tf.Tensor, aux: tf.Tensor): tf.Tensor {
   switch (name) {
     case "gelu_new":
     case "gelu_pytorch_tanh":

@@ -1,0 +1,682 @@
+/**
+ * LayerNorm and the sigmoid-form GELU, forward and backward, each as one kernel on the wasm backend for
+ * training and scoring. Composed from TF.js ops LayerNorm is nine kernels forward and eleven backward (two of
+ * them matmuls), the GELU seven and nine, each a pass over a [B*T, C] or [B*T, 4C] tensor into a fresh one;
+ * these make one pass (LayerNorm: three over each row, which stays in cache) in WebAssembly SIMD on TF.js's
+ * heap, four lanes at a time in float32 as the composed ops compute. At gpt2-8x512's [1024, 512] and
+ * [1024, 2048] here: LayerNorm 1.6 -> 0.36 ms forward, 2.5 -> 0.39 backward; GELU 6.8 -> 2.8 and 8.3 -> 1.1
+ * (a JavaScript loop with Math.exp took 38 ms for the GELU's forward). They have no gradient of their own:
+ * `_ops.ts` pairs forward and backward in `customOp`s. On the wasm backend only, off TF.js's tape
+ * (`trainKernelsApply`); elsewhere the composed ops run.
+ */
+import * as tf from "../tf.ts";
+import { F32, I32, op, V128, wasmModule } from "../../util/wasm.ts";
+
+interface WasmBackendInternals {
+  wasm: { asm: { memory: WebAssembly.Memory } };
+  dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+}
+
+interface KernelArgs {
+  inputs: tf.NamedTensorInfoMap;
+  attrs?: tf.NamedAttrMap;
+  backend: unknown;
+}
+
+const LAYER_NORM = "DpoTrainLayerNorm";
+const LAYER_NORM_GRAD = "DpoTrainLayerNormGrad";
+const SIGMOID_GATE = "DpoTrainSigmoidGate";
+const SIGMOID_GATE_GRAD = "DpoTrainSigmoidGateGrad";
+
+const { localGet: get, localSet: set, localTee: tee } = op;
+
+/** `for (; i < limit; i += step) body`, i and limit locals (i keeps its value: a tail loop goes on from it). */
+function loopTo(i: number, limit: number, step: number, body: number[]): number[] {
+  return [
+    ...op.block,
+    ...op.loop,
+    ...get(i),
+    ...get(limit),
+    ...op.i32GeU,
+    ...op.brIf(1),
+    ...body,
+    ...get(i),
+    ...op.i32Const(step),
+    ...op.i32Add,
+    ...set(i),
+    ...op.br(0),
+    ...op.end,
+    ...op.end,
+  ];
+}
+
+/** Address base + i. */
+const at = (base: number, i: number) => [...get(base), ...get(i), ...op.i32Add];
+/** Four floats at base + i, and one. */
+const vec = (base: number, i: number) => [...at(base, i), ...op.v128Load(0)];
+const one = (base: number, i: number) => [...at(base, i), ...op.f32Load(0)];
+/** Stores the value `value` leaves at base + i. */
+const storeVec = (base: number, i: number, value: number[]) => [...at(base, i), ...value, ...op.v128Store(0)];
+const storeOne = (base: number, i: number, value: number[]) => [...at(base, i), ...value, ...op.f32Store(0)];
+/** The four lanes of a v128 local summed, in lane order. */
+const lanes = (v: number) => [
+  ...get(v),
+  ...op.f32x4ExtractLane(0),
+  ...[1, 2, 3].flatMap((lane) => [...get(v), ...op.f32x4ExtractLane(lane), ...op.f32Add]),
+];
+const zeros = [...op.f32Const(0), ...op.f32x4Splat];
+/** local += by (an i32 local advanced by a row). */
+const advance = (local: number, by: number[]) => [...get(local), ...by, ...op.i32Add, ...set(local)];
+/** Row sizes in bytes: cb = C * 4 (every float), c4 = (C & ~3) * 4 (the SIMD part), n = C as a float. */
+const rowSizes = (C: number, cb: number, c4: number, n: number) => [
+  ...get(C),
+  ...op.i32Const(2),
+  ...op.i32Shl,
+  ...set(cb),
+  ...get(C),
+  ...op.i32Const(-4),
+  ...op.i32And,
+  ...op.i32Const(2),
+  ...op.i32Shl,
+  ...set(c4),
+  ...get(C),
+  ...op.f32ConvertI32U,
+  ...set(n),
+];
+
+/**
+ * layerNorm(x, w, b, y, xhat, rstd, rows, C, eps), byte offsets of rows [rows, C]: per row
+ * mean, rstd = 1 / sqrt(mean((x - mean)²) + eps), xhat = (x - mean) · rstd, y = xhat · w + b.
+ */
+function layerNormBody(): number[] {
+  const [x, w, b, y, xh, rs, rows, C, eps] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const [c, c4, cb] = [9, 10, 11];
+  const [acc, t, meanV, rstdV] = [12, 13, 14, 15];
+  const [sum, mean, rstd, d, n] = [16, 17, 18, 19, 20];
+  return [
+    ...rowSizes(C, cb, c4, n),
+    ...op.block,
+    ...op.loop,
+    ...get(rows),
+    ...op.i32Eqz,
+    ...op.brIf(1),
+    // The mean.
+    ...zeros,
+    ...set(acc),
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, c4, 16, [...get(acc), ...vec(x, c), ...op.f32x4Add, ...set(acc)]),
+    ...lanes(acc),
+    ...set(sum),
+    ...loopTo(c, cb, 4, [...get(sum), ...one(x, c), ...op.f32Add, ...set(sum)]),
+    ...get(sum),
+    ...get(n),
+    ...op.f32Div,
+    ...tee(mean),
+    ...op.f32x4Splat,
+    ...set(meanV),
+    // The variance, from the centered values as the composed ops compute it.
+    ...zeros,
+    ...set(acc),
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, c4, 16, [
+      ...vec(x, c),
+      ...get(meanV),
+      ...op.f32x4Sub,
+      ...tee(t),
+      ...get(t),
+      ...op.f32x4Mul,
+      ...get(acc),
+      ...op.f32x4Add,
+      ...set(acc),
+    ]),
+    ...lanes(acc),
+    ...set(sum),
+    ...loopTo(c, cb, 4, [
+      ...one(x, c),
+      ...get(mean),
+      ...op.f32Sub,
+      ...tee(d),
+      ...get(d),
+      ...op.f32Mul,
+      ...get(sum),
+      ...op.f32Add,
+      ...set(sum),
+    ]),
+    ...op.f32Const(1),
+    ...get(sum),
+    ...get(n),
+    ...op.f32Div,
+    ...get(eps),
+    ...op.f32Add,
+    ...op.f32Sqrt,
+    ...op.f32Div,
+    ...set(rstd),
+    ...get(rs),
+    ...get(rstd),
+    ...op.f32Store(0),
+    ...get(rstd),
+    ...op.f32x4Splat,
+    ...set(rstdV),
+    // xhat and y.
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, c4, 16, [
+      ...storeVec(xh, c, [...vec(x, c), ...get(meanV), ...op.f32x4Sub, ...get(rstdV), ...op.f32x4Mul, ...tee(t)]),
+      ...storeVec(y, c, [...get(t), ...vec(w, c), ...op.f32x4Mul, ...vec(b, c), ...op.f32x4Add]),
+    ]),
+    ...loopTo(c, cb, 4, [
+      ...storeOne(xh, c, [...one(x, c), ...get(mean), ...op.f32Sub, ...get(rstd), ...op.f32Mul, ...tee(d)]),
+      ...storeOne(y, c, [...get(d), ...one(w, c), ...op.f32Mul, ...one(b, c), ...op.f32Add]),
+    ]),
+    ...advance(x, get(cb)),
+    ...advance(y, get(cb)),
+    ...advance(xh, get(cb)),
+    ...advance(rs, op.i32Const(4)),
+    ...advance(rows, op.i32Const(-1)),
+    ...op.br(0),
+    ...op.end,
+    ...op.end,
+  ];
+}
+
+/**
+ * layerNormGrad(dy, xhat, rstd, w, dx, dw, db, rows, C): with dxhat = dy · w, per row
+ *   dx = rstd · ((dxhat − mean(dxhat)) − xhat · mean(dxhat · xhat)),
+ * and over the rows dw = Σ dy · xhat, db = Σ dy (float32 sums down the rows, zeroed first).
+ */
+function layerNormGradBody(): number[] {
+  const [dy, xh, rs, w, dx, dw, db, rows, C] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const [c, c4, cb] = [9, 10, 11];
+  const [accA, accB, t, g, h, maV, mbV, rV] = [12, 13, 14, 15, 16, 17, 18, 19];
+  const [sa, sb, r, d, n, gs, hs] = [20, 21, 22, 23, 24, 25, 26];
+  return [
+    ...rowSizes(C, cb, c4, n),
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, cb, 4, [...storeOne(dw, c, op.f32Const(0)), ...storeOne(db, c, op.f32Const(0))]),
+    ...op.block,
+    ...op.loop,
+    ...get(rows),
+    ...op.i32Eqz,
+    ...op.brIf(1),
+    // mean(dxhat) and mean(dxhat · xhat).
+    ...zeros,
+    ...tee(accA),
+    ...set(accB),
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, c4, 16, [
+      ...vec(dy, c),
+      ...vec(w, c),
+      ...op.f32x4Mul,
+      ...tee(t),
+      ...get(accA),
+      ...op.f32x4Add,
+      ...set(accA),
+      ...get(t),
+      ...vec(xh, c),
+      ...op.f32x4Mul,
+      ...get(accB),
+      ...op.f32x4Add,
+      ...set(accB),
+    ]),
+    ...lanes(accA),
+    ...set(sa),
+    ...lanes(accB),
+    ...set(sb),
+    ...loopTo(c, cb, 4, [
+      ...one(dy, c),
+      ...one(w, c),
+      ...op.f32Mul,
+      ...tee(d),
+      ...get(sa),
+      ...op.f32Add,
+      ...set(sa),
+      ...get(d),
+      ...one(xh, c),
+      ...op.f32Mul,
+      ...get(sb),
+      ...op.f32Add,
+      ...set(sb),
+    ]),
+    ...get(sa),
+    ...get(n),
+    ...op.f32Div,
+    ...tee(sa),
+    ...op.f32x4Splat,
+    ...set(maV),
+    ...get(sb),
+    ...get(n),
+    ...op.f32Div,
+    ...tee(sb),
+    ...op.f32x4Splat,
+    ...set(mbV),
+    ...get(rs),
+    ...op.f32Load(0),
+    ...tee(r),
+    ...op.f32x4Splat,
+    ...set(rV),
+    // dx, and this row's share of dw and db.
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, c4, 16, [
+      ...vec(dy, c),
+      ...set(g),
+      ...vec(xh, c),
+      ...set(h),
+      ...storeVec(dx, c, [
+        ...get(rV),
+        ...get(g),
+        ...vec(w, c),
+        ...op.f32x4Mul,
+        ...get(maV),
+        ...op.f32x4Sub,
+        ...get(h),
+        ...get(mbV),
+        ...op.f32x4Mul,
+        ...op.f32x4Sub,
+        ...op.f32x4Mul,
+      ]),
+      ...storeVec(dw, c, [...vec(dw, c), ...get(g), ...get(h), ...op.f32x4Mul, ...op.f32x4Add]),
+      ...storeVec(db, c, [...vec(db, c), ...get(g), ...op.f32x4Add]),
+    ]),
+    ...loopTo(c, cb, 4, [
+      ...one(dy, c),
+      ...set(gs),
+      ...one(xh, c),
+      ...set(hs),
+      ...storeOne(dx, c, [
+        ...get(r),
+        ...get(gs),
+        ...one(w, c),
+        ...op.f32Mul,
+        ...get(sa),
+        ...op.f32Sub,
+        ...get(hs),
+        ...get(sb),
+        ...op.f32Mul,
+        ...op.f32Sub,
+        ...op.f32Mul,
+      ]),
+      ...storeOne(dw, c, [...one(dw, c), ...get(gs), ...get(hs), ...op.f32Mul, ...op.f32Add]),
+      ...storeOne(db, c, [...one(db, c), ...get(gs), ...op.f32Add]),
+    ]),
+    ...advance(dy, get(cb)),
+    ...advance(xh, get(cb)),
+    ...advance(dx, get(cb)),
+    ...advance(rs, op.i32Const(4)),
+    ...advance(rows, op.i32Const(-1)),
+    ...op.br(0),
+    ...op.end,
+    ...op.end,
+  ];
+}
+
+/**
+ * e^f ≈ 1 + f · P(f) on |f| <= ln(2) / 2, P of degree 4 (coefficients from the constant term up): a minimax
+ * fit (Lawson's iteration) to the relative error, 9e−8 exactly and 1.7e−7 (1.4 ulp) evaluated in float32.
+ */
+const EXP_P = [0.9999997019767761, 0.4999915063381195, 0.1666763573884964, 0.04189793020486832, 0.008290314115583897];
+/** ln 2 in two parts, the first exact in float32 with room for n · it to be exact too (Cephes's expf). */
+const LN2_HI = 0.693359375;
+const LN2_LO = -2.12194440e-4;
+/**
+ * 1.5 · 2^23 + 127: t · log2(e) plus this, in float32, rounds t · log2(e) to the integer n and leaves n + 127
+ * in the low mantissa bits, which shifted left by 23 are 2^n's float32 bits (for n in [−126, 0]).
+ */
+const MAGIC = 12582912 + 127;
+
+/**
+ * sigmoidGate(x, y, s, nb, a, b) over nb bytes (a multiple of 16): z = (x · (x² · b + 1)) · a,
+ * s = sigmoid(z), y = x · s. sigmoid(z) = q / (1 + e) with e = e^t, t = −|z|, and q = 1 for z >= 0, e
+ * below: no overflow, and full relative precision on both tails. t is clamped at −87 (e ≈ 1.6e−38 stands
+ * for anything smaller), then n = round(t · log2(e)), f = t − n · ln 2 and e = 2^n · (1 + f · P(f)).
+ */
+function sigmoidGateBody(): number[] {
+  const [x, y, s, nb, a, b] = [0, 1, 2, 3, 4, 5];
+  const i = 6;
+  const [X, z, f, j, nv, e] = [7, 8, 9, 10, 11, 12];
+  const [aV, bV, oneV, sign, log2e, magic, ln2Hi, ln2Lo, floor] = [13, 14, 15, 16, 17, 18, 19, 20, 21];
+  const p = (k: number) => 22 + k; // EXP_P
+  const splat = (value: number[], local: number) => [...value, ...op.f32x4Splat, ...set(local)];
+  const poly = [
+    ...get(p(EXP_P.length - 1)),
+    ...EXP_P.slice(0, -1).reverse().flatMap((_, k) => [
+      ...get(f),
+      ...op.f32x4Mul,
+      ...get(p(EXP_P.length - 2 - k)),
+      ...op.f32x4Add,
+    ]),
+    ...get(f),
+    ...op.f32x4Mul,
+    ...get(oneV),
+    ...op.f32x4Add,
+  ];
+  return [
+    ...splat(get(a), aV),
+    ...splat(get(b), bV),
+    ...splat(op.f32Const(1), oneV),
+    ...splat(op.f32Const(-0), sign),
+    ...splat(op.f32Const(Math.LOG2E), log2e),
+    ...splat(op.f32Const(MAGIC), magic),
+    ...splat(op.f32Const(LN2_HI), ln2Hi),
+    ...splat(op.f32Const(LN2_LO), ln2Lo),
+    ...splat(op.f32Const(-87), floor),
+    ...EXP_P.flatMap((v, k) => splat(op.f32Const(v), p(k))),
+    ...loopTo(i, nb, 16, [
+      ...vec(x, i),
+      ...tee(X),
+      ...get(X),
+      ...get(X),
+      ...op.f32x4Mul,
+      ...get(bV),
+      ...op.f32x4Mul,
+      ...get(oneV),
+      ...op.f32x4Add,
+      ...op.f32x4Mul,
+      ...get(aV),
+      ...op.f32x4Mul,
+      ...tee(z),
+      // t = max(−|z|, −87); j = t · log2(e) + MAGIC; n = j − MAGIC; f = t − n · ln 2
+      ...get(sign),
+      ...op.v128Or,
+      ...get(floor),
+      ...op.f32x4Pmax,
+      ...tee(f),
+      ...get(f),
+      ...get(log2e),
+      ...op.f32x4Mul,
+      ...get(magic),
+      ...op.f32x4Add,
+      ...tee(j),
+      ...get(magic),
+      ...op.f32x4Sub,
+      ...tee(nv),
+      ...get(ln2Hi),
+      ...op.f32x4Mul,
+      ...op.f32x4Sub,
+      ...get(nv),
+      ...get(ln2Lo),
+      ...op.f32x4Mul,
+      ...op.f32x4Sub,
+      ...set(f),
+      // e = (1 + f · P(f)) · 2^n
+      ...poly,
+      ...get(j),
+      ...op.i32Const(23),
+      ...op.i32x4Shl,
+      ...op.f32x4Mul,
+      ...set(e),
+      // s = (z >= 0 ? 1 : e) / (1 + e); y = x · s
+      ...storeVec(s, i, [
+        ...get(oneV),
+        ...get(e),
+        ...get(z),
+        ...zeros,
+        ...op.f32x4Ge,
+        ...op.v128Bitselect,
+        ...get(oneV),
+        ...get(e),
+        ...op.f32x4Add,
+        ...op.f32x4Div,
+        ...tee(e),
+      ]),
+      ...storeVec(y, i, [...get(X), ...get(e), ...op.f32x4Mul]),
+    ]),
+  ];
+}
+
+/**
+ * sigmoidGateGrad(dy, x, s, dx, nb, a, b3) over nb bytes (a multiple of 16), b3 = 3b:
+ * dx = dy · (s + ((x · s) · (1 − s)) · z'), z' = (x² · 3b + 1) · a.
+ */
+function sigmoidGateGradBody(): number[] {
+  const [dy, x, s, dx, nb, a, b3] = [0, 1, 2, 3, 4, 5, 6];
+  const i = 7;
+  const [X, S, aV, bV, oneV] = [8, 9, 10, 11, 12];
+  return [
+    ...get(a),
+    ...op.f32x4Splat,
+    ...set(aV),
+    ...get(b3),
+    ...op.f32x4Splat,
+    ...set(bV),
+    ...op.f32Const(1),
+    ...op.f32x4Splat,
+    ...set(oneV),
+    ...loopTo(i, nb, 16, [
+      ...vec(x, i),
+      ...set(X),
+      ...vec(s, i),
+      ...set(S),
+      ...storeVec(dx, i, [
+        ...vec(dy, i),
+        ...get(S),
+        ...get(X),
+        ...get(S),
+        ...op.f32x4Mul,
+        ...get(oneV),
+        ...get(S),
+        ...op.f32x4Sub,
+        ...op.f32x4Mul,
+        ...get(X),
+        ...get(X),
+        ...op.f32x4Mul,
+        ...get(bV),
+        ...op.f32x4Mul,
+        ...get(oneV),
+        ...op.f32x4Add,
+        ...get(aV),
+        ...op.f32x4Mul,
+        ...op.f32x4Mul,
+        ...op.f32x4Add,
+        ...op.f32x4Mul,
+      ]),
+    ]),
+  ];
+}
+
+let compiled: WebAssembly.Module | null | undefined;
+
+/** The kernels' module, compiled once; null where this runtime lacks SIMD. */
+function kernelModule(): WebAssembly.Module | null {
+  if (compiled === undefined) {
+    const bytes = wasmModule(["heap"], [
+      {
+        name: "layerNorm",
+        params: [I32, I32, I32, I32, I32, I32, I32, I32, F32],
+        results: [],
+        locals: [I32, I32, I32, V128, V128, V128, V128, F32, F32, F32, F32, F32],
+        body: layerNormBody(),
+      },
+      {
+        name: "layerNormGrad",
+        params: [I32, I32, I32, I32, I32, I32, I32, I32, I32],
+        results: [],
+        locals: [I32, I32, I32, ...Array(8).fill(V128), ...Array(7).fill(F32)],
+        body: layerNormGradBody(),
+      },
+      {
+        name: "sigmoidGate",
+        params: [I32, I32, I32, I32, F32, F32],
+        results: [],
+        locals: [I32, ...Array(15 + EXP_P.length).fill(V128)],
+        body: sigmoidGateBody(),
+      },
+      {
+        name: "sigmoidGateGrad",
+        params: [I32, I32, I32, I32, I32, F32, F32],
+        results: [],
+        locals: [I32, ...Array(5).fill(V128)],
+        body: sigmoidGateGradBody(),
+      },
+    ]);
+    compiled = WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : null;
+  }
+  return compiled;
+}
+
+interface Kernels {
+  layerNorm(...args: number[]): void;
+  layerNormGrad(...args: number[]): void;
+  sigmoidGate(...args: number[]): void;
+  sigmoidGateGrad(...args: number[]): void;
+}
+
+let instance: { backend: WasmBackendInternals; kernels: Kernels } | undefined;
+
+/** The kernels over this backend's heap (a backend made anew, by a test say, gets a new instance). */
+function kernelsOf(backend: WasmBackendInternals): Kernels {
+  if (instance?.backend !== backend) {
+    const made = new WebAssembly.Instance(kernelModule()!, { env: { heap: backend.wasm.asm.memory } });
+    instance = { backend, kernels: made.exports as unknown as Kernels };
+  }
+  return instance.kernels;
+}
+
+function offsetOf(backend: WasmBackendInternals, t: tf.TensorInfo): number {
+  const data = backend.dataIdMap.get(t.dataId);
+  if (data === undefined) throw new Error("Cannot reach a tensor on the wasm heap: it has been disposed");
+  return data.memoryOffset;
+}
+
+function assertFloat32(kernel: string, inputs: tf.NamedTensorInfoMap): void {
+  for (const [name, t] of Object.entries(inputs)) {
+    if (t!.dtype !== "float32") throw new Error(`Cannot run ${kernel} as '${name}' must be float32: it is ${t!.dtype}`);
+  }
+}
+
+/** LayerNorm over the last axis of x [..., C]: y and xhat [..., C], rstd [..., 1]. */
+function layerNormKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo[] {
+  assertFloat32(LAYER_NORM, inputs);
+  const wasm = backend as WasmBackendInternals;
+  const { x, weight, bias } = inputs as Record<string, tf.TensorInfo>;
+  const C = x!.shape[x!.shape.length - 1]!;
+  const rows = C === 0 ? 0 : tf.util.sizeFromShape(x!.shape) / C;
+  const y = wasm.makeOutput(x!.shape, "float32");
+  const xhat = wasm.makeOutput(x!.shape, "float32");
+  const rstd = wasm.makeOutput([...x!.shape.slice(0, -1), 1], "float32");
+  if (rows === 0) return [y, xhat, rstd];
+  const at = (t: tf.TensorInfo) => offsetOf(wasm, t);
+  kernelsOf(wasm).layerNorm(at(x!), at(weight!), at(bias!), at(y), at(xhat), at(rstd), rows, C, attrs!.eps as number);
+  return [y, xhat, rstd];
+}
+
+/** LayerNorm's gradients from dy [..., C] and the forward's xhat and rstd: dx [..., C], dWeight and dBias [C]. */
+function layerNormGradKernel({ inputs, backend }: KernelArgs): tf.TensorInfo[] {
+  assertFloat32(LAYER_NORM_GRAD, inputs);
+  const wasm = backend as WasmBackendInternals;
+  const { dy, xhat, rstd, weight } = inputs as Record<string, tf.TensorInfo>;
+  const C = dy!.shape[dy!.shape.length - 1]!;
+  const rows = C === 0 ? 0 : tf.util.sizeFromShape(dy!.shape) / C;
+  const dx = wasm.makeOutput(dy!.shape, "float32");
+  const dWeight = wasm.makeOutput([C], "float32");
+  const dBias = wasm.makeOutput([C], "float32");
+  const at = (t: tf.TensorInfo) => offsetOf(wasm, t);
+  // With no rows the kernel still zeroes dWeight and dBias.
+  kernelsOf(wasm).layerNormGrad(at(dy!), at(xhat!), at(rstd!), at(weight!), at(dx), at(dWeight), at(dBias), rows, C);
+  return [dx, dWeight, dBias];
+}
+
+/** σ(z) in float64, for the last n mod 4 values. */
+function sigmoid(z: number): number {
+  return z >= 0 ? 1 / (1 + Math.exp(-z)) : Math.exp(z) / (1 + Math.exp(z));
+}
+
+/** y = x · σ(z), z = a · x · (1 + b · x²), and s = σ(z), for any shape. */
+function sigmoidGateKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo[] {
+  assertFloat32(SIGMOID_GATE, inputs);
+  const wasm = backend as WasmBackendInternals;
+  const x = inputs.x!;
+  const [a, b] = [attrs!.a as number, attrs!.b as number];
+  const y = wasm.makeOutput(x.shape, "float32");
+  const s = wasm.makeOutput(x.shape, "float32");
+  const n = tf.util.sizeFromShape(x.shape);
+  const simd = n - (n % 4);
+  const [xAt, yAt, sAt] = [offsetOf(wasm, x), offsetOf(wasm, y), offsetOf(wasm, s)];
+  if (simd > 0) kernelsOf(wasm).sigmoidGate(xAt, yAt, sAt, simd * 4, a, b);
+  const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
+  for (let k = simd; k < n; k++) {
+    const xk = heap[xAt / 4 + k]!;
+    const sk = heap[sAt / 4 + k] = sigmoid(a * xk * (1 + b * xk * xk));
+    heap[yAt / 4 + k] = xk * sk;
+  }
+  return [y, s];
+}
+
+/** dx = dy · (s + x · s · (1 − s) · z'), z' = a · (1 + 3b · x²), from the forward's s. */
+function sigmoidGateGradKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo {
+  assertFloat32(SIGMOID_GATE_GRAD, inputs);
+  const wasm = backend as WasmBackendInternals;
+  const { dy, x, s } = inputs as Record<string, tf.TensorInfo>;
+  const [a, b3] = [attrs!.a as number, 3 * (attrs!.b as number)];
+  const dx = wasm.makeOutput(x!.shape, "float32");
+  const n = tf.util.sizeFromShape(x!.shape);
+  const simd = n - (n % 4);
+  const [dyAt, xAt, sAt, dxAt] = [offsetOf(wasm, dy!), offsetOf(wasm, x!), offsetOf(wasm, s!), offsetOf(wasm, dx)];
+  if (simd > 0) kernelsOf(wasm).sigmoidGateGrad(dyAt, xAt, sAt, dxAt, simd * 4, a, b3);
+  const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
+  for (let k = simd; k < n; k++) {
+    const [xk, sk] = [heap[xAt / 4 + k]!, heap[sAt / 4 + k]!];
+    heap[dxAt / 4 + k] = heap[dyAt / 4 + k]! * (sk + xk * sk * (1 - sk) * a * (1 + b3 * xk * xk));
+  }
+  return dx;
+}
+
+let registered = false;
+
+/** Registers the training kernels on the wasm backend once (not at all where WebAssembly lacks SIMD). */
+export function registerTrainKernels(): void {
+  if (registered) return;
+  registered = true;
+  if (kernelModule() === null) return;
+  const kernels: [string, (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[]][] = [
+    [LAYER_NORM, layerNormKernel],
+    [LAYER_NORM_GRAD, layerNormGradKernel],
+    [SIGMOID_GATE, sigmoidGateKernel],
+    [SIGMOID_GATE_GRAD, sigmoidGateGradKernel],
+  ];
+  for (const [kernelName, kernelFunc] of kernels) {
+    if (!tf.getKernel(kernelName, "wasm")) {
+      tf.registerKernel({ kernelName, backendName: "wasm", kernelFunc: kernelFunc as tf.KernelFunc });
+    }
+  }
+}
+
+/**
+ * Whether the training kernels run here: the wasm backend is active, they are registered, and TF.js's tape
+ * is not recording. They have no gradient: a custom op's forward and backward (where the tape is off) use
+ * them, ops that TF.js differentiates itself (a block with LoRA dropout, `tf.grads` over these functions)
+ * get the composed ops.
+ */
+export function trainKernelsApply(): boolean {
+  const { gradientDepth, kernelDepth } = tf.engine().state;
+  const tapeOn = gradientDepth > 0 && kernelDepth === 0;
+  return !tapeOn && tf.getBackend() === "wasm" && tf.getKernel(LAYER_NORM, "wasm") !== undefined;
+}
+
+/** LayerNorm over the last axis as one kernel: y, xhat [..., C] and rstd [..., 1]. */
+export function fusedLayerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor, bias: tf.Tensor, eps: number) {
+  const [y, xhat, rstd] = tf.engine().runKernel(LAYER_NORM, { x, weight, bias }, { eps }) as tf.Tensor[];
+  return { y: y as T, xhat: xhat as T, rstd: rstd! };
+}
+
+/** LayerNorm's gradients as one kernel: dx [..., C], dWeight and dBias [C]. */
+export function fusedLayerNormBackward(dy: tf.Tensor, xhat: tf.Tensor, rstd: tf.Tensor, weight: tf.Tensor) {
+  const [dx, dWeight, dBias] = tf.engine().runKernel(LAYER_NORM_GRAD, { dy, xhat, rstd, weight }) as tf.Tensor[];
+  return { dx: dx!, dWeight: dWeight as tf.Tensor1D, dBias: dBias as tf.Tensor1D };
+}
+
+/** x · σ(a · x · (1 + b · x²)) as one kernel, with s = σ(…) for the backward (`aux`). */
+export function fusedSigmoidGate(x: tf.Tensor, a: number, b: number): { y: tf.Tensor; aux: tf.Tensor } {
+  const [y, aux] = tf.engine().runKernel(SIGMOID_GATE, { x }, { a, b }) as tf.Tensor[];
+  return { y: y!, aux: aux! };
+}
+
+/** dy times the derivative of `fusedSigmoidGate`, from its input x and its s, as one kernel. */
+export function fusedSigmoidGateBackward(dy: tf.Tensor, x: tf.Tensor, s: tf.Tensor, a: number, b: number): tf.Tensor {
+  return tf.engine().runKernel(SIGMOID_GATE_GRAD, { dy, x, s }, { a, b }) as tf.Tensor;
+}

@@ -1,0 +1,141 @@
+/** The training kernels give what the composed ops give, on every shape, and leak nothing. */
+import assert from "node:assert/strict";
+import * as tf from "../tf.ts";
+import { assertNoLeak, useBackend } from "../_test_utils.ts";
+import {
+  activationBackward,
+  activationForward,
+  composedActivationBackward,
+  composedActivationForward,
+  composedLayerNormBackward,
+  composedLayerNormForward,
+  layerNorm,
+  layerNormBackward,
+  layerNormForward,
+} from "./_ops.ts";
+import { trainKernelsApply } from "./_train_kernels.ts";
+
+/** Rows of widths that are and are not multiples of 4, under one to three leading dims. */
+const SHAPES = [[2, 3, 5], [4, 7], [2, 2, 3, 12], [1, 33, 64], [6, 1], [3, 2, 130]];
+const GELUS = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"] as const;
+
+/** |actual − expected| <= rel · (|expected| + rms(expected)) everywhere, with the shapes equal. */
+async function assertNear(actual: tf.Tensor, expected: tf.Tensor, rel: number, what: string): Promise<void> {
+  assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);
+  const [a, e] = [await actual.data(), Float64Array.from(await expected.data())];
+  const rms = Math.sqrt(e.reduce((s, v) => s + v * v, 0) / Math.max(e.length, 1));
+  for (let i = 0; i < e.length; i++) {
+    const tol = rel * (Math.abs(e[i]!) + rms);
+    if (!(Math.abs(a[i]! - e[i]!) <= tol)) {
+      throw new Error(`${what}: actual ${a[i]} != expected ${e[i]} at index ${i} (tolerance ${tol})`);
+    }
+  }
+}
+
+/** Deterministic values of a shape: normal with a mean and scale, so that LayerNorm's centering matters. */
+function sample(shape: number[], seed: number, mean = 0, scale = 1): tf.Tensor {
+  return tf.tidy(() => tf.add(tf.mul(tf.randomNormal(shape, 0, 1, "float32", seed), scale), mean));
+}
+
+Deno.test("LayerNorm kernels: y, xhat, rstd and the gradients of the composed ops, no leak", async () => {
+  await useBackend("wasm");
+  assert.ok(trainKernelsApply(), "the kernels are registered on wasm");
+  await assertNoLeak(async () => {
+    for (const [k, shape] of SHAPES.entries()) {
+      const C = shape.at(-1)!;
+      const what = `[${shape}]`;
+      const [x, dy] = [sample(shape, k, 3, 2), sample(shape, 100 + k)];
+      const [w, b] = [sample([C], 200 + k, 1, 0.5), sample([C], 300 + k)];
+      const fused = layerNormForward(x, w, b, 1e-5);
+      const composed = tf.tidy(() => composedLayerNormForward(x, w, b, 1e-5));
+      await assertNear(fused.y, composed.y, 1e-6, `${what} y`);
+      await assertNear(fused.xhat, composed.xhat, 1e-6, `${what} xhat`);
+      await assertNear(fused.rstd, composed.rstd, 1e-6, `${what} rstd`);
+      const g = layerNormBackward(dy, fused.xhat, fused.rstd, w);
+      const ref = tf.tidy(() => composedLayerNormBackward(dy, composed.xhat, composed.rstd, w));
+      await assertNear(g.dx, ref.dx, 2e-6, `${what} dx`);
+      await assertNear(g.dWeight, ref.dWeight, 2e-6, `${what} dWeight`);
+      await assertNear(g.dBias, ref.dBias, 2e-6, `${what} dBias`);
+      tf.dispose([x, dy, w, b, fused, composed, g, ref]);
+    }
+  }, "LayerNorm kernels");
+});
+
+Deno.test("LayerNorm op on the kernels: TF.js's own gradients of the composed ops", async () => {
+  await useBackend("wasm");
+  const [x, dy, w, b] = [sample([2, 5, 9], 1, -1, 3), sample([2, 5, 9], 2), sample([9], 3, 1), sample([9], 4)];
+  await assertNoLeak(async () => {
+    const loss = (f: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor) => (...i: tf.Tensor[]) =>
+      tf.sum(tf.mul(f(i[0]!, i[1]!, i[2]!), dy));
+    const ours = tf.grads(loss((xi, wi, bi) => layerNorm(xi, wi, bi, 1e-5)))([x, w, b]);
+    const tape = tf.grads(loss((xi, wi, bi) => composedLayerNormForward(xi, wi, bi, 1e-5).y))([x, w, b]);
+    for (const [i, name] of ["dx", "dWeight", "dBias"].entries()) await assertNear(ours[i]!, tape[i]!, 1e-5, name);
+    tf.dispose([...ours, ...tape]);
+  }, "LayerNorm op");
+  tf.dispose([x, dy, w, b]);
+});
+
+Deno.test("GELU kernels: y, s and dx of the composed ops, on both tails, no leak", async () => {
+  await useBackend("wasm");
+  await assertNoLeak(async () => {
+    for (const [k, shape] of [...SHAPES, [3], [2, 4, 1027]].entries()) {
+      const what = `[${shape}]`;
+      // Scale 4 reaches |x| > 10, where sigmoid's argument passes −87 and s underflows.
+      const [x, dy] = [sample(shape, k, 0, 4), sample(shape, 100 + k)];
+      for (const name of GELUS) {
+        const fused = activationForward(name, x);
+        const composed = tf.tidy(() => composedActivationForward(name, x));
+        await assertNear(fused.y, composed.y, 1e-6, `${name} ${what} y`);
+        await assertNear(fused.aux, composed.aux, 1e-6, `${name} ${what} s`);
+        // From the same s: where s is near 1, the 1-ulp differences of the two forwards' s become ~1e-6
+        // relative ones in 1 - s, in the composed ops' dx as much as in the kernel's.
+        const dx = activationBackward(name, dy, x, composed.aux);
+        const ref = tf.tidy(() => composedActivationBackward(name, dy, x, composed.aux));
+        await assertNear(dx, ref, 1e-6, `${name} ${what} dx`);
+        tf.dispose([fused, composed, dx, ref]);
+      }
+      tf.dispose([x, dy]);
+    }
+    // Zeros, tiny values, and arguments far past the clamp at −87 either way.
+    const x = tf.tensor1d([0, -0, 1e-30, -1e-30, 30, -30, 100, -100, 1e6, -1e6, 0.5, -0.5]);
+    const fused = activationForward("gelu_new", x);
+    const composed = tf.tidy(() => composedActivationForward("gelu_new", x));
+    await assertNear(fused.y, composed.y, 1e-6, "edges y");
+    await assertNear(fused.aux, composed.aux, 1e-6, "edges s");
+    tf.dispose([x, fused, composed]);
+  }, "GELU kernels");
+});
+
+Deno.test("under TF.js's tape the composed ops run, and differentiate", async () => {
+  await useBackend("wasm");
+  const [x, dy, w, b] = [sample([3, 6], 1, 0, 2), sample([3, 6], 2), sample([6], 3, 1), sample([6], 4)];
+  await assertNoLeak(async () => {
+    const [dGelu] = tf.grads((xi: tf.Tensor) => tf.sum(tf.mul(activationForward("gelu_new", xi).y, dy)))([x]);
+    const expected = tf.tidy(() => activationBackward("gelu_new", dy, x, activationForward("gelu_new", x).aux));
+    await assertNear(dGelu!, expected, 1e-5, "GELU dx on the tape");
+    const [dLn] = tf.grads((xi: tf.Tensor) => tf.sum(tf.mul(layerNormForward(xi, w, b, 1e-5).y, dy)))([x]);
+    const dx = tf.tidy(() => {
+      const f = layerNormForward(x, w, b, 1e-5);
+      return layerNormBackward(dy, f.xhat, f.rstd, w).dx;
+    });
+    await assertNear(dLn!, dx, 1e-5, "LayerNorm dx on the tape");
+    tf.dispose([dGelu, expected, dLn, dx]);
+  }, "tape");
+  tf.dispose([x, dy, w, b]);
+});
+
+Deno.test("off wasm the composed ops run", async () => {
+  await useBackend("cpu");
+  try {
+    assert.equal(trainKernelsApply(), false);
+    await assertNoLeak(async () => {
+      const [x, w, b] = [sample([2, 6], 1), tf.ones([6]), tf.zeros([6])];
+      const ours = tf.tidy(() => layerNormForward(x, w, b, 1e-5));
+      const composed = tf.tidy(() => composedLayerNormForward(x, w, b, 1e-5));
+      await assertNear(ours.y, composed.y, 0, "cpu y");
+      tf.dispose([x, w, b, ours, composed]);
+    }, "cpu");
+  } finally {
+    await useBackend("wasm");
+  }
+});
