@@ -282,7 +282,7 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   },
   gate_prompts: {
     metavar: "N",
-    help: "the gate's held-out prompts, apart from `eval_prompts` (together at most the task's: 962 for arithmetic)",
+    help: "the gate's held-out prompts, apart from `eval_prompts` (together at most the task's: 1,991 for arithmetic)",
     section: "trainer",
   },
   gate_margin: {

@@ -51,8 +51,8 @@ Deno.test("start settings: the defaults are START_DEFAULTS, with paths under the
   assert.equal(c.n, 4);
   assert.equal(c.temperature, 1);
   assert.equal(c.max_new_tokens, 6);
-  assert.equal(c.eval_prompts, 400);
-  assert.equal(c.gate_prompts, 500);
+  assert.equal(c.eval_prompts, 800);
+  assert.equal(c.gate_prompts, 1000);
   assert.equal(c.host, "127.0.0.1");
   assert.equal(c.port, 8000);
   assert.equal(c.judge, "arithmetic");

@@ -61,7 +61,7 @@ const OWN_OPTIONS = {
     z.enum(TASK_NAMES as [string, ...string[]]).optional(),
     { defaultText: "off" },
   ),
-  "eval-prompts": number("N", "held-out prompts evaluated", positive, 400),
+  "eval-prompts": number("N", "held-out prompts evaluated", positive, 800),
   promotion: text(
     "gate|always",
     "gate: publish a trained policy only when it is not worse than the best served so far on held-out prompts of its own; " +
@@ -69,7 +69,7 @@ const OWN_OPTIONS = {
     z.enum(["gate", "always"]).optional(),
     { defaultText: "gate with --eval" },
   ),
-  "gate-prompts": number("N", "the gate's prompts, apart from the evaluation's", positive, 500),
+  "gate-prompts": number("N", "the gate's prompts, apart from the evaluation's", positive, 1000),
   "gate-margin": number(
     "M",
     "how far below the best served version's accuracy a candidate may be and pass",

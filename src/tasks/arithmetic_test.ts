@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import {
+  arithmeticTask,
   createArithmeticPrompts,
   formatArithmeticPrompt,
+  heldOutAdditions,
   heldOutArithmeticPrompts,
   isHeldOut,
   parseArithmeticPrompt,
@@ -94,4 +96,18 @@ Deno.test("arithmetic prompts: options are checked", () => {
   assert.throws(() => createArithmeticPrompts({ heldOutFraction: 2 }), /'heldOutFraction' must be in \[0, 1\]/);
   assert.throws(() => heldOutArithmeticPrompts(50, { maxOperand: 9 }), /distinct held-out/);
   assert.throws(() => createArithmeticPrompts({ split: "heldout", heldOutFraction: 0 })(), /split is empty/);
+});
+
+Deno.test("arithmeticTask: one addition in five held out, the one-in-ten split first and in its order, never trained on", () => {
+  assert.equal(arithmeticTask.heldOutSize, heldOutAdditions(0.2));
+  assert.ok(arithmeticTask.heldOutSize > 1900, `${arithmeticTask.heldOutSize}`);
+  const all = arithmeticTask.heldOut(arithmeticTask.heldOutSize);
+  assert.equal(new Set(all).size, all.length);
+  assert.deepEqual(all.slice(0, heldOutAdditions()), heldOutArithmeticPrompts(heldOutAdditions(), { maxOperand: 99 }));
+  assert.deepEqual(arithmeticTask.heldOut(300), all.slice(0, 300));
+  assert.deepEqual(arithmeticTask.heldOut(1500), all.slice(0, 1500));
+  for (const prompt of all) assert.ok(isHeldOut(parseArithmeticPrompt(prompt), 0.2), prompt);
+  const train = arithmeticTask.trainingPrompts(3);
+  const held = new Set(all);
+  for (let i = 0; i < 2000; i++) assert.ok(!held.has(train() as string));
 });
