@@ -114,6 +114,26 @@ export const op = {
   f32x4Pmax: simd(0xeb),
 };
 
+/** `for (; i < limit; i += step) body`, i and limit locals (i keeps its value: a tail loop goes on from it). */
+export function loopTo(i: number, limit: number, step: number, body: number[]): number[] {
+  return [
+    ...op.block,
+    ...op.loop,
+    ...op.localGet(i),
+    ...op.localGet(limit),
+    ...op.i32GeU,
+    ...op.brIf(1),
+    ...body,
+    ...op.localGet(i),
+    ...op.i32Const(step),
+    ...op.i32Add,
+    ...op.localSet(i),
+    ...op.br(0),
+    ...op.end,
+    ...op.end,
+  ];
+}
+
 /** One exported function. */
 export interface WasmFunction {
   name: string;

@@ -10,7 +10,7 @@
  * (`trainKernelsApply`); elsewhere the composed ops run.
  */
 import * as tf from "../tf.ts";
-import { F32, I32, op, V128, wasmModule } from "../../util/wasm.ts";
+import { F32, I32, loopTo, op, V128, wasmModule } from "../../util/wasm.ts";
 
 interface WasmBackendInternals {
   wasm: { asm: { memory: WebAssembly.Memory } };
@@ -30,26 +30,6 @@ const SIGMOID_GATE = "DpoTrainSigmoidGate";
 const SIGMOID_GATE_GRAD = "DpoTrainSigmoidGateGrad";
 
 const { localGet: get, localSet: set, localTee: tee } = op;
-
-/** `for (; i < limit; i += step) body`, i and limit locals (i keeps its value: a tail loop goes on from it). */
-function loopTo(i: number, limit: number, step: number, body: number[]): number[] {
-  return [
-    ...op.block,
-    ...op.loop,
-    ...get(i),
-    ...get(limit),
-    ...op.i32GeU,
-    ...op.brIf(1),
-    ...body,
-    ...get(i),
-    ...op.i32Const(step),
-    ...op.i32Add,
-    ...set(i),
-    ...op.br(0),
-    ...op.end,
-    ...op.end,
-  ];
-}
 
 /** Address base + i. */
 const at = (base: number, i: number) => [...get(base), ...get(i), ...op.i32Add];
