@@ -42,7 +42,7 @@ Deno.test("start settings: the defaults are START_DEFAULTS, with paths under the
   assert.equal(c.model, DEFAULT_MODEL);
   assert.equal(c.mode, "rounds");
   assert.equal(c.round_size, 64);
-  assert.equal(c.round_epochs, 3);
+  assert.equal(c.round_epochs, 2);
   assert.equal(c.ref_refresh_rounds, 1);
   assert.equal(c.per_device_train_batch_size, 16);
   assert.equal(c.beta, 0.1);

@@ -43,7 +43,7 @@ export const START_DEFAULTS: StartDefaults = {
   // Trainer: rounds of on-policy pairs, the reference refreshed after every round (iterative DPO).
   mode: "rounds",
   round_size: 64,
-  round_epochs: 3,
+  round_epochs: 2,
   ref_refresh_rounds: 1,
   publish_every: 4,
   max_staleness: 4,
