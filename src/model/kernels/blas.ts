@@ -359,27 +359,7 @@ function runGemm(
   const aSize = m * k;
   const bSize = k * n;
   const cSize = m * n;
-  const gemm = (rows: number, aOffset: number, bOffset: number, cOffset: number) => {
-    if (rows === 1) {
-      // One row (a decoding step of one sequence): sgemv, which OpenBLAS runs 1.3-1.7x faster than a one-row sgemm
-      // (GPT-2 small's LM head: 10 ms against 17). The row is contiguous whether A is transposed or not.
-      const [outer, inner] = transposeB ? [n, k] : [k, n];
-      blas.cblas_sgemv(
-        CBLAS_ROW_MAJOR,
-        transposeB ? CBLAS_NO_TRANS : CBLAS_TRANS,
-        outer,
-        inner,
-        1,
-        new Float32Array(heap, bOffset, bSize),
-        ldb,
-        new Float32Array(heap, aOffset, k),
-        1,
-        beta,
-        new Float32Array(heap, cOffset, n),
-        1,
-      );
-      return;
-    }
+  const gemm = (rows: number, aOffset: number, bOffset: number, cOffset: number) =>
     blas.cblas_sgemm(
       CBLAS_ROW_MAJOR,
       ta,
@@ -396,7 +376,6 @@ function runGemm(
       new Float32Array(heap, cOffset, rows * n),
       n,
     );
-  };
   // One call for the common [B, T, C] x [C, N]: rows of a non-transposed A stack into one matrix.
   const stacked = p.aIndex === null && p.bCount === 1 && !transposeA;
   const single = threadCount > 1 && (stacked ? p.batch * m : m) * n * k < SINGLE_THREAD_WORK;
