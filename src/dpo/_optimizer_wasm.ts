@@ -6,11 +6,10 @@
  * float64. On the wasm backend only; `WasmAdamW.create` and `heapSumOfSquares` answer undefined elsewhere.
  */
 import * as tf from "../model/tf.ts";
-import { F32, F64, I32, loopTo, op, V128, wasmModule } from "../util/wasm.ts";
+import { compiledOnce, F32, F64, I32, loopTo, op, V128, wasmModule } from "../util/wasm.ts";
+import { heapOffset, type WasmHeapBackend } from "../model/kernels/heap.ts";
 
-interface WasmBackendInternals {
-  wasm: { asm: { memory: WebAssembly.Memory } };
-  dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
+interface WasmBackendInternals extends WasmHeapBackend {
   refCount(dataId: object): number;
 }
 
@@ -121,31 +120,25 @@ function sumSquaresBody(): number[] {
   ];
 }
 
-let compiled: WebAssembly.Module | null | undefined;
-
 /** The kernels' module, compiled once; null where this runtime lacks SIMD or multi-memory. */
-function kernelModule(): WebAssembly.Module | null {
-  if (compiled === undefined) {
-    const bytes = wasmModule(["heap", "moments"], [
-      {
-        name: "adamw",
-        params: [I32, I32, I32, I32, I32, I32, F32, F32, F32, F32, F32, F32, F32, F32],
-        results: [],
-        locals: [I32, ...Array(11).fill(V128)],
-        body: adamwBody(),
-      },
-      {
-        name: "sumSquares",
-        params: [I32, I32],
-        results: [F64],
-        locals: [I32, V128, V128, V128, V128],
-        body: sumSquaresBody(),
-      },
-    ]);
-    compiled = WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : null;
-  }
-  return compiled;
-}
+const kernelModule = compiledOnce(() =>
+  wasmModule(["heap", "moments"], [
+    {
+      name: "adamw",
+      params: [I32, I32, I32, I32, I32, I32, F32, F32, F32, F32, F32, F32, F32, F32],
+      results: [],
+      locals: [I32, ...Array(11).fill(V128)],
+      body: adamwBody(),
+    },
+    {
+      name: "sumSquares",
+      params: [I32, I32],
+      results: [F64],
+      locals: [I32, V128, V128, V128, V128],
+      body: sumSquaresBody(),
+    },
+  ])
+);
 
 interface Kernels {
   adamw(...args: number[]): void;
@@ -162,12 +155,6 @@ function instantiate(backend: WasmBackendInternals, moments: WebAssembly.Memory)
   if (module === null) return undefined;
   const instance = new WebAssembly.Instance(module, { env: { heap: backend.wasm.asm.memory, moments } });
   return instance.exports as unknown as Kernels;
-}
-
-function offsetOf(backend: WasmBackendInternals, t: tf.Tensor): number {
-  const data = backend.dataIdMap.get(t.dataId);
-  if (data === undefined) throw new Error("Cannot reach a tensor on the wasm heap: it has been disposed");
-  return data.memoryOffset;
 }
 
 /** The settings of one AdamW update, as `Optimizer` computes them from its config, the step and the clipping. */
@@ -239,7 +226,7 @@ export class WasmAdamW {
     const shared = this.#backend.refCount(p.dataId) > 1;
     const fresh = shared ? tf.zerosLike(p) : undefined;
     const b = this.#backend;
-    const [pIn, pOut, gAt] = [offsetOf(b, p), fresh ? offsetOf(b, fresh) : offsetOf(b, p), offsetOf(b, g)];
+    const [pIn, pOut, gAt] = [heapOffset(b, p), fresh ? heapOffset(b, fresh) : heapOffset(b, p), heapOffset(b, g)];
     const n = p.size;
     const simd = n - (n % 4);
     this.#kernels.adamw(pIn, pOut, gAt, m, v, simd, s.beta1, s.beta2, s.c1, s.c2, s.decay, s.stepSize, s.inv, s.eps);
@@ -299,7 +286,7 @@ export function heapSumOfSquares(tensors: readonly tf.Tensor[]): number | undefi
   }
   let total = 0;
   for (const t of tensors) {
-    const at = offsetOf(backend, t);
+    const at = heapOffset(backend, t);
     const simd = t.size - (t.size % 4);
     total += sums.kernels.sumSquares(at, simd);
     if (simd < t.size) {

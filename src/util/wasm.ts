@@ -173,3 +173,15 @@ export function wasmModule(memories: string[], functions: WasmFunction[]): Uint8
     ...section(10, vector(code)),
   ]);
 }
+
+/** A module built and compiled on first use, the same one after; null where this runtime rejects its bytes. */
+export function compiledOnce(build: () => Uint8Array<ArrayBuffer>): () => WebAssembly.Module | null {
+  let compiled: WebAssembly.Module | null | undefined;
+  return () => {
+    if (compiled === undefined) {
+      const bytes = build();
+      compiled = WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : null;
+    }
+    return compiled;
+  };
+}

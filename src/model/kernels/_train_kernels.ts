@@ -10,11 +10,10 @@
  * (`trainKernelsApply`); elsewhere the composed ops run.
  */
 import * as tf from "../tf.ts";
-import { F32, I32, loopTo, op, V128, wasmModule } from "../../util/wasm.ts";
+import { compiledOnce, F32, I32, loopTo, op, V128, wasmModule } from "../../util/wasm.ts";
+import { heapOffset, type WasmHeapBackend } from "./heap.ts";
 
-interface WasmBackendInternals {
-  wasm: { asm: { memory: WebAssembly.Memory } };
-  dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
+interface WasmBackendInternals extends WasmHeapBackend {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
 }
 
@@ -459,45 +458,39 @@ function sigmoidGateGradBody(): number[] {
   ];
 }
 
-let compiled: WebAssembly.Module | null | undefined;
-
 /** The kernels' module, compiled once; null where this runtime lacks SIMD. */
-function kernelModule(): WebAssembly.Module | null {
-  if (compiled === undefined) {
-    const bytes = wasmModule(["heap"], [
-      {
-        name: "layerNorm",
-        params: [I32, I32, I32, I32, I32, I32, I32, I32, F32],
-        results: [],
-        locals: [I32, I32, I32, V128, V128, V128, V128, F32, F32, F32, F32, F32],
-        body: layerNormBody(),
-      },
-      {
-        name: "layerNormGrad",
-        params: [I32, I32, I32, I32, I32, I32, I32, I32, I32],
-        results: [],
-        locals: [I32, I32, I32, ...Array(8).fill(V128), ...Array(7).fill(F32)],
-        body: layerNormGradBody(),
-      },
-      {
-        name: "sigmoidGate",
-        params: [I32, I32, I32, I32, F32, F32],
-        results: [],
-        locals: [I32, ...Array(15 + EXP_P.length).fill(V128)],
-        body: sigmoidGateBody(),
-      },
-      {
-        name: "sigmoidGateGrad",
-        params: [I32, I32, I32, I32, I32, F32, F32],
-        results: [],
-        locals: [I32, ...Array(5).fill(V128)],
-        body: sigmoidGateGradBody(),
-      },
-    ]);
-    compiled = WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : null;
-  }
-  return compiled;
-}
+const kernelModule = compiledOnce(() =>
+  wasmModule(["heap"], [
+    {
+      name: "layerNorm",
+      params: [I32, I32, I32, I32, I32, I32, I32, I32, F32],
+      results: [],
+      locals: [I32, I32, I32, V128, V128, V128, V128, F32, F32, F32, F32, F32],
+      body: layerNormBody(),
+    },
+    {
+      name: "layerNormGrad",
+      params: [I32, I32, I32, I32, I32, I32, I32, I32, I32],
+      results: [],
+      locals: [I32, I32, I32, ...Array(8).fill(V128), ...Array(7).fill(F32)],
+      body: layerNormGradBody(),
+    },
+    {
+      name: "sigmoidGate",
+      params: [I32, I32, I32, I32, F32, F32],
+      results: [],
+      locals: [I32, ...Array(15 + EXP_P.length).fill(V128)],
+      body: sigmoidGateBody(),
+    },
+    {
+      name: "sigmoidGateGrad",
+      params: [I32, I32, I32, I32, I32, F32, F32],
+      results: [],
+      locals: [I32, ...Array(5).fill(V128)],
+      body: sigmoidGateGradBody(),
+    },
+  ])
+);
 
 interface Kernels {
   layerNorm(...args: number[]): void;
@@ -517,12 +510,6 @@ function kernelsOf(backend: WasmBackendInternals): Kernels {
   return instance.kernels;
 }
 
-function offsetOf(backend: WasmBackendInternals, t: tf.TensorInfo): number {
-  const data = backend.dataIdMap.get(t.dataId);
-  if (data === undefined) throw new Error("Cannot reach a tensor on the wasm heap: it has been disposed");
-  return data.memoryOffset;
-}
-
 function assertFloat32(kernel: string, inputs: tf.NamedTensorInfoMap): void {
   for (const [name, t] of Object.entries(inputs)) {
     if (t!.dtype !== "float32") throw new Error(`Cannot run ${kernel} as '${name}' must be float32: it is ${t!.dtype}`);
@@ -540,7 +527,7 @@ function layerNormKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo[
   const xhat = wasm.makeOutput(x!.shape, "float32");
   const rstd = wasm.makeOutput([...x!.shape.slice(0, -1), 1], "float32");
   if (rows === 0) return [y, xhat, rstd];
-  const at = (t: tf.TensorInfo) => offsetOf(wasm, t);
+  const at = (t: tf.TensorInfo) => heapOffset(wasm, t);
   kernelsOf(wasm).layerNorm(at(x!), at(weight!), at(bias!), at(y), at(xhat), at(rstd), rows, C, attrs!.eps as number);
   return [y, xhat, rstd];
 }
@@ -555,7 +542,7 @@ function layerNormGradKernel({ inputs, backend }: KernelArgs): tf.TensorInfo[] {
   const dx = wasm.makeOutput(dy!.shape, "float32");
   const dWeight = wasm.makeOutput([C], "float32");
   const dBias = wasm.makeOutput([C], "float32");
-  const at = (t: tf.TensorInfo) => offsetOf(wasm, t);
+  const at = (t: tf.TensorInfo) => heapOffset(wasm, t);
   // With no rows the kernel still zeroes dWeight and dBias.
   kernelsOf(wasm).layerNormGrad(at(dy!), at(xhat!), at(rstd!), at(weight!), at(dx), at(dWeight), at(dBias), rows, C);
   return [dx, dWeight, dBias];
@@ -576,7 +563,7 @@ function sigmoidGateKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInf
   const s = wasm.makeOutput(x.shape, "float32");
   const n = tf.util.sizeFromShape(x.shape);
   const simd = n - (n % 4);
-  const [xAt, yAt, sAt] = [offsetOf(wasm, x), offsetOf(wasm, y), offsetOf(wasm, s)];
+  const [xAt, yAt, sAt] = [heapOffset(wasm, x), heapOffset(wasm, y), heapOffset(wasm, s)];
   if (simd > 0) kernelsOf(wasm).sigmoidGate(xAt, yAt, sAt, simd * 4, a, b);
   const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
   for (let k = simd; k < n; k++) {
@@ -596,7 +583,12 @@ function sigmoidGateGradKernel({ inputs, attrs, backend }: KernelArgs): tf.Tenso
   const dx = wasm.makeOutput(x!.shape, "float32");
   const n = tf.util.sizeFromShape(x!.shape);
   const simd = n - (n % 4);
-  const [dyAt, xAt, sAt, dxAt] = [offsetOf(wasm, dy!), offsetOf(wasm, x!), offsetOf(wasm, s!), offsetOf(wasm, dx)];
+  const [dyAt, xAt, sAt, dxAt] = [
+    heapOffset(wasm, dy!),
+    heapOffset(wasm, x!),
+    heapOffset(wasm, s!),
+    heapOffset(wasm, dx),
+  ];
   if (simd > 0) kernelsOf(wasm).sigmoidGateGrad(dyAt, xAt, sAt, dxAt, simd * 4, a, b3);
   const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
   for (let k = simd; k < n; k++) {
