@@ -12,6 +12,12 @@ export function headerOf(url: string): string {
   return block.split("\n").map((l) => l.replace(/^\s*\* ?/, "")).join("\n").trim();
 }
 
+/** A mistake in the options of the script at `scriptUrl`: one line and its usage on stderr, exit code 2. */
+export function usageError(scriptUrl: string, message: string): never {
+  console.error(`error: ${message}\n\n${headerOf(scriptUrl)}`);
+  Deno.exit(2);
+}
+
 /** Parses `args` with `options` (plus `--help`); prints the usage and exits on `--help` or a mistake. */
 export function scriptArgs<O extends NonNullable<ParseArgsConfig["options"]>>(
   scriptUrl: string,
@@ -22,8 +28,7 @@ export function scriptArgs<O extends NonNullable<ParseArgsConfig["options"]>>(
   try {
     parsed = parseArgs({ args, options: { ...options, help: { type: "boolean", short: "h" } }, strict: true });
   } catch (err) {
-    console.error(`error: ${(err as Error).message}\n\n${headerOf(scriptUrl)}`);
-    Deno.exit(2);
+    usageError(scriptUrl, (err as Error).message);
   }
   if ((parsed.values as Record<string, unknown>).help) {
     console.log(headerOf(scriptUrl));

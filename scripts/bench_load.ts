@@ -20,48 +20,25 @@ import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { PairStore } from "../src/store/pairs.ts";
 import { type LoadRequest, type LoadResult, runLoad } from "./_load_client.ts";
+import { type ServeProcess, startServe } from "./_serve_process.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const KEY = "bench-load-key-0001";
 // Pending pairs made per second of a feedback run: more than a run answers, so that no pair is judged twice.
 const PAIRS_PER_SECOND = 15_000;
 
-async function startServer(dir: string, withModel: boolean): Promise<{ child: Deno.ChildProcess; url: string }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      join(ROOT, "main.ts"),
-      "serve",
-      "--kv",
-      join(dir, "dpo.kv"),
-      "--checkpoints",
-      `dir:${join(dir, "ckpts")}`,
-      ...(withModel ? ["--model", join(ROOT, "tests/fixtures/gpt2_tiny"), "--backend", "wasm"] : ["--feedback-only"]),
-      "--port",
-      "0",
-      "--rate-limit",
-      "100000000",
-    ],
-    env: { DPO_API_KEYS: KEY },
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  while (true) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`the server exited:\n${text}`);
-    text += value;
-    const m = /listening on (http:\/\/[\d.]+:\d+)/.exec(text);
-    if (m) {
-      // Keep draining the server's log so it never blocks on a full pipe.
-      (async () => {
-        while (!(await reader.read()).done);
-      })();
-      return { child, url: m[1]! };
-    }
-  }
+function startServer(dir: string, withModel: boolean): Promise<ServeProcess> {
+  return startServe([
+    "--kv",
+    join(dir, "dpo.kv"),
+    "--checkpoints",
+    `dir:${join(dir, "ckpts")}`,
+    ...(withModel ? ["--model", join(ROOT, "tests/fixtures/gpt2_tiny"), "--backend", "wasm"] : ["--feedback-only"]),
+    "--port",
+    "0",
+    "--rate-limit",
+    "100000000",
+  ], { DPO_API_KEYS: KEY });
 }
 
 /**

@@ -25,9 +25,10 @@
 import OpenAI from "openai";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { headerOf, scriptArgs } from "./_args.ts";
+import { scriptArgs, usageError as scriptUsageError } from "./_args.ts";
 import { fmt, loadLine, machineLine, randomModel, SIZES } from "./_bench_common.ts";
 import { percentile } from "./_load_client.ts";
+import { type ServeProcess, startServe, stopServe } from "./_serve_process.ts";
 import { type BackendChoice, BACKENDS, describeBackend, initBackend } from "../src/model/kernels/backend.ts";
 import { loadModel, saveModel } from "../src/model/io/checkpoint.ts";
 import { resolveModel } from "../src/model/io/hub.ts";
@@ -55,8 +56,7 @@ interface Options {
 
 /** A mistake in the options: one line and the usage, exit code 2 (as scriptArgs does). */
 function usageError(message: string): never {
-  console.error(`error: ${message}\n\n${headerOf(import.meta.url)}`);
-  Deno.exit(2);
+  return scriptUsageError(import.meta.url, message);
 }
 
 function positiveInteger(name: string, value: string): number {
@@ -227,20 +227,10 @@ function decoderSender(scheduler: DecodeScheduler, tokenizer: Tokenizer, tokens:
   };
 }
 
-/** A `serve` process and where it listens. */
-interface Server {
-  child: Deno.ChildProcess;
-  url: string;
-}
-
-/** Starts `main.ts serve` on a free loopback port; resolves once it says where it listens. */
-async function startServer(dir: string, model: string, backend: BackendChoice): Promise<Server> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      join(ROOT, "main.ts"),
-      "serve",
+/** Starts `main.ts serve` with the model on a free loopback port, its state in `dir`. */
+function startServer(dir: string, model: string, backend: BackendChoice): Promise<ServeProcess> {
+  return startServe(
+    [
       "--model",
       model,
       "--backend",
@@ -258,40 +248,9 @@ async function startServer(dir: string, model: string, backend: BackendChoice): 
       "--rate-limit",
       "100000000",
     ],
-    env: { DPO_API_KEYS: KEY, NO_COLOR: "1" },
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), START_TIMEOUT_S * 1000);
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  try {
-    while (true) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`Cannot start the server: it exited before listening:\n${text.trim()}`);
-      text += value;
-      const m = /listening on (http:\/\/[\d.]+:\d+)/.exec(text);
-      if (m) {
-        // Keep draining the server's log so that it never blocks on a full pipe.
-        (async () => {
-          while (!(await reader.read()).done);
-        })();
-        return { child, url: m[1]! };
-      }
-    }
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function stopServer(server: Server | undefined): Promise<void> {
-  if (!server) return;
-  try {
-    server.child.kill("SIGTERM");
-  } catch {
-    // Already gone.
-  }
-  await server.child.status;
+    { DPO_API_KEYS: KEY },
+    START_TIMEOUT_S,
+  );
 }
 
 function table(rows: Figures[]): string[] {
@@ -319,7 +278,7 @@ async function main(): Promise<void> {
   if (load) console.log(`# ${load}`);
   const report = await initBackend(o.backend);
   const dir = await Deno.makeTempDir({ prefix: "bench_serve_" });
-  let server: Server | undefined;
+  let server: ServeProcess | undefined;
   const onSignal = () => {
     server?.child.kill("SIGTERM");
     Deno.removeSync(dir, { recursive: true });
@@ -371,7 +330,7 @@ async function main(): Promise<void> {
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
-    await stopServer(server);
+    await stopServe(server);
     await Deno.remove(dir, { recursive: true });
   }
 }
