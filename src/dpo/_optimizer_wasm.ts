@@ -10,7 +10,7 @@ import { compiledOnce, F32, F64, I32, loopTo, op, V128, wasmModule } from "../ut
 import { heapOffset, type WasmHeapBackend } from "../model/kernels/heap.ts";
 
 interface WasmBackendInternals extends WasmHeapBackend {
-  refCount(dataId: object): number;
+  makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
 }
 
 const { localGet: get, localSet: set, localTee: tee } = op;
@@ -218,15 +218,17 @@ export class WasmAdamW {
   }
 
   /**
-   * One update of `p` by `g` with `s`. `p` is written in place unless its storage is shared (after
-   * `reference.assign(policy)`, say): then it gets fresh storage and the sharer keeps the old values.
+   * One update of `p` by `g` with `s`, written to new storage that `p` then takes: never in place. TF.js's wasm
+   * kernels keep state per tensor that goes stale when a tensor's values are rewritten where they lie: a GPT-2
+   * trained in place without OpenBLAS went on computing with its Linear biases as they were before the update
+   * (the trainer's test "computes with the weights it holds"). New storage is a new tensor to every kernel. The
+   * old storage is freed by the assign, or kept by whoever shares it (`reference.assign(policy)`).
    */
   update(name: string, p: tf.Variable, g: tf.Tensor, s: AdamWStep): void {
     const { m, v } = this.#slot(name, p.size);
-    const shared = this.#backend.refCount(p.dataId) > 1;
-    const fresh = shared ? tf.zerosLike(p) : undefined;
     const b = this.#backend;
-    const [pIn, pOut, gAt] = [heapOffset(b, p), fresh ? heapOffset(b, fresh) : heapOffset(b, p), heapOffset(b, g)];
+    const next = tf.engine().makeTensorFromTensorInfo(b.makeOutput(p.shape, "float32"));
+    const [pIn, pOut, gAt] = [heapOffset(b, p), heapOffset(b, next), heapOffset(b, g)];
     const n = p.size;
     const simd = n - (n % 4);
     this.#kernels.adamw(pIn, pOut, gAt, m, v, simd, s.beta1, s.beta2, s.c1, s.c2, s.decay, s.stepSize, s.inv, s.eps);
@@ -240,10 +242,8 @@ export class WasmAdamW {
         heap[pOut / 4 + k] = s.decay * heap[pIn / 4 + k]! - s.stepSize * mi / (Math.sqrt(vi) * s.inv + s.eps);
       }
     }
-    if (fresh) {
-      p.assign(fresh);
-      fresh.dispose();
-    }
+    p.assign(next);
+    next.dispose();
   }
 
   /** Copies of every parameter's moments, as `exp_avg/<name>` and `exp_avg_sq/<name>`. */

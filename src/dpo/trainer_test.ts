@@ -5,6 +5,7 @@ import { assertClose, fixturePath, useBackend } from "../model/_test_utils.ts";
 import { fixturePairs, readDpoExpected } from "./_fixtures.ts";
 import { type DpoConfig, parseDpoConfig } from "./config.ts";
 import { DpoTrainer, emaDecayAt } from "./trainer.ts";
+import { scorePairs } from "../model/logprobs.ts";
 
 async function makeTrainer(config: Partial<DpoConfig>, refDir = fixturePath("dpo/ref"), emaDecay?: number) {
   const policy = await loadModel(fixturePath("gpt2_tiny"));
@@ -104,6 +105,30 @@ Deno.test("a NaN batch changes nothing and is counted", async () => {
   const after = await Promise.all([...trainer.policy.params.values()].map((v) => v.data()));
   after.forEach((a, i) => assert.deepEqual(a, before[i]));
   dispose();
+});
+
+Deno.test("after AdamW steps the policy computes with the weights it holds, with and without OpenBLAS", async () => {
+  const pairs = fixturePairs(await readDpoExpected());
+  const rows = pairs.map((p) => ({ promptIds: p.promptIds, completionIds: p.chosenIds }));
+  try {
+    for (const nativeMatmul of [false, true]) {
+      await useBackend("wasm", nativeMatmul);
+      const { trainer, dispose } = await makeTrainer({ ...SGD, optimizer: "adamw", learning_rate: 0.01 });
+      assert.ok(trainer.optimizer.fused, "the fused AdamW is the path under test");
+      for (let step = 0; step < 2; step++) await trainer.trainStep(pairs, 4);
+      const model = trainer.policy;
+      const score = async () => await scorePairs(model, rows, { eosId: 0, maxLength: model.contextLength });
+      const held = await score();
+      // The same values in storage no kernel has seen: what the weights compute when nothing is remembered.
+      for (const v of model.params.values()) v.assign(tf.clone(v));
+      const fresh = await score();
+      const what = `log-probs after two steps (${nativeMatmul ? "OpenBLAS" : "wasm"} matmul)`;
+      assertClose(held.map((r) => r.logp), fresh.map((r) => r.logp), 1e-4, what);
+      dispose();
+    }
+  } finally {
+    await useBackend("wasm");
+  }
 });
 
 Deno.test("reference log-probs are computed once per pair and version, and no tensor leaks per step", async () => {
