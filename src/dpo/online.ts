@@ -110,8 +110,9 @@ export interface OnlineTrainerOptions {
    */
   gate?: () => Promise<boolean>;
   /**
-   * Called with the number of labeled pairs trained into the policy and not yet published (a refused
-   * candidate's among them) whenever it changes: work done, not work waiting (the feeder's backlog).
+   * Called after every publish with the number of labeled pairs trained into the policy that it did not
+   * publish (the gate refused their candidate; they go with the next): work done, not work waiting (the
+   * feeder's backlog).
    */
   onHolding?: (pairs: number) => void | Promise<void>;
 }
@@ -202,9 +203,8 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         await ktoStep(o, o.kto!, batch);
         trained.push(...batch);
         if (o.mode === "stream" && ++steps % o.publishEverySteps === 0) {
-          trained = await publish(o, trained, held, lineage);
+          trained = await publishAndReport(o, trained, held, lineage);
         }
-        await reportHolding(o, trained);
       }
       const ready = o.mode === "stream" ? pending.length >= o.batchPairs : pending.length >= o.roundPairs;
       if (!ready) {
@@ -215,8 +215,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         const batch = pending.splice(0, o.batchPairs);
         await step(o, batch);
         trained.push(...batch);
-        if (++steps % o.publishEverySteps === 0) trained = await publish(o, trained, held, lineage);
-        await reportHolding(o, trained);
+        if (++steps % o.publishEverySteps === 0) trained = await publishAndReport(o, trained, held, lineage);
       } else {
         const round = pending;
         pending = [];
@@ -229,9 +228,7 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
         trained.push(...round);
         // Refresh before publishing: the trainer checkpoint saved with the version holds the new reference.
         if (o.refRefreshRounds > 0 && ++rounds % o.refRefreshRounds === 0) o.trainer.refreshReference(1);
-        await reportHolding(o, trained);
-        trained = await publish(o, trained, held, lineage);
-        await reportHolding(o, trained);
+        trained = await publishAndReport(o, trained, held, lineage);
       }
     }
   } finally {
@@ -240,9 +237,22 @@ export async function runOnlineTrainer(o: OnlineTrainerOptions): Promise<void> {
   if (fencedOut) throw fencedOut;
 }
 
-/** Tells `onHolding` how many labeled pairs are trained and not yet published. */
-async function reportHolding(o: OnlineTrainerOptions, trained: Trained[]): Promise<void> {
-  await o.onHolding?.(trained.filter((t) => "responses" in t).length);
+/**
+ * Publishes, then tells `onHolding` how many labeled pairs the trainer carries on because the gate refused
+ * them. Not before: pairs in training or before the gate are work in progress, which the feeder counts as
+ * backlog, so that it samples no more than its backlog ahead of the version being made. (Told while the
+ * gate ran, the feeder sampled another round from the old version then, and pairs trained two versions
+ * after the one they came from.)
+ */
+async function publishAndReport(
+  o: OnlineTrainerOptions,
+  trained: Trained[],
+  held: Map<string, Trained>,
+  lineage: { parent: number | null },
+): Promise<Trained[]> {
+  const carried = await publish(o, trained, held, lineage);
+  await o.onHolding?.(carried.filter((t) => "responses" in t).length);
+  return carried;
 }
 
 /** Claims up to `limit` labeled pairs and ends those it must not train (stale or untrainable) at once. */

@@ -79,6 +79,8 @@ Deno.test("online rounds: leases outlive a round longer than the lease; stale an
     const retired: [string, string, string][] = [];
     let intruderClaimed = -1;
     let steps = 0;
+    const holding: number[] = [];
+    let holdingWhenGated: number[] | undefined;
     await runOnlineTrainer({
       store,
       publisher: checkpoints,
@@ -117,8 +119,15 @@ Deno.test("online rounds: leases outlive a round longer than the lease; stale an
       },
       onLeaseLost: (ids) => lost.push(...ids),
       onRetired: (pair, status, reason) => retired.push([pair.id, status, reason]),
+      onHolding: (pairs) => void holding.push(pairs),
+      gate: () => {
+        holdingWhenGated = [...holding];
+        return Promise.resolve(true);
+      },
       onPublish: () => stop.abort(),
     });
+    // The round's pairs counted as work in progress (the feeder's backlog) until the gate passed them.
+    assert.deepEqual([holdingWhenGated, holding], [[], [0]]);
     assert.equal(intruderClaimed, 0, "every lease of the round was still live at its last step");
     assert.deepEqual(lost, []);
     assert.deepEqual(retired.map(([id, status]) => [id, status]), [[poison, "rejected"], [old, "stale"]]);

@@ -16,8 +16,9 @@ export const TrainerStatusSchema = z.object({
   /** Pairs this trainer run ended as stale or rejected instead of training them. */
   retired: z.number().int().nonnegative().default(0),
   /**
-   * Labeled pairs trained into the policy and not yet published (a candidate the gate refused holds its
-   * pairs until a later one passes): trained work, not work waiting.
+   * Labeled pairs trained into the policy whose candidate the gate refused, held until a later one passes:
+   * trained work, not work waiting. Counted once the gate has decided: pairs in training or before the gate
+   * are work in progress.
    */
   held_pairs: z.number().int().nonnegative().default(0),
   /** When this record was written, ms since the epoch. */
