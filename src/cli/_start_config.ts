@@ -114,6 +114,18 @@ export const StartConfigSchema = z.strictObject({
       "with use_peft the reference is the frozen base and is never refreshed: set it to 0",
     );
   }
+  // The trainer gathers a version's pairs before it publishes, and they count as the feeder's backlog until then.
+  const perVersion = c.mode === "rounds"
+    ? c.round_size
+    : c.per_device_train_batch_size * c.gradient_accumulation_steps * c.publish_every;
+  if (c.feeder && c.feeder_max_backlog < perVersion) {
+    problem(
+      "feeder_max_backlog",
+      `the trainer waits for ${perVersion} pairs per version (${
+        c.mode === "rounds" ? "round_size" : "batch × publish_every"
+      }) and the feeder would stop at ${c.feeder_max_backlog}: set it to at least ${perVersion}`,
+    );
+  }
   // The DPO engine's rules across its settings (each setting's own checks ran above, as part of this schema).
   const dpo = DpoConfigSchema.safeParse(dpoSettings(c));
   for (const issue of dpo.success ? [] : dpo.error.issues.filter((i) => i.code === "custom")) {
@@ -245,7 +257,7 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
   feeder_pause_ms: { metavar: "MS", help: "feeder's wait after each request", section: "feeder" },
   feeder_max_backlog: {
     metavar: "N",
-    help: "the feeder waits while this many pairs await judgment or training",
+    help: "the feeder waits while this many pairs await judgment, training or the gate: at least a version's pairs",
     section: "feeder",
   },
   mode: {

@@ -49,7 +49,7 @@ Deno.test("start settings: the defaults are START_DEFAULTS, with paths under the
   assert.equal(c.learning_rate, 1e-4);
   assert.deepEqual(c.loss_type, ["sigmoid", "sft"]);
   assert.equal(c.n, 4);
-  assert.equal(c.temperature, 1);
+  assert.equal(c.temperature, 0.7);
   assert.equal(c.max_new_tokens, 6);
   assert.equal(c.eval_prompts, 800);
   assert.equal(c.gate_prompts, 1000);
@@ -170,6 +170,17 @@ Deno.test("start settings: rules across settings name the setting's source", () 
     /Cannot use dpo\.config\.json: loss_weights: 'loss_weights' needs one weight per loss type \(2\)/,
   );
   assert.match(problem(() => resolve({ args: ["--kv", ":memory:"] })), /Cannot use --kv: the trainer runs in a worker/);
+  // A version's pairs count as the feeder's backlog until it is published: a smaller backlog would stall the loop.
+  assert.match(
+    problem(() => resolve({ args: ["--round-size", "256"] })),
+    /feeder_max_backlog: the trainer waits for 256 pairs per version \(round_size\) and the feeder would stop at 128/,
+  );
+  assert.match(
+    problem(() => resolve({ args: ["--mode", "stream", "--publish-every", "10"] })),
+    /the trainer waits for 160 pairs per version \(batch × publish_every\)/,
+  );
+  assert.equal(resolve({ args: ["--round-size", "256", "--feeder-max-backlog", "256"] }).round_size, 256);
+  assert.equal(resolve({ args: ["--round-size", "256", "--no-feeder"] }).round_size, 256);
 });
 
 Deno.test("start settings: --help documents every flag with its environment variable, config key and default", () => {
