@@ -1,14 +1,18 @@
 /**
- * Matmul throughput on the TF.js wasm backend, with and without native OpenBLAS matmul, and the time
- * of a DPO-like training step of a small MLP.
+ * Matmul throughput on the TF.js wasm backend, with and without native OpenBLAS matmul (square products,
+ * GPT-2 small's shapes and small ones; GFLOP/s and the speedup), and the time of a DPO-like training step of a small
+ * MLP with each. Exits 1 when OpenBLAS cannot be loaded.
  *
- *   deno run -A scripts/bench_matmul.ts [--quick]
+ *   deno task bench:matmul [--quick]
+ *
+ * --quick: shorter timings and no 2048 x 2048 product.
  */
 import * as tf from "../src/model/tf.ts";
 import "@tensorflow/tfjs-backend-wasm";
 import { disableNativeMatmul, enableNativeMatmul } from "../src/model/kernels/blas.ts";
+import { scriptArgs } from "./_args.ts";
 
-const QUICK = Deno.args.includes("--quick");
+const QUICK = scriptArgs(import.meta.url, { quick: { type: "boolean" } }).values.quick === true;
 const MIN_SECONDS = QUICK ? 0.2 : 1;
 
 /** Mean seconds per call of `fn` after one warm-up call, over at least MIN_SECONDS and 2 calls. */
