@@ -85,6 +85,7 @@ export const StartConfigSchema = z.strictObject({
   gate_prompts: PositiveInt,
   gate_margin: z.number().min(0).max(1),
   gate_confidence: z.number().gt(0.5).lt(1),
+  gate_reset_after: Count,
   ...DPO_SHAPE,
 }).superRefine((c, ctx) => {
   const problem = (key: string, message: string) => ctx.addIssue({ code: "custom", path: [key], message });
@@ -303,6 +304,12 @@ const OWN_DOCS: Record<OwnKey, Omit<SettingDoc, "flag" | "kind"> & { flag?: stri
     section: "trainer",
   },
   gate_confidence: { metavar: "C", help: "one-sided confidence of the gate's bound", section: "trainer" },
+  gate_reset_after: {
+    metavar: "N",
+    help:
+      "after N candidates refused in a row, train again from the served version, the refused ones' pairs included (0: never, train on from the last candidate)",
+    section: "trainer",
+  },
   eval_prompts: {
     metavar: "N",
     help: "held-out prompts every version is evaluated on, with a task (not a prompt file; 0: none)",

@@ -11,6 +11,7 @@ import type { Judge } from "../judge/types.ts";
 import { runFeeder } from "../roles/feeder.ts";
 import { loadPromptSource } from "../roles/prompts.ts";
 import { type RunningServer, startServerRole } from "../roles/serve.ts";
+import { GATE_RESET_AFTER } from "../dpo/gate.ts";
 import type { TrainerRoleOptions } from "../roles/train.ts";
 import { startTrainerWorker, type TrainerWorkerHandle } from "../roles/train_worker.ts";
 import { openCheckpoints, openSharedKv } from "../store/open.ts";
@@ -52,6 +53,7 @@ export const START_DEFAULTS: StartDefaults = {
   gate_prompts: 1000,
   gate_margin: 0.02,
   gate_confidence: 0.95,
+  gate_reset_after: GATE_RESET_AFTER,
   keep: 5,
   trainer_poll_ms: 500,
   eval_prompts: 800,
@@ -261,7 +263,12 @@ function trainerOptions(cfg: StartConfig, backend: BackendReport["backend"]): Tr
     backend,
     dpo: dpoSettings(cfg),
     gate: cfg.promotion === "gate" && findTask(cfg.task) && cfg.eval_prompts > 0
-      ? { prompts: cfg.gate_prompts, margin: cfg.gate_margin, confidence: cfg.gate_confidence }
+      ? {
+        prompts: cfg.gate_prompts,
+        margin: cfg.gate_margin,
+        confidence: cfg.gate_confidence,
+        resetAfter: cfg.gate_reset_after,
+      }
       : undefined,
     eval: findTask(cfg.task) && cfg.eval_prompts > 0 ? { task: cfg.task, prompts: cfg.eval_prompts } : undefined,
   };

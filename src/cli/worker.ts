@@ -3,6 +3,7 @@
  * on the pairs judged in the shared KV and publishes policy versions for the servers to swap in.
  */
 import { z } from "zod";
+import { GATE_RESET_AFTER } from "../dpo/gate.ts";
 import { runTrainerRole } from "../roles/train.ts";
 import { TASK_NAMES } from "../tasks/registry.ts";
 import { configFromFlags, dpoOptions, offlineOnlyFlagsGiven } from "./_dpo_flags.ts";
@@ -77,6 +78,12 @@ const OWN_OPTIONS = {
     0.02,
   ),
   "gate-confidence": number("C", "one-sided confidence of the gate's bound", (n) => n.gt(0.5).lt(1), 0.95),
+  "gate-reset-after": number(
+    "N",
+    "after N candidates refused in a row, train again from the served version, the refused ones' pairs included (0: never)",
+    count,
+    GATE_RESET_AFTER,
+  ),
   backend: SHARED.backend,
   ...dpoOptions("online"),
 };
@@ -134,7 +141,12 @@ export async function runWorker(args: string[]): Promise<void> {
       eval: opts.eval ? { task: opts.eval, prompts: opts["eval-prompts"] } : undefined,
       // The gate needs an evaluator: on by default where there is one.
       gate: opts.eval && (opts.promotion ?? "gate") === "gate"
-        ? { prompts: opts["gate-prompts"], margin: opts["gate-margin"], confidence: opts["gate-confidence"] }
+        ? {
+          prompts: opts["gate-prompts"],
+          margin: opts["gate-margin"],
+          confidence: opts["gate-confidence"],
+          resetAfter: opts["gate-reset-after"],
+        }
         : undefined,
     }, {
       signal: stop.signal,

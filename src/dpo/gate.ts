@@ -12,6 +12,9 @@
 import { z } from "zod";
 
 /** One decision of the gate, kept by the trainer (`TrainingRecords.recordGate`). */
+/** Candidates the gate may refuse in a row before training goes back to the served version (0: never). */
+export const GATE_RESET_AFTER = 8;
+
 export const GateDecisionSchema = z.object({
   at: z.number().int().nonnegative(),
   /** The trainer's optimizer step when the candidate was evaluated. */

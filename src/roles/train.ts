@@ -19,7 +19,7 @@ import { findTask, TASK_NAMES } from "../tasks/registry.ts";
 import { CheckpointsSpecSchema, openCheckpoints, openSharedKv } from "../store/open.ts";
 import { PairStore } from "../store/pairs.ts";
 import { MAX_PAIRS_PER_VERSION, type TrainingRecords } from "../store/training_records.ts";
-import { decideGate, GateBar, type GateDecision } from "../dpo/gate.ts";
+import { decideGate, GATE_RESET_AFTER, GateBar, type GateDecision } from "../dpo/gate.ts";
 import { PointerMovedError } from "../store/errors.ts";
 import { writeAtomic } from "../util/fs.ts";
 
@@ -30,6 +30,11 @@ const TaskName = z.string().refine((name) => findTask(name) !== undefined, {
   message: `expected a task: ${TASK_NAMES.join(", ")}`,
 });
 const heldOutSize = (task: string) => findTask(task)?.heldOutSize ?? 0;
+
+/** The gate refused `resetAfter` candidates in a row: the trainer starts again from the served version. */
+class GateResetError extends Error {
+  override readonly name = "GateResetError";
+}
 
 /** What the trainer role runs with (plain data, so that it crosses a worker's message boundary). */
 export const TrainerRoleOptionsSchema = z.object({
@@ -66,8 +71,17 @@ export const TrainerRoleOptionsSchema = z.object({
    * from the evaluation's own: a trained policy is published only when not worse than the best served so far. Needs
    * `eval`; off when absent.
    */
-  gate: z.object({ prompts: PositiveInt, margin: z.number().min(0).max(1), confidence: z.number().gt(0.5).lt(1) })
-    .optional(),
+  gate: z.object({
+    prompts: PositiveInt,
+    margin: z.number().min(0).max(1),
+    confidence: z.number().gt(0.5).lt(1),
+    /**
+     * After this many candidates refused in a row, training goes back to the served version (its weights,
+     * reference and optimizer state, as a restarted trainer does) and the pairs the refused candidates held
+     * are trained again from it; 0: never, training goes on from the last candidate.
+     */
+    resetAfter: Count.default(GATE_RESET_AFTER),
+  }).optional(),
 }).refine((o) => !o.gate || o.eval, { message: "the gate needs an evaluation task (eval)", path: ["gate"] })
   .refine((o) => !o.eval || o.eval.prompts + (o.gate?.prompts ?? 0) <= heldOutSize(o.eval.task), {
     message: "the evaluation's and the gate's prompts must fit in the task's held-out prompts",
@@ -138,7 +152,9 @@ export async function runTrainerRole(input: TrainerRoleOptions, hooks: TrainerRo
       } catch (err) {
         // Someone rolled back (or published) under this trainer: nothing of its was published. It starts
         // again from the version served now, as a new instance whose fence voids its leases at once.
-        if (!(err instanceof PointerMovedError) || hooks.signal.aborted) throw err;
+        // The gate refused too many candidates in a row: the same, by choice.
+        if (err instanceof GateResetError && hooks.signal.aborted) return;
+        if (!(err instanceof PointerMovedError || err instanceof GateResetError) || hooks.signal.aborted) throw err;
         log(`${err.message}; starting again from the served version`);
       }
     }
@@ -229,6 +245,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
     ? await createGate(opts.gate, opts.eval, trainer, policy.tokenizer, current?.version ?? 0, log)
     : undefined;
   let decision: GateDecision | undefined;
+  let refusedInARow = 0;
   const evaluator = opts.eval
     ? await createEvaluator(records, opts.eval, {
       trainer,
@@ -326,9 +343,19 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
             percent(decision.served_accuracy)
           } on ${decision.prompts} gate prompts (lower bound of the difference ${decision.lower_bound.toFixed(3)}, ` +
           `margin ${decision.margin})`;
+        refusedInARow = decision.promoted ? 0 : refusedInARow + 1;
         if (!decision.promoted) {
           await records.recordGate(decision);
-          log(`gate: not published, training goes on from it: ${verdict}`);
+          const reset = refusedInARow === opts.gate!.resetAfter;
+          log(
+            `gate: not published, ${
+              reset ? "going back to the served version" : "training goes on from it"
+            }: ${verdict}`,
+          );
+          if (reset) {
+            // A new instance's fence voids this one's leases: the held pairs are claimed and trained again.
+            throw new GateResetError(`the gate refused ${refusedInARow} candidate(s) in a row`);
+          }
         } else log(`gate: promoted: ${verdict}`);
         return decision.promoted;
       }),

@@ -339,6 +339,43 @@ Deno.test("trainer role: retention spares the best evaluated version, the newest
   }
 });
 
+function gateOptions(dir: string, kvPath: string): TrainerRoleOptions {
+  return {
+    kv: kvPath,
+    checkpoints: `dir:${join(dir, "checkpoints")}`,
+    model: fileURLToPath(new URL("../../models/arith-tiny", import.meta.url)),
+    stateDir: join(dir, "trainer"),
+    mode: "stream",
+    roundSize: 4,
+    roundEpochs: 1,
+    publishEvery: 1,
+    refRefreshRounds: 0,
+    maxStaleness: 4,
+    keep: 5,
+    owner: "trainer-gate",
+    leaseMs: 60_000,
+    pollMs: 20,
+    backend: "wasm",
+    dpo: {
+      per_device_train_batch_size: 4,
+      learning_rate: 3e-3,
+      loss_type: ["sigmoid"],
+      lr_scheduler_type: "constant",
+      warmup_steps: 0,
+    },
+    eval: { task: "arithmetic", prompts: 20, maxNewTokens: 6 },
+    gate: { prompts: 100, margin: 0.02, confidence: 0.95 },
+  };
+}
+
+/** Preferences that teach wrong sums: a policy trained on them answers worse, and the gate refuses it. */
+async function importWrongSums(store: PairStore): Promise<void> {
+  for (let i = 0; i < 12; i++) {
+    const [x, y] = [10 + i, 20 + 2 * i];
+    await store.importLabeled({ prompt: `${x}+${y}=`, chosen: `${x + y + 11}`, rejected: `${x + y}` });
+  }
+}
+
 Deno.test({
   name: "trainer role: the promotion gate keeps a worse policy from being served, records why, and trains on",
   sanitizeResources: false,
@@ -348,39 +385,9 @@ Deno.test({
     const kvPath = join(dir, "dpo.kv");
     const kv = await Deno.openKv(kvPath);
     const store = new PairStore(kv);
-    const base = fileURLToPath(new URL("../../models/arith-tiny", import.meta.url));
-    const options: TrainerRoleOptions = {
-      kv: kvPath,
-      checkpoints: `dir:${join(dir, "checkpoints")}`,
-      model: base,
-      stateDir: join(dir, "trainer"),
-      mode: "stream",
-      roundSize: 4,
-      roundEpochs: 1,
-      publishEvery: 1,
-      refRefreshRounds: 0,
-      maxStaleness: 4,
-      keep: 5,
-      owner: "trainer-gate",
-      leaseMs: 60_000,
-      pollMs: 20,
-      backend: "wasm",
-      dpo: {
-        per_device_train_batch_size: 4,
-        learning_rate: 3e-3,
-        loss_type: ["sigmoid"],
-        lr_scheduler_type: "constant",
-        warmup_steps: 0,
-      },
-      eval: { task: "arithmetic", prompts: 20, maxNewTokens: 6 },
-      gate: { prompts: 100, margin: 0.02, confidence: 0.95 },
-    };
+    const options = gateOptions(dir, kvPath);
     try {
-      // Preferences that teach wrong sums: a policy trained on them answers worse.
-      for (let i = 0; i < 12; i++) {
-        const [x, y] = [10 + i, 20 + 2 * i];
-        await store.importLabeled({ prompt: `${x}+${y}=`, chosen: `${x + y + 11}`, rejected: `${x + y}` });
-      }
+      await importWrongSums(store);
       const events: TrainerEvent[] = [];
       const stop = new AbortController();
       let steps = 0;
@@ -408,6 +415,53 @@ Deno.test({
       assert.equal((await store.counts()).trained, 0);
       const status = await store.records.status();
       assert.equal(status?.held_pairs, 4 * steps, JSON.stringify(status));
+    } finally {
+      kv.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "trainer role: after gate.resetAfter refusals in a row it goes back to the served version and trains the pairs again",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "trainer_gate_reset_" });
+    const kvPath = join(dir, "dpo.kv");
+    const kv = await Deno.openKv(kvPath);
+    const store = new PairStore(kv);
+    const options = gateOptions(dir, kvPath);
+    options.gate = { ...options.gate!, resetAfter: 2 };
+    try {
+      await importWrongSums(store);
+      const events: TrainerEvent[] = [];
+      const stop = new AbortController();
+      const giveUp = setTimeout(() => stop.abort(), 60_000); // without restarts it would wait for pairs forever
+      const restarts = () =>
+        events.flatMap((e) => (e.type === "log" && e.message.endsWith("from the served version") ? [e.message] : []));
+      await runTrainerRole(options, {
+        signal: stop.signal,
+        onEvent: (e) => {
+          events.push(e);
+          if (restarts().length === 2) stop.abort();
+        },
+      });
+      clearTimeout(giveUp);
+      const logs = events.flatMap((e) => (e.type === "log" ? [e.message] : []));
+      const gateLogs = logs.filter((l) => l.startsWith("gate: not published"));
+      assert.deepEqual(gateLogs.map((l) => l.includes("going back to the served version")), [false, true, false, true]);
+      const steps = events.flatMap((e) => (e.type === "step" ? [e.metrics.step] : []));
+      // Two refusals, back to the base (step 0, a fresh optimizer), two more: 8 of the 12 pairs trained twice,
+      // which the second instance could only claim because the first one's fence was voided.
+      assert.deepEqual(steps, [1, 2, 1, 2], logs.join("\n"));
+      assert.equal(restarts().length, 2);
+      assert.match(restarts()[0]!, /the gate refused 2 candidate\(s\) in a row; starting again/);
+      assert.ok(logs.filter((l) => l.startsWith("took the trainer fence")).length >= 2);
+      assert.deepEqual(events.filter((e) => e.type === "publish"), []);
+      assert.equal((await store.counts()).trained, 0);
+      assert.equal((await store.records.gates(10)).refused, 4);
     } finally {
       kv.close();
       await Deno.remove(dir, { recursive: true });
