@@ -7,14 +7,15 @@
  * The gate promotes when the one-sided lower confidence bound of the mean difference is not below
  * −margin: d̄ − z(confidence) · s/√n ≥ −margin (a non-inferiority test on paired data; with no variance the
  * bound is d̄ itself). A candidate it refuses is not published: training goes on from it, and its pairs
- * stay held until a later candidate passes (nothing trained is lost or trained twice).
+ * stay held until a later candidate passes (nothing trained is lost or trained twice), or, after
+ * `GATE_RESET_AFTER` refusals in a row, the trainer goes back to the served version and trains them again.
  */
 import { z } from "zod";
 
-/** One decision of the gate, kept by the trainer (`TrainingRecords.recordGate`). */
 /** Candidates the gate may refuse in a row before training goes back to the served version (0: never). */
 export const GATE_RESET_AFTER = 8;
 
+/** One decision of the gate, kept by the trainer (`TrainingRecords.recordGate`). */
 export const GateDecisionSchema = z.object({
   at: z.number().int().nonnegative(),
   /** The trainer's optimizer step when the candidate was evaluated. */
