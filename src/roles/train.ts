@@ -242,7 +242,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
 
   // Before any training: the trainer's weights are the served version's (or the starting model's).
   const gater = opts.gate && opts.eval
-    ? await createGate(opts.gate, opts.eval, trainer, policy.tokenizer, current?.version ?? 0, log)
+    ? await createGate(opts.gate, opts.eval, trainer, policy.tokenizer, current?.version ?? 0, records, log)
     : undefined;
   let decision: GateDecision | undefined;
   let refusedInARow = 0;
@@ -363,7 +363,7 @@ async function train(kv: Deno.Kv, opts: Options, hooks: TrainerRoleHooks, log: (
         version = published;
         if (gater && decision) {
           await records.recordGate({ ...decision, version: published });
-          gater.promoted(published);
+          await gater.promoted(published);
         }
         await saveTrainingCheckpoint(stateDir, trainer, { policy, reference });
         await writeAtomic(statePath, new TextEncoder().encode(JSON.stringify({ version: published }) + "\n"));
@@ -398,9 +398,16 @@ export async function bestEvaluated(records: TrainingRecords): Promise<number[]>
 interface Gate {
   /** Answers the gate prompts with the trainer's policy and decides (see `src/dpo/gate.ts`). */
   decide(trainer: DpoTrainer): Promise<GateDecision>;
-  /** The candidate last decided on was published as `version`: it is the bar when the most accurate so far. */
-  promoted(version: number): void;
+  /** The candidate last decided on was published as `version`: it is the bar (kept) when the most accurate so far. */
+  promoted(version: number): Promise<void>;
 }
+
+/** The gate's bar as kept in KV: which prompts it was answered on, so that a changed gate starts a new one. */
+const StoredGateBarSchema = z.object({
+  version: Count,
+  prompts: z.string(),
+  scores: z.array(z.number()),
+});
 
 async function createGate(
   spec: NonNullable<Options["gate"]>,
@@ -408,6 +415,7 @@ async function createGate(
   trainer: DpoTrainer,
   tokenizer: LoadedModel["tokenizer"],
   servedVersion: number,
+  records: TrainingRecords,
   log: (m: string) => void,
 ): Promise<Gate> {
   // The evaluation's prompts come first in the held-out split; the gate's follow them, never the same ones.
@@ -416,9 +424,22 @@ async function createGate(
   const maxNewTokens = evalSpec.maxNewTokens ?? task.answerTokens;
   const answer = async () =>
     (await answerHeldOut(trainer.policy, tokenizer, prompts, task.score, { maxNewTokens })).scores;
-  const bar = new GateBar(servedVersion, await answer());
+  // A restarted trainer (or one going back to the served version after refusals) keeps the bar it had: the
+  // best served version, which the one served now may be up to the margin below. Not across a rollback below it.
+  const which = `${evalSpec.task} held-out ${evalSpec.prompts}-${
+    evalSpec.prompts + spec.prompts
+  }, ${maxNewTokens} tokens`;
+  const kept = StoredGateBarSchema.safeParse(await records.gateBar());
+  const keep = kept.success && kept.data.prompts === which && kept.data.version <= servedVersion &&
+    kept.data.scores.length === prompts.length;
+  const bar = keep ? new GateBar(kept.data.version, kept.data.scores) : new GateBar(servedVersion, await answer());
+  const save = () => records.saveGateBar({ version: bar.version, prompts: which, scores: [...bar.scores] });
+  if (!keep) await save();
   let last = bar.scores;
-  log(`gate: ${prompts.length} prompts of its own; the served v${servedVersion} scores ${percent(mean(bar.scores))}`);
+  log(
+    `gate: ${prompts.length} prompts of its own; the bar is v${bar.version} at ${percent(mean(bar.scores))}` +
+      (keep ? " (kept from before)" : " (the served version)"),
+  );
   return {
     async decide(t) {
       last = await answer();
@@ -432,8 +453,9 @@ async function createGate(
         ...decideGate(last, bar.scores, spec),
       };
     },
-    promoted(version) {
+    async promoted(version) {
       bar.promoted(version, last);
+      if (bar.version === version) await save();
     },
   };
 }

@@ -459,6 +459,10 @@ Deno.test({
       assert.equal(restarts().length, 2);
       assert.match(restarts()[0]!, /the gate refused 2 candidate\(s\) in a row; starting again/);
       assert.ok(logs.filter((l) => l.startsWith("took the trainer fence")).length >= 2);
+      // The gate's bar is kept in KV: the instances after the first hold candidates to it without answering again.
+      const bars = logs.filter((l) => l.startsWith("gate: 100 prompts of its own"));
+      assert.ok(bars.length >= 2 && bars[0]!.endsWith("(the served version)"), bars.join("\n"));
+      assert.ok(bars.slice(1).every((l) => l.endsWith("(kept from before)")), bars.join("\n"));
       assert.deepEqual(events.filter((e) => e.type === "publish"), []);
       assert.equal((await store.counts()).trained, 0);
       assert.equal((await store.records.gates(10)).refused, 4);

@@ -287,6 +287,11 @@ export function gateCountKey(outcome: "promoted" | "refused"): Deno.KvKey {
   return ["gate_count", outcome];
 }
 
+/** The promotion gate's bar: the best served version's answers on the gate's prompts (`src/dpo/gate.ts`). */
+export function gateBarKey(): Deno.KvKey {
+  return ["gate_bar"];
+}
+
 /** What the trainer is doing now: its step, the policy version it trains from and its reference version. */
 export function trainerStatusKey(): Deno.KvKey {
   return ["trainer_status"];

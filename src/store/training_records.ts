@@ -20,6 +20,7 @@ import {
   EVAL_PREFIX,
   evalKey,
   GATE_PREFIX,
+  gateBarKey,
   gateCountKey,
   gateKey,
   TRAIN_METRICS_PREFIX,
@@ -240,6 +241,16 @@ export class TrainingRecords {
     const op = this.#kv.atomic().set(gateKey(decision.at, decision.step), decision)
       .sum(gateCountKey(decision.promoted ? "promoted" : "refused"), 1n);
     await commitWithinLimits(op, "a gate decision");
+  }
+
+  /** Keeps the gate's bar (stored as given), so that a restarted trainer holds candidates to the same one. */
+  async saveGateBar(bar: Record<string, unknown>): Promise<void> {
+    await commitWithinLimits(this.#kv.atomic().set(gateBarKey(), bar), "the gate's bar");
+  }
+
+  /** The gate's bar as stored, or null. */
+  async gateBar(): Promise<unknown> {
+    return (await this.#kv.get(gateBarKey())).value;
   }
 
   /** The newest `limit` gate decisions as stored, oldest first, and the counts of each outcome ever. */
