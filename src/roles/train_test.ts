@@ -472,3 +472,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "trainer role: the gate's bar is kept in KV for the next trainer, and dropped after a rollback below it",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "trainer_gate_bar_" });
+    const kvPath = join(dir, "dpo.kv");
+    const kv = await Deno.openKv(kvPath);
+    const options = gateOptions(dir, kvPath);
+    // Runs a trainer until its gate has a bar; returns what it said of it.
+    const barLog = async () => {
+      const stop = new AbortController();
+      let said = "";
+      await runTrainerRole(options, {
+        signal: stop.signal,
+        onEvent: (e) => {
+          if (e.type !== "log" || !e.message.startsWith("gate: ")) return;
+          said = e.message;
+          stop.abort();
+        },
+      });
+      return said;
+    };
+    const store = new PairStore(kv);
+    try {
+      assert.match(await barLog(), /the bar is v0 at \d+\.\d% \(the served version\)$/);
+      const stored = (await store.records.gateBar()) as { version: number; scores: number[] };
+      assert.equal(stored.version, 0);
+      // A bar better than the served version (as after a promotion within the margin below the best) is kept.
+      await store.records.saveGateBar({ ...stored, scores: stored.scores.map(() => 1) });
+      assert.match(await barLog(), /the bar is v0 at 100\.0% \(kept from before\)$/);
+      // A bar from a version newer than the one served (rolled back below it) is not.
+      await store.records.saveGateBar({ ...stored, version: 3, scores: stored.scores.map(() => 1) });
+      assert.match(await barLog(), /the bar is v0 at \d+\.\d% \(the served version\)$/);
+    } finally {
+      kv.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
