@@ -27,6 +27,41 @@ async function runUntilPublished(options: TrainerRoleOptions, versions: number):
   return events;
 }
 
+/** A stream-mode trainer role in `dir` that publishes every step; `overrides` set what a test is about. */
+function roleOptions(dir: string, kvPath: string, overrides: Partial<TrainerRoleOptions>): TrainerRoleOptions {
+  return {
+    kv: kvPath,
+    checkpoints: `dir:${join(dir, "checkpoints")}`,
+    model: MODEL,
+    stateDir: join(dir, "trainer"),
+    mode: "stream",
+    roundSize: 4,
+    roundEpochs: 1,
+    publishEvery: 1,
+    refRefreshRounds: 0,
+    maxStaleness: 4,
+    keep: 5,
+    owner: "trainer-test",
+    leaseMs: 60_000,
+    pollMs: 20,
+    backend: "wasm",
+    dpo: { per_device_train_batch_size: 2, learning_rate: 1e-3 },
+    ...overrides,
+  };
+}
+
+/** Imports pairs `What is i+1?` for i in [from, to), the right answer chosen; returns their ids. */
+async function addPairs(store: PairStore, from: number, to: number): Promise<string[]> {
+  const ids = [];
+  for (let i = from; i < to; i++) {
+    ids.push(
+      (await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` }))
+        .pair.id,
+    );
+  }
+  return ids;
+}
+
 Deno.test({
   name: "trainer role: publishes versions, evaluates each against the base, records its status, resumes",
   // The role opens its own KV connection and TF.js backend, as it does in a worker.
@@ -37,33 +72,10 @@ Deno.test({
     const kvPath = join(dir, "dpo.kv");
     const kv = await Deno.openKv(kvPath);
     const store = new PairStore(kv);
-    const options: TrainerRoleOptions = {
-      kv: kvPath,
-      checkpoints: `dir:${join(dir, "checkpoints")}`,
-      model: MODEL,
-      stateDir: join(dir, "trainer"),
-      mode: "stream",
-      roundSize: 4,
-      roundEpochs: 1,
-      publishEvery: 1,
-      refRefreshRounds: 0,
-      maxStaleness: 4,
-      keep: 5,
-      owner: "trainer-test",
-      leaseMs: 60_000,
-      pollMs: 20,
-      backend: "wasm",
-      dpo: { per_device_train_batch_size: 2, learning_rate: 1e-3 },
-      eval: { task: "arithmetic", prompts: 4, maxNewTokens: 3 },
-    };
+    const options = roleOptions(dir, kvPath, { eval: { task: "arithmetic", prompts: 4, maxNewTokens: 3 } });
     const runUntil = (versions: number) => runUntilPublished(options, versions);
-    const addPairs = async (from: number, to: number) => {
-      for (let i = from; i < to; i++) {
-        await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` });
-      }
-    };
     try {
-      await addPairs(0, 4);
+      await addPairs(store, 0, 4);
       const events = await runUntil(2);
       const ready = events.find((e) => e.type === "ready");
       assert.ok(ready?.type === "ready" && ready.policy_version === 0 && typeof ready.base_accuracy === "number");
@@ -87,7 +99,7 @@ Deno.test({
 
       // Two more pairs, leased for 300 s to a trainer instance that then died; a restart voids the
       // leases (the fence) instead of waiting them out, resumes its own checkpoint, and the versions go on.
-      await addPairs(4, 6);
+      await addPairs(store, 4, 6);
       const dead = await readFence(kv);
       const held = await store.claim({
         status: "labeled",
@@ -111,7 +123,7 @@ Deno.test({
       // Killed right after the commit that published v4 and before marking its pairs (they are still
       // labeled and leased for 300 s): the restart settles them into v4 and never trains them again.
       const killed = await readFence(kv);
-      await addPairs(6, 8);
+      await addPairs(store, 6, 8);
       const inV4 = await store.claim({
         status: "labeled",
         role: "train",
@@ -133,7 +145,7 @@ Deno.test({
       await kv.set(checkpointUploadKey(90), { startedAt: Date.now(), storage: "dir", fence: killed!.token });
       const upload = join(dir, "checkpoints", ".tmp-v000090-killed");
       await Deno.mkdir(upload);
-      await addPairs(8, 10);
+      await addPairs(store, 8, 10);
       const after = await runUntil(1);
       for (const path of [junk, upload]) await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
       assert.equal((await kv.get(checkpointUploadKey(90))).value, null);
@@ -186,31 +198,14 @@ Deno.test({
     const kv = await Deno.openKv(kvPath);
     const store = new PairStore(kv);
     const llama = fileURLToPath(new URL("../../tests/fixtures/llama_tiny", import.meta.url));
-    const options: TrainerRoleOptions = {
-      kv: kvPath,
+    const options = roleOptions(dir, kvPath, {
       checkpoints: "kv",
       model: llama,
-      stateDir: join(dir, "trainer"),
-      mode: "stream",
-      roundSize: 4,
-      roundEpochs: 1,
-      publishEvery: 1,
-      refRefreshRounds: 0,
-      maxStaleness: 4,
-      keep: 5,
       owner: "trainer-lora",
-      leaseMs: 60_000,
-      pollMs: 20,
-      backend: "wasm",
       dpo: { per_device_train_batch_size: 2, learning_rate: 1e-2, use_peft: true, lora_r: 4 },
-    };
-    const addPairs = async (from: number, to: number) => {
-      for (let i = from; i < to; i++) {
-        await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` });
-      }
-    };
+    });
     try {
-      await addPairs(0, 4);
+      await addPairs(store, 0, 4);
       await runUntilPublished(options, 2);
       const checkpoints = openCheckpoints(kv, "kv");
       const v2 = (await checkpoints.get(2))!;
@@ -230,7 +225,7 @@ Deno.test({
       base.model.dispose();
 
       // A trainer without the first one's state starts from the served version: base + its adapter.
-      await addPairs(4, 6);
+      await addPairs(store, 4, 6);
       const fresh = await runUntilPublished({ ...options, stateDir: join(dir, "other"), owner: "trainer-lora-2" }, 1);
       assert.ok(fresh.some((e) => e.type === "log" && /starting from policy v2/.test(e.message)));
       assert.deepEqual(fresh.flatMap((e) => (e.type === "publish" ? [e.version] : [])), [3]);
@@ -251,37 +246,10 @@ Deno.test({
     const kvPath = join(dir, "dpo.kv");
     const kv = await Deno.openKv(kvPath);
     const store = new PairStore(kv);
-    const options: TrainerRoleOptions = {
-      kv: kvPath,
-      checkpoints: `dir:${join(dir, "checkpoints")}`,
-      model: MODEL,
-      stateDir: join(dir, "trainer"),
-      mode: "stream",
-      roundSize: 4,
-      roundEpochs: 1,
-      publishEvery: 1,
-      refRefreshRounds: 0,
-      maxStaleness: 4,
-      keep: 5,
-      owner: "trainer-rollback",
-      leaseMs: 300_000,
-      pollMs: 20,
-      backend: "wasm",
-      dpo: { per_device_train_batch_size: 2, learning_rate: 1e-3 },
-    };
-    const addPairs = async (from: number, to: number) => {
-      const ids = [];
-      for (let i = from; i < to; i++) {
-        ids.push(
-          (await store.importLabeled({ prompt: `What is ${i}+1? Answer:`, chosen: ` ${i + 1}`, rejected: ` ${i + 2}` }))
-            .pair.id,
-        );
-      }
-      return ids;
-    };
+    const options = roleOptions(dir, kvPath, { owner: "trainer-rollback", leaseMs: 300_000 });
     const checkpoints = openCheckpoints(kv, options.checkpoints);
     try {
-      await addPairs(0, 4);
+      await addPairs(store, 0, 4);
       await runUntilPublished(options, 2); // v1, v2; the trainer's own state belongs to v2
       const events: TrainerEvent[] = [];
       const stop = new AbortController();
@@ -291,7 +259,9 @@ Deno.test({
         onEvent: (e) => {
           events.push(e);
           // Once it has resumed at v2, the operator rolls back to v1; then new pairs arrive.
-          if (e.type === "ready" && late === undefined) late = checkpoints.rollback(1).then(() => addPairs(4, 6));
+          if (e.type === "ready" && late === undefined) {
+            late = checkpoints.rollback(1).then(() => addPairs(store, 4, 6));
+          }
           if (e.type === "publish") stop.abort();
         },
       });
@@ -340,22 +310,9 @@ Deno.test("trainer role: retention spares the best evaluated version, the newest
 });
 
 function gateOptions(dir: string, kvPath: string): TrainerRoleOptions {
-  return {
-    kv: kvPath,
-    checkpoints: `dir:${join(dir, "checkpoints")}`,
+  return roleOptions(dir, kvPath, {
     model: fileURLToPath(new URL("../../models/arith-tiny", import.meta.url)),
-    stateDir: join(dir, "trainer"),
-    mode: "stream",
-    roundSize: 4,
-    roundEpochs: 1,
-    publishEvery: 1,
-    refRefreshRounds: 0,
-    maxStaleness: 4,
-    keep: 5,
     owner: "trainer-gate",
-    leaseMs: 60_000,
-    pollMs: 20,
-    backend: "wasm",
     dpo: {
       per_device_train_batch_size: 4,
       learning_rate: 3e-3,
@@ -365,7 +322,7 @@ function gateOptions(dir: string, kvPath: string): TrainerRoleOptions {
     },
     eval: { task: "arithmetic", prompts: 20, maxNewTokens: 6 },
     gate: { prompts: 100, margin: 0.02, confidence: 0.95 },
-  };
+  });
 }
 
 /** Preferences that teach wrong sums: a policy trained on them answers worse, and the gate refuses it. */
