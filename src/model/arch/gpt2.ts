@@ -19,6 +19,8 @@ import {
   layerNormForward,
   linearBackward,
   type LoraSaved,
+  mergeHeads,
+  splitHeads,
 } from "../kernels/_ops.ts";
 import {
   decodeAttention,
@@ -348,13 +350,11 @@ function blockForward(
 ) {
   const [B, T, C] = x.shape;
   const H = config.n_head;
-  const D = C / H;
   const eps = config.layer_norm_epsilon;
-  const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D;
   // Attention.
   const ln1 = layerNormForward(x, w["ln_1.weight"], w["ln_1.bias"], eps); // [B, T, C]
   const qkv = linear(ln1.y, w["attn.c_attn.weight"], w["attn.c_attn.bias"], lora, "attn.c_attn"); // [B*T, 3C]
-  const [q, kNew, vNew] = tf.split(qkv, 3, 1).map(heads) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // [B, H, T, D]
+  const [q, kNew, vNew] = splitHeads(qkv, B, T, H) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // [B, H, T, D]
   const k = past ? tf.concat([past.k, kNew], 2) : kNew; // [B, H, S, D]
   const v = past ? tf.concat([past.v, vNew], 2) : vNew; // [B, H, S, D]
   const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), attentionScale(config, layer)), bias); // [B, H, T, S]
@@ -405,7 +405,6 @@ function blockBackward(
   const D = C / H;
   const rows = (t: tf.Tensor) => tf.reshape(t, [B * T, -1]) as tf.Tensor2D;
   const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D;
-  const unheads = (t: tf.Tensor) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [B * T, C]) as tf.Tensor2D;
   const grads = new Map<string, tf.Tensor>();
   const lora = new Map<string, { dA: tf.Tensor; dB: tf.Tensor }>();
   /** Gradients of a Conv1D y = x W + b (+ LoRA): records those that train, returns dx [B*T, in]. */
@@ -438,13 +437,13 @@ function blockBackward(
   const dMerged = linear("attn.c_proj", rows(dX1), merged); // [B*T, C]
   const dY = heads(dMerged); // [B, H, T, D]
   const dProbs = tf.matMul(dY, v, false, true); // [B, H, T, S]
-  const dV = tf.matMul(probs, dY, true, false); // [B, H, S, D]
+  const dV = tf.matMul(probs, dY, true, false) as tf.Tensor4D; // [B, H, S, D]
   // Softmax: dS = P * (dP - sum(dP * P)); then the scale.
   const scale = attentionScale(config, layer);
   const dScores = tf.mul(tf.mul(probs, tf.sub(dProbs, tf.sum(tf.mul(dProbs, probs), -1, true))), scale);
-  const dQ = tf.matMul(dScores, k); // [B, H, T, D]
-  const dK = tf.matMul(dScores, q, true, false); // [B, H, S, D]
-  const dQkv = tf.concat([unheads(dQ), unheads(dK), unheads(dV)], 1); // [B*T, 3C]
+  const dQ = tf.matMul(dScores, k) as tf.Tensor4D; // [B, H, T, D]
+  const dK = tf.matMul(dScores, q, true, false) as tf.Tensor4D; // [B, H, S, D]
+  const dQkv = mergeHeads(dQ, dK, dV); // [B*T, 3C]
   const dLn1Y = linear("attn.c_attn", dQkv, rows(ln1Y)); // [B*T, C]
   const ln1 = layerNormBackward(tf.reshape(dLn1Y, [B, T, C]), ln1Xhat, ln1Rstd, w["ln_1.weight"]);
   norm("ln_1", ln1);

@@ -9,8 +9,10 @@ import * as tf from "../tf.ts";
 import {
   fusedLayerNorm,
   fusedLayerNormBackward,
+  fusedMergeHeads,
   fusedSigmoidGate,
   fusedSigmoidGateBackward,
+  fusedSplitHeads,
   trainKernelsApply,
 } from "./_train_kernels.ts";
 
@@ -35,6 +37,29 @@ export function customOp(
     }) as Parameters<typeof tf.customGrad>[0],
   );
   return (...inputs) => op(...inputs);
+}
+
+/** Attention's rows qkv [B*T, 3C] as q, k and v [B, H, T, D]: one kernel on wasm (`_train_kernels.ts`). */
+export function splitHeads(qkv: tf.Tensor2D, B: number, T: number, H: number): tf.Tensor4D[] {
+  return trainKernelsApply() ? fusedSplitHeads(qkv, B, T, H) : composedSplitHeads(qkv, B, T, H);
+}
+
+/** `splitHeads` as TF.js ops: off wasm, under TF.js's tape, and the reference for the wasm kernel. */
+export function composedSplitHeads(qkv: tf.Tensor2D, B: number, T: number, H: number): tf.Tensor4D[] {
+  const D = qkv.shape[1] / 3 / H;
+  return tf.split(qkv, 3, 1).map((t) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D);
+}
+
+/** The inverse of `splitHeads` (the gradient of qkv from those of q, k and v): one kernel on wasm. */
+export function mergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D {
+  return trainKernelsApply() ? fusedMergeHeads(q, k, v) : composedMergeHeads(q, k, v);
+}
+
+/** `mergeHeads` as TF.js ops. */
+export function composedMergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D {
+  const [B, H, T, D] = q.shape;
+  const rows = (t: tf.Tensor4D) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [B * T, H * D]);
+  return tf.concat([rows(q), rows(k), rows(v)], 1) as tf.Tensor2D;
 }
 
 /** LayerNorm over the last axis, with what its backward pass needs: one kernel on wasm (`_train_kernels.ts`). */

@@ -27,6 +27,8 @@ const LAYER_NORM = "DpoTrainLayerNorm";
 const LAYER_NORM_GRAD = "DpoTrainLayerNormGrad";
 const SIGMOID_GATE = "DpoTrainSigmoidGate";
 const SIGMOID_GATE_GRAD = "DpoTrainSigmoidGateGrad";
+const SPLIT_HEADS = "DpoTrainSplitHeads";
+const MERGE_HEADS = "DpoTrainMergeHeads";
 
 const { localGet: get, localSet: set, localTee: tee } = op;
 
@@ -598,6 +600,62 @@ function sigmoidGateGradKernel({ inputs, attrs, backend }: KernelArgs): tf.Tenso
   return dx;
 }
 
+/**
+ * Copies between attention's rows [B*T, 3C] (q, k and v side by side, as c_attn makes them) and per-head
+ * blocks [B, H, T, D] of q, k and v: `toHeads` splits, otherwise merges. One copy of D floats per row, part
+ * and head. Composed, the split was a SplitV and three transposes; wasm's SplitV alone took 33 ms at
+ * gpt2-8x512's [1024, 1536] (this: under 1 ms), and its five-dimensional transpose more.
+ */
+function copyHeads(
+  heap: Float32Array,
+  rowsAt: number,
+  partsAt: number[],
+  [B, T, H, D]: [number, number, number, number],
+  toHeads: boolean,
+): void {
+  const C = H * D;
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      const row = rowsAt + (b * T + t) * 3 * C;
+      for (let p = 0; p < 3; p++) {
+        for (let h = 0; h < H; h++) {
+          const rowAt = row + p * C + h * D;
+          const headAt = partsAt[p]! + ((b * H + h) * T + t) * D;
+          if (toHeads) heap.copyWithin(headAt, rowAt, rowAt + D);
+          else heap.copyWithin(rowAt, headAt, headAt + D);
+        }
+      }
+    }
+  }
+}
+
+/** qkv [B*T, 3C] -> q, k, v [B, H, T, D] (attrs B, T, H). */
+function splitHeadsKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo[] {
+  assertFloat32(SPLIT_HEADS, inputs);
+  const wasm = backend as WasmBackendInternals;
+  const qkv = inputs.qkv!;
+  const [B, T, H] = [attrs!.B as number, attrs!.T as number, attrs!.H as number];
+  const D = qkv.shape[1]! / 3 / H;
+  const parts = [0, 1, 2].map(() => wasm.makeOutput([B, H, T, D], "float32"));
+  const heap = new Float32Array(wasm.wasm.asm.memory.buffer); // after makeOutput: it may have grown
+  const at = (t: tf.TensorInfo) => heapOffset(wasm, t) / 4;
+  copyHeads(heap, at(qkv), parts.map(at), [B, T, H, D], true);
+  return parts;
+}
+
+/** q, k, v [B, H, T, D] -> [B*T, 3C]. */
+function mergeHeadsKernel({ inputs, backend }: KernelArgs): tf.TensorInfo {
+  assertFloat32(MERGE_HEADS, inputs);
+  const wasm = backend as WasmBackendInternals;
+  const { q, k, v } = inputs as Record<string, tf.TensorInfo>;
+  const [B, H, T, D] = q!.shape as [number, number, number, number];
+  const rows = wasm.makeOutput([B * T, 3 * H * D], "float32");
+  const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
+  const at = (t: tf.TensorInfo) => heapOffset(wasm, t) / 4;
+  copyHeads(heap, at(rows), [at(q!), at(k!), at(v!)], [B, T, H, D], false);
+  return rows;
+}
+
 let registered = false;
 
 /** Registers the training kernels on the wasm backend once (not at all where WebAssembly lacks SIMD). */
@@ -610,6 +668,8 @@ export function registerTrainKernels(): void {
     [LAYER_NORM_GRAD, layerNormGradKernel],
     [SIGMOID_GATE, sigmoidGateKernel],
     [SIGMOID_GATE_GRAD, sigmoidGateGradKernel],
+    [SPLIT_HEADS, splitHeadsKernel],
+    [MERGE_HEADS, mergeHeadsKernel],
   ];
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, "wasm")) {
@@ -651,4 +711,14 @@ export function fusedSigmoidGate(x: tf.Tensor, a: number, b: number): { y: tf.Te
 /** dy times the derivative of `fusedSigmoidGate`, from its input x and its s, as one kernel. */
 export function fusedSigmoidGateBackward(dy: tf.Tensor, x: tf.Tensor, s: tf.Tensor, a: number, b: number): tf.Tensor {
   return tf.engine().runKernel(SIGMOID_GATE_GRAD, { dy, x, s }, { a, b }) as tf.Tensor;
+}
+
+/** Attention's rows qkv [B*T, 3C] as q, k and v [B, H, T, D], one kernel. */
+export function fusedSplitHeads(qkv: tf.Tensor2D, B: number, T: number, H: number): tf.Tensor4D[] {
+  return tf.engine().runKernel(SPLIT_HEADS, { qkv }, { B, T, H }) as tf.Tensor4D[];
+}
+
+/** The inverse of `fusedSplitHeads`: q, k and v [B, H, T, D] as rows [B*T, 3C], one kernel. */
+export function fusedMergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D {
+  return tf.engine().runKernel(MERGE_HEADS, { q, k, v }) as tf.Tensor2D;
 }

@@ -9,9 +9,13 @@ import {
   composedActivationForward,
   composedLayerNormBackward,
   composedLayerNormForward,
+  composedMergeHeads,
+  composedSplitHeads,
   layerNorm,
   layerNormBackward,
   layerNormForward,
+  mergeHeads,
+  splitHeads,
 } from "./_ops.ts";
 import { trainKernelsApply } from "./_train_kernels.ts";
 
@@ -138,4 +142,30 @@ Deno.test("off wasm the composed ops run", async () => {
   } finally {
     await useBackend("wasm");
   }
+});
+
+Deno.test("head split and merge kernels: the composed ops' values exactly, and merge undoes split, no leak", async () => {
+  await useBackend("wasm");
+  assert.ok(trainKernelsApply(), "the kernels are registered on wasm");
+  await assertNoLeak(async () => {
+    // [B, T, H, D]: one row, odd sizes, a head of one float, GPT-2-like.
+    const shapes: [number, number, number, number][] = [[1, 1, 1, 1], [2, 3, 5, 7], [3, 4, 1, 16], [2, 9, 12, 64]];
+    for (const [k, [B, T, H, D]] of shapes.entries()) {
+      const what = `B ${B} T ${T} H ${H} D ${D}`;
+      const qkv = sample([B * T, 3 * H * D], 400 + k) as tf.Tensor2D;
+      const fused = splitHeads(qkv, B, T, H);
+      const composed = tf.tidy(() => composedSplitHeads(qkv, B, T, H));
+      for (const [i, part] of fused.entries()) {
+        assert.deepEqual(part.shape, [B, H, T, D], `${what}: shape of part ${i}`);
+        assert.deepEqual(await part.data(), await composed[i]!.data(), `${what}: part ${i}`);
+      }
+      const [q, kk, v] = fused as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
+      const merged = mergeHeads(q, kk, v);
+      assert.deepEqual(merged.shape, qkv.shape, `${what}: merged shape`);
+      assert.deepEqual(await merged.data(), await qkv.data(), `${what}: merge undoes split`);
+      const reference = tf.tidy(() => composedMergeHeads(q, kk, v));
+      assert.deepEqual(await merged.data(), await reference.data(), `${what}: merge`);
+      tf.dispose([qkv, ...fused, ...composed, merged, reference]);
+    }
+  });
 });
