@@ -339,7 +339,7 @@ export class DpoTrainer {
       const kept: tf.Tensor[] = [];
       const { value, grads } = this.#training(() =>
         tf.variableGrads(() => {
-          const { logps, logitSums } = scoreRows(this.policy, batch); // [2B]
+          const { logps, logitSums } = scoreRows(this.policy, batch, true); // [2B]
           const out = preferenceLoss({
             policyChosen: tf.slice(logps, 0, B) as tf.Tensor1D,
             policyRejected: tf.slice(logps, B, B) as tf.Tensor1D,

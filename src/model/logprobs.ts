@@ -77,17 +77,28 @@ export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): 
 }
 
 /**
- * Per-row sums over the scored tokens: log-probs [B], and the raw logits summed over the vocabulary
- * (TRL's `logits/*` metrics divide them by tokens × vocab). The LM head runs only on the positions
- * that predict scored tokens, not on the prompt. Synchronous; call in `tf.tidy` or a gradient closure.
+ * Per-row sums over the scored tokens: log-probs [B], and with `withLogitSums` the raw logits summed over
+ * the vocabulary (TRL's `logits/*` metrics divide them by tokens × vocab; another pass over [N, V]). The LM
+ * head runs only on the positions that predict scored tokens, not on the prompt. Synchronous; call in
+ * `tf.tidy` or a gradient closure.
  */
-export function scoreRows(model: CausalLM, batch: ScoringBatch): { logps: tf.Tensor1D; logitSums: tf.Tensor1D } {
+export function scoreRows(model: CausalLM, batch: ScoringBatch): { logps: tf.Tensor1D };
+export function scoreRows(
+  model: CausalLM,
+  batch: ScoringBatch,
+  withLogitSums: true,
+): { logps: tf.Tensor1D; logitSums: tf.Tensor1D };
+export function scoreRows(
+  model: CausalLM,
+  batch: ScoringBatch,
+  withLogitSums = false,
+): { logps: tf.Tensor1D; logitSums?: tf.Tensor1D } {
   const logits = scoredLogits(model, batch); // [N, V]
   const rows = tf.tensor1d(batch.rows, "int32");
   const R = batch.counts.length;
   return {
     logps: tf.unsortedSegmentSum(targetLogProbs(logits, batch.targets), rows, R),
-    logitSums: tf.unsortedSegmentSum(tf.sum(logits, -1), rows, R),
+    ...(withLogitSums ? { logitSums: tf.unsortedSegmentSum(tf.sum(logits, -1), rows, R) } : {}),
   };
 }
 
@@ -121,14 +132,20 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Ten
   const flatIndex = targets.map((tok, n) => n * V + tok);
   // Index tensors are made inside each half: the backward pass runs after the forward's scope ended.
   const flat = () => tf.tensor1d(flatIndex, "int32");
-  const op = customOp(([x]) => {
-    const max = tf.max(x!, -1, true); // [N, 1]
-    const e = tf.exp(tf.sub(x!, max)); // [N, V]
+  const forward = (x: tf.Tensor2D) => {
+    const max = tf.max(x, -1, true); // [N, 1]
+    const e = tf.exp(tf.sub(x, max)); // [N, V]
     const total = tf.sum(e, -1, true); // [N, 1]
     const lse = tf.reshape(tf.add(tf.log(total), max), [N]); // [N]
-    const picked = tf.gather(tf.reshape(x!, [N * V]), flat()); // [N]
+    const picked = tf.gather(tf.reshape(x, [N * V]), flat()); // [N]
+    return { value: tf.sub(picked, lse) as tf.Tensor1D, e, total };
+  };
+  // Nothing records gradients (scoring, the reference): no softmax to keep.
+  if (tf.engine().state.gradientDepth === 0) return forward(logits).value;
+  const op = customOp(([x]) => {
+    const { value, e, total } = forward(x as tf.Tensor2D);
     // The softmax is kept for the backward pass instead of the logits.
-    return { value: tf.sub(picked, lse), saved: [tf.div(e, total)] };
+    return { value, saved: [tf.div(e, total)] };
   }, (dy, [probs]) => {
     // dy * (onehot - softmax), written as -dy * softmax with the target entries replaced by
     // dy * (1 - p_target): two [N, V] tensors at the peak instead of four.
