@@ -7,6 +7,7 @@ import * as tf from "./tf.ts";
 import { forwardTensors, padBatch, type TokenBatch } from "./batch.ts";
 import type { CausalLM } from "./arch/causal_lm.ts";
 import { customOp } from "./kernels/_ops.ts";
+import { fusedTargetLogSoftmax, fusedTargetLogSoftmaxBackward, trainKernelsApply } from "./kernels/_train_kernels.ts";
 
 /** A prompt and completion as token ids, without the eos. */
 export interface TokenPair {
@@ -125,14 +126,17 @@ function scoredLogits(model: CausalLM, batch: ScoringBatch): tf.Tensor2D {
  * log softmax(logits)[n, targets[n]] for every row: [N, V] -> [N], with a hand-written gradient
  * dy * (onehot(target) - softmax). Composing it from TF.js ops would differentiate through the
  * max in logSumExp (an `Equal` over [N, V] that costs more than the LM head on wasm) and keep
- * several [N, V] intermediates alive for the backward pass.
+ * several [N, V] intermediates alive for the backward pass. On wasm each half is one kernel
+ * (`_train_kernels.ts`): the forward keeps the logits and the log-sum-exp, and the backward
+ * recomputes the softmax from them; elsewhere the forward keeps the softmax.
  */
 export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Tensor1D {
   const [N, V] = logits.shape;
   const flatIndex = targets.map((tok, n) => n * V + tok);
   // Index tensors are made inside each half: the backward pass runs after the forward's scope ended.
   const flat = () => tf.tensor1d(flatIndex, "int32");
-  const forward = (x: tf.Tensor2D) => {
+  const targetIds = () => tf.tensor1d(targets, "int32");
+  const composed = (x: tf.Tensor2D) => {
     const max = tf.max(x, -1, true); // [N, 1]
     const e = tf.exp(tf.sub(x, max)); // [N, V]
     const total = tf.sum(e, -1, true); // [N, 1]
@@ -141,16 +145,27 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Ten
     return { value: tf.sub(picked, lse) as tf.Tensor1D, e, total };
   };
   // Nothing records gradients (scoring, the reference): no softmax to keep.
-  if (tf.engine().state.gradientDepth === 0) return forward(logits).value;
+  if (tf.engine().state.gradientDepth === 0) {
+    return trainKernelsApply() ? fusedTargetLogSoftmax(logits, targetIds()).logp : composed(logits).value;
+  }
   const op = customOp(([x]) => {
-    const { value, e, total } = forward(x as tf.Tensor2D);
+    if (trainKernelsApply()) {
+      const { logp, lse } = fusedTargetLogSoftmax(x as tf.Tensor2D, targetIds());
+      return { value: logp, saved: [x!, lse] };
+    }
+    const { value, e, total } = composed(x as tf.Tensor2D);
     // The softmax is kept for the backward pass instead of the logits.
     return { value, saved: [tf.div(e, total)] };
-  }, (dy, [probs]) => {
+  }, (dy, saved) => {
+    if (saved.length === 2) {
+      const [x, lse] = saved as [tf.Tensor2D, tf.Tensor1D];
+      return [fusedTargetLogSoftmaxBackward(dy as tf.Tensor1D, x, lse, targetIds())];
+    }
     // dy * (onehot - softmax), written as -dy * softmax with the target entries replaced by
     // dy * (1 - p_target): two [N, V] tensors at the peak instead of four.
-    const scaled = tf.mul(probs!, tf.neg(tf.reshape(dy, [N, 1]))); // [N, V]
-    const pTarget = tf.gather(tf.reshape(probs!, [N * V]), flat()); // [N]
+    const probs = saved[0]!;
+    const scaled = tf.mul(probs, tf.neg(tf.reshape(dy, [N, 1]))); // [N, V]
+    const pTarget = tf.gather(tf.reshape(probs, [N * V]), flat()); // [N]
     const indices = tf.tensor2d(Array.from(targets, (tok, n) => [n, tok]), [N, 2], "int32");
     return [tf.tensorScatterUpdate(scaled, indices, tf.mul(dy, tf.sub(1, pTarget)))];
   });

@@ -105,6 +105,7 @@ export const op = {
   f32Sub: [0x93],
   f32Mul: [0x94],
   f32Div: [0x95],
+  f32Max: [0x97],
   f32x4ExtractLane: (lane: number) => [...simd(0x1f), lane],
   f32x4Ge: simd(0x46),
   v128Or: simd(0x50),

@@ -29,6 +29,8 @@ const LAYER_NORM_GRAD = "DpoTrainLayerNormGrad";
 const SIGMOID_GATE = "DpoTrainSigmoidGate";
 const SIGMOID_GATE_GRAD = "DpoTrainSigmoidGateGrad";
 const SPLIT_HEADS = "DpoTrainSplitHeads";
+const TARGET_LOG_SOFTMAX = "DpoTrainTargetLogSoftmax";
+const TARGET_LOG_SOFTMAX_GRAD = "DpoTrainTargetLogSoftmaxGrad";
 const MERGE_HEADS = "DpoTrainMergeHeads";
 
 const { localGet: get, localSet: set, localTee: tee } = op;
@@ -311,43 +313,116 @@ const LN2_LO = -2.12194440e-4;
  */
 const MAGIC = 12582912 + 127;
 
+/** The v128 locals `expV` works in: its argument and two temporaries, and the constants `expConstants` sets. */
+interface ExpLocals {
+  f: number;
+  j: number;
+  nv: number;
+  log2e: number;
+  magic: number;
+  ln2Hi: number;
+  ln2Lo: number;
+  floor: number;
+  oneV: number;
+  /** EXP_P.length locals from this one. */
+  p: number;
+}
+
+/** Ten plus EXP_P.length v128 locals from `first`, for `expV`. */
+function expLocals(first: number): ExpLocals {
+  const [f, j, nv, log2e, magic, ln2Hi, ln2Lo, floor, oneV] = Array.from({ length: 9 }, (_, k) => first + k);
+  return {
+    f: f!,
+    j: j!,
+    nv: nv!,
+    log2e: log2e!,
+    magic: magic!,
+    ln2Hi: ln2Hi!,
+    ln2Lo: ln2Lo!,
+    floor: floor!,
+    oneV: oneV!,
+    p: first + 9,
+  };
+}
+
+const splat = (value: number[], local: number) => [...value, ...op.f32x4Splat, ...set(local)];
+
+/** Sets the constants of `expV`. */
+function expConstants(l: ExpLocals): number[] {
+  return [
+    ...splat(op.f32Const(1), l.oneV),
+    ...splat(op.f32Const(Math.LOG2E), l.log2e),
+    ...splat(op.f32Const(MAGIC), l.magic),
+    ...splat(op.f32Const(LN2_HI), l.ln2Hi),
+    ...splat(op.f32Const(LN2_LO), l.ln2Lo),
+    ...splat(op.f32Const(-87), l.floor),
+    ...EXP_P.flatMap((v, k) => splat(op.f32Const(v), l.p + k)),
+  ];
+}
+
+/**
+ * e^t for the four lanes on the stack, each t in [−87, 0] (clamp with `floor` first): n = round(t · log2(e)),
+ * f = t − n · ln 2 and e^t = 2^n · (1 + f · P(f)). Leaves e^t on the stack.
+ */
+function expV(l: ExpLocals): number[] {
+  const poly = [
+    ...get(l.p + EXP_P.length - 1),
+    ...EXP_P.slice(0, -1).reverse().flatMap((_, k) => [
+      ...get(l.f),
+      ...op.f32x4Mul,
+      ...get(l.p + EXP_P.length - 2 - k),
+      ...op.f32x4Add,
+    ]),
+    ...get(l.f),
+    ...op.f32x4Mul,
+    ...get(l.oneV),
+    ...op.f32x4Add,
+  ];
+  return [
+    // j = t · log2(e) + MAGIC; n = j − MAGIC; f = t − n · ln 2
+    ...tee(l.f),
+    ...get(l.f),
+    ...get(l.log2e),
+    ...op.f32x4Mul,
+    ...get(l.magic),
+    ...op.f32x4Add,
+    ...tee(l.j),
+    ...get(l.magic),
+    ...op.f32x4Sub,
+    ...tee(l.nv),
+    ...get(l.ln2Hi),
+    ...op.f32x4Mul,
+    ...op.f32x4Sub,
+    ...get(l.nv),
+    ...get(l.ln2Lo),
+    ...op.f32x4Mul,
+    ...op.f32x4Sub,
+    ...set(l.f),
+    // (1 + f · P(f)) · 2^n
+    ...poly,
+    ...get(l.j),
+    ...op.i32Const(23),
+    ...op.i32x4Shl,
+    ...op.f32x4Mul,
+  ];
+}
+
 /**
  * sigmoidGate(x, y, s, nb, a, b) over nb bytes (a multiple of 16): z = (x · (x² · b + 1)) · a,
  * s = sigmoid(z), y = x · s. sigmoid(z) = q / (1 + e) with e = e^t, t = −|z|, and q = 1 for z >= 0, e
  * below: no overflow, and full relative precision on both tails. t is clamped at −87 (e ≈ 1.6e−38 stands
- * for anything smaller), then n = round(t · log2(e)), f = t − n · ln 2 and e = 2^n · (1 + f · P(f)).
+ * for anything smaller).
  */
 function sigmoidGateBody(): number[] {
   const [x, y, s, nb, a, b] = [0, 1, 2, 3, 4, 5];
   const i = 6;
-  const [X, z, f, j, nv, e] = [7, 8, 9, 10, 11, 12];
-  const [aV, bV, oneV, sign, log2e, magic, ln2Hi, ln2Lo, floor] = [13, 14, 15, 16, 17, 18, 19, 20, 21];
-  const p = (k: number) => 22 + k; // EXP_P
-  const splat = (value: number[], local: number) => [...value, ...op.f32x4Splat, ...set(local)];
-  const poly = [
-    ...get(p(EXP_P.length - 1)),
-    ...EXP_P.slice(0, -1).reverse().flatMap((_, k) => [
-      ...get(f),
-      ...op.f32x4Mul,
-      ...get(p(EXP_P.length - 2 - k)),
-      ...op.f32x4Add,
-    ]),
-    ...get(f),
-    ...op.f32x4Mul,
-    ...get(oneV),
-    ...op.f32x4Add,
-  ];
+  const [X, z, e, aV, bV, sign] = [7, 8, 9, 10, 11, 12];
+  const l = expLocals(13);
   return [
     ...splat(get(a), aV),
     ...splat(get(b), bV),
-    ...splat(op.f32Const(1), oneV),
     ...splat(op.f32Const(-0), sign),
-    ...splat(op.f32Const(Math.LOG2E), log2e),
-    ...splat(op.f32Const(MAGIC), magic),
-    ...splat(op.f32Const(LN2_HI), ln2Hi),
-    ...splat(op.f32Const(LN2_LO), ln2Lo),
-    ...splat(op.f32Const(-87), floor),
-    ...EXP_P.flatMap((v, k) => splat(op.f32Const(v), p(k))),
+    ...expConstants(l),
     ...loopTo(i, nb, 16, [
       ...vec(x, i),
       ...tee(X),
@@ -356,51 +431,28 @@ function sigmoidGateBody(): number[] {
       ...op.f32x4Mul,
       ...get(bV),
       ...op.f32x4Mul,
-      ...get(oneV),
+      ...get(l.oneV),
       ...op.f32x4Add,
       ...op.f32x4Mul,
       ...get(aV),
       ...op.f32x4Mul,
       ...tee(z),
-      // t = max(−|z|, −87); j = t · log2(e) + MAGIC; n = j − MAGIC; f = t − n · ln 2
+      // t = max(−|z|, −87)
       ...get(sign),
       ...op.v128Or,
-      ...get(floor),
+      ...get(l.floor),
       ...op.f32x4Pmax,
-      ...tee(f),
-      ...get(f),
-      ...get(log2e),
-      ...op.f32x4Mul,
-      ...get(magic),
-      ...op.f32x4Add,
-      ...tee(j),
-      ...get(magic),
-      ...op.f32x4Sub,
-      ...tee(nv),
-      ...get(ln2Hi),
-      ...op.f32x4Mul,
-      ...op.f32x4Sub,
-      ...get(nv),
-      ...get(ln2Lo),
-      ...op.f32x4Mul,
-      ...op.f32x4Sub,
-      ...set(f),
-      // e = (1 + f · P(f)) · 2^n
-      ...poly,
-      ...get(j),
-      ...op.i32Const(23),
-      ...op.i32x4Shl,
-      ...op.f32x4Mul,
+      ...expV(l),
       ...set(e),
       // s = (z >= 0 ? 1 : e) / (1 + e); y = x · s
       ...storeVec(s, i, [
-        ...get(oneV),
+        ...get(l.oneV),
         ...get(e),
         ...get(z),
         ...zeros,
         ...op.f32x4Ge,
         ...op.v128Bitselect,
-        ...get(oneV),
+        ...get(l.oneV),
         ...get(e),
         ...op.f32x4Add,
         ...op.f32x4Div,
@@ -408,6 +460,132 @@ function sigmoidGateBody(): number[] {
       ]),
       ...storeVec(y, i, [...get(X), ...get(e), ...op.f32x4Mul]),
     ]),
+  ];
+}
+
+/** The largest of a v128 local's four lanes. */
+const lanesMax = (v: number) => [
+  ...get(v),
+  ...op.f32x4ExtractLane(0),
+  ...[1, 2, 3].flatMap((lane) => [...get(v), ...op.f32x4ExtractLane(lane), ...op.f32Max]),
+];
+
+/**
+ * rowMaxSumExp(x, rows, V, max, sum), byte offsets, x [rows, V]: per row its max, and the sum of e^(x − max)
+ * (four partial sums in lane order, then the last V mod 4 terms; each term at least e^−87).
+ */
+function rowMaxSumExpBody(): number[] {
+  const [x, rows, V, maxAt, sumAt] = [0, 1, 2, 3, 4];
+  const [c, vb, v4] = [5, 6, 7];
+  const [mx, sum] = [8, 9];
+  const [vmax, acc, mxV] = [10, 11, 12];
+  const l = expLocals(13);
+  const term = [...get(mxV), ...op.f32x4Sub, ...get(l.floor), ...op.f32x4Pmax, ...expV(l)];
+  return [
+    ...expConstants(l),
+    ...get(V),
+    ...op.i32Const(2),
+    ...op.i32Shl,
+    ...set(vb),
+    ...get(V),
+    ...op.i32Const(-4),
+    ...op.i32And,
+    ...op.i32Const(2),
+    ...op.i32Shl,
+    ...set(v4),
+    ...op.block,
+    ...op.loop,
+    ...get(rows),
+    ...op.i32Eqz,
+    ...op.brIf(1),
+    // The max.
+    ...splat(op.f32Const(-Infinity), vmax),
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, v4, 16, [...get(vmax), ...vec(x, c), ...op.f32x4Pmax, ...set(vmax)]),
+    ...lanesMax(vmax),
+    ...set(mx),
+    ...loopTo(c, vb, 4, [...get(mx), ...one(x, c), ...op.f32Max, ...set(mx)]),
+    ...get(maxAt),
+    ...get(mx),
+    ...op.f32Store(0),
+    ...splat(get(mx), mxV),
+    // The sum of e^(x − max).
+    ...zeros,
+    ...set(acc),
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, v4, 16, [...get(acc), ...vec(x, c), ...term, ...op.f32x4Add, ...set(acc)]),
+    ...lanes(acc),
+    ...set(sum),
+    ...loopTo(c, vb, 4, [
+      ...get(sum),
+      ...one(x, c),
+      ...op.f32x4Splat,
+      ...term,
+      ...op.f32x4ExtractLane(0),
+      ...op.f32Add,
+      ...set(sum),
+    ]),
+    ...get(sumAt),
+    ...get(sum),
+    ...op.f32Store(0),
+    ...advance(x, get(vb)),
+    ...advance(maxAt, op.i32Const(4)),
+    ...advance(sumAt, op.i32Const(4)),
+    ...advance(rows, op.i32Const(-1)),
+    ...op.br(0),
+    ...op.end,
+    ...op.end,
+  ];
+}
+
+/** softmaxScaled(x, rows, V, lse, dy, dx), byte offsets: dx = −dy · e^(x − lse) per row of x [rows, V]. */
+function softmaxScaledBody(): number[] {
+  const [x, rows, V, lseAt, dyAt, dx] = [0, 1, 2, 3, 4, 5];
+  const [c, vb, v4] = [6, 7, 8];
+  const [lseV, scaleV] = [9, 10];
+  const l = expLocals(11);
+  const term = [
+    ...get(lseV),
+    ...op.f32x4Sub,
+    ...get(l.floor),
+    ...op.f32x4Pmax,
+    ...expV(l),
+    ...get(scaleV),
+    ...op.f32x4Mul,
+  ];
+  return [
+    ...expConstants(l),
+    ...get(V),
+    ...op.i32Const(2),
+    ...op.i32Shl,
+    ...set(vb),
+    ...get(V),
+    ...op.i32Const(-4),
+    ...op.i32And,
+    ...op.i32Const(2),
+    ...op.i32Shl,
+    ...set(v4),
+    ...op.block,
+    ...op.loop,
+    ...get(rows),
+    ...op.i32Eqz,
+    ...op.brIf(1),
+    ...splat([...get(lseAt), ...op.f32Load(0)], lseV),
+    ...splat([...op.f32Const(0), ...get(dyAt), ...op.f32Load(0), ...op.f32Sub], scaleV),
+    ...op.i32Const(0),
+    ...set(c),
+    ...loopTo(c, v4, 16, storeVec(dx, c, [...vec(x, c), ...term])),
+    ...loopTo(c, vb, 4, storeOne(dx, c, [...one(x, c), ...op.f32x4Splat, ...term, ...op.f32x4ExtractLane(0)])),
+    ...advance(x, get(vb)),
+    ...advance(dx, get(vb)),
+    ...advance(lseAt, op.i32Const(4)),
+    ...advance(dyAt, op.i32Const(4)),
+    ...advance(rows, op.i32Const(-1)),
+    ...op.br(0),
+    ...op.end,
+    ...op.end,
   ];
 }
 
@@ -482,8 +660,22 @@ const kernelModule = compiledOnce(() =>
       name: "sigmoidGate",
       params: [I32, I32, I32, I32, F32, F32],
       results: [],
-      locals: [I32, ...Array(15 + EXP_P.length).fill(V128)],
+      locals: [I32, ...Array(6 + 9 + EXP_P.length).fill(V128)],
       body: sigmoidGateBody(),
+    },
+    {
+      name: "rowMaxSumExp",
+      params: [I32, I32, I32, I32, I32],
+      results: [],
+      locals: [I32, I32, I32, F32, F32, ...Array(3 + 9 + EXP_P.length).fill(V128)],
+      body: rowMaxSumExpBody(),
+    },
+    {
+      name: "softmaxScaled",
+      params: [I32, I32, I32, I32, I32, I32],
+      results: [],
+      locals: [I32, I32, I32, ...Array(2 + 9 + EXP_P.length).fill(V128)],
+      body: softmaxScaledBody(),
     },
     {
       name: "sigmoidGateGrad",
@@ -500,6 +692,8 @@ interface Kernels {
   layerNormGrad(...args: number[]): void;
   sigmoidGate(...args: number[]): void;
   sigmoidGateGrad(...args: number[]): void;
+  rowMaxSumExp(...args: number[]): void;
+  softmaxScaled(...args: number[]): void;
 }
 
 let instance: { backend: WasmBackendInternals; kernels: Kernels } | undefined;
@@ -657,6 +851,49 @@ function mergeHeadsKernel({ inputs, backend }: KernelArgs): tf.TensorInfo {
   return rows;
 }
 
+/**
+ * Log softmax at one target per row: logits [N, V] and int32 targets [N] -> logp [N] (logits[n, target] − lse)
+ * and lse [N] (log Σ e^logits, kept for the backward pass in place of the softmax).
+ */
+function targetLogSoftmaxKernel({ inputs, backend }: KernelArgs): tf.TensorInfo[] {
+  const wasm = backend as WasmBackendInternals;
+  const { logits, targets } = inputs as Record<string, tf.TensorInfo>;
+  assertFloat32(TARGET_LOG_SOFTMAX, { logits: logits! });
+  const [N, V] = logits!.shape as [number, number];
+  const logp = wasm.makeOutput([N], "float32");
+  const lse = wasm.makeOutput([N], "float32");
+  if (N === 0) return [logp, lse];
+  const at = (t: tf.TensorInfo) => heapOffset(wasm, t);
+  // The row maxima go to lse's memory and the sums of e^(x − max) to logp's, then both are finished here.
+  kernelsOf(wasm).rowMaxSumExp(at(logits!), N, V, at(lse), at(logp));
+  const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
+  const target = new Int32Array(wasm.wasm.asm.memory.buffer, at(targets!), N);
+  const [x, lseAt, logpAt] = [at(logits!) / 4, at(lse) / 4, at(logp) / 4];
+  for (let n = 0; n < N; n++) {
+    const l = heap[lseAt + n]! + Math.log(heap[logpAt + n]!);
+    heap[lseAt + n] = l;
+    heap[logpAt + n] = heap[x + n * V + target[n]!]! - l;
+  }
+  return [logp, lse];
+}
+
+/** The gradient of `targetLogSoftmaxKernel`'s logp: dx = dy · (onehot(target) − e^(logits − lse)). */
+function targetLogSoftmaxGradKernel({ inputs, backend }: KernelArgs): tf.TensorInfo {
+  const wasm = backend as WasmBackendInternals;
+  const { dy, logits, lse, targets } = inputs as Record<string, tf.TensorInfo>;
+  assertFloat32(TARGET_LOG_SOFTMAX_GRAD, { dy: dy!, logits: logits!, lse: lse! });
+  const [N, V] = logits!.shape as [number, number];
+  const dx = wasm.makeOutput([N, V], "float32");
+  if (N === 0) return dx;
+  const at = (t: tf.TensorInfo) => heapOffset(wasm, t);
+  kernelsOf(wasm).softmaxScaled(at(logits!), N, V, at(lse!), at(dy!), at(dx));
+  const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
+  const target = new Int32Array(wasm.wasm.asm.memory.buffer, at(targets!), N);
+  const [dxAt, dyAt] = [at(dx) / 4, at(dy!) / 4];
+  for (let n = 0; n < N; n++) heap[dxAt + n * V + target[n]!]! += heap[dyAt + n]!;
+  return dx;
+}
+
 let registered = false;
 
 /** Registers the training kernels on the wasm backend once (not at all where WebAssembly lacks SIMD). */
@@ -671,6 +908,8 @@ export function registerTrainKernels(): void {
     [SIGMOID_GATE_GRAD, sigmoidGateGradKernel],
     [SPLIT_HEADS, splitHeadsKernel],
     [MERGE_HEADS, mergeHeadsKernel],
+    [TARGET_LOG_SOFTMAX, targetLogSoftmaxKernel],
+    [TARGET_LOG_SOFTMAX_GRAD, targetLogSoftmaxGradKernel],
   ];
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, "wasm")) {
@@ -722,4 +961,23 @@ export function fusedSplitHeads(qkv: tf.Tensor2D, B: number, T: number, H: numbe
 /** The inverse of `fusedSplitHeads`: q, k and v [B, H, T, D] as rows [B*T, 3C], one kernel. */
 export function fusedMergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D {
   return tf.engine().runKernel(MERGE_HEADS, { q, k, v }) as tf.Tensor2D;
+}
+
+/** log softmax(logits)[n, targets[n]] [N], and the log-sum-exp per row [N] for the backward pass, one kernel. */
+export function fusedTargetLogSoftmax(
+  logits: tf.Tensor2D,
+  targets: tf.Tensor1D,
+): { logp: tf.Tensor1D; lse: tf.Tensor1D } {
+  const [logp, lse] = tf.engine().runKernel(TARGET_LOG_SOFTMAX, { logits, targets }) as tf.Tensor1D[];
+  return { logp: logp!, lse: lse! };
+}
+
+/** dy [N] times the gradient of `fusedTargetLogSoftmax`'s logp: [N, V], one kernel. */
+export function fusedTargetLogSoftmaxBackward(
+  dy: tf.Tensor1D,
+  logits: tf.Tensor2D,
+  lse: tf.Tensor1D,
+  targets: tf.Tensor1D,
+): tf.Tensor2D {
+  return tf.engine().runKernel(TARGET_LOG_SOFTMAX_GRAD, { dy, logits, lse, targets }) as tf.Tensor2D;
 }

@@ -18,6 +18,7 @@ import {
   splitHeads,
 } from "./_ops.ts";
 import { trainKernelsApply } from "./_train_kernels.ts";
+import { targetLogProbs } from "../logprobs.ts";
 
 /** Rows of widths that are and are not multiples of 4, under one to three leading dims. */
 const SHAPES = [[2, 3, 5], [4, 7], [2, 2, 3, 12], [1, 33, 64], [6, 1], [3, 2, 130]];
@@ -166,6 +167,47 @@ Deno.test("head split and merge kernels: the composed ops' values exactly, and m
       const reference = tf.tidy(() => composedMergeHeads(q, kk, v));
       assert.deepEqual(await merged.data(), await reference.data(), `${what}: merge`);
       tf.dispose([qkv, ...fused, ...composed, merged, reference]);
+    }
+  });
+});
+
+Deno.test("log softmax at the targets: values and gradient as float64 computes them, on wasm's kernels, no leak", async () => {
+  await useBackend("wasm");
+  assert.ok(trainKernelsApply(), "the kernels are registered on wasm");
+  await assertNoLeak(async () => {
+    // Widths with and without a remainder after four lanes; rows far apart in scale, one with a -100 spread.
+    const shapes: [number, number][] = [[1, 1], [2, 3], [3, 4], [4, 7], [5, 257], [3, 1001]];
+    for (const [k, [N, V]] of shapes.entries()) {
+      const what = `[${N}, ${V}]`;
+      const logits = tf.tidy(() =>
+        tf.mul(
+          tf.randomNormal([N, V], 0, 1, "float32", 500 + k),
+          tf.tensor2d(
+            Array.from({ length: N }, (_, n) => [[1, 8, 0.1, 30, 3][n % 5]!]),
+          ),
+        )
+      ) as tf.Tensor2D;
+      const targets = Int32Array.from({ length: N }, (_, n) => (n * 7 + k) % V);
+      const dy = tf.tensor1d(Array.from({ length: N }, (_, n) => (n % 2 ? -1 : 1) * (0.5 + n)));
+      const x = Float64Array.from(await logits.data());
+      const g = Float64Array.from(await dy.data());
+      const expected: number[] = [];
+      const expectedGrad = new Float64Array(N * V);
+      for (let n = 0; n < N; n++) {
+        const row = x.subarray(n * V, (n + 1) * V);
+        const max = Math.max(...row);
+        const lse = max + Math.log(row.reduce((acc, v) => acc + Math.exp(v - max), 0));
+        expected.push(row[targets[n]!]! - lse);
+        for (let v = 0; v < V; v++) {
+          expectedGrad[n * V + v] = g[n]! * ((v === targets[n] ? 1 : 0) - Math.exp(row[v]! - lse));
+        }
+      }
+      const value = tf.tidy(() => targetLogProbs(logits, targets));
+      const [want, wantGrad] = [tf.tensor1d(expected), tf.tensor2d(Array.from(expectedGrad), [N, V])];
+      await assertNear(value, want, 1e-6, `${what} log-probs`);
+      const grad = tf.grad((l: tf.Tensor) => tf.sum(tf.mul(targetLogProbs(l as tf.Tensor2D, targets), dy)))(logits);
+      await assertNear(grad, wantGrad, 2e-6, `${what} gradient`);
+      tf.dispose([logits, dy, value, grad, want, wantGrad]);
     }
   });
 });
