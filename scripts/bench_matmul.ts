@@ -1,7 +1,8 @@
 /**
  * Matmul throughput on the TF.js wasm backend, with and without native OpenBLAS matmul (square products,
- * GPT-2 small's shapes and small ones; GFLOP/s and the speedup), and the time of a DPO-like training step of a small
- * MLP with each. Exits 1 when OpenBLAS cannot be loaded.
+ * GPT-2 small's shapes and small ones; GFLOP/s and the speedup), a decoding step's products for 1-8 rows with sgemm
+ * and with one sgemv a row, and the time of a DPO-like training step of a small MLP with each. Exits 1 when OpenBLAS
+ * cannot be loaded.
  *
  *   deno task bench:matmul [--quick]
  *
@@ -50,8 +51,8 @@ function matmulGflops(c: MatmulCase): number {
 }
 
 /** Enables native matmul for the whole process, or exits with the reason. */
-function enable(minWork?: number): void {
-  const status = enableNativeMatmul({ minWork });
+function enable(minWork?: number, gemvRows?: number): void {
+  const status = enableNativeMatmul({ minWork, gemvRows });
   if (!status.enabled) {
     console.error(status.reason);
     Deno.exit(1);
@@ -71,6 +72,41 @@ function compare(cases: MatmulCase[], minWork?: number): void {
       speedup: (native / wasm).toFixed(1),
     };
   });
+  console.table(rows);
+}
+
+/**
+ * The products of one decoding step of gpt2-8x512 (8 blocks of 4 products, then the LM head over 50,257 tokens;
+ * 206 MB of weights, more than the caches) for a few rows, with sgemm (gemvRows 0) and with one sgemv a row
+ * (gemvRows 8): milliseconds a step.
+ */
+function decodeRows(): void {
+  const [C, F, V] = [512, 2048, 50257];
+  const weights = Array.from({ length: 8 }, () => [[C, 3 * C], [C, C], [C, F], [F, C]]).flat().map((shape) =>
+    tf.randomUniform(shape, -0.1, 0.1)
+  );
+  const head = tf.randomUniform([V, C], -0.1, 0.1);
+  const step = (x: tf.Tensor) => () =>
+    tf.tidy(() => {
+      for (const w of weights) tf.matMul(tf.slice(x, [0, 0], [-1, w.shape[0]!]), w);
+      tf.matMul(tf.slice(x, [0, 0], [-1, C]), head, false, true);
+    });
+  const rows = (QUICK ? [1, 4, 8] : [1, 2, 3, 4, 8]).map((m) => {
+    const x = tf.randomUniform([m, F], -1, 1);
+    enable(undefined, 0);
+    const gemm = timeIt(step(x));
+    enable(undefined, 8);
+    const gemv = timeIt(step(x));
+    tf.dispose(x);
+    return {
+      rows: m,
+      "sgemm ms": (gemm * 1000).toFixed(2),
+      "sgemv a row ms": (gemv * 1000).toFixed(2),
+      speedup: (gemm / gemv).toFixed(2),
+    };
+  });
+  enable();
+  tf.dispose([...weights, head]);
   console.table(rows);
 }
 
@@ -151,6 +187,9 @@ async function main(): Promise<void> {
     { label: "[48,16,64] x [48,64,16]", aShape: [48, 16, 64], bShape: [48, 64, 16] },
   ], 0);
   enable(); // back to the default threshold
+
+  console.log("\nA decoding step's products (gpt2-8x512, weights beyond the caches): sgemm or one sgemv a row");
+  decodeRows();
 
   const sizes: MlpSizes = { pairs: 4, tokens: 64, embed: 256, hidden: 1024, vocab: 4096 };
   const n = 2 * sizes.pairs * sizes.tokens;

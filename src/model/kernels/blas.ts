@@ -26,6 +26,8 @@ export interface NativeMatmulOptions {
    * about 0.3 µs and the wasm kernel's own per-call overhead is larger (scripts/bench_matmul.ts).
    */
   minWork?: number;
+  /** Products with at most this many rows run as one sgemv a row; default GEMV_ROWS (4), 0 never. */
+  gemvRows?: number;
 }
 
 /** Outcome of `enableNativeMatmul`; `reason` says which library was loaded, or why none was. */
@@ -109,6 +111,7 @@ interface State {
 let loaded: { library: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | undefined;
 let state: State | undefined;
 let minWork = DEFAULT_MIN_WORK;
+let gemvRows = 0;
 let threadCount = 1;
 
 /**
@@ -120,6 +123,13 @@ let threadCount = 1;
  * products on two threads and 156-158 on one, at load 2.
  */
 const SINGLE_THREAD_WORK = 4_000_000;
+
+/**
+ * Products with at most this many rows run as one sgemv a row. A decoding step's products at gpt2-8x512, with the
+ * weights cycling through memory (206 MB a step), took 6.2 / 11.6 / 15.0 / 19.9 ms with 1 / 2 / 3 / 4 rows
+ * against sgemm's 13.1 / 17.3 / 20.4 / 23.8, and lost at 8 rows (`deno task bench:matmul` measures it).
+ */
+const GEMV_ROWS = 4;
 
 /** Routes wasm-backend matmuls to OpenBLAS; idempotent, never throws, reports why it could not. */
 export function enableNativeMatmul(options: NativeMatmulOptions = {}): NativeMatmulStatus {
@@ -207,6 +217,7 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
     }
   }
   minWork = work;
+  gemvRows = options.gemvRows ?? GEMV_ROWS;
   const blas = loaded.library.symbols;
   blas.openblas_set_num_threads?.(threads);
   const actualThreads = blas.openblas_get_num_threads?.() ?? 1;
@@ -359,8 +370,31 @@ function runGemm(
   const aSize = m * k;
   const bSize = k * n;
   const cSize = m * n;
-  const gemm = (rows: number, aOffset: number, bOffset: number, cOffset: number) =>
-    blas.cblas_sgemm(
+  const gemm = (rows: number, aOffset: number, bOffset: number, cOffset: number) => {
+    if (rows <= gemvRows) {
+      // A few rows (decoding for up to GEMV_ROWS requests): sgemv reads the weights once for the first row and
+      // from cache for the next, where sgemm first copies (packs) them.
+      const xStride = transposeA ? lda : 1;
+      for (let r = 0; r < rows; r++) {
+        const xAt = aOffset + 4 * (transposeA ? r : r * k);
+        blas.cblas_sgemv(
+          CBLAS_ROW_MAJOR,
+          transposeB ? CBLAS_NO_TRANS : CBLAS_TRANS,
+          transposeB ? n : k,
+          transposeB ? k : n,
+          1,
+          new Float32Array(heap, bOffset, bSize),
+          ldb,
+          new Float32Array(heap, xAt, (k - 1) * xStride + 1),
+          xStride,
+          beta,
+          new Float32Array(heap, cOffset + 4 * r * n, n),
+          1,
+        );
+      }
+      return;
+    }
+    return blas.cblas_sgemm(
       CBLAS_ROW_MAJOR,
       ta,
       tb,
@@ -376,6 +410,7 @@ function runGemm(
       new Float32Array(heap, cOffset, rows * n),
       n,
     );
+  };
   // One call for the common [B, T, C] x [C, N]: rows of a non-transposed A stack into one matrix.
   const stacked = p.aIndex === null && p.bCount === 1 && !transposeA;
   const single = threadCount > 1 && (stacked ? p.batch * m : m) * n * k < SINGLE_THREAD_WORK;

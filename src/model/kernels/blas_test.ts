@@ -111,6 +111,11 @@ const CASES: Case[] = [
     transposeA: true,
     transposeB: true,
   },
+  // Up to four rows run as one sgemv a row: a decoding step of a few requests.
+  { label: "three rows, transposeA", aShape: [9, 3], bShape: [9, 5], transposeA: true },
+  { label: "four rows, both transposed", aShape: [9, 4], bShape: [5, 9], transposeA: true, transposeB: true },
+  { label: "batched two rows, transposeB", aShape: [3, 2, 9], bShape: [3, 5, 9], transposeB: true },
+  { label: "two rows stacked over the batch", aShape: [2, 1, 9], bShape: [9, 5] },
   { label: "zero rows", aShape: [0, 7], bShape: [7, 3] },
   { label: "zero columns", aShape: [5, 7], bShape: [7, 0] },
   { label: "zero inner dimension", aShape: [5, 0], bShape: [0, 3] },
@@ -187,7 +192,13 @@ Deno.test("gradients of sum(w * matMul(a, b)) match cpu", async () => {
 
 Deno.test("native fused matMul with bias and relu matches cpu", async () => {
   enableOrFail();
-  const configs: { bias?: number[]; activation: "linear" | "relu"; transposeB: boolean; oneRow?: boolean }[] = [
+  const configs: {
+    bias?: number[];
+    activation: "linear" | "relu";
+    transposeB: boolean;
+    oneRow?: boolean;
+    fewRows?: boolean;
+  }[] = [
     { activation: "linear", transposeB: false },
     { bias: [11], activation: "linear", transposeB: false },
     { bias: [11], activation: "relu", transposeB: true },
@@ -196,9 +207,11 @@ Deno.test("native fused matMul with bias and relu matches cpu", async () => {
     // One row: what a decoding step of one sequence multiplies.
     { bias: [11], activation: "linear", transposeB: false, oneRow: true },
     { bias: [11], activation: "relu", transposeB: true, oneRow: true },
+    // Three rows: a decoding step of three.
+    { bias: [11], activation: "linear", transposeB: true, fewRows: true },
   ];
   for (const [i, config] of configs.entries()) {
-    const aShape = config.oneRow ? [1, 1, 17] : [2, 13, 17];
+    const aShape = config.oneRow ? [1, 1, 17] : config.fewRows ? [3, 1, 17] : [2, 13, 17];
     const aValues = randomValues(aShape.reduce((x, y) => x * y, 1), 60 + i);
     const bValues = randomValues(17 * 11, 70 + i);
     const biasValues = config.bias ? randomValues(config.bias[0]!, 80 + i) : undefined;
