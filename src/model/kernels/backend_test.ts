@@ -31,3 +31,18 @@ Deno.test("wasm and cpu start when asked for", async () => {
   }
   await initBackend("wasm");
 });
+
+Deno.test("a clone on wasm shares its data, outlives its original, and frees it last", async () => {
+  await initBackend("wasm");
+  const buffers = () => tf.backend().numDataIds();
+  const before = buffers();
+  const original = tf.tensor1d([1, 2, 3]);
+  const copy = tf.clone(original);
+  assert.equal(copy.dataId, original.dataId, "no second copy of the data");
+  assert.equal(buffers(), before + 1);
+  original.dispose();
+  assert.deepEqual(Array.from(await copy.data()), [1, 2, 3]);
+  assert.equal(buffers(), before + 1);
+  copy.dispose();
+  assert.equal(buffers(), before);
+});
