@@ -33,7 +33,16 @@ export function customOp(
         return [out.value, ...out.saved];
       });
       save(saved);
-      return { value: value!, gradFunc: (dy: tf.Tensor, s: tf.Tensor[]) => tf.tidy(() => backward(dy, s)) };
+      // What the forward saved is freed as soon as this op's gradient is made, not when the whole backward pass
+      // ends (TF.js's own disposal of them then does nothing): activations go while gradients come.
+      const gradFunc = (dy: tf.Tensor, s: tf.Tensor[]) => {
+        try {
+          return tf.tidy(() => backward(dy, s));
+        } finally {
+          tf.dispose(s);
+        }
+      };
+      return { value: value!, gradFunc };
     }) as Parameters<typeof tf.customGrad>[0],
   );
   return (...inputs) => op(...inputs);
