@@ -5,8 +5,9 @@
  * these make one pass (LayerNorm: three over each row, which stays in cache) in WebAssembly SIMD on TF.js's
  * heap, four lanes at a time in float32 as the composed ops compute. At gpt2-8x512's [1024, 512] and
  * [1024, 2048] here: LayerNorm 1.6 -> 0.36 ms forward, 2.5 -> 0.39 backward; GELU 6.8 -> 2.8 and 8.3 -> 1.1
- * (a JavaScript loop with Math.exp took 38 ms for the GELU's forward). Attention's split of q, k and v into heads
- * and its inverse are one copy kernel each. They have no gradient of their own:
+ * (a JavaScript loop with Math.exp took 38 ms for the GELU's forward). Log softmax at the targets is one kernel
+ * each way with the same vectorized exp, and attention's split of q, k and v into heads and its inverse are one
+ * copy kernel each. They have no gradient of their own:
  * `_ops.ts` pairs forward and backward in `customOp`s. On the wasm backend only, off TF.js's tape
  * (`trainKernelsApply`); elsewhere the composed ops run.
  */
@@ -328,21 +329,10 @@ interface ExpLocals {
   p: number;
 }
 
-/** Ten plus EXP_P.length v128 locals from `first`, for `expV`. */
+/** Nine plus EXP_P.length v128 locals from `first`, for `expV`. */
 function expLocals(first: number): ExpLocals {
-  const [f, j, nv, log2e, magic, ln2Hi, ln2Lo, floor, oneV] = Array.from({ length: 9 }, (_, k) => first + k);
-  return {
-    f: f!,
-    j: j!,
-    nv: nv!,
-    log2e: log2e!,
-    magic: magic!,
-    ln2Hi: ln2Hi!,
-    ln2Lo: ln2Lo!,
-    floor: floor!,
-    oneV: oneV!,
-    p: first + 9,
-  };
+  const names = ["f", "j", "nv", "log2e", "magic", "ln2Hi", "ln2Lo", "floor", "oneV", "p"] as const;
+  return Object.fromEntries(names.map((name, k) => [name, first + k])) as unknown as ExpLocals;
 }
 
 const splat = (value: number[], local: number) => [...value, ...op.f32x4Splat, ...set(local)];
