@@ -179,6 +179,13 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
       reason: `Cannot enable native matmul as 'minWork' must be >= 0: current value is ${work}`,
     };
   }
+  const rows = options.gemvRows ?? GEMV_ROWS;
+  if (!Number.isInteger(rows) || rows < 0) {
+    return {
+      enabled: false,
+      reason: `Cannot enable native matmul as 'gemvRows' must be an integer >= 0: current value is ${rows}`,
+    };
+  }
   const threads = options.threads ?? navigator.hardwareConcurrency;
   if (!Number.isInteger(threads) || threads < 1) {
     return {
@@ -217,7 +224,7 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
     }
   }
   minWork = work;
-  gemvRows = options.gemvRows ?? GEMV_ROWS;
+  gemvRows = rows;
   const blas = loaded.library.symbols;
   blas.openblas_set_num_threads?.(threads);
   const actualThreads = blas.openblas_get_num_threads?.() ?? 1;
