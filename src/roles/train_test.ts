@@ -62,19 +62,31 @@ async function addPairs(store: PairStore, from: number, to: number): Promise<str
   return ids;
 }
 
+/** A temp dir holding a KV file and its pair store, for one test; closed and removed after it, whatever happens. */
+async function withStore(
+  prefix: string,
+  fn: (t: { dir: string; kvPath: string; kv: Deno.Kv; store: PairStore }) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
+  const kvPath = join(dir, "dpo.kv");
+  const kv = await Deno.openKv(kvPath);
+  try {
+    await fn({ dir, kvPath, kv, store: new PairStore(kv) });
+  } finally {
+    kv.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 Deno.test({
   name: "trainer role: publishes versions, evaluates each against the base, records its status, resumes",
   // The role opens its own KV connection and TF.js backend, as it does in a worker.
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "trainer_role_" });
-    const kvPath = join(dir, "dpo.kv");
-    const kv = await Deno.openKv(kvPath);
-    const store = new PairStore(kv);
-    const options = roleOptions(dir, kvPath, { eval: { task: "arithmetic", prompts: 4, maxNewTokens: 3 } });
-    const runUntil = (versions: number) => runUntilPublished(options, versions);
-    try {
+    await withStore("trainer_role_", async ({ dir, kvPath, kv, store }) => {
+      const options = roleOptions(dir, kvPath, { eval: { task: "arithmetic", prompts: 4, maxNewTokens: 3 } });
+      const runUntil = (versions: number) => runUntilPublished(options, versions);
       await addPairs(store, 0, 4);
       const events = await runUntil(2);
       const ready = events.find((e) => e.type === "ready");
@@ -157,10 +169,7 @@ Deno.test({
       for (const id of v4Ids) assert.equal((await store.get(id))?.trainedInto, 4);
       assert.deepEqual(await unsettledVersions(kv), []);
       assert.equal((await store.counts()).trained, 10);
-    } finally {
-      kv.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -193,18 +202,14 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "trainer_lora_" });
-    const kvPath = join(dir, "dpo.kv");
-    const kv = await Deno.openKv(kvPath);
-    const store = new PairStore(kv);
-    const llama = fileURLToPath(new URL("../../tests/fixtures/llama_tiny", import.meta.url));
-    const options = roleOptions(dir, kvPath, {
-      checkpoints: "kv",
-      model: llama,
-      owner: "trainer-lora",
-      dpo: { per_device_train_batch_size: 2, learning_rate: 1e-2, use_peft: true, lora_r: 4 },
-    });
-    try {
+    await withStore("trainer_lora_", async ({ dir, kvPath, kv, store }) => {
+      const llama = fileURLToPath(new URL("../../tests/fixtures/llama_tiny", import.meta.url));
+      const options = roleOptions(dir, kvPath, {
+        checkpoints: "kv",
+        model: llama,
+        owner: "trainer-lora",
+        dpo: { per_device_train_batch_size: 2, learning_rate: 1e-2, use_peft: true, lora_r: 4 },
+      });
       await addPairs(store, 0, 4);
       await runUntilPublished(options, 2);
       const checkpoints = openCheckpoints(kv, "kv");
@@ -229,10 +234,7 @@ Deno.test({
       const fresh = await runUntilPublished({ ...options, stateDir: join(dir, "other"), owner: "trainer-lora-2" }, 1);
       assert.ok(fresh.some((e) => e.type === "log" && /starting from policy v2/.test(e.message)));
       assert.deepEqual(fresh.flatMap((e) => (e.type === "publish" ? [e.version] : [])), [3]);
-    } finally {
-      kv.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -242,13 +244,9 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "trainer_rollback_" });
-    const kvPath = join(dir, "dpo.kv");
-    const kv = await Deno.openKv(kvPath);
-    const store = new PairStore(kv);
-    const options = roleOptions(dir, kvPath, { owner: "trainer-rollback", leaseMs: 300_000 });
-    const checkpoints = openCheckpoints(kv, options.checkpoints);
-    try {
+    await withStore("trainer_rollback_", async ({ dir, kvPath, kv, store }) => {
+      const options = roleOptions(dir, kvPath, { owner: "trainer-rollback", leaseMs: 300_000 });
+      const checkpoints = openCheckpoints(kv, options.checkpoints);
       await addPairs(store, 0, 4);
       await runUntilPublished(options, 2); // v1, v2; the trainer's own state belongs to v2
       const events: TrainerEvent[] = [];
@@ -279,10 +277,7 @@ Deno.test({
       const late4 = await late!;
       assert.deepEqual((await trainedPairs(kv, 3)).sort(), late4.sort(), "the new pairs, exactly once");
       for (const id of late4) assert.equal((await store.get(id))!.trainedInto, 3);
-    } finally {
-      kv.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -338,12 +333,8 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "trainer_gate_" });
-    const kvPath = join(dir, "dpo.kv");
-    const kv = await Deno.openKv(kvPath);
-    const store = new PairStore(kv);
-    const options = gateOptions(dir, kvPath);
-    try {
+    await withStore("trainer_gate_", async ({ dir, kvPath, kv, store }) => {
+      const options = gateOptions(dir, kvPath);
       await importWrongSums(store);
       const events: TrainerEvent[] = [];
       const stop = new AbortController();
@@ -372,10 +363,7 @@ Deno.test({
       assert.equal((await store.counts()).trained, 0);
       const status = await store.records.status();
       assert.equal(status?.held_pairs, 4 * steps, JSON.stringify(status));
-    } finally {
-      kv.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -385,13 +373,9 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "trainer_gate_reset_" });
-    const kvPath = join(dir, "dpo.kv");
-    const kv = await Deno.openKv(kvPath);
-    const store = new PairStore(kv);
-    const options = gateOptions(dir, kvPath);
-    options.gate = { ...options.gate!, resetAfter: 2 };
-    try {
+    await withStore("trainer_gate_reset_", async ({ dir, kvPath, store }) => {
+      const options = gateOptions(dir, kvPath);
+      options.gate = { ...options.gate!, resetAfter: 2 };
       await importWrongSums(store);
       const events: TrainerEvent[] = [];
       const stop = new AbortController();
@@ -423,10 +407,7 @@ Deno.test({
       assert.deepEqual(events.filter((e) => e.type === "publish"), []);
       assert.equal((await store.counts()).trained, 0);
       assert.equal((await store.records.gates(10)).refused, 4);
-    } finally {
-      kv.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -435,26 +416,22 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "trainer_gate_bar_" });
-    const kvPath = join(dir, "dpo.kv");
-    const kv = await Deno.openKv(kvPath);
-    const options = gateOptions(dir, kvPath);
-    // Runs a trainer until its gate has a bar; returns what it said of it.
-    const barLog = async () => {
-      const stop = new AbortController();
-      let said = "";
-      await runTrainerRole(options, {
-        signal: stop.signal,
-        onEvent: (e) => {
-          if (e.type !== "log" || !e.message.startsWith("gate: ")) return;
-          said = e.message;
-          stop.abort();
-        },
-      });
-      return said;
-    };
-    const store = new PairStore(kv);
-    try {
+    await withStore("trainer_gate_bar_", async ({ dir, kvPath, store }) => {
+      const options = gateOptions(dir, kvPath);
+      // Runs a trainer until its gate has a bar; returns what it said of it.
+      const barLog = async () => {
+        const stop = new AbortController();
+        let said = "";
+        await runTrainerRole(options, {
+          signal: stop.signal,
+          onEvent: (e) => {
+            if (e.type !== "log" || !e.message.startsWith("gate: ")) return;
+            said = e.message;
+            stop.abort();
+          },
+        });
+        return said;
+      };
       assert.match(await barLog(), /the bar is v0 at \d+\.\d% \(the served version\)$/);
       const stored = (await store.records.gateBar()) as { version: number; scores: number[] };
       assert.equal(stored.version, 0);
@@ -464,9 +441,6 @@ Deno.test({
       // A bar from a version newer than the one served (rolled back below it) is not.
       await store.records.saveGateBar({ ...stored, version: 3, scores: stored.scores.map(() => 1) });
       assert.match(await barLog(), /the bar is v0 at \d+\.\d% \(the served version\)$/);
-    } finally {
-      kv.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
