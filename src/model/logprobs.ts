@@ -79,7 +79,7 @@ export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): 
 
 /**
  * Per-row sums over the scored tokens: log-probs [B], and with `withLogitSums` the raw logits summed over
- * the vocabulary (TRL's `logits/*` metrics divide them by tokens × vocab; another pass over [N, V]). The LM
+ * the vocabulary (TRL's `logits/*` metrics divide them by tokens × vocab). The LM
  * head runs only on the positions that predict scored tokens, not on the prompt. Synchronous; call in
  * `tf.tidy` or a gradient closure.
  */
@@ -97,10 +97,9 @@ export function scoreRows(
   const logits = scoredLogits(model, batch); // [N, V]
   const rows = tf.tensor1d(batch.rows, "int32");
   const R = batch.counts.length;
-  return {
-    logps: tf.unsortedSegmentSum(targetLogProbs(logits, batch.targets), rows, R),
-    ...(withLogitSums ? { logitSums: tf.unsortedSegmentSum(tf.sum(logits, -1), rows, R) } : {}),
-  };
+  if (!withLogitSums) return { logps: tf.unsortedSegmentSum(targetLogProbs(logits, batch.targets), rows, R) };
+  const { logp, sums } = targetLogProbsAndSums(logits, batch.targets);
+  return { logps: tf.unsortedSegmentSum(logp, rows, R), logitSums: tf.unsortedSegmentSum(sums, rows, R) };
 }
 
 /** Per-token log-probs [N] of the scored tokens. Synchronous; call in `tf.tidy`. */
@@ -131,35 +130,60 @@ function scoredLogits(model: CausalLM, batch: ScoringBatch): tf.Tensor2D {
  * recomputes the softmax from them; elsewhere the forward keeps the softmax.
  */
 export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Tensor1D {
+  return targetLogSoftmax(logits, targets, false);
+}
+
+/**
+ * `targetLogProbs`, and each row's plain sum of logits [N] (a metric: no gradient flows through it). On wasm
+ * the sums come from the same pass over [N, V] that finds each row's max.
+ */
+export function targetLogProbsAndSums(
+  logits: tf.Tensor2D,
+  targets: Int32Array,
+): { logp: tf.Tensor1D; sums: tf.Tensor1D } {
+  const [logp, sums] = tf.unstack(targetLogSoftmax(logits, targets, true)) as [tf.Tensor1D, tf.Tensor1D];
+  return { logp, sums };
+}
+
+/** `targetLogProbs` [N], or with `withSums` it stacked on the rows' sums [2, N]. */
+function targetLogSoftmax(logits: tf.Tensor2D, targets: Int32Array, withSums: false): tf.Tensor1D;
+function targetLogSoftmax(logits: tf.Tensor2D, targets: Int32Array, withSums: true): tf.Tensor2D;
+function targetLogSoftmax(logits: tf.Tensor2D, targets: Int32Array, withSums: boolean): tf.Tensor {
   const [N, V] = logits.shape;
   const flatIndex = targets.map((tok, n) => n * V + tok);
   // Index tensors are made inside each half: the backward pass runs after the forward's scope ended.
   const flat = () => tf.tensor1d(flatIndex, "int32");
   const targetIds = () => tf.tensor1d(targets, "int32");
+  const output = (logp: tf.Tensor1D, sums: () => tf.Tensor1D) => (withSums ? tf.stack([logp, sums()]) : logp);
   const composed = (x: tf.Tensor2D) => {
     const max = tf.max(x, -1, true); // [N, 1]
     const e = tf.exp(tf.sub(x, max)); // [N, V]
     const total = tf.sum(e, -1, true); // [N, 1]
     const lse = tf.reshape(tf.add(tf.log(total), max), [N]); // [N]
     const picked = tf.gather(tf.reshape(x, [N * V]), flat()); // [N]
-    return { value: tf.sub(picked, lse) as tf.Tensor1D, e, total };
+    return { value: output(tf.sub(picked, lse) as tf.Tensor1D, () => tf.sum(x, -1)), e, total };
+  };
+  const fused = (x: tf.Tensor2D) => {
+    const { logp, lse, sums } = fusedTargetLogSoftmax(x, targetIds());
+    return { value: output(logp, () => sums), lse };
   };
   // Nothing records gradients (scoring, the reference): no softmax to keep.
   if (tf.engine().state.gradientDepth === 0) {
-    return trainKernelsApply() ? fusedTargetLogSoftmax(logits, targetIds()).logp : composed(logits).value;
+    return trainKernelsApply() ? fused(logits).value : composed(logits).value;
   }
   const op = customOp(([x]) => {
     if (trainKernelsApply()) {
-      const { logp, lse } = fusedTargetLogSoftmax(x as tf.Tensor2D, targetIds());
-      return { value: logp, saved: [x!, lse] };
+      const { value, lse } = fused(x as tf.Tensor2D);
+      return { value, saved: [x!, lse] };
     }
     const { value, e, total } = composed(x as tf.Tensor2D);
     // The softmax is kept for the backward pass instead of the logits.
     return { value, saved: [tf.div(e, total)] };
-  }, (dy, saved) => {
+  }, (dyOut, saved) => {
+    const dy = (withSums ? tf.reshape(tf.slice(dyOut, [0, 0], [1, N]), [N]) : dyOut) as tf.Tensor1D; // [N]
     if (saved.length === 2) {
       const [x, lse] = saved as [tf.Tensor2D, tf.Tensor1D];
-      return [fusedTargetLogSoftmaxBackward(dy as tf.Tensor1D, x, lse, targetIds())];
+      return [fusedTargetLogSoftmaxBackward(dy, x, lse, targetIds())];
     }
     // dy * (onehot - softmax), written as -dy * softmax with the target entries replaced by
     // dy * (1 - p_target): two [N, V] tensors at the peak instead of four.
@@ -169,7 +193,7 @@ export function targetLogProbs(logits: tf.Tensor2D, targets: Int32Array): tf.Ten
     const indices = tf.tensor2d(Array.from(targets, (tok, n) => [n, tok]), [N, 2], "int32");
     return [tf.tensorScatterUpdate(scaled, indices, tf.mul(dy, tf.sub(1, pTarget)))];
   });
-  return op(logits) as tf.Tensor1D;
+  return op(logits);
 }
 
 /** Scores pairs in batches; returns the sum (or mean with `average`) and the count per pair, in order. */

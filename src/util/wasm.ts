@@ -75,6 +75,9 @@ export const op = {
   /** A block or loop with no result. */
   block: [0x02, 0x40],
   loop: [0x03, 0x40],
+  /** An if with no result, and its else. */
+  if: [0x04, 0x40],
+  else: [0x05],
   br: (depth: number) => [0x0c, ...uleb(depth)],
   brIf: (depth: number) => [0x0d, ...uleb(depth)],
   end: [0x0b],
@@ -110,6 +113,7 @@ export const op = {
   f32x4Ge: simd(0x46),
   v128Or: simd(0x50),
   v128Bitselect: simd(0x52),
+  v128AnyTrue: simd(0x53),
   i32x4Shl: simd(0xab),
   /** max as x86's maxps computes it (b when a < b, else a): one instruction, where max's NaN rules take several. */
   f32x4Pmax: simd(0xeb),

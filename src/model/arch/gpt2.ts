@@ -12,6 +12,8 @@ import { ACTIVATIONS, TokenIdSchema, TokenIdsSchema } from "./config.ts";
 import {
   activationBackward,
   activationForward,
+  attentionSoftmax,
+  attentionSoftmaxBackward,
   customOp,
   embed,
   layerNorm,
@@ -357,8 +359,7 @@ function blockForward(
   const [q, kNew, vNew] = splitHeads(qkv, B, T, H) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // [B, H, T, D]
   const k = past ? tf.concat([past.k, kNew], 2) : kNew; // [B, H, S, D]
   const v = past ? tf.concat([past.v, vNew], 2) : vNew; // [B, H, S, D]
-  const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), attentionScale(config, layer)), bias); // [B, H, T, S]
-  const probs = tf.softmax(scores); // [B, H, T, S]
+  const probs = attentionSoftmax(tf.matMul(q, k, false, true), bias, attentionScale(config, layer)); // [B, H, T, S]
   const merged = tf.reshape(tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]), [B * T, C]); // [B*T, C]
   const attnOut = linear(merged, w["attn.c_proj.weight"], w["attn.c_proj.bias"], lora, "attn.c_proj"); // [B*T, C]
   const x1 = tf.add(x, tf.reshape(attnOut, [B, T, C])); // [B, T, C]
@@ -437,11 +438,9 @@ function blockBackward(
   // Attention: x1 = x + c_proj(merge(softmax(q k^T * scale + bias) v)).
   const dMerged = linear("attn.c_proj", rows(dX1), merged); // [B*T, C]
   const dY = heads(dMerged); // [B, H, T, D]
-  const dProbs = tf.matMul(dY, v, false, true); // [B, H, T, S]
+  const dProbs = tf.matMul(dY, v, false, true) as tf.Tensor4D; // [B, H, T, S]
   const dV = tf.matMul(probs, dY, true, false) as tf.Tensor4D; // [B, H, S, D]
-  // Softmax: dS = P * (dP - sum(dP * P)); then the scale.
-  const scale = attentionScale(config, layer);
-  const dScores = tf.mul(tf.mul(probs, tf.sub(dProbs, tf.sum(tf.mul(dProbs, probs), -1, true))), scale);
+  const dScores = attentionSoftmaxBackward(probs, dProbs, attentionScale(config, layer)); // [B, H, T, S]
   const dQ = tf.matMul(dScores, k) as tf.Tensor4D; // [B, H, T, D]
   const dK = tf.matMul(dScores, q, true, false) as tf.Tensor4D; // [B, H, S, D]
   const dQkv = mergeHeads(dQ, dK, dV); // [B*T, 3C]

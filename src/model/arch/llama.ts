@@ -13,7 +13,16 @@
 import * as tf from "../tf.ts";
 import { z } from "zod";
 import { ACTIVATIONS, TokenIdSchema, TokenIdsSchema } from "./config.ts";
-import { activationBackward, activationForward, customOp, embed, linearBackward, sumRows } from "../kernels/_ops.ts";
+import {
+  activationBackward,
+  activationForward,
+  attentionSoftmax,
+  attentionSoftmaxBackward,
+  customOp,
+  embed,
+  linearBackward,
+  sumRows,
+} from "../kernels/_ops.ts";
 import { peftName } from "./adapter.ts";
 import {
   type Architecture,
@@ -444,9 +453,9 @@ export class LlamaModel extends CausalLM {
     // Attention: x1 = x + o_proj(merge(softmax(q k^T / sqrt(D) + bias) v)), q and k rotated.
     const dMerged = linear(`${p}.self_attn.o_proj`, dX1, merged); // [N, H*D]
     const dContext = tf.reshape(tf.transpose(tf.reshape(dMerged, [B, T, H, D]), [0, 2, 1, 3]), [B, K, G * T, D]);
-    const dProbs = tf.matMul(dContext, v, false, true); // [B, K, G*T, S]
+    const dProbs = tf.matMul(dContext, v, false, true) as tf.Tensor4D; // [B, K, G*T, S]
     const dV = tf.matMul(probs, dContext, true, false) as tf.Tensor4D; // [B, K, S, D]
-    const dScores = tf.mul(tf.mul(probs, tf.sub(dProbs, tf.sum(tf.mul(dProbs, probs), -1, true))), 1 / Math.sqrt(D));
+    const dScores = attentionSoftmaxBackward(probs, dProbs, 1 / Math.sqrt(D)); // [B, K, G*T, S]
     const dQ = tf.reshape(tf.matMul(dScores, k), [B, H, T, D]) as tf.Tensor4D; // [B, H, T, D]
     const dK = tf.matMul(dScores, q, true, false) as tf.Tensor4D; // [B, K, S, D]
     // RoPE: y = x cos + (x R) sin, so dx = dy cos + (dy sin) R^T.
@@ -532,8 +541,8 @@ export class LlamaModel extends CausalLM {
     const k = o.past ? tf.concat([o.past.k, kNew], 2) as tf.Tensor4D : kNew; // [B, K, S, D]
     const v = o.past ? tf.concat([o.past.v, vNew], 2) as tf.Tensor4D : vNew; // [B, K, S, D]
     const grouped = tf.reshape(q, [B, K, G * T, D]); // [B, K, G*T, D]
-    const scores = tf.add(tf.mul(tf.matMul(grouped, k, false, true), 1 / Math.sqrt(D)), o.bias); // [B, K, G*T, S]
-    const probs = tf.softmax(scores) as tf.Tensor4D; // [B, K, G*T, S]
+    const scores = tf.matMul(grouped, k, false, true) as tf.Tensor4D; // [B, K, G*T, S]
+    const probs = attentionSoftmax(scores, o.bias as tf.Tensor4D, 1 / Math.sqrt(D)); // [B, K, G*T, S]
     const context = tf.reshape(tf.matMul(probs, v), [B, H, T, D]); // [B, H, T, D]
     const merged = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [B * T, H * D]) as tf.Tensor2D; // [B*T, H*D]
     return { out: lin("o_proj", merged), k, v, q: grouped, probs, merged }; // out: [B*T, C]

@@ -7,6 +7,8 @@
 import type { Activation } from "../arch/config.ts";
 import * as tf from "../tf.ts";
 import {
+  fusedAttentionSoftmax,
+  fusedAttentionSoftmaxBackward,
   fusedLayerNorm,
   fusedLayerNormBackward,
   fusedMergeHeads,
@@ -69,6 +71,33 @@ export function composedMergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4
   const [B, H, T, D] = q.shape;
   const rows = (t: tf.Tensor4D) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [B * T, H * D]);
   return tf.concat([rows(q), rows(k), rows(v)], 1) as tf.Tensor2D;
+}
+
+/**
+ * Attention's probabilities softmax(scores · scale + bias) over the last axis, scores [B, H, R, S] and the
+ * additive mask bias [B or 1, 1, R, S]: one kernel on wasm (`_train_kernels.ts`).
+ */
+export function attentionSoftmax(scores: tf.Tensor4D, bias: tf.Tensor4D, scale: number): tf.Tensor4D {
+  return trainKernelsApply()
+    ? fusedAttentionSoftmax(scores, bias, scale)
+    : composedAttentionSoftmax(scores, bias, scale);
+}
+
+/** `attentionSoftmax` as TF.js ops. */
+export function composedAttentionSoftmax(scores: tf.Tensor4D, bias: tf.Tensor4D, scale: number): tf.Tensor4D {
+  return tf.softmax(tf.add(tf.mul(scores, scale), bias)) as tf.Tensor4D;
+}
+
+/** The gradient of the scores of `attentionSoftmax`: P (dP − Σ dP P) scale, one kernel on wasm. */
+export function attentionSoftmaxBackward(probs: tf.Tensor4D, dProbs: tf.Tensor4D, scale: number): tf.Tensor4D {
+  return trainKernelsApply()
+    ? fusedAttentionSoftmaxBackward(probs, dProbs, scale)
+    : composedAttentionSoftmaxBackward(probs, dProbs, scale);
+}
+
+/** `attentionSoftmaxBackward` as TF.js ops. */
+export function composedAttentionSoftmaxBackward(probs: tf.Tensor4D, dProbs: tf.Tensor4D, scale: number): tf.Tensor4D {
+  return tf.mul(tf.mul(probs, tf.sub(dProbs, tf.sum(tf.mul(dProbs, probs), -1, true))), scale) as tf.Tensor4D;
 }
 
 /** LayerNorm over the last axis, with what its backward pass needs: one kernel on wasm (`_train_kernels.ts`). */

@@ -33,6 +33,8 @@ const SPLIT_HEADS = "DpoTrainSplitHeads";
 const TARGET_LOG_SOFTMAX = "DpoTrainTargetLogSoftmax";
 const TARGET_LOG_SOFTMAX_GRAD = "DpoTrainTargetLogSoftmaxGrad";
 const MERGE_HEADS = "DpoTrainMergeHeads";
+const ATTENTION_SOFTMAX = "DpoTrainAttentionSoftmax";
+const ATTENTION_SOFTMAX_GRAD = "DpoTrainAttentionSoftmaxGrad";
 
 const { localGet: get, localSet: set, localTee: tee } = op;
 
@@ -481,30 +483,59 @@ const lanesMax = (v: number) => [
 ];
 
 /**
- * rowMaxSumExp(x, rows, V, max, sum), byte offsets, x [rows, V]: per row its max, and the sum of e^(x − max)
- * (four partial sums in lane order, then the last V mod 4 terms; each term at least e^−87).
+ * rowMaxSumExp(x, rows, V, max, sum, total), byte offsets, x [rows, V]: per row its max, the sum of e^(x − max)
+ * (four partial sums in lane order, then the last V mod 4 terms; each term at least e^−87), and the plain sum
+ * of x (the trainer's logits metric: one more add in the pass that finds the max, where a Sum kernel is another
+ * pass over [rows, V]).
  */
 function rowMaxSumExpBody(): number[] {
-  const [x, rows, V, maxAt, sumAt] = [0, 1, 2, 3, 4];
-  const [c, vb, v4] = [5, 6, 7];
-  const [mx, sum] = [8, 9];
-  const [vmax, acc, mxV] = [10, 11, 12];
-  const l = expLocals(13);
+  const [x, rows, V, maxAt, sumAt, totalAt] = [0, 1, 2, 3, 4, 5];
+  const [c, vb, v4] = [6, 7, 8];
+  const [mx, sum, total] = [9, 10, 11];
+  const [vmax, acc, mxV, xs, tot] = [12, 13, 14, 15, 16];
+  const l = expLocals(17);
   const term = [...get(mxV), ...op.f32x4Sub, ...get(l.floor), ...op.f32x4Pmax, ...expV(l)];
   return [
     ...expConstants(l),
     ...rowBytes(V, vb, v4),
     ...eachRow(rows, [
-      // The max.
+      // The max and the plain sum.
       ...splat(op.f32Const(-Infinity), vmax),
+      ...zeros,
+      ...set(tot),
       ...op.i32Const(0),
       ...set(c),
-      ...loopTo(c, v4, 16, [...get(vmax), ...vec(x, c), ...op.f32x4Pmax, ...set(vmax)]),
+      ...loopTo(c, v4, 16, [
+        ...vec(x, c),
+        ...set(xs),
+        ...get(vmax),
+        ...get(xs),
+        ...op.f32x4Pmax,
+        ...set(vmax),
+        ...get(tot),
+        ...get(xs),
+        ...op.f32x4Add,
+        ...set(tot),
+      ]),
       ...lanesMax(vmax),
       ...set(mx),
-      ...loopTo(c, vb, 4, [...get(mx), ...one(x, c), ...op.f32Max, ...set(mx)]),
+      ...lanes(tot),
+      ...set(total),
+      ...loopTo(c, vb, 4, [
+        ...get(mx),
+        ...one(x, c),
+        ...op.f32Max,
+        ...set(mx),
+        ...get(total),
+        ...one(x, c),
+        ...op.f32Add,
+        ...set(total),
+      ]),
       ...get(maxAt),
       ...get(mx),
+      ...op.f32Store(0),
+      ...get(totalAt),
+      ...get(total),
       ...op.f32Store(0),
       ...splat(get(mx), mxV),
       // The sum of e^(x − max).
@@ -527,7 +558,7 @@ function rowMaxSumExpBody(): number[] {
       ...get(sumAt),
       ...get(sum),
       ...op.f32Store(0),
-    ], [[x, get(vb)], [maxAt, op.i32Const(4)], [sumAt, op.i32Const(4)]]),
+    ], [[x, get(vb)], [maxAt, op.i32Const(4)], [sumAt, op.i32Const(4)], [totalAt, op.i32Const(4)]]),
   ];
 }
 
@@ -557,6 +588,172 @@ function softmaxScaledBody(): number[] {
       ...loopTo(c, v4, 16, storeVec(dx, c, [...vec(x, c), ...term])),
       ...loopTo(c, vb, 4, storeOne(dx, c, [...one(x, c), ...op.f32x4Splat, ...term, ...op.f32x4ExtractLane(0)])),
     ], [[x, get(vb)], [dx, get(vb)], [lseAt, op.i32Const(4)], [dyAt, op.i32Const(4)]]),
+  ];
+}
+
+/**
+ * attentionSoftmax(x, bias, y, rows, S, scale), byte offsets of rows [rows, S] of x, y and bias (one bias row per
+ * row): z = x · scale + bias, y = e^(z − max z) · (1 / Σ e^(z − max z)) per row. A term whose exponent is below −87 (a
+ * masked key: the bias is −1e9) is exactly 0, as e^−1e9 is in float32.
+ */
+function attentionSoftmaxBody(): number[] {
+  const [x, bias, y, rows, S, scale] = [0, 1, 2, 3, 4, 5];
+  const [c, sb, s4] = [6, 7, 8];
+  const [mx, sum] = [9, 10];
+  const [vmax, acc, mxV, scaleV, t, e] = [11, 12, 13, 14, 15, 16];
+  const l = expLocals(17);
+  const z = (value: number[]) => [...value, ...get(scaleV), ...op.f32x4Mul];
+  const kept = [...get(t), ...get(l.floor), ...op.f32x4Ge];
+  // e = e^(z − max), or 0 below the floor, from z on the stack; the exp is skipped where all four lanes are
+  // masked (a causal mask's upper triangle, half of the scores).
+  const term = [
+    ...get(mxV),
+    ...op.f32x4Sub,
+    ...set(t),
+    ...kept,
+    ...op.v128AnyTrue,
+    ...op.if,
+    ...get(t),
+    ...get(l.floor),
+    ...op.f32x4Pmax,
+    ...expV(l),
+    ...zeros,
+    ...kept,
+    ...op.v128Bitselect,
+    ...set(e),
+    ...op.else,
+    ...zeros,
+    ...set(e),
+    ...op.end,
+  ];
+  return [
+    ...expConstants(l),
+    ...splat(get(scale), scaleV),
+    ...rowBytes(S, sb, s4),
+    ...eachRow(rows, [
+      // z, stored in y, and its max.
+      ...splat(op.f32Const(-Infinity), vmax),
+      ...op.i32Const(0),
+      ...set(c),
+      ...loopTo(c, s4, 16, [
+        ...storeVec(y, c, [...z(vec(x, c)), ...vec(bias, c), ...op.f32x4Add, ...tee(t)]),
+        ...get(vmax),
+        ...get(t),
+        ...op.f32x4Pmax,
+        ...set(vmax),
+      ]),
+      ...lanesMax(vmax),
+      ...set(mx),
+      ...loopTo(c, sb, 4, [
+        ...storeOne(y, c, [
+          ...one(x, c),
+          ...get(scale),
+          ...op.f32Mul,
+          ...one(bias, c),
+          ...op.f32Add,
+          ...op.f32x4Splat,
+          ...tee(t),
+          ...op.f32x4ExtractLane(0),
+        ]),
+        ...get(mx),
+        ...get(t),
+        ...op.f32x4ExtractLane(0),
+        ...op.f32Max,
+        ...set(mx),
+      ]),
+      ...splat(get(mx), mxV),
+      // e^(z − max) in y, and their sum.
+      ...zeros,
+      ...set(acc),
+      ...op.i32Const(0),
+      ...set(c),
+      ...loopTo(c, s4, 16, [
+        ...vec(y, c),
+        ...term,
+        ...storeVec(y, c, get(e)),
+        ...get(acc),
+        ...get(e),
+        ...op.f32x4Add,
+        ...set(acc),
+      ]),
+      ...lanes(acc),
+      ...set(sum),
+      ...loopTo(c, sb, 4, [
+        ...one(y, c),
+        ...op.f32x4Splat,
+        ...term,
+        ...storeOne(y, c, [...get(e), ...op.f32x4ExtractLane(0)]),
+        ...get(sum),
+        ...get(e),
+        ...op.f32x4ExtractLane(0),
+        ...op.f32Add,
+        ...set(sum),
+      ]),
+      // Times 1 / sum.
+      ...op.f32Const(1),
+      ...get(sum),
+      ...op.f32Div,
+      ...tee(sum),
+      ...op.f32x4Splat,
+      ...set(acc),
+      ...op.i32Const(0),
+      ...set(c),
+      ...loopTo(c, s4, 16, storeVec(y, c, [...vec(y, c), ...get(acc), ...op.f32x4Mul])),
+      ...loopTo(c, sb, 4, storeOne(y, c, [...one(y, c), ...get(sum), ...op.f32Mul])),
+    ], [[x, get(sb)], [y, get(sb)], [bias, get(sb)]]),
+  ];
+}
+
+/** attentionSoftmaxGrad(p, dp, dx, rows, S, scale), byte offsets of rows [rows, S]: dx = p · (dp − Σ dp · p) · scale. */
+function attentionSoftmaxGradBody(): number[] {
+  const [p, dp, dx, rows, S, scale] = [0, 1, 2, 3, 4, 5];
+  const [c, sb, s4] = [6, 7, 8];
+  const dot = 9;
+  const [acc, dotV, scaleV] = [10, 11, 12];
+  return [
+    ...splat(get(scale), scaleV),
+    ...rowBytes(S, sb, s4),
+    ...eachRow(rows, [
+      ...zeros,
+      ...set(acc),
+      ...op.i32Const(0),
+      ...set(c),
+      ...loopTo(c, s4, 16, [...get(acc), ...vec(dp, c), ...vec(p, c), ...op.f32x4Mul, ...op.f32x4Add, ...set(acc)]),
+      ...lanes(acc),
+      ...set(dot),
+      ...loopTo(c, sb, 4, [...get(dot), ...one(dp, c), ...one(p, c), ...op.f32Mul, ...op.f32Add, ...set(dot)]),
+      ...splat(get(dot), dotV),
+      ...op.i32Const(0),
+      ...set(c),
+      ...loopTo(
+        c,
+        s4,
+        16,
+        storeVec(dx, c, [
+          ...vec(p, c),
+          ...vec(dp, c),
+          ...get(dotV),
+          ...op.f32x4Sub,
+          ...op.f32x4Mul,
+          ...get(scaleV),
+          ...op.f32x4Mul,
+        ]),
+      ),
+      ...loopTo(
+        c,
+        sb,
+        4,
+        storeOne(dx, c, [
+          ...one(p, c),
+          ...one(dp, c),
+          ...get(dot),
+          ...op.f32Sub,
+          ...op.f32Mul,
+          ...get(scale),
+          ...op.f32Mul,
+        ]),
+      ),
+    ], [[p, get(sb)], [dp, get(sb)], [dx, get(sb)]]),
   ];
 }
 
@@ -636,9 +833,9 @@ const kernelModule = compiledOnce(() =>
     },
     {
       name: "rowMaxSumExp",
-      params: [I32, I32, I32, I32, I32],
+      params: [I32, I32, I32, I32, I32, I32],
       results: [],
-      locals: [I32, I32, I32, F32, F32, ...Array(3 + 9 + EXP_P.length).fill(V128)],
+      locals: [I32, I32, I32, F32, F32, F32, ...Array(5 + 9 + EXP_P.length).fill(V128)],
       body: rowMaxSumExpBody(),
     },
     {
@@ -647,6 +844,20 @@ const kernelModule = compiledOnce(() =>
       results: [],
       locals: [I32, I32, I32, ...Array(2 + 9 + EXP_P.length).fill(V128)],
       body: softmaxScaledBody(),
+    },
+    {
+      name: "attentionSoftmax",
+      params: [I32, I32, I32, I32, I32, F32],
+      results: [],
+      locals: [I32, I32, I32, F32, F32, ...Array(6 + 9 + EXP_P.length).fill(V128)],
+      body: attentionSoftmaxBody(),
+    },
+    {
+      name: "attentionSoftmaxGrad",
+      params: [I32, I32, I32, I32, I32, F32],
+      results: [],
+      locals: [I32, I32, I32, F32, V128, V128, V128],
+      body: attentionSoftmaxGradBody(),
     },
     {
       name: "sigmoidGateGrad",
@@ -665,6 +876,8 @@ interface Kernels {
   sigmoidGateGrad(...args: number[]): void;
   rowMaxSumExp(...args: number[]): void;
   softmaxScaled(...args: number[]): void;
+  attentionSoftmax(...args: number[]): void;
+  attentionSoftmaxGrad(...args: number[]): void;
 }
 
 let instance: { backend: WasmBackendInternals; kernels: Kernels } | undefined;
@@ -823,29 +1036,28 @@ function mergeHeadsKernel({ inputs, backend }: KernelArgs): tf.TensorInfo {
 }
 
 /**
- * Log softmax at one target per row: logits [N, V] and int32 targets [N] -> logp [N] (logits[n, target] − lse)
- * and lse [N] (log Σ e^logits, kept for the backward pass in place of the softmax).
+ * Log softmax at one target per row: logits [N, V] and int32 targets [N] -> logp [N] (logits[n, target] − lse),
+ * lse [N] (log Σ e^logits, kept for the backward pass in place of the softmax) and each row's plain sum [N].
  */
 function targetLogSoftmaxKernel({ inputs, backend }: KernelArgs): tf.TensorInfo[] {
   const wasm = backend as WasmBackendInternals;
   const { logits, targets } = inputs as Record<string, tf.TensorInfo>;
   assertFloat32(TARGET_LOG_SOFTMAX, { logits: logits! });
   const [N, V] = logits!.shape as [number, number];
-  const logp = wasm.makeOutput([N], "float32");
-  const lse = wasm.makeOutput([N], "float32");
-  if (N === 0) return [logp, lse];
+  const [logp, lse, sums] = [0, 1, 2].map(() => wasm.makeOutput([N], "float32"));
+  if (N === 0) return [logp!, lse!, sums!];
   const at = (t: tf.TensorInfo) => heapOffset(wasm, t);
   // The row maxima go to lse's memory and the sums of e^(x − max) to logp's, then both are finished here.
-  kernelsOf(wasm).rowMaxSumExp(at(logits!), N, V, at(lse), at(logp));
+  kernelsOf(wasm).rowMaxSumExp(at(logits!), N, V, at(lse!), at(logp!), at(sums!));
   const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
   const target = new Int32Array(wasm.wasm.asm.memory.buffer, at(targets!), N);
-  const [x, lseAt, logpAt] = [at(logits!) / 4, at(lse) / 4, at(logp) / 4];
+  const [x, lseAt, logpAt] = [at(logits!) / 4, at(lse!) / 4, at(logp!) / 4];
   for (let n = 0; n < N; n++) {
     const l = heap[lseAt + n]! + Math.log(heap[logpAt + n]!);
     heap[lseAt + n] = l;
     heap[logpAt + n] = heap[x + n * V + target[n]!]! - l;
   }
-  return [logp, lse];
+  return [logp!, lse!, sums!];
 }
 
 /** The gradient of `targetLogSoftmaxKernel`'s logp: dx = dy · (onehot(target) − e^(logits − lse)). */
@@ -865,6 +1077,54 @@ function targetLogSoftmaxGradKernel({ inputs, backend }: KernelArgs): tf.TensorI
   return dx;
 }
 
+/**
+ * Attention's probabilities: softmax(scores · scale + bias) over the last axis of scores [B, H, R, S], with the
+ * additive mask bias [B or 1, 1, R, S] shared by the H heads. One pass of the three per row instead of three
+ * kernels (a multiply, an add and the softmax) each over the whole [B, H, R, S].
+ */
+function attentionSoftmaxKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo {
+  assertFloat32(ATTENTION_SOFTMAX, inputs);
+  const wasm = backend as WasmBackendInternals;
+  const { scores, bias } = inputs as Record<string, tf.TensorInfo>;
+  const [B, H, R, S] = scores!.shape as [number, number, number, number];
+  const [Bb, one, Rb, Sb] = bias!.shape;
+  if (
+    scores!.shape.length !== 4 || bias!.shape.length !== 4 || (Bb !== B && Bb !== 1) || one !== 1 || Rb !== R ||
+    Sb !== S
+  ) {
+    throw new Error(
+      `Cannot run ${ATTENTION_SOFTMAX} as the bias must be [B or 1, 1, R, S] for scores [B, H, R, S]: ` +
+        `scores are [${scores!.shape}] and the bias [${bias!.shape}]`,
+    );
+  }
+  const probs = wasm.makeOutput(scores!.shape, "float32");
+  const block = R * S * 4;
+  if (block === 0) return probs;
+  const [x, m, y] = [heapOffset(wasm, scores!), heapOffset(wasm, bias!), heapOffset(wasm, probs)];
+  const kernels = kernelsOf(wasm);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const at = (b * H + h) * block;
+      kernels.attentionSoftmax(x + at, m + (Bb === 1 ? 0 : b * block), y + at, R, S, attrs!.scale as number);
+    }
+  }
+  return probs;
+}
+
+/** The gradient of `attentionSoftmaxKernel`'s scores from its probabilities and theirs: p · (dp − Σ dp · p) · scale. */
+function attentionSoftmaxGradKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo {
+  assertFloat32(ATTENTION_SOFTMAX_GRAD, inputs);
+  const wasm = backend as WasmBackendInternals;
+  const { probs, dProbs } = inputs as Record<string, tf.TensorInfo>;
+  const S = probs!.shape[probs!.shape.length - 1]!;
+  const rows = S === 0 ? 0 : tf.util.sizeFromShape(probs!.shape) / S;
+  const dScores = wasm.makeOutput(probs!.shape, "float32");
+  if (rows === 0) return dScores;
+  const at = (t: tf.TensorInfo) => heapOffset(wasm, t);
+  kernelsOf(wasm).attentionSoftmaxGrad(at(probs!), at(dProbs!), at(dScores), rows, S, attrs!.scale as number);
+  return dScores;
+}
+
 let registered = false;
 
 /** Registers the training kernels on the wasm backend once (not at all where WebAssembly lacks SIMD). */
@@ -881,6 +1141,8 @@ export function registerTrainKernels(): void {
     [MERGE_HEADS, mergeHeadsKernel],
     [TARGET_LOG_SOFTMAX, targetLogSoftmaxKernel],
     [TARGET_LOG_SOFTMAX_GRAD, targetLogSoftmaxGradKernel],
+    [ATTENTION_SOFTMAX, attentionSoftmaxKernel],
+    [ATTENTION_SOFTMAX_GRAD, attentionSoftmaxGradKernel],
   ];
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, "wasm")) {
@@ -934,13 +1196,16 @@ export function fusedMergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D):
   return tf.engine().runKernel(MERGE_HEADS, { q, k, v }) as tf.Tensor2D;
 }
 
-/** log softmax(logits)[n, targets[n]] [N], and the log-sum-exp per row [N] for the backward pass, one kernel. */
+/**
+ * log softmax(logits)[n, targets[n]] [N], the log-sum-exp per row [N] for the backward pass, and the plain sum
+ * of each row [N], one kernel.
+ */
 export function fusedTargetLogSoftmax(
   logits: tf.Tensor2D,
   targets: tf.Tensor1D,
-): { logp: tf.Tensor1D; lse: tf.Tensor1D } {
-  const [logp, lse] = tf.engine().runKernel(TARGET_LOG_SOFTMAX, { logits, targets }) as tf.Tensor1D[];
-  return { logp: logp!, lse: lse! };
+): { logp: tf.Tensor1D; lse: tf.Tensor1D; sums: tf.Tensor1D } {
+  const [logp, lse, sums] = tf.engine().runKernel(TARGET_LOG_SOFTMAX, { logits, targets }) as tf.Tensor1D[];
+  return { logp: logp!, lse: lse!, sums: sums! };
 }
 
 /** dy [N] times the gradient of `fusedTargetLogSoftmax`'s logp: [N, V], one kernel. */
@@ -951,4 +1216,14 @@ export function fusedTargetLogSoftmaxBackward(
   targets: tf.Tensor1D,
 ): tf.Tensor2D {
   return tf.engine().runKernel(TARGET_LOG_SOFTMAX_GRAD, { dy, logits, lse, targets }) as tf.Tensor2D;
+}
+
+/** softmax(scores · scale + bias) over the last axis, scores [B, H, R, S] and bias [B or 1, 1, R, S], one kernel. */
+export function fusedAttentionSoftmax(scores: tf.Tensor4D, bias: tf.Tensor4D, scale: number): tf.Tensor4D {
+  return tf.engine().runKernel(ATTENTION_SOFTMAX, { scores, bias }, { scale }) as tf.Tensor4D;
+}
+
+/** The scores' gradient of `fusedAttentionSoftmax` from its probabilities and theirs, one kernel. */
+export function fusedAttentionSoftmaxBackward(probs: tf.Tensor4D, dProbs: tf.Tensor4D, scale: number): tf.Tensor4D {
+  return tf.engine().runKernel(ATTENTION_SOFTMAX_GRAD, { probs, dProbs }, { scale }) as tf.Tensor4D;
 }

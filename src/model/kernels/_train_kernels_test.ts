@@ -5,6 +5,8 @@ import { assertNoLeak, useBackend } from "../_test_utils.ts";
 import {
   activationBackward,
   activationForward,
+  attentionSoftmax,
+  attentionSoftmaxBackward,
   composedActivationBackward,
   composedActivationForward,
   composedLayerNormBackward,
@@ -18,7 +20,7 @@ import {
   splitHeads,
 } from "./_ops.ts";
 import { trainKernelsApply } from "./_train_kernels.ts";
-import { targetLogProbs } from "../logprobs.ts";
+import { targetLogProbs, targetLogProbsAndSums } from "../logprobs.ts";
 
 /** Rows of widths that are and are not multiples of 4, under one to three leading dims. */
 const SHAPES = [[2, 3, 5], [4, 7], [2, 2, 3, 12], [1, 33, 64], [6, 1], [3, 2, 130]];
@@ -171,43 +173,138 @@ Deno.test("head split and merge kernels: the composed ops' values exactly, and m
   });
 });
 
-Deno.test("log softmax at the targets: values and gradient as float64 computes them, on wasm's kernels, no leak", async () => {
+Deno.test("log softmax at the targets: values, row sums and gradient as float64 computes them, on wasm's kernels and the composed ops, no leak", async () => {
+  for (const backend of ["wasm", "cpu"] as const) {
+    await useBackend(backend);
+    try {
+      assert.equal(trainKernelsApply(), backend === "wasm");
+      await assertNoLeak(() => checkTargetLogSoftmax(backend), backend);
+    } finally {
+      await useBackend("wasm");
+    }
+  }
+});
+
+async function checkTargetLogSoftmax(backend: string): Promise<void> {
+  // Widths with and without a remainder after four lanes; rows far apart in scale, one with a -100 spread.
+  const shapes: [number, number][] = [[1, 1], [2, 3], [3, 4], [4, 7], [5, 257], [3, 1001]];
+  for (const [k, [N, V]] of shapes.entries()) {
+    const what = `${backend} [${N}, ${V}]`;
+    const logits = tf.tidy(() =>
+      tf.add(
+        tf.mul(
+          tf.randomNormal([N, V], 0, 1, "float32", 500 + k),
+          tf.tensor2d(Array.from({ length: N }, (_, n) => [[1, 8, 0.1, 30, 3][n % 5]!])),
+        ),
+        0.5,
+      )
+    ) as tf.Tensor2D;
+    const targets = Int32Array.from({ length: N }, (_, n) => (n * 7 + k) % V);
+    const dy = tf.tensor1d(Array.from({ length: N }, (_, n) => (n % 2 ? -1 : 1) * (0.5 + n)));
+    const x = Float64Array.from(await logits.data());
+    const g = Float64Array.from(await dy.data());
+    const expected: number[] = [];
+    const expectedSums: number[] = [];
+    const expectedGrad = new Float64Array(N * V);
+    for (let n = 0; n < N; n++) {
+      const row = x.subarray(n * V, (n + 1) * V);
+      const max = Math.max(...row);
+      const lse = max + Math.log(row.reduce((acc, v) => acc + Math.exp(v - max), 0));
+      expected.push(row[targets[n]!]! - lse);
+      expectedSums.push(row.reduce((acc, v) => acc + v, 0));
+      for (let v = 0; v < V; v++) {
+        expectedGrad[n * V + v] = g[n]! * ((v === targets[n] ? 1 : 0) - Math.exp(row[v]! - lse));
+      }
+    }
+    const value = tf.tidy(() => targetLogProbs(logits, targets));
+    const both = tf.tidy(() => targetLogProbsAndSums(logits, targets));
+    const [want, wantSums] = [tf.tensor1d(expected), tf.tensor1d(expectedSums)];
+    const wantGrad = tf.tensor2d(Array.from(expectedGrad), [N, V]);
+    await assertNear(value, want, 1e-6, `${what} log-probs`);
+    await assertNear(both.logp, want, 1e-6, `${what} log-probs with the sums`);
+    await assertNear(both.sums, wantSums, 1e-6, `${what} row sums`);
+    const grad = tf.grad((l: tf.Tensor) => tf.sum(tf.mul(targetLogProbs(l as tf.Tensor2D, targets), dy)))(logits);
+    await assertNear(grad, wantGrad, 2e-6, `${what} gradient`);
+    // The sums are a metric that no gradient flows through, even where the objective includes them.
+    const gradBoth = tf.grad((l: tf.Tensor) => {
+      const out = targetLogProbsAndSums(l as tf.Tensor2D, targets);
+      return tf.add(tf.sum(tf.mul(out.logp, dy)), tf.sum(out.sums));
+    })(logits);
+    await assertNear(gradBoth, wantGrad, 2e-6, `${what} gradient with the sums`);
+    tf.dispose([logits, dy, value, both.logp, both.sums, grad, gradBoth, want, wantSums, wantGrad]);
+  }
+}
+
+Deno.test("attention softmax kernels: probabilities and scores' gradient as float64 computes them, masked keys exactly 0, no leak", async () => {
   await useBackend("wasm");
   assert.ok(trainKernelsApply(), "the kernels are registered on wasm");
   await assertNoLeak(async () => {
-    // Widths with and without a remainder after four lanes; rows far apart in scale, one with a -100 spread.
-    const shapes: [number, number][] = [[1, 1], [2, 3], [3, 4], [4, 7], [5, 257], [3, 1001]];
-    for (const [k, [N, V]] of shapes.entries()) {
-      const what = `[${N}, ${V}]`;
-      const logits = tf.tidy(() =>
-        tf.mul(
-          tf.randomNormal([N, V], 0, 1, "float32", 500 + k),
-          tf.tensor2d(
-            Array.from({ length: N }, (_, n) => [[1, 8, 0.1, 30, 3][n % 5]!]),
-          ),
-        )
-      ) as tf.Tensor2D;
-      const targets = Int32Array.from({ length: N }, (_, n) => (n * 7 + k) % V);
-      const dy = tf.tensor1d(Array.from({ length: N }, (_, n) => (n % 2 ? -1 : 1) * (0.5 + n)));
-      const x = Float64Array.from(await logits.data());
-      const g = Float64Array.from(await dy.data());
-      const expected: number[] = [];
-      const expectedGrad = new Float64Array(N * V);
-      for (let n = 0; n < N; n++) {
-        const row = x.subarray(n * V, (n + 1) * V);
-        const max = Math.max(...row);
-        const lse = max + Math.log(row.reduce((acc, v) => acc + Math.exp(v - max), 0));
-        expected.push(row[targets[n]!]! - lse);
-        for (let v = 0; v < V; v++) {
-          expectedGrad[n * V + v] = g[n]! * ((v === targets[n] ? 1 : 0) - Math.exp(row[v]! - lse));
-        }
+    // [B, H, R, S] and the bias's batch: key counts with and without a remainder after four lanes, a bias shared
+    // by the batch, a single key.
+    const shapes: [number, number, number, number, number][] = [
+      [1, 1, 1, 1, 1],
+      [2, 3, 4, 4, 2],
+      [2, 2, 5, 7, 1],
+      [3, 4, 16, 19, 3],
+      [1, 2, 33, 130, 1],
+    ];
+    for (const [k, [B, H, R, S, Bb]] of shapes.entries()) {
+      const what = `[${B}, ${H}, ${R}, ${S}], bias batch ${Bb}`;
+      const scale = 0.125 * (k + 1);
+      const scores = tf.tidy(() => tf.mul(tf.randomNormal([B, H, R, S], 0, 1, "float32", 600 + k), 4)) as tf.Tensor4D;
+      // Causal-style masks at -1e9 (the models' value), shifted per batch row; row r of the last batch row fully masked.
+      const maskAt = (b: number, r: number, s: number) => s > r + b || (b === Bb - 1 && r === R - 1 && R > 1);
+      const biasValues = Array.from({ length: Bb * R * S }, (_, i) => {
+        const [b, r, s] = [Math.floor(i / (R * S)), Math.floor(i / S) % R, i % S];
+        return maskAt(b, r, s) ? -1e9 : 0;
+      });
+      const bias = tf.tensor4d(biasValues, [Bb, 1, R, S]);
+      const dProbs = tf.tidy(() => tf.randomNormal([B, H, R, S], 0, 1, "float32", 700 + k)) as tf.Tensor4D;
+      const x = Float64Array.from(await scores.data());
+      const g = Float64Array.from(await dProbs.data());
+      const [want, wantGrad, gradTol] = [
+        new Float64Array(x.length),
+        new Float64Array(x.length),
+        new Float64Array(x.length),
+      ];
+      for (let row = 0; row < B * H * R; row++) {
+        const [b, r] = [Math.floor(row / (H * R)), row % R];
+        // z as float32 adds it: a fully masked row's scores all round to -1e9, and its probabilities are uniform.
+        const z = Array.from({ length: S }, (_, s) => {
+          const bias = biasValues[((Bb === 1 ? 0 : b) * R + r) * S + s]!;
+          return Math.fround(Math.fround(x[row * S + s]! * scale) + bias);
+        });
+        const max = Math.max(...z);
+        const total = z.reduce((acc, v) => acc + Math.exp(v - max), 0);
+        const p = z.map((v) => Math.exp(v - max) / total);
+        const dot = p.reduce((acc, v, s) => acc + v * g[row * S + s]!, 0);
+        // float32's rounding of dp − dot: of dp, and of a dot product of S terms.
+        const dotError = Math.sqrt(S) * p.reduce((acc, v, s) => acc + v * Math.abs(g[row * S + s]!), 0);
+        p.forEach((v, s) => {
+          want[row * S + s] = v;
+          wantGrad[row * S + s] = v * (g[row * S + s]! - dot) * scale;
+          gradTol[row * S + s] = 1e-6 * v * (Math.abs(g[row * S + s]!) + dotError) * scale;
+        });
       }
-      const value = tf.tidy(() => targetLogProbs(logits, targets));
-      const [want, wantGrad] = [tf.tensor1d(expected), tf.tensor2d(Array.from(expectedGrad), [N, V])];
-      await assertNear(value, want, 1e-6, `${what} log-probs`);
-      const grad = tf.grad((l: tf.Tensor) => tf.sum(tf.mul(targetLogProbs(l as tf.Tensor2D, targets), dy)))(logits);
-      await assertNear(grad, wantGrad, 2e-6, `${what} gradient`);
-      tf.dispose([logits, dy, value, grad, want, wantGrad]);
+      const probs = attentionSoftmax(scores, bias, scale);
+      const expected = tf.tensor4d(Array.from(want), [B, H, R, S]);
+      await assertNear(probs, expected, 1e-6, `${what} probabilities`);
+      const p = await probs.data();
+      want.forEach((v, i) => assert.ok(v !== 0 || p[i] === 0, `${what}: a masked key's probability is exactly 0`));
+      const dScores = attentionSoftmaxBackward(probs, dProbs, scale);
+      const grad = await dScores.data();
+      wantGrad.forEach((v, i) => {
+        if (!(Math.abs(grad[i]! - v) <= gradTol[i]!)) {
+          throw new Error(
+            `${what} gradient: actual ${grad[i]} != expected ${v} at index ${i} (tolerance ${gradTol[i]})`,
+          );
+        }
+      });
+      tf.dispose([scores, bias, dProbs, probs, expected, dScores]);
     }
+    const scores = tf.zeros([2, 1, 3, 4]) as tf.Tensor4D;
+    const bias = tf.zeros([2, 1, 3, 5]) as tf.Tensor4D;
+    assert.throws(() => attentionSoftmax(scores, bias, 1), /bias must be \[B or 1, 1, R, S\].*\[2,1,3,5\]/);
+    tf.dispose([scores, bias]);
   });
 });
