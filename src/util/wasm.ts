@@ -82,6 +82,8 @@ export const op = {
   brIf: (depth: number) => [0x0d, ...uleb(depth)],
   end: [0x0b],
   f64Add: [0xa0],
+  /** memory.copy(dst, src, bytes) within the first memory (bulk memory). */
+  memoryCopy: [0xfc, 0x0a, 0, 0],
   v128Load: (memory: number) => [...simd(0x00), ...memarg(memory, 4)],
   v128Store: (memory: number) => [...simd(0x0b), ...memarg(memory, 4)],
   /** Lanes 2 and 3 of an f32x4 moved to 0 and 1 (an i8x16.shuffle). */

@@ -16,6 +16,7 @@ import {
   attentionSoftmaxBackward,
   customOp,
   embed,
+  fromHeads,
   layerNorm,
   layerNormBackward,
   layerNormForward,
@@ -23,6 +24,7 @@ import {
   type LoraSaved,
   mergeHeads,
   splitHeads,
+  toHeads,
 } from "../kernels/_ops.ts";
 import {
   decodeAttention,
@@ -360,7 +362,7 @@ function blockForward(
   const k = past ? tf.concat([past.k, kNew], 2) : kNew; // [B, H, S, D]
   const v = past ? tf.concat([past.v, vNew], 2) : vNew; // [B, H, S, D]
   const probs = attentionSoftmax(tf.matMul(q, k, false, true), bias, attentionScale(config, layer)); // [B, H, T, S]
-  const merged = tf.reshape(tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]), [B * T, C]); // [B*T, C]
+  const merged = fromHeads(tf.matMul(probs, v) as tf.Tensor4D); // [B*T, C]
   const attnOut = linear(merged, w["attn.c_proj.weight"], w["attn.c_proj.bias"], lora, "attn.c_proj"); // [B*T, C]
   const x1 = tf.add(x, tf.reshape(attnOut, [B, T, C])); // [B, T, C]
   // MLP.
@@ -404,9 +406,7 @@ function blockBackward(
   const { y: actY, aux } = activationForward(config.activation_function, pre);
   const [B, T, C] = dOut.shape;
   const H = config.n_head;
-  const D = C / H;
   const rows = (t: tf.Tensor) => tf.reshape(t, [B * T, -1]) as tf.Tensor2D;
-  const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D;
   const grads = new Map<string, tf.Tensor>();
   const lora = new Map<string, { dA: tf.Tensor; dB: tf.Tensor }>();
   /** Gradients of a Conv1D y = x W + b (+ LoRA): records those that train, returns dx [B*T, in]. */
@@ -437,7 +437,7 @@ function blockBackward(
 
   // Attention: x1 = x + c_proj(merge(softmax(q k^T * scale + bias) v)).
   const dMerged = linear("attn.c_proj", rows(dX1), merged); // [B*T, C]
-  const dY = heads(dMerged); // [B, H, T, D]
+  const dY = toHeads(dMerged, B, T, H); // [B, H, T, D]
   const dProbs = tf.matMul(dY, v, false, true) as tf.Tensor4D; // [B, H, T, S]
   const dV = tf.matMul(probs, dY, true, false) as tf.Tensor4D; // [B, H, S, D]
   const dScores = attentionSoftmaxBackward(probs, dProbs, attentionScale(config, layer)); // [B, H, T, S]

@@ -52,25 +52,35 @@ export function customOp(
 
 /** Attention's rows qkv [B*T, 3C] as q, k and v [B, H, T, D]: one kernel on wasm (`_train_kernels.ts`). */
 export function splitHeads(qkv: tf.Tensor2D, B: number, T: number, H: number): tf.Tensor4D[] {
-  return trainKernelsApply() ? fusedSplitHeads(qkv, B, T, H) : composedSplitHeads(qkv, B, T, H);
+  return trainKernelsApply() ? fusedSplitHeads(qkv, B, T, H, 3) : composedSplitHeads(qkv, B, T, H, 3);
 }
 
-/** `splitHeads` as TF.js ops: off wasm, under TF.js's tape, and the reference for the wasm kernel. */
-export function composedSplitHeads(qkv: tf.Tensor2D, B: number, T: number, H: number): tf.Tensor4D[] {
-  const D = qkv.shape[1] / 3 / H;
-  return tf.split(qkv, 3, 1).map((t) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D);
+/** Rows [B*T, C] as heads [B, H, T, D] (attention's output gradient before its products): one kernel on wasm. */
+export function toHeads(rows: tf.Tensor2D, B: number, T: number, H: number): tf.Tensor4D {
+  return (trainKernelsApply() ? fusedSplitHeads(rows, B, T, H, 1) : composedSplitHeads(rows, B, T, H, 1))[0]!;
+}
+
+/** Rows [B*T, P·C] of P parts side by side as each part's heads, as TF.js ops: off wasm, under TF.js's tape, and the reference for the wasm kernel. */
+export function composedSplitHeads(rows: tf.Tensor2D, B: number, T: number, H: number, P: number): tf.Tensor4D[] {
+  const D = rows.shape[1] / P / H;
+  return tf.split(rows, P, 1).map((t) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D);
 }
 
 /** The inverse of `splitHeads` (the gradient of qkv from those of q, k and v): one kernel on wasm. */
 export function mergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D {
-  return trainKernelsApply() ? fusedMergeHeads(q, k, v) : composedMergeHeads(q, k, v);
+  return trainKernelsApply() ? fusedMergeHeads([q, k, v]) : composedMergeHeads([q, k, v]);
 }
 
-/** `mergeHeads` as TF.js ops. */
-export function composedMergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D {
-  const [B, H, T, D] = q.shape;
+/** The inverse of `toHeads`: heads [B, H, T, D] as rows [B*T, C] (attention's output), one kernel on wasm. */
+export function fromHeads(x: tf.Tensor4D): tf.Tensor2D {
+  return trainKernelsApply() ? fusedMergeHeads([x]) : composedMergeHeads([x]);
+}
+
+/** Parts [B, H, T, D] as rows [B*T, P·C], as TF.js ops. */
+export function composedMergeHeads(parts: tf.Tensor4D[]): tf.Tensor2D {
+  const [B, H, T, D] = parts[0]!.shape;
   const rows = (t: tf.Tensor4D) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [B * T, H * D]);
-  return tf.concat([rows(q), rows(k), rows(v)], 1) as tf.Tensor2D;
+  return (parts.length === 1 ? rows(parts[0]!) : tf.concat(parts.map(rows), 1)) as tf.Tensor2D;
 }
 
 /**

@@ -807,6 +807,15 @@ function sigmoidGateGradBody(): number[] {
   ];
 }
 
+/** copyRuns(src, srcStride, dst, dstStride, runs, bytes), byte offsets and strides: `runs` copies of `bytes` bytes. */
+function copyRunsBody(): number[] {
+  const [src, srcStride, dst, dstStride, runs, bytes] = [0, 1, 2, 3, 4, 5];
+  return eachRow(runs, [...get(dst), ...get(src), ...get(bytes), ...op.memoryCopy], [
+    [src, get(srcStride)],
+    [dst, get(dstStride)],
+  ]);
+}
+
 /** The kernels' module, compiled once; null where this runtime lacks SIMD. */
 const kernelModule = compiledOnce(() =>
   wasmModule(["heap"], [
@@ -846,6 +855,13 @@ const kernelModule = compiledOnce(() =>
       body: softmaxScaledBody(),
     },
     {
+      name: "copyRuns",
+      params: [I32, I32, I32, I32, I32, I32],
+      results: [],
+      locals: [],
+      body: copyRunsBody(),
+    },
+    {
       name: "attentionSoftmax",
       params: [I32, I32, I32, I32, I32, F32],
       results: [],
@@ -878,6 +894,7 @@ interface Kernels {
   softmaxScaled(...args: number[]): void;
   attentionSoftmax(...args: number[]): void;
   attentionSoftmaxGrad(...args: number[]): void;
+  copyRuns(...args: number[]): void;
 }
 
 let instance: { backend: WasmBackendInternals; kernels: Kernels } | undefined;
@@ -980,58 +997,56 @@ function sigmoidGateGradKernel({ inputs, attrs, backend }: KernelArgs): tf.Tenso
 }
 
 /**
- * Copies between attention's rows [B*T, 3C] (q, k and v side by side, as c_attn makes them) and per-head
- * blocks [B, H, T, D] of q, k and v: `toHeads` splits, otherwise merges. One copy of D floats per row, part
- * and head. Composed, the split was a SplitV and three transposes; wasm's SplitV alone took 33 ms at
- * gpt2-8x512's [1024, 1536] (this: under 1 ms), and its five-dimensional transpose more.
+ * Copies between attention's rows [B*T, P·C] (P parts side by side: q, k and v as c_attn makes them, or one) and
+ * per-head blocks [B, H, T, D] of each part: `toHeads` splits, otherwise merges. One wasm call a part, row of the
+ * batch and head copies the T runs of D floats (a memory.copy each). Composed, the split was a SplitV and three
+ * transposes; wasm's SplitV alone took 33 ms at gpt2-8x512's [1024, 1536] (this: under 1 ms), and its
+ * five-dimensional transpose more.
  */
 function copyHeads(
-  heap: Float32Array,
-  rowsAt: number,
-  partsAt: number[],
+  wasm: WasmBackendInternals,
+  rows: tf.TensorInfo,
+  parts: tf.TensorInfo[],
   [B, T, H, D]: [number, number, number, number],
   toHeads: boolean,
 ): void {
+  const kernels = kernelsOf(wasm);
   const C = H * D;
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < T; t++) {
-      const row = rowsAt + (b * T + t) * 3 * C;
-      for (let p = 0; p < 3; p++) {
-        for (let h = 0; h < H; h++) {
-          const rowAt = row + p * C + h * D;
-          const headAt = partsAt[p]! + ((b * H + h) * T + t) * D;
-          if (toHeads) heap.copyWithin(headAt, rowAt, rowAt + D);
-          else heap.copyWithin(rowAt, headAt, headAt + D);
-        }
+  const rowBytes = parts.length * C * 4;
+  const rowsAt = heapOffset(wasm, rows);
+  for (const [p, part] of parts.entries()) {
+    const partAt = heapOffset(wasm, part);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        const rowAt = rowsAt + b * T * rowBytes + (p * C + h * D) * 4;
+        const headAt = partAt + (b * H + h) * T * D * 4;
+        if (toHeads) kernels.copyRuns(rowAt, rowBytes, headAt, D * 4, T, D * 4);
+        else kernels.copyRuns(headAt, D * 4, rowAt, rowBytes, T, D * 4);
       }
     }
   }
 }
 
-/** qkv [B*T, 3C] -> q, k, v [B, H, T, D] (attrs B, T, H). */
+/** rows [B*T, P·C] -> P parts [B, H, T, D] (attrs B, T, H, P). */
 function splitHeadsKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo[] {
   assertFloat32(SPLIT_HEADS, inputs);
   const wasm = backend as WasmBackendInternals;
-  const qkv = inputs.qkv!;
-  const [B, T, H] = [attrs!.B as number, attrs!.T as number, attrs!.H as number];
-  const D = qkv.shape[1]! / 3 / H;
-  const parts = [0, 1, 2].map(() => wasm.makeOutput([B, H, T, D], "float32"));
-  const heap = new Float32Array(wasm.wasm.asm.memory.buffer); // after makeOutput: it may have grown
-  const at = (t: tf.TensorInfo) => heapOffset(wasm, t) / 4;
-  copyHeads(heap, at(qkv), parts.map(at), [B, T, H, D], true);
+  const rows = inputs.rows!;
+  const [B, T, H, P] = [attrs!.B as number, attrs!.T as number, attrs!.H as number, attrs!.P as number];
+  const D = rows.shape[1]! / P / H;
+  const parts = Array.from({ length: P }, () => wasm.makeOutput([B, H, T, D], "float32"));
+  copyHeads(wasm, rows, parts, [B, T, H, D], true);
   return parts;
 }
 
-/** q, k, v [B, H, T, D] -> [B*T, 3C]. */
+/** Parts [B, H, T, D] (inputs part0, part1, ...) -> rows [B*T, P·C]. */
 function mergeHeadsKernel({ inputs, backend }: KernelArgs): tf.TensorInfo {
   assertFloat32(MERGE_HEADS, inputs);
   const wasm = backend as WasmBackendInternals;
-  const { q, k, v } = inputs as Record<string, tf.TensorInfo>;
-  const [B, H, T, D] = q!.shape as [number, number, number, number];
-  const rows = wasm.makeOutput([B * T, 3 * H * D], "float32");
-  const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
-  const at = (t: tf.TensorInfo) => heapOffset(wasm, t) / 4;
-  copyHeads(heap, at(rows), [at(q!), at(k!), at(v!)], [B, T, H, D], false);
+  const parts = Object.keys(inputs).map((_, p) => inputs[`part${p}`]!);
+  const [B, H, T, D] = parts[0]!.shape as [number, number, number, number];
+  const rows = wasm.makeOutput([B * T, parts.length * H * D], "float32");
+  copyHeads(wasm, rows, parts, [B, T, H, D], false);
   return rows;
 }
 
@@ -1186,14 +1201,15 @@ export function fusedSigmoidGateBackward(dy: tf.Tensor, x: tf.Tensor, s: tf.Tens
   return tf.engine().runKernel(SIGMOID_GATE_GRAD, { dy, x, s }, { a, b }) as tf.Tensor;
 }
 
-/** Attention's rows qkv [B*T, 3C] as q, k and v [B, H, T, D], one kernel. */
-export function fusedSplitHeads(qkv: tf.Tensor2D, B: number, T: number, H: number): tf.Tensor4D[] {
-  return tf.engine().runKernel(SPLIT_HEADS, { qkv }, { B, T, H }) as tf.Tensor4D[];
+/** Rows [B*T, P·C] of P parts side by side (q, k and v: P = 3) as each part's heads [B, H, T, D], one kernel. */
+export function fusedSplitHeads(rows: tf.Tensor2D, B: number, T: number, H: number, P: number): tf.Tensor4D[] {
+  return tf.engine().runKernel(SPLIT_HEADS, { rows }, { B, T, H, P }) as tf.Tensor4D[];
 }
 
-/** The inverse of `fusedSplitHeads`: q, k and v [B, H, T, D] as rows [B*T, 3C], one kernel. */
-export function fusedMergeHeads(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D {
-  return tf.engine().runKernel(MERGE_HEADS, { q, k, v }) as tf.Tensor2D;
+/** The inverse of `fusedSplitHeads`: parts [B, H, T, D] as rows [B*T, P·C], one kernel. */
+export function fusedMergeHeads(parts: tf.Tensor4D[]): tf.Tensor2D {
+  const inputs = Object.fromEntries(parts.map((t, p) => [`part${p}`, t]));
+  return tf.engine().runKernel(MERGE_HEADS, inputs) as tf.Tensor2D;
 }
 
 /**

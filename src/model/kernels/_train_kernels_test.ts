@@ -13,11 +13,13 @@ import {
   composedLayerNormForward,
   composedMergeHeads,
   composedSplitHeads,
+  fromHeads,
   layerNorm,
   layerNormBackward,
   layerNormForward,
   mergeHeads,
   splitHeads,
+  toHeads,
 } from "./_ops.ts";
 import { trainKernelsApply } from "./_train_kernels.ts";
 import { targetLogProbs, targetLogProbsAndSums } from "../logprobs.ts";
@@ -154,21 +156,23 @@ Deno.test("head split and merge kernels: the composed ops' values exactly, and m
     // [B, T, H, D]: one row, odd sizes, a head of one float, GPT-2-like.
     const shapes: [number, number, number, number][] = [[1, 1, 1, 1], [2, 3, 5, 7], [3, 4, 1, 16], [2, 9, 12, 64]];
     for (const [k, [B, T, H, D]] of shapes.entries()) {
-      const what = `B ${B} T ${T} H ${H} D ${D}`;
-      const qkv = sample([B * T, 3 * H * D], 400 + k) as tf.Tensor2D;
-      const fused = splitHeads(qkv, B, T, H);
-      const composed = tf.tidy(() => composedSplitHeads(qkv, B, T, H));
-      for (const [i, part] of fused.entries()) {
-        assert.deepEqual(part.shape, [B, H, T, D], `${what}: shape of part ${i}`);
-        assert.deepEqual(await part.data(), await composed[i]!.data(), `${what}: part ${i}`);
+      // q, k and v side by side (splitHeads), and one part (toHeads, attention's output).
+      for (const P of [3, 1]) {
+        const what = `B ${B} T ${T} H ${H} D ${D}, ${P} part(s)`;
+        const rows = sample([B * T, P * H * D], 400 + k) as tf.Tensor2D;
+        const fused = P === 3 ? splitHeads(rows, B, T, H) : [toHeads(rows, B, T, H)];
+        const composed = tf.tidy(() => composedSplitHeads(rows, B, T, H, P));
+        for (const [i, part] of fused.entries()) {
+          assert.deepEqual(part.shape, [B, H, T, D], `${what}: shape of part ${i}`);
+          assert.deepEqual(await part.data(), await composed[i]!.data(), `${what}: part ${i}`);
+        }
+        const merged = P === 3 ? mergeHeads(fused[0]!, fused[1]!, fused[2]!) : fromHeads(fused[0]!);
+        assert.deepEqual(merged.shape, rows.shape, `${what}: merged shape`);
+        assert.deepEqual(await merged.data(), await rows.data(), `${what}: merge undoes split`);
+        const reference = tf.tidy(() => composedMergeHeads(fused));
+        assert.deepEqual(await merged.data(), await reference.data(), `${what}: merge`);
+        tf.dispose([rows, ...fused, ...composed, merged, reference]);
       }
-      const [q, kk, v] = fused as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
-      const merged = mergeHeads(q, kk, v);
-      assert.deepEqual(merged.shape, qkv.shape, `${what}: merged shape`);
-      assert.deepEqual(await merged.data(), await qkv.data(), `${what}: merge undoes split`);
-      const reference = tf.tidy(() => composedMergeHeads(q, kk, v));
-      assert.deepEqual(await merged.data(), await reference.data(), `${what}: merge`);
-      tf.dispose([qkv, ...fused, ...composed, merged, reference]);
     }
   });
 });
