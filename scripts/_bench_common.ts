@@ -61,6 +61,8 @@ export const WORK = {
   gen_batch: 8,
   gen_prompt_len: 16,
   gen_tokens: 64,
+  /** Untimed DPO steps before the timed ones (see `TimedOptions.warmup`). */
+  dpo_warmup: 3,
 };
 export const DPO_TOKENS = WORK.pairs * 2 * (WORK.prompt_len + WORK.completion_len);
 export const GEN_TOKENS = WORK.gen_batch * WORK.gen_tokens;
@@ -122,17 +124,23 @@ export interface TimedOptions {
   budget?: number;
   /** Calls to time at least. Default 2. */
   minIters?: number;
+  /**
+   * Untimed calls first. Default 1. A DPO step takes 3: the first steps grow the allocator's pools (the wasm
+   * heap here, PyTorch's allocator there), which a long run pays once.
+   */
+  warmup?: number;
 }
 
-/** Mean seconds per call after one warm-up call, or why not: the warm-up took longer than `budget` seconds. */
+/** Mean seconds per call after the warm-up calls, or why not: the first call took longer than `budget` seconds. */
 export async function timed(
   fn: () => Promise<void>,
-  { seconds, budget = Infinity, minIters = 2 }: TimedOptions,
+  { seconds, budget = Infinity, minIters = 2, warmup = 1 }: TimedOptions,
 ): Promise<{ seconds: number } | { skipped: string }> {
   const warm = performance.now();
   await fn();
   const warmS = (performance.now() - warm) / 1000;
   if (warmS > budget) return { skipped: `first call took ${warmS.toFixed(0)} s (> --budget ${budget})` };
+  for (let i = 1; i < warmup; i++) await fn();
   let n = 0;
   const start = performance.now();
   while (n < minIters || (performance.now() - start) / 1000 < seconds) {

@@ -134,7 +134,7 @@ async function worker(sizeName: string, variant: Variant, seconds: number, budge
       const m = await trainer.trainStep(pairs, 1000);
       if (!Number.isFinite(m.loss)) throw new Error(`Cannot benchmark: step ${m.step} has loss ${m.loss}`);
     },
-    { seconds, budget },
+    { seconds, budget, warmup: WORK.dpo_warmup },
   );
   if ("skipped" in dpo) {
     // Too slow for the DPO step: the rest would be too slow as well.
@@ -283,7 +283,7 @@ async function main(): Promise<void> {
       ` = ${DPO_TOKENS} tokens, reference log-probs cached, sigmoid, AdamW, clipping at 1;` +
       ` reference scoring = the same ${DPO_TOKENS} tokens, forward only; generation = batch ${WORK.gen_batch} and batch 1 (b1),` +
       ` ${WORK.gen_prompt_len}-token prompts, ${WORK.gen_tokens} new tokens, greedy, KV cache.` +
-      ` Mean over >= ${seconds} s after a warm-up.`,
+      ` Mean over >= ${seconds} s after a warm-up (${WORK.dpo_warmup} DPO steps, one call otherwise).`,
   );
   const timeout = Math.max(60, 3 * budget + 10 * seconds);
   const notes: string[] = [];

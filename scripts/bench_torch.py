@@ -70,8 +70,9 @@ def completion_logp(model, ids, n_prompt):
     return logits.log_softmax(-1).gather(-1, ids[:, n_prompt:].unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def timed(fn, min_seconds, min_iters=2):
-    fn()  # warm-up
+def timed(fn, min_seconds, min_iters=2, warmup=1):
+    for _ in range(warmup):
+        fn()
     n, start = 0, time.perf_counter()
     while n < min_iters or time.perf_counter() - start < min_seconds:
         fn()
@@ -127,7 +128,7 @@ def main():
         phases["update_s"] += t3 - t2
         phases["n"] = phases.get("n", 0) + 1
 
-    out["dpo_step_s"] = timed(step, c["min_seconds"])
+    out["dpo_step_s"] = timed(step, c["min_seconds"], warmup=c["dpo_warmup"])
     n = phases.pop("n")
     out["dpo_phases"] = {k: v / n for k, v in phases.items()}
     del opt
