@@ -1,8 +1,8 @@
 /**
  * Matmul throughput on the TF.js wasm backend, with and without native OpenBLAS matmul (square products,
- * GPT-2 small's shapes and small ones; GFLOP/s and the speedup), a decoding step's products for 1-8 rows with sgemm
- * and with one sgemv a row, and the time of a DPO-like training step of a small MLP with each. Exits 1 when OpenBLAS
- * cannot be loaded.
+ * GPT-2 small's shapes and small ones; GFLOP/s and the speedup), a decoding step's products for 1-16 rows run each
+ * way `enableNativeMatmul` can (`decodeRows`), and the time of a DPO-like training step of a small MLP with and
+ * without OpenBLAS. Exits 1 when OpenBLAS cannot be loaded.
  *
  *   deno task bench:matmul [--quick]
  *
@@ -51,8 +51,8 @@ function matmulGflops(c: MatmulCase): number {
 }
 
 /** Enables native matmul for the whole process, or exits with the reason. */
-function enable(minWork?: number, gemvRows?: number): void {
-  const status = enableNativeMatmul({ minWork, gemvRows });
+function enable(minWork?: number, gemvRows?: number, fewRows?: number): void {
+  const status = enableNativeMatmul({ minWork, gemvRows, fewRows });
   if (!status.enabled) {
     console.error(status.reason);
     Deno.exit(1);
@@ -77,8 +77,9 @@ function compare(cases: MatmulCase[], minWork?: number): void {
 
 /**
  * The products of one decoding step of gpt2-8x512 (8 blocks of 4 products, then the LM head over 50,257 tokens;
- * 206 MB of weights, more than the caches) for a few rows, with sgemm (gemvRows 0) and with one sgemv a row
- * (gemvRows 8): milliseconds a step.
+ * 206 MB of weights, more than the caches) for a few rows, in milliseconds a step: with sgemm on the threads
+ * its work asks for (gemvRows 0, fewRows 0), with one sgemv a row (gemvRows 16), with the blocks' products on
+ * one thread (fewRows 16: the LM head's weights are over FEW_ROWS_WEIGHTS and keep both), and with the defaults.
  */
 function decodeRows(): void {
   const [C, F, V] = [512, 2048, 50257];
@@ -91,19 +92,21 @@ function decodeRows(): void {
       for (const w of weights) tf.matMul(tf.slice(x, [0, 0], [-1, w.shape[0]!]), w);
       tf.matMul(tf.slice(x, [0, 0], [-1, C]), head, false, true);
     });
-  const rows = (QUICK ? [1, 4, 8] : [1, 2, 3, 4, 8]).map((m) => {
+  const variants: [string, number | undefined, number | undefined][] = [
+    ["sgemm ms", 0, 0],
+    ["sgemv a row ms", 16, 0],
+    ["sgemm, blocks on 1 thread ms", 0, 16],
+    ["default ms", undefined, undefined],
+  ];
+  const rows = (QUICK ? [1, 4, 8, 12] : [1, 2, 4, 6, 8, 12, 16]).map((m) => {
     const x = tf.randomUniform([m, F], -1, 1);
-    enable(undefined, 0);
-    const gemm = timeIt(step(x));
-    enable(undefined, 8);
-    const gemv = timeIt(step(x));
+    const row: Record<string, string | number> = { rows: m };
+    for (const [name, gemvRows, fewRows] of variants) {
+      enable(undefined, gemvRows, fewRows);
+      row[name] = (timeIt(step(x)) * 1000).toFixed(2);
+    }
     tf.dispose(x);
-    return {
-      rows: m,
-      "sgemm ms": (gemm * 1000).toFixed(2),
-      "sgemv a row ms": (gemv * 1000).toFixed(2),
-      speedup: (gemm / gemv).toFixed(2),
-    };
+    return row;
   });
   enable();
   tf.dispose([...weights, head]);
@@ -188,7 +191,7 @@ async function main(): Promise<void> {
   ], 0);
   enable(); // back to the default threshold
 
-  console.log("\nA decoding step's products (gpt2-8x512, weights beyond the caches): sgemm or one sgemv a row");
+  console.log("\nA decoding step's products (gpt2-8x512, weights beyond the caches), by rows and how they run");
   decodeRows();
 
   const sizes: MlpSizes = { pairs: 4, tokens: 64, embed: 256, hidden: 1024, vocab: 4096 };

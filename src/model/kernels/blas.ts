@@ -28,6 +28,11 @@ export interface NativeMatmulOptions {
   minWork?: number;
   /** Products with at most this many rows run as one sgemv a row; default GEMV_ROWS (4), 0 never. */
   gemvRows?: number;
+  /**
+   * sgemm products with 8 to this many rows over a weight matrix of at most FEW_ROWS_WEIGHTS floats run on one
+   * thread; default FEW_ROWS (12), 0 never.
+   */
+  fewRows?: number;
 }
 
 /** Outcome of `enableNativeMatmul`; `reason` says which library was loaded, or why none was. */
@@ -112,6 +117,7 @@ let loaded: { library: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | und
 let state: State | undefined;
 let minWork = DEFAULT_MIN_WORK;
 let gemvRows = 0;
+let fewRows = 0;
 let threadCount = 1;
 
 /**
@@ -120,7 +126,7 @@ let threadCount = 1;
  * when other processes hold the cores: a decoding step at the tiny size (products of 8 x 128 x 512 and
  * smaller) took 2.6-3.0 ms with them on two threads and 1.5-1.7 ms on one, on 2 cores at load 6. Larger
  * products keep both threads, even with few rows: gpt2-8x512 generated 253-267 tokens/s with its 8-row
- * products on two threads and 156-158 on one, at load 2.
+ * products on two threads and 156-158 on one, at load 2 (the LM head's; for the blocks' see FEW_ROWS).
  */
 const SINGLE_THREAD_WORK = 4_000_000;
 
@@ -130,6 +136,18 @@ const SINGLE_THREAD_WORK = 4_000_000;
  * 20.4 and 26.8, and 37.9 ms against 28.7 for 8 rows (`deno task bench:matmul`).
  */
 const GEMV_ROWS = 4;
+
+/**
+ * sgemm products of FEW_ROWS_FROM to `fewRows` (default FEW_ROWS) rows over a weight matrix (k x n) of at most
+ * FEW_ROWS_WEIGHTS floats run on one thread whatever their work: OpenBLAS's split of such a product across its
+ * threads costs more than it saves. `deno task bench:matmul`'s decoding table (gpt2-8x512's 32 block products
+ * and LM head a step, from memory), sgemm on two threads against the blocks on one: 8 rows 25.7 against 24.2 ms,
+ * 12 rows 38.7 against 32.0, but 6 rows 23.9 against 25.4 and 16 rows 20.1 against 26.0. The LM head (50,257 x
+ * 512, 26M floats) keeps both threads: alone at 5-10 rows it took about 12 ms on two against 15 on one.
+ */
+const FEW_ROWS_FROM = 8;
+const FEW_ROWS = 12;
+const FEW_ROWS_WEIGHTS = 4 * 1024 * 1024;
 
 /** Routes wasm-backend matmuls to OpenBLAS; idempotent, never throws, reports why it could not. */
 export function enableNativeMatmul(options: NativeMatmulOptions = {}): NativeMatmulStatus {
@@ -179,12 +197,14 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
       reason: `Cannot enable native matmul as 'minWork' must be >= 0: current value is ${work}`,
     };
   }
-  const rows = options.gemvRows ?? GEMV_ROWS;
-  if (!Number.isInteger(rows) || rows < 0) {
-    return {
-      enabled: false,
-      reason: `Cannot enable native matmul as 'gemvRows' must be an integer >= 0: current value is ${rows}`,
-    };
+  const rows = { gemvRows: options.gemvRows ?? GEMV_ROWS, fewRows: options.fewRows ?? FEW_ROWS };
+  for (const [name, value] of Object.entries(rows)) {
+    if (!Number.isInteger(value) || value < 0) {
+      return {
+        enabled: false,
+        reason: `Cannot enable native matmul as '${name}' must be an integer >= 0: current value is ${value}`,
+      };
+    }
   }
   const threads = options.threads ?? navigator.hardwareConcurrency;
   if (!Number.isInteger(threads) || threads < 1) {
@@ -224,7 +244,8 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
     }
   }
   minWork = work;
-  gemvRows = rows;
+  gemvRows = rows.gemvRows;
+  fewRows = rows.fewRows;
   const blas = loaded.library.symbols;
   blas.openblas_set_num_threads?.(threads);
   const actualThreads = blas.openblas_get_num_threads?.() ?? 1;
@@ -420,7 +441,9 @@ function runGemm(
   };
   // One call for the common [B, T, C] x [C, N]: rows of a non-transposed A stack into one matrix.
   const stacked = p.aIndex === null && p.bCount === 1 && !transposeA;
-  const single = threadCount > 1 && (stacked ? p.batch * m : m) * n * k < SINGLE_THREAD_WORK;
+  const allRows = stacked ? p.batch * m : m;
+  const few = allRows > gemvRows && allRows >= FEW_ROWS_FROM && allRows <= fewRows && n * k <= FEW_ROWS_WEIGHTS;
+  const single = threadCount > 1 && (allRows * n * k < SINGLE_THREAD_WORK || few);
   if (single) blas.openblas_set_num_threads?.(1);
   try {
     if (stacked) {

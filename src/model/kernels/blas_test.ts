@@ -130,11 +130,13 @@ Deno.test("enableNativeMatmul loads OpenBLAS and replaces the wasm kernels", () 
   assert.ok(again.enabled && again.reason.startsWith("already enabled"), again.reason);
 });
 
-Deno.test("enableNativeMatmul refuses a gemvRows that is not a whole number >= 0, and says so", () => {
-  for (const gemvRows of [-1, 1.5, Number.NaN]) {
-    const status = enableNativeMatmul({ gemvRows });
-    assert.equal(status.enabled, false);
-    assert.match(status.reason, /'gemvRows' must be an integer >= 0: current value is/);
+Deno.test("enableNativeMatmul refuses a gemvRows or fewRows that is not a whole number >= 0, and says so", () => {
+  for (const name of ["gemvRows", "fewRows"]) {
+    for (const value of [-1, 1.5, Number.NaN]) {
+      const status = enableNativeMatmul({ [name]: value });
+      assert.equal(status.enabled, false);
+      assert.match(status.reason, new RegExp(`'${name}' must be an integer >= 0: current value is ${value}`));
+    }
   }
 });
 
