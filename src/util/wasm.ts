@@ -70,6 +70,8 @@ export const op = {
   i32Const: (n: number) => [0x41, ...sleb(n)],
   f64Const0: [0x44, 0, 0, 0, 0, 0, 0, 0, 0],
   i32Add: [0x6a],
+  i32Sub: [0x6b],
+  i32Mul: [0x6c],
   i32Shl: [0x74],
   i32GeU: [0x4f],
   /** A block or loop with no result. */
@@ -111,6 +113,7 @@ export const op = {
   f32Mul: [0x94],
   f32Div: [0x95],
   f32Max: [0x97],
+  f32Ne: [0x5c],
   f32x4ExtractLane: (lane: number) => [...simd(0x1f), lane],
   f32x4Ge: simd(0x46),
   v128Or: simd(0x50),

@@ -8,10 +8,13 @@
  */
 import * as tf from "../tf.ts";
 import { type Gemv, nativeGemv } from "./blas.ts";
+import { heapAttendHead } from "./_train_kernels.ts";
+import type { WasmHeapBackend } from "./heap.ts";
 
 interface WasmBackendLike {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   typedArrayFromHeap(info: tf.TensorInfo): Float32Array | Int32Array;
+  disposeData(dataId: tf.DataId): boolean;
 }
 
 interface KernelArgs {
@@ -118,7 +121,12 @@ function attentionKernel({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo[
     ks.set(pk.subarray(head * P * D, (head + 1) * P * D), head * S * D);
     vs.set(pv.subarray(head * P * D, (head + 1) * P * D), head * S * D);
   }
-  attend(wasm, { qkv: qkv!, bias: bias!, merged }, { ks, vs, heads: H, capacity: S, past: P }, attrs!.scale as number);
+  attend(
+    wasm,
+    { qkv: qkv!, bias: bias!, merged, k: kOut, v: vOut },
+    { heads: H, capacity: S, past: P },
+    attrs!.scale as number,
+  );
   return [merged, kOut, vOut];
 }
 
@@ -136,64 +144,94 @@ function attentionInPlaceKernel({ inputs, attrs, backend }: KernelArgs): tf.Tens
     throw new Error(`Cannot decode in place as the cache holds ${capacity} keys: current length is ${past}`);
   }
   const merged = wasm.makeOutput([1, B, H * D], "float32");
-  const ks = wasm.typedArrayFromHeap(cacheK!) as Float32Array;
-  const vs = wasm.typedArrayFromHeap(cacheV!) as Float32Array;
-  attend(wasm, { qkv: qkv!, bias: bias!, merged }, { ks, vs, heads: H, capacity, past }, attrs!.scale as number);
+  attend(
+    wasm,
+    { qkv: qkv!, bias: bias!, merged, k: cacheK!, v: cacheV! },
+    { heads: H, capacity, past },
+    attrs!.scale as number,
+  );
   return merged;
 }
 
-/** Where `attend` reads and writes keys and values: [B, H, capacity, D], the first `past` positions filled. */
+/** The shape of `attend`'s keys and values [B, H, capacity, D]: the first `past` positions filled. */
 interface HeadCache {
-  ks: Float32Array;
-  vs: Float32Array;
   heads: number;
   capacity: number;
   past: number;
 }
 
 /**
- * Writes each row's new key and value at position `past` of the cache and its attention over positions
- * 0..past into `merged` [1, B, H * D]. Each head's two products are matrix-vector products: OpenBLAS's sgemv
- * when native matmul is on (3-4x faster than JavaScript loops here), else loops.
+ * Writes each row's new key and value at position `past` of the cache (t.k and t.v) and its attention over
+ * positions 0..past into `merged` [1, B, H * D]. Each head runs as one WebAssembly SIMD call (`heapAttendHead`:
+ * at gpt2-8x512 a head's two products are 2 x 80 x 64 multiply-adds, less than an sgemv call's own cost), or
+ * where those kernels are missing as two matrix-vector products: OpenBLAS's sgemv when native matmul is on,
+ * else loops.
  */
 function attend(
   wasm: WasmBackendLike,
-  t: { qkv: tf.TensorInfo; bias: tf.TensorInfo; merged: tf.TensorInfo },
+  t: { qkv: tf.TensorInfo; bias: tf.TensorInfo; merged: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo },
   cache: HeadCache,
   scale: number,
 ): void {
-  const { ks, vs, heads: H, capacity, past: P } = cache;
+  const { heads: H, capacity, past: P } = cache;
   const [, B, C] = t.merged.shape as [number, number, number];
   const D = C / H;
   const S = P + 1;
-  const m = wasm.typedArrayFromHeap(t.merged) as Float32Array;
-  const x = wasm.typedArrayFromHeap(t.qkv) as Float32Array;
-  const mask = wasm.typedArrayFromHeap(t.bias);
-  const gemv = nativeGemv() ?? jsGemv;
-  const probs = new Float32Array(S);
-  for (let b = 0; b < B; b++) {
-    const row = b * 3 * C;
-    for (let h = 0; h < H; h++) {
-      const head = (b * H + h) * capacity * D;
-      ks.set(x.subarray(row + C + h * D, row + C + (h + 1) * D), head + P * D);
-      vs.set(x.subarray(row + 2 * C + h * D, row + 2 * C + (h + 1) * D), head + P * D);
-      const keys = ks.subarray(head, head + S * D); // [S, D]
-      gemv(false, S, D, scale, keys, x.subarray(row + h * D, row + (h + 1) * D), 0, probs); // scores [S]
-      let max = -Infinity;
-      for (let s = 0; s < S; s++) {
-        const score = probs[s]! + mask[b * S + s]!;
-        probs[s] = score;
-        if (score > max) max = score;
+  const attendHead = heapAttendHead(wasm as unknown as WasmHeapBackend);
+  // The softmax's scratch on the heap, made before the views: allocation may grow and detach the heap.
+  const scratch = attendHead ? wasm.makeOutput([S], "float32") : undefined;
+  try {
+    const ks = wasm.typedArrayFromHeap(t.k) as Float32Array;
+    const vs = wasm.typedArrayFromHeap(t.v) as Float32Array;
+    const m = wasm.typedArrayFromHeap(t.merged) as Float32Array;
+    const x = wasm.typedArrayFromHeap(t.qkv) as Float32Array;
+    const mask = wasm.typedArrayFromHeap(t.bias) as Float32Array;
+    const probs = scratch ? wasm.typedArrayFromHeap(scratch) as Float32Array : new Float32Array(S);
+    const gemv = nativeGemv() ?? jsGemv;
+    for (let b = 0; b < B; b++) {
+      const row = b * 3 * C;
+      for (let h = 0; h < H; h++) {
+        const head = (b * H + h) * capacity * D;
+        if (attendHead) {
+          const at = (view: Float32Array, index: number) => view.byteOffset + 4 * index;
+          const [q, k, v] = [at(x, row + h * D), at(x, row + C + h * D), at(x, row + 2 * C + h * D)];
+          attendHead(
+            q,
+            k,
+            v,
+            at(ks, head),
+            at(vs, head),
+            at(mask, b * S),
+            at(m, b * C + h * D),
+            probs.byteOffset,
+            S,
+            D,
+            scale,
+          );
+          continue;
+        }
+        ks.set(x.subarray(row + C + h * D, row + C + (h + 1) * D), head + P * D);
+        vs.set(x.subarray(row + 2 * C + h * D, row + 2 * C + (h + 1) * D), head + P * D);
+        const keys = ks.subarray(head, head + S * D); // [S, D]
+        gemv(false, S, D, scale, keys, x.subarray(row + h * D, row + (h + 1) * D), 0, probs); // scores [S]
+        let max = -Infinity;
+        for (let s = 0; s < S; s++) {
+          const score = probs[s]! + mask[b * S + s]!;
+          probs[s] = score;
+          if (score > max) max = score;
+        }
+        let total = 0;
+        for (let s = 0; s < S; s++) {
+          const e = fastExp(probs[s]! - max);
+          probs[s] = e;
+          total += e;
+        }
+        const values = vs.subarray(head, head + S * D); // [S, D]
+        gemv(true, S, D, 1 / total, values, probs, 0, m.subarray(b * C + h * D, b * C + (h + 1) * D)); // [D]
       }
-      let total = 0;
-      for (let s = 0; s < S; s++) {
-        const e = fastExp(probs[s]! - max);
-        probs[s] = e;
-        total += e;
-      }
-      const values = vs.subarray(head, head + S * D); // [S, D]
-      gemv(true, S, D, 1 / total, values, probs, 0, m.subarray(b * C + h * D, b * C + (h + 1) * D)); // [D]
     }
+  } finally {
+    if (scratch) wasm.disposeData(scratch.dataId);
   }
 }
 

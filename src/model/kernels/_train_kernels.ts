@@ -807,6 +807,142 @@ function sigmoidGateGradBody(): number[] {
   ];
 }
 
+/**
+ * attendHead(q, kNew, vNew, k, v, mask, out, probs, S, D, scale), byte offsets: one new token's attention in one
+ * head. Its key and value (D floats at kNew and vNew) are copied to row S − 1 of the keys and values [S, D] (rows
+ * D floats apart); then with the additive mask [S], probs = softmax(k q · scale + mask) [S] (a scratch) and
+ * out = probs v [D]. For decoding, where a head's products are too small for an sgemv call to pay (FFI and
+ * typed-array views cost more than their 2·S·D multiply-adds).
+ */
+function attendHeadBody(): number[] {
+  const [q, kNew, vNew, k, v, mask, out, probs, S, D, scale] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+  const [s, d, db, d4, sb, s4, row] = [11, 12, 13, 14, 15, 16, 17];
+  const [mx, sum, dot] = [18, 19, 20];
+  const [acc, mxV, t, e] = [21, 22, 23, 24];
+  const l = expLocals(25);
+  const lastRow = (
+    base: number,
+  ) => [...get(base), ...get(S), ...op.i32Const(1), ...op.i32Sub, ...get(db), ...op.i32Mul, ...op.i32Add];
+  // e = e^(score − max), or 0 below the floor, from the scores on the stack.
+  const term = [
+    ...get(mxV),
+    ...op.f32x4Sub,
+    ...tee(t),
+    ...get(l.floor),
+    ...op.f32x4Pmax,
+    ...expV(l),
+    ...zeros,
+    ...get(t),
+    ...get(l.floor),
+    ...op.f32x4Ge,
+    ...op.v128Bitselect,
+    ...set(e),
+  ];
+  return [
+    ...expConstants(l),
+    ...rowBytes(D, db, d4),
+    ...rowBytes(S, sb, s4),
+    // The new key and value.
+    ...lastRow(k),
+    ...get(kNew),
+    ...get(db),
+    ...op.memoryCopy,
+    ...lastRow(v),
+    ...get(vNew),
+    ...get(db),
+    ...op.memoryCopy,
+    // Scores, and their max.
+    ...op.f32Const(-Infinity),
+    ...set(mx),
+    ...get(k),
+    ...set(row),
+    ...op.i32Const(0),
+    ...set(s),
+    ...loopTo(s, sb, 4, [
+      ...zeros,
+      ...set(acc),
+      ...op.i32Const(0),
+      ...set(d),
+      ...loopTo(d, d4, 16, [...get(acc), ...vec(q, d), ...vec(row, d), ...op.f32x4Mul, ...op.f32x4Add, ...set(acc)]),
+      ...lanes(acc),
+      ...set(dot),
+      ...loopTo(d, db, 4, [...get(dot), ...one(q, d), ...one(row, d), ...op.f32Mul, ...op.f32Add, ...set(dot)]),
+      ...storeOne(probs, s, [...get(dot), ...get(scale), ...op.f32Mul, ...one(mask, s), ...op.f32Add, ...tee(dot)]),
+      ...get(mx),
+      ...get(dot),
+      ...op.f32Max,
+      ...set(mx),
+      ...advance(row, get(db)),
+    ]),
+    ...splat(get(mx), mxV),
+    // e^(score − max) and their sum.
+    ...zeros,
+    ...set(acc),
+    ...op.i32Const(0),
+    ...set(s),
+    ...loopTo(s, s4, 16, [
+      ...vec(probs, s),
+      ...term,
+      ...storeVec(probs, s, get(e)),
+      ...get(acc),
+      ...get(e),
+      ...op.f32x4Add,
+      ...set(acc),
+    ]),
+    ...lanes(acc),
+    ...set(sum),
+    ...loopTo(s, sb, 4, [
+      ...one(probs, s),
+      ...op.f32x4Splat,
+      ...term,
+      ...storeOne(probs, s, [...get(e), ...op.f32x4ExtractLane(0)]),
+      ...get(sum),
+      ...get(e),
+      ...op.f32x4ExtractLane(0),
+      ...op.f32Add,
+      ...set(sum),
+    ]),
+    // out = Σ e · v, then times 1 / sum.
+    ...op.i32Const(0),
+    ...set(d),
+    ...loopTo(d, d4, 16, storeVec(out, d, zeros)),
+    ...loopTo(d, db, 4, storeOne(out, d, op.f32Const(0))),
+    ...get(v),
+    ...set(row),
+    ...op.i32Const(0),
+    ...set(s),
+    ...loopTo(s, sb, 4, [
+      ...one(probs, s),
+      ...tee(dot),
+      ...op.f32Const(0),
+      ...op.f32Ne,
+      ...op.if,
+      ...splat(get(dot), e),
+      ...op.i32Const(0),
+      ...set(d),
+      ...loopTo(
+        d,
+        d4,
+        16,
+        storeVec(out, d, [...vec(out, d), ...get(e), ...vec(row, d), ...op.f32x4Mul, ...op.f32x4Add]),
+      ),
+      ...loopTo(d, db, 4, storeOne(out, d, [...one(out, d), ...get(dot), ...one(row, d), ...op.f32Mul, ...op.f32Add])),
+      ...op.end,
+      ...advance(row, get(db)),
+    ]),
+    ...op.f32Const(1),
+    ...get(sum),
+    ...op.f32Div,
+    ...tee(sum),
+    ...op.f32x4Splat,
+    ...set(acc),
+    ...op.i32Const(0),
+    ...set(d),
+    ...loopTo(d, d4, 16, storeVec(out, d, [...vec(out, d), ...get(acc), ...op.f32x4Mul])),
+    ...loopTo(d, db, 4, storeOne(out, d, [...one(out, d), ...get(sum), ...op.f32Mul])),
+  ];
+}
+
 /** copyRuns(src, srcStride, dst, dstStride, runs, bytes), byte offsets and strides: `runs` copies of `bytes` bytes. */
 function copyRunsBody(): number[] {
   const [src, srcStride, dst, dstStride, runs, bytes] = [0, 1, 2, 3, 4, 5];
@@ -855,6 +991,13 @@ const kernelModule = compiledOnce(() =>
       body: softmaxScaledBody(),
     },
     {
+      name: "attendHead",
+      params: [...Array(10).fill(I32), F32],
+      results: [],
+      locals: [...Array(7).fill(I32), F32, F32, F32, ...Array(4 + 9 + EXP_P.length).fill(V128)],
+      body: attendHeadBody(),
+    },
+    {
       name: "copyRuns",
       params: [I32, I32, I32, I32, I32, I32],
       results: [],
@@ -895,6 +1038,7 @@ interface Kernels {
   attentionSoftmax(...args: number[]): void;
   attentionSoftmaxGrad(...args: number[]): void;
   copyRuns(...args: number[]): void;
+  attendHead(...args: number[]): void;
 }
 
 let instance: { backend: WasmBackendInternals; kernels: Kernels } | undefined;
@@ -1242,4 +1386,14 @@ export function fusedAttentionSoftmax(scores: tf.Tensor4D, bias: tf.Tensor4D, sc
 /** The scores' gradient of `fusedAttentionSoftmax` from its probabilities and theirs, one kernel. */
 export function fusedAttentionSoftmaxBackward(probs: tf.Tensor4D, dProbs: tf.Tensor4D, scale: number): tf.Tensor4D {
   return tf.engine().runKernel(ATTENTION_SOFTMAX_GRAD, { probs, dProbs }, { scale }) as tf.Tensor4D;
+}
+
+/**
+ * The decoding kernels' attention of one head on this backend's heap: attendHead(q, kNew, vNew, k, v, mask, out,
+ * probs, S, D, scale) as `attendHeadBody` says, byte offsets, probs a scratch of S floats. Undefined where the
+ * kernels are not registered (no SIMD).
+ */
+export function heapAttendHead(backend: WasmHeapBackend): ((...args: number[]) => void) | undefined {
+  if (tf.getKernel(LAYER_NORM, "wasm") === undefined) return undefined;
+  return kernelsOf(backend as WasmBackendInternals).attendHead;
 }
