@@ -143,7 +143,7 @@ const GEMV_ROWS = 4;
  * threads costs more than it saves. `deno task bench:matmul`'s decoding table (gpt2-8x512's 32 block products
  * and LM head a step, from memory), sgemm on two threads against the blocks on one: 8 rows 25.7 against 24.2 ms,
  * 12 rows 38.7 against 32.0, but 6 rows 23.9 against 25.4 and 16 rows 20.1 against 26.0. The LM head (50,257 x
- * 512, 26M floats) keeps both threads: alone at 5-10 rows it took about 12 ms on two against 15 on one.
+ * 512, 26M floats) keeps both threads, as SINGLE_THREAD_WORK says.
  */
 const FEW_ROWS_FROM = 8;
 const FEW_ROWS = 12;
