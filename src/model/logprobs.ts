@@ -79,9 +79,9 @@ export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): 
 
 /**
  * Per-row sums over the scored tokens: log-probs [B], and with `withLogitSums` the raw logits summed over
- * the vocabulary (TRL's `logits/*` metrics divide them by tokens × vocab). The LM
- * head runs only on the positions that predict scored tokens, not on the prompt. Synchronous; call in
- * `tf.tidy` or a gradient closure.
+ * the vocabulary (TRL's `logits/*` metrics divide them by tokens × vocab). The LM head runs only on the
+ * positions that predict scored tokens, not on the prompt. Synchronous; call in `tf.tidy` or a gradient
+ * closure.
  */
 export function scoreRows(model: CausalLM, batch: ScoringBatch): { logps: tf.Tensor1D };
 export function scoreRows(

@@ -2,7 +2,8 @@
  * Kernels for one decoding step on the wasm backend. A step feeds one token per row, so its tensors are
  * small and TF.js's per-op dispatch costs more than their arithmetic: composed from TF.js ops a GPT-2 block
  * is about 65 ops, with these it is about 15 (LayerNorm and attention one kernel each, the keys and values
- * written in place). They run in JavaScript on the wasm heap, as `_kernels.ts` does, and have no gradient:
+ * written in place). They run in JavaScript on the wasm heap, as `_kernels.ts` does (attention's per-head work in
+ * `_train_kernels.ts`'s WebAssembly SIMD), and have no gradient:
  * generation only. The activation is not here: a JavaScript loop over the MLP's width lost to TF.js's vectorized
  * kernels (1.3 ms a step against 0.2 at gpt2-8x512); it runs as `_train_kernels.ts`'s SIMD kernel.
  */
@@ -188,12 +189,12 @@ function attend(
     const mask = wasm.typedArrayFromHeap(t.bias) as Float32Array;
     const probs = scratch ? wasm.typedArrayFromHeap(scratch) as Float32Array : new Float32Array(S);
     const gemv = nativeGemv() ?? jsGemv;
+    const at = (view: Float32Array, index: number) => view.byteOffset + 4 * index;
     for (let b = 0; b < B; b++) {
       const row = b * 3 * C;
       for (let h = 0; h < H; h++) {
         const head = (b * H + h) * capacity * D;
         if (attendHead) {
-          const at = (view: Float32Array, index: number) => view.byteOffset + 4 * index;
           const [q, k, v] = [at(x, row + h * D), at(x, row + C + h * D), at(x, row + 2 * C + h * D)];
           attendHead(
             q,

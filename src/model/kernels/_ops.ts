@@ -60,7 +60,10 @@ export function toHeads(rows: tf.Tensor2D, B: number, T: number, H: number): tf.
   return (trainKernelsApply() ? fusedSplitHeads(rows, B, T, H, 1) : composedSplitHeads(rows, B, T, H, 1))[0]!;
 }
 
-/** Rows [B*T, P·C] of P parts side by side as each part's heads, as TF.js ops: off wasm, under TF.js's tape, and the reference for the wasm kernel. */
+/**
+ * Rows [B*T, P·C] of P parts side by side as each part's heads [B, H, T, D], as TF.js ops: off wasm, under TF.js's
+ * tape, and the reference for the wasm kernel.
+ */
 export function composedSplitHeads(rows: tf.Tensor2D, B: number, T: number, H: number, P: number): tf.Tensor4D[] {
   const D = rows.shape[1] / P / H;
   return tf.split(rows, P, 1).map((t) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]) as tf.Tensor4D);

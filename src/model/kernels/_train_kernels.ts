@@ -5,11 +5,11 @@
  * these make one pass (LayerNorm: three over each row, which stays in cache) in WebAssembly SIMD on TF.js's
  * heap, four lanes at a time in float32 as the composed ops compute. At gpt2-8x512's [1024, 512] and
  * [1024, 2048] here: LayerNorm 1.6 -> 0.36 ms forward, 2.5 -> 0.39 backward; GELU 6.8 -> 2.8 and 8.3 -> 1.1
- * (a JavaScript loop with Math.exp took 38 ms for the GELU's forward). Log softmax at the targets is one kernel
- * each way with the same vectorized exp, and attention's split of q, k and v into heads and its inverse are one
- * copy kernel each. They have no gradient of their own:
- * `_ops.ts` pairs forward and backward in `customOp`s. On the wasm backend only, off TF.js's tape
- * (`trainKernelsApply`); elsewhere the composed ops run.
+ * (a JavaScript loop with Math.exp took 38 ms for the GELU's forward). Log softmax at the targets and attention's
+ * masked softmax are one kernel each way with the same vectorized exp, and attention's split of q, k and v into
+ * heads and its inverse are one copy kernel each. They have no gradient of their own: `_ops.ts` pairs forward and
+ * backward in `customOp`s. On the wasm backend only, off TF.js's tape (`trainKernelsApply`); elsewhere the composed
+ * ops run. The decoding kernels' attention of one head (`heapAttendHead`) lives here too, for the same exp.
  */
 import * as tf from "../tf.ts";
 import { compiledOnce, F32, I32, loopTo, op, V128, wasmModule } from "../../util/wasm.ts";
