@@ -592,21 +592,13 @@ function softmaxScaledBody(): number[] {
 }
 
 /**
- * attentionSoftmax(x, bias, y, rows, S, scale), byte offsets of rows [rows, S] of x, y and bias (one bias row per
- * row): z = x · scale + bias, y = e^(z − max z) · (1 / Σ e^(z − max z)) per row. A term whose exponent is below −87 (a
- * masked key: the bias is −1e9) is exactly 0, as e^−1e9 is in float32.
+ * e = e^(z − max) for the four lanes of z on the stack, or 0 where z − max is below the floor (e^−87: a masked
+ * key, whose bias is −1e9, gets exactly 0, as e^−1e9 is in float32); the exp is skipped where all four lanes are
+ * below it (a causal mask's upper triangle, half of the scores). mxV holds max; t and e are v128 locals.
  */
-function attentionSoftmaxBody(): number[] {
-  const [x, bias, y, rows, S, scale] = [0, 1, 2, 3, 4, 5];
-  const [c, sb, s4] = [6, 7, 8];
-  const [mx, sum] = [9, 10];
-  const [vmax, acc, mxV, scaleV, t, e] = [11, 12, 13, 14, 15, 16];
-  const l = expLocals(17);
-  const z = (value: number[]) => [...value, ...get(scaleV), ...op.f32x4Mul];
+function maskedExp(l: ExpLocals, mxV: number, t: number, e: number): number[] {
   const kept = [...get(t), ...get(l.floor), ...op.f32x4Ge];
-  // e = e^(z − max), or 0 below the floor, from z on the stack; the exp is skipped where all four lanes are
-  // masked (a causal mask's upper triangle, half of the scores).
-  const term = [
+  return [
     ...get(mxV),
     ...op.f32x4Sub,
     ...set(t),
@@ -626,6 +618,77 @@ function attentionSoftmaxBody(): number[] {
     ...set(e),
     ...op.end,
   ];
+}
+
+/**
+ * Replaces the n floats at `base` (nb = n · 4 bytes, n4 its SIMD part) by `maskedExp` of each and leaves their sum
+ * in the f32 local `sum` (four partial sums in lane order, then the tail). i is the byte index; acc a v128 local.
+ */
+function expInPlaceSum(
+  base: number,
+  [i, n4, nb]: [number, number, number],
+  [acc, sum]: [number, number],
+  exp: { l: ExpLocals; mxV: number; t: number; e: number },
+): number[] {
+  const term = maskedExp(exp.l, exp.mxV, exp.t, exp.e);
+  return [
+    ...zeros,
+    ...set(acc),
+    ...op.i32Const(0),
+    ...set(i),
+    ...loopTo(i, n4, 16, [
+      ...vec(base, i),
+      ...term,
+      ...storeVec(base, i, get(exp.e)),
+      ...get(acc),
+      ...get(exp.e),
+      ...op.f32x4Add,
+      ...set(acc),
+    ]),
+    ...lanes(acc),
+    ...set(sum),
+    ...loopTo(i, nb, 4, [
+      ...one(base, i),
+      ...op.f32x4Splat,
+      ...term,
+      ...storeOne(base, i, [...get(exp.e), ...op.f32x4ExtractLane(0)]),
+      ...get(sum),
+      ...get(exp.e),
+      ...op.f32x4ExtractLane(0),
+      ...op.f32Add,
+      ...set(sum),
+    ]),
+  ];
+}
+
+/** The n floats at `base` times 1 / sum (sum an f32 local, overwritten with 1 / sum; v a v128 local). */
+function timesReciprocal(base: number, [i, n4, nb]: [number, number, number], sum: number, v: number): number[] {
+  return [
+    ...op.f32Const(1),
+    ...get(sum),
+    ...op.f32Div,
+    ...tee(sum),
+    ...op.f32x4Splat,
+    ...set(v),
+    ...op.i32Const(0),
+    ...set(i),
+    ...loopTo(i, n4, 16, storeVec(base, i, [...vec(base, i), ...get(v), ...op.f32x4Mul])),
+    ...loopTo(i, nb, 4, storeOne(base, i, [...one(base, i), ...get(sum), ...op.f32Mul])),
+  ];
+}
+
+/**
+ * attentionSoftmax(x, bias, y, rows, S, scale), byte offsets of rows [rows, S] of x, y and bias (one bias row per
+ * row): z = x · scale + bias, y = e^(z − max z) · (1 / Σ e^(z − max z)) per row. A term whose exponent is below −87 (a
+ * masked key: the bias is −1e9) is exactly 0, as e^−1e9 is in float32.
+ */
+function attentionSoftmaxBody(): number[] {
+  const [x, bias, y, rows, S, scale] = [0, 1, 2, 3, 4, 5];
+  const [c, sb, s4] = [6, 7, 8];
+  const [mx, sum] = [9, 10];
+  const [vmax, acc, mxV, scaleV, t, e] = [11, 12, 13, 14, 15, 16];
+  const l = expLocals(17);
+  const z = (value: number[]) => [...value, ...get(scaleV), ...op.f32x4Mul];
   return [
     ...expConstants(l),
     ...splat(get(scale), scaleV),
@@ -662,44 +725,9 @@ function attentionSoftmaxBody(): number[] {
         ...set(mx),
       ]),
       ...splat(get(mx), mxV),
-      // e^(z − max) in y, and their sum.
-      ...zeros,
-      ...set(acc),
-      ...op.i32Const(0),
-      ...set(c),
-      ...loopTo(c, s4, 16, [
-        ...vec(y, c),
-        ...term,
-        ...storeVec(y, c, get(e)),
-        ...get(acc),
-        ...get(e),
-        ...op.f32x4Add,
-        ...set(acc),
-      ]),
-      ...lanes(acc),
-      ...set(sum),
-      ...loopTo(c, sb, 4, [
-        ...one(y, c),
-        ...op.f32x4Splat,
-        ...term,
-        ...storeOne(y, c, [...get(e), ...op.f32x4ExtractLane(0)]),
-        ...get(sum),
-        ...get(e),
-        ...op.f32x4ExtractLane(0),
-        ...op.f32Add,
-        ...set(sum),
-      ]),
-      // Times 1 / sum.
-      ...op.f32Const(1),
-      ...get(sum),
-      ...op.f32Div,
-      ...tee(sum),
-      ...op.f32x4Splat,
-      ...set(acc),
-      ...op.i32Const(0),
-      ...set(c),
-      ...loopTo(c, s4, 16, storeVec(y, c, [...vec(y, c), ...get(acc), ...op.f32x4Mul])),
-      ...loopTo(c, sb, 4, storeOne(y, c, [...one(y, c), ...get(sum), ...op.f32Mul])),
+      // e^(z − max) in y, and their sum; then times 1 / sum.
+      ...expInPlaceSum(y, [c, s4, sb], [acc, sum], { l, mxV, t, e }),
+      ...timesReciprocal(y, [c, s4, sb], sum, acc),
     ], [[x, get(sb)], [y, get(sb)], [bias, get(sb)]]),
   ];
 }
@@ -823,21 +851,6 @@ function attendHeadBody(): number[] {
   const lastRow = (
     base: number,
   ) => [...get(base), ...get(S), ...op.i32Const(1), ...op.i32Sub, ...get(db), ...op.i32Mul, ...op.i32Add];
-  // e = e^(score − max), or 0 below the floor, from the scores on the stack.
-  const term = [
-    ...get(mxV),
-    ...op.f32x4Sub,
-    ...tee(t),
-    ...get(l.floor),
-    ...op.f32x4Pmax,
-    ...expV(l),
-    ...zeros,
-    ...get(t),
-    ...get(l.floor),
-    ...op.f32x4Ge,
-    ...op.v128Bitselect,
-    ...set(e),
-  ];
   return [
     ...expConstants(l),
     ...rowBytes(D, db, d4),
@@ -876,32 +889,7 @@ function attendHeadBody(): number[] {
     ]),
     ...splat(get(mx), mxV),
     // e^(score − max) and their sum.
-    ...zeros,
-    ...set(acc),
-    ...op.i32Const(0),
-    ...set(s),
-    ...loopTo(s, s4, 16, [
-      ...vec(probs, s),
-      ...term,
-      ...storeVec(probs, s, get(e)),
-      ...get(acc),
-      ...get(e),
-      ...op.f32x4Add,
-      ...set(acc),
-    ]),
-    ...lanes(acc),
-    ...set(sum),
-    ...loopTo(s, sb, 4, [
-      ...one(probs, s),
-      ...op.f32x4Splat,
-      ...term,
-      ...storeOne(probs, s, [...get(e), ...op.f32x4ExtractLane(0)]),
-      ...get(sum),
-      ...get(e),
-      ...op.f32x4ExtractLane(0),
-      ...op.f32Add,
-      ...set(sum),
-    ]),
+    ...expInPlaceSum(probs, [s, s4, sb], [acc, sum], { l, mxV, t, e }),
     // out = Σ e · v, then times 1 / sum.
     ...op.i32Const(0),
     ...set(d),
@@ -930,16 +918,7 @@ function attendHeadBody(): number[] {
       ...op.end,
       ...advance(row, get(db)),
     ]),
-    ...op.f32Const(1),
-    ...get(sum),
-    ...op.f32Div,
-    ...tee(sum),
-    ...op.f32x4Splat,
-    ...set(acc),
-    ...op.i32Const(0),
-    ...set(d),
-    ...loopTo(d, d4, 16, storeVec(out, d, [...vec(out, d), ...get(acc), ...op.f32x4Mul])),
-    ...loopTo(d, db, 4, storeOne(out, d, [...one(out, d), ...get(sum), ...op.f32Mul])),
+    ...timesReciprocal(out, [d, d4, db], sum, acc),
   ];
 }
 
