@@ -10,7 +10,7 @@
  */
 import * as tf from "../src/model/tf.ts";
 import "@tensorflow/tfjs-backend-wasm";
-import { disableNativeMatmul, enableNativeMatmul } from "../src/model/kernels/blas.ts";
+import { disableNativeMatmul, enableNativeMatmul, nativeMatmulHelperStarted } from "../src/model/kernels/blas.ts";
 import { scriptArgs } from "./_args.ts";
 
 const QUICK = scriptArgs(import.meta.url, { quick: { type: "boolean" } }).values.quick === true;
@@ -51,8 +51,8 @@ function matmulGflops(c: MatmulCase): number {
 }
 
 /** Enables native matmul for the whole process, or exits with the reason. */
-function enable(minWork?: number, gemvRows?: number, fewRows?: number): void {
-  const status = enableNativeMatmul({ minWork, gemvRows, fewRows });
+function enable(minWork?: number, gemvRows?: number, fewRows?: number, splitRows?: number): void {
+  const status = enableNativeMatmul({ minWork, gemvRows, fewRows, splitRows });
   if (!status.enabled) {
     console.error(status.reason);
     Deno.exit(1);
@@ -78,10 +78,11 @@ function compare(cases: MatmulCase[], minWork?: number): void {
 /**
  * The products of one decoding step of gpt2-8x512 (8 blocks of 4 products, then the LM head over 50,257 tokens;
  * 206 MB of weights, more than the caches) for a few rows, in milliseconds a step: with sgemm on the threads
- * its work asks for (gemvRows 0, fewRows 0), with one sgemv a row (gemvRows 16), with the blocks' products on
- * one thread (fewRows 16: the LM head's weights are over FEW_ROWS_WEIGHTS and keep both), and with the defaults.
+ * its work asks for (gemvRows 0, fewRows 0, splitRows 0), with one sgemv a row (gemvRows 32), with the blocks'
+ * products on one thread (fewRows 32: the LM head's weights are over FEW_ROWS_WEIGHTS and keep both), with every
+ * product's columns split between this thread and the helper thread (splitRows 32), and with the defaults.
  */
-function decodeRows(): void {
+async function decodeRows(): Promise<void> {
   const [C, F, V] = [512, 2048, 50257];
   const weights = Array.from({ length: 8 }, () => [[C, 3 * C], [C, C], [C, F], [F, C]]).flat().map((shape) =>
     tf.randomUniform(shape, -0.1, 0.1)
@@ -92,17 +93,20 @@ function decodeRows(): void {
       for (const w of weights) tf.matMul(tf.slice(x, [0, 0], [-1, w.shape[0]!]), w);
       tf.matMul(tf.slice(x, [0, 0], [-1, C]), head, false, true);
     });
-  const variants: [string, number | undefined, number | undefined][] = [
-    ["sgemm ms", 0, 0],
-    ["sgemv a row ms", 16, 0],
-    ["sgemm, blocks on 1 thread ms", 0, 16],
-    ["default ms", undefined, undefined],
+  const variants: [string, number | undefined, number | undefined, number | undefined][] = [
+    ["sgemm ms", 0, 0, 0],
+    ["sgemv a row ms", 32, 0, 0],
+    ["sgemm, blocks on 1 thread ms", 0, 32, 0],
+    ["sgemm split ms", 0, 0, 32],
+    ["default ms", undefined, undefined, undefined],
   ];
-  const rows = (QUICK ? [1, 4, 8, 12] : [1, 2, 4, 6, 8, 12, 16]).map((m) => {
+  enable();
+  await nativeMatmulHelperStarted();
+  const rows = (QUICK ? [1, 4, 8, 12] : [1, 2, 4, 6, 8, 12, 16, 24, 32]).map((m) => {
     const x = tf.randomUniform([m, F], -1, 1);
     const row: Record<string, string | number> = { rows: m };
-    for (const [name, gemvRows, fewRows] of variants) {
-      enable(undefined, gemvRows, fewRows);
+    for (const [name, gemvRows, fewRows, splitRows] of variants) {
+      enable(undefined, gemvRows, fewRows, splitRows);
       row[name] = (timeIt(step(x)) * 1000).toFixed(2);
     }
     tf.dispose(x);
@@ -192,7 +196,7 @@ async function main(): Promise<void> {
   enable(); // back to the default threshold
 
   console.log("\nA decoding step's products (gpt2-8x512, weights beyond the caches), by rows and how they run");
-  decodeRows();
+  await decodeRows();
 
   const sizes: MlpSizes = { pairs: 4, tokens: 64, embed: 256, hidden: 1024, vocab: 4096 };
   const n = 2 * sizes.pairs * sizes.tokens;

@@ -10,6 +10,7 @@
  */
 import * as tf from "../tf.ts";
 import type { KernelConfig, KernelFunc, NamedTensorInfoMap, TensorInfo } from "@tensorflow/tfjs-core";
+import { type SgemmHelper, startSgemmHelper } from "./_sgemm_helper.ts";
 
 /** Options of `enableNativeMatmul`. */
 export interface NativeMatmulOptions {
@@ -26,13 +27,19 @@ export interface NativeMatmulOptions {
    * about 0.3 µs and the wasm kernel's own per-call overhead is larger (scripts/bench_matmul.ts).
    */
   minWork?: number;
-  /** Products with at most this many rows run as one sgemv a row; default GEMV_ROWS (4), 0 never. */
+  /** Products with at most this many rows run as one sgemv a row; default GEMV_ROWS (2), 0 never. */
   gemvRows?: number;
   /**
-   * sgemm products with 8 to this many rows over a weight matrix of at most FEW_ROWS_WEIGHTS floats run on one
-   * thread; default FEW_ROWS (12), 0 never.
+   * sgemm products with 8 to this many rows over a weight matrix of at most FEW_ROWS_WEIGHTS floats, and not
+   * split (`splitRows`), run on one thread; default FEW_ROWS (12), 0 never.
    */
   fewRows?: number;
+  /**
+   * sgemm products with more than `gemvRows` and at most this many rows, over a weight matrix of at least
+   * SPLIT_WEIGHTS floats, run their columns in two parts at once, on the calling thread and on a helper
+   * thread, each on one OpenBLAS thread (with 2 or more threads); default SPLIT_ROWS (24), 0 never.
+   */
+  splitRows?: number;
 }
 
 /** Outcome of `enableNativeMatmul`; `reason` says which library was loaded, or why none was. */
@@ -118,7 +125,12 @@ let state: State | undefined;
 let minWork = DEFAULT_MIN_WORK;
 let gemvRows = 0;
 let fewRows = 0;
+let splitRows = 0;
 let threadCount = 1;
+/** The helper thread of split products, started with the first library that opens (see `splitRows`). */
+let helper: SgemmHelper | undefined;
+/** Products split so far (`nativeMatmulSplits`). */
+let splits = 0;
 
 /**
  * sgemm calls with fewer multiply-adds than this run on one OpenBLAS thread. OpenBLAS splits anything above
@@ -132,14 +144,15 @@ const SINGLE_THREAD_WORK = 4_000_000;
 
 /**
  * Products with at most this many rows run as one sgemv a row. The products of a gpt2-8x512 decoding step, with
- * the weights (206 MB) coming from memory, took 8.6 ms for 1 row and 22.2 ms for 4 rows this way against sgemm's
- * 20.4 and 26.8, and 37.9 ms against 28.7 for 8 rows (`deno task bench:matmul`).
+ * the weights (206 MB) coming from memory, took 7.2 ms for 1 row this way against 14.5 for sgemm and 12.8 split
+ * (SPLIT_ROWS), and 12.4 ms for 2 rows against 17.8 and 12.6; 4 rows split took 12.2 ms against sgemv's 20.4
+ * (`deno task bench:matmul`).
  */
-const GEMV_ROWS = 4;
+const GEMV_ROWS = 2;
 
 /**
  * sgemm products of FEW_ROWS_FROM to `fewRows` (default FEW_ROWS) rows over a weight matrix (k x n) of at most
- * FEW_ROWS_WEIGHTS floats run on one thread whatever their work: OpenBLAS's split of such a product across its
+ * FEW_ROWS_WEIGHTS floats, where no helper thread splits them (SPLIT_ROWS), run on one thread whatever their work: OpenBLAS's split of such a product across its
  * threads costs more than it saves. `deno task bench:matmul`'s decoding table (gpt2-8x512's 32 block products
  * and LM head a step, from memory), sgemm on two threads against the blocks on one: 8 rows 25.7 against 24.2 ms,
  * 12 rows 38.7 against 32.0, but 6 rows 23.9 against 25.4 and 16 rows 20.1 against 26.0. The LM head (50,257 x
@@ -148,6 +161,17 @@ const GEMV_ROWS = 4;
 const FEW_ROWS_FROM = 8;
 const FEW_ROWS = 12;
 const FEW_ROWS_WEIGHTS = 4 * 1024 * 1024;
+
+/**
+ * Products of more than `gemvRows` and at most SPLIT_ROWS rows over weights of at least SPLIT_WEIGHTS floats run
+ * their columns in two halves at once, one on a helper thread (`_sgemm_helper.ts`), each on one OpenBLAS thread;
+ * smaller products do not repay the helper's round trip (about 8 µs). `deno task bench:matmul`'s decoding table
+ * (gpt2-8x512's products a step, from memory), split against sgemm on the threads its work asks for: 4 rows 12.2
+ * against 21.7 ms, 8 rows 14.7 against 24.7, 12 rows 16.3 against 37.4, 24 rows 23.9 against 37.5; at 16 and 32
+ * rows the two tie (20.8 and 20.4, 30.5 and 30.1).
+ */
+const SPLIT_ROWS = 24;
+const SPLIT_WEIGHTS = 256 * 1024;
 
 /** Routes wasm-backend matmuls to OpenBLAS; idempotent, never throws, reports why it could not. */
 export function enableNativeMatmul(options: NativeMatmulOptions = {}): NativeMatmulStatus {
@@ -178,6 +202,16 @@ export function nativeGemv(): Gemv | undefined {
     sgemv(CBLAS_ROW_MAJOR, transpose ? CBLAS_TRANS : CBLAS_NO_TRANS, m, n, alpha, a, n, x, 1, beta, y, 1);
 }
 
+/** Resolves once the helper thread of split products (`splitRows`) has started: whether it runs them. */
+export function nativeMatmulHelperStarted(): Promise<boolean> {
+  return helper?.started ?? Promise.resolve(false);
+}
+
+/** How many products have run split with the helper thread in this process (for tests and benchmarks). */
+export function nativeMatmulSplits(): number {
+  return splits;
+}
+
 /** Restores the wasm backend's own matmul kernels; a no-op when native matmul is not enabled. */
 export function disableNativeMatmul(): void {
   if (state === undefined) return;
@@ -197,7 +231,11 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
       reason: `Cannot enable native matmul as 'minWork' must be >= 0: current value is ${work}`,
     };
   }
-  const rows = { gemvRows: options.gemvRows ?? GEMV_ROWS, fewRows: options.fewRows ?? FEW_ROWS };
+  const rows = {
+    gemvRows: options.gemvRows ?? GEMV_ROWS,
+    fewRows: options.fewRows ?? FEW_ROWS,
+    splitRows: options.splitRows ?? SPLIT_ROWS,
+  };
   for (const [name, value] of Object.entries(rows)) {
     if (!Number.isInteger(value) || value < 0) {
       return {
@@ -246,15 +284,20 @@ function enable(options: NativeMatmulOptions): NativeMatmulStatus {
   minWork = work;
   gemvRows = rows.gemvRows;
   fewRows = rows.fewRows;
+  splitRows = rows.splitRows;
   const blas = loaded.library.symbols;
   blas.openblas_set_num_threads?.(threads);
   const actualThreads = blas.openblas_get_num_threads?.() ?? 1;
   threadCount = actualThreads;
+  if (helper === undefined && threadCount > 1 && splitRows > 0) helper = startSgemmHelper(loaded.path);
   const config = blas.openblas_get_config
     ? Deno.UnsafePointerView.getCString(blas.openblas_get_config()!)
     : "unknown BLAS";
   const description = `${config} from ${loaded.path}, ${actualThreads} thread(s)` +
-    (minWork > 0 ? `, minWork ${minWork}` : "");
+    (minWork > 0 ? `, minWork ${minWork}` : "") +
+    (helper !== undefined && threadCount > 1 && splitRows > gemvRows
+      ? `, products of ${gemvRows + 1}-${splitRows} rows split with a helper thread`
+      : "");
   if (state !== undefined) return { enabled: true, reason: `already enabled: ${description}` };
 
   const originals = new Map<string, KernelConfig>();
@@ -398,9 +441,16 @@ function runGemm(
   const aSize = m * k;
   const bSize = k * n;
   const cSize = m * n;
+  // One call for the common [B, T, C] x [C, N]: rows of a non-transposed A stack into one matrix.
+  const stacked = p.aIndex === null && p.bCount === 1 && !transposeA;
+  const allRows = stacked ? p.batch * m : m;
+  const split = helper !== undefined && helper.ready() && threadCount > 1 && allRows > gemvRows &&
+    allRows <= splitRows && n * k >= SPLIT_WEIGHTS && n >= 32;
+  const few = allRows > gemvRows && allRows >= FEW_ROWS_FROM && allRows <= fewRows && n * k <= FEW_ROWS_WEIGHTS;
+  const single = threadCount > 1 && (allRows * n * k < SINGLE_THREAD_WORK || few || split);
   const gemm = (rows: number, aOffset: number, bOffset: number, cOffset: number) => {
     if (rows <= gemvRows) {
-      // A few rows (decoding for up to GEMV_ROWS requests): sgemv reads the weights once for the first row and
+      // One or two rows (decoding for one or two requests): sgemv reads the weights once for the first row and
       // from cache for the next, where sgemm first copies (packs) them.
       const xStride = transposeA ? lda : 1;
       for (let r = 0; r < rows; r++) {
@@ -422,12 +472,32 @@ function runGemm(
       }
       return;
     }
-    return blas.cblas_sgemm(
+    // Split: the helper takes the columns from `own` on, this thread those before (aligned to 16 floats).
+    const own = split ? (n >> 5) << 4 : n;
+    if (split) {
+      const base = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(new Uint8Array(heap))));
+      helper!.post({
+        transA: ta,
+        transB: tb,
+        m: rows,
+        n: n - own,
+        k,
+        a: base + aOffset,
+        lda,
+        b: base + bOffset + 4 * (transposeB ? own * ldb : own),
+        ldb,
+        beta,
+        c: base + cOffset + 4 * own,
+        ldc: n,
+      });
+      splits++;
+    }
+    blas.cblas_sgemm(
       CBLAS_ROW_MAJOR,
       ta,
       tb,
       rows,
-      n,
+      own,
       k,
       1,
       new Float32Array(heap, aOffset, rows * k),
@@ -438,12 +508,8 @@ function runGemm(
       new Float32Array(heap, cOffset, rows * n),
       n,
     );
+    if (split) helper!.wait();
   };
-  // One call for the common [B, T, C] x [C, N]: rows of a non-transposed A stack into one matrix.
-  const stacked = p.aIndex === null && p.bCount === 1 && !transposeA;
-  const allRows = stacked ? p.batch * m : m;
-  const few = allRows > gemvRows && allRows >= FEW_ROWS_FROM && allRows <= fewRows && n * k <= FEW_ROWS_WEIGHTS;
-  const single = threadCount > 1 && (allRows * n * k < SINGLE_THREAD_WORK || few);
   if (single) blas.openblas_set_num_threads?.(1);
   try {
     if (stacked) {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as tf from "../tf.ts";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
-import { disableNativeMatmul, enableNativeMatmul } from "./blas.ts";
+import { disableNativeMatmul, enableNativeMatmul, nativeMatmulHelperStarted, nativeMatmulSplits } from "./blas.ts";
 
 /** Enables native matmul for every product size, failing loudly when OpenBLAS is missing. */
 function enableOrFail(): void {
@@ -130,8 +130,8 @@ Deno.test("enableNativeMatmul loads OpenBLAS and replaces the wasm kernels", () 
   assert.ok(again.enabled && again.reason.startsWith("already enabled"), again.reason);
 });
 
-Deno.test("enableNativeMatmul refuses a gemvRows or fewRows that is not a whole number >= 0, and says so", () => {
-  for (const name of ["gemvRows", "fewRows"]) {
+Deno.test("enableNativeMatmul refuses a gemvRows, fewRows or splitRows that is not a whole number >= 0, and says so", () => {
+  for (const name of ["gemvRows", "fewRows", "splitRows"]) {
     for (const value of [-1, 1.5, Number.NaN]) {
       const status = enableNativeMatmul({ [name]: value });
       assert.equal(status.enabled, false);
@@ -234,6 +234,55 @@ Deno.test("native fused matMul with bias and relu matches cpu", async () => {
         activation: config.activation,
       });
     assertClose(await runOn("wasm", fn), await runOn("cpu", fn), `fused ${JSON.stringify(config)}`);
+  }
+});
+
+Deno.test("products of a few rows split their columns with the helper thread and match cpu", async () => {
+  // Two OpenBLAS threads whatever this machine has: the split needs them.
+  assert.ok(enableNativeMatmul({ minWork: 0, threads: 2 }).enabled);
+  try {
+    assert.equal(await nativeMatmulHelperStarted(), true, "the sgemm helper thread did not start");
+    // 520 columns: the helper's part starts at column 256 (aligned to 16 floats), not at the middle.
+    const k = 512;
+    const n = 520;
+    const cases: { rows: number[]; transposeB: boolean; bias: boolean; batches: number }[] = [
+      { rows: [8, 1], transposeB: false, bias: true, batches: 1 },
+      { rows: [24, 1], transposeB: true, bias: false, batches: 1 },
+      { rows: [3, 1], transposeB: true, bias: true, batches: 1 },
+      // Batched with one weight matrix a batch entry: one split call each.
+      { rows: [2, 6], transposeB: false, bias: false, batches: 2 },
+    ];
+    for (const [i, c] of cases.entries()) {
+      const aShape = [...c.rows, k];
+      const bShape = c.batches > 1 ? [c.batches, ...(c.transposeB ? [n, k] : [k, n])] : c.transposeB ? [n, k] : [k, n];
+      const aValues = randomValues(tf.util.sizeFromShape(aShape), 200 + i);
+      const bValues = randomValues(tf.util.sizeFromShape(bShape), 210 + i);
+      const biasValues = randomValues(n, 220 + i);
+      const fn = () =>
+        tf.fused.matMul({
+          a: tf.tensor(aValues, aShape),
+          b: tf.tensor(bValues, bShape),
+          transposeB: c.transposeB,
+          bias: c.bias ? tf.tensor(biasValues, [n]) : undefined,
+        });
+      const before = nativeMatmulSplits();
+      const actual = await runOn("wasm", fn);
+      assert.equal(nativeMatmulSplits() - before, c.batches, `split calls for ${JSON.stringify(c)}`);
+      assertClose(actual, await runOn("cpu", fn), `split ${JSON.stringify(c)}`);
+    }
+    // Outside the split's range: 2 rows (sgemv), 25 rows, and weights under SPLIT_WEIGHTS.
+    for (const [aShape, bShape] of [[[2, k], [k, n]], [[25, k], [k, n]], [[8, 64], [64, 64]]]) {
+      const before = nativeMatmulSplits();
+      const fn = () =>
+        tf.matMul(
+          tf.tensor(randomValues(aShape![0]! * aShape![1]!, 230), aShape),
+          tf.tensor(randomValues(bShape![0]! * bShape![1]!, 231), bShape),
+        );
+      assertClose(await runOn("wasm", fn), await runOn("cpu", fn), `not split ${aShape} x ${bShape}`);
+      assert.equal(nativeMatmulSplits(), before, `${aShape} x ${bShape} was split`);
+    }
+  } finally {
+    enableOrFail();
   }
 });
 
