@@ -144,19 +144,20 @@ const SINGLE_THREAD_WORK = 4_000_000;
 
 /**
  * Products with at most this many rows run as one sgemv a row. The products of a gpt2-8x512 decoding step, with
- * the weights (206 MB) coming from memory, took 7.2 ms for 1 row this way against 14.5 for sgemm and 12.8 split
- * (SPLIT_ROWS), and 12.4 ms for 2 rows against 17.8 and 12.6; 4 rows split took 12.2 ms against sgemv's 20.4
+ * the weights (206 MB) coming from memory, took 6.8 ms for 1 row this way against 16.7 for sgemm and 12.2 split
+ * (SPLIT_ROWS), and 12.5 ms for 2 rows against 18.2 and 12.2; 4 rows split took 12.2 ms against sgemv's 19.9
  * (`deno task bench:matmul`).
  */
 const GEMV_ROWS = 2;
 
 /**
  * sgemm products of FEW_ROWS_FROM to `fewRows` (default FEW_ROWS) rows over a weight matrix (k x n) of at most
- * FEW_ROWS_WEIGHTS floats, where no helper thread splits them (SPLIT_ROWS), run on one thread whatever their work: OpenBLAS's split of such a product across its
- * threads costs more than it saves. `deno task bench:matmul`'s decoding table (gpt2-8x512's 32 block products
- * and LM head a step, from memory), sgemm on two threads against the blocks on one: 8 rows 25.7 against 24.2 ms,
- * 12 rows 38.7 against 32.0, but 6 rows 23.9 against 25.4 and 16 rows 20.1 against 26.0. The LM head (50,257 x
- * 512, 26M floats) keeps both threads, as SINGLE_THREAD_WORK says.
+ * FEW_ROWS_WEIGHTS floats run on one thread whatever their work, where the helper thread does not split them
+ * (SPLIT_ROWS): OpenBLAS's split of such a product across its threads costs more than it saves.
+ * `deno task bench:matmul`'s decoding table (gpt2-8x512's 32 block products and LM head a step, from memory), sgemm
+ * on two threads against the blocks on one: 8 rows 25.7 against 24.2 ms, 12 rows 38.7 against 32.0, but 6 rows 23.9
+ * against 25.4 and 16 rows 20.1 against 26.0. The LM head (50,257 x 512, 26M floats) keeps both threads, as
+ * SINGLE_THREAD_WORK says.
  */
 const FEW_ROWS_FROM = 8;
 const FEW_ROWS = 12;
@@ -167,8 +168,8 @@ const FEW_ROWS_WEIGHTS = 4 * 1024 * 1024;
  * their columns in two halves at once, one on a helper thread (`_sgemm_helper.ts`), each on one OpenBLAS thread;
  * smaller products do not repay the helper's round trip (about 8 µs). `deno task bench:matmul`'s decoding table
  * (gpt2-8x512's products a step, from memory), split against sgemm on the threads its work asks for: 4 rows 12.2
- * against 21.7 ms, 8 rows 14.7 against 24.7, 12 rows 16.3 against 37.4, 24 rows 23.9 against 37.5; at 16 and 32
- * rows the two tie (20.8 and 20.4, 30.5 and 30.1).
+ * against 21.0 ms, 8 rows 14.8 against 23.2, 12 rows 16.8 against 37.4, 24 rows 26.4 against 33.3; at 16 and 32
+ * rows either wins from one run to the next.
  */
 const SPLIT_ROWS = 24;
 const SPLIT_WEIGHTS = 256 * 1024;
