@@ -74,14 +74,24 @@ export function startSgemmHelper(libraryPath: string): SgemmHelper | undefined {
   }
   // Referenced until it has started, so that awaiting `started` keeps the event loop alive; not after.
   const started = new Promise<boolean>((resolve) => {
-    const settle = () => {
+    let settled = false;
+    const settle = (failure?: string) => {
+      if (settled) return;
+      settled = true;
       Atomics.compareExchange(ints, READY, 0, -1);
       worker.unref();
-      resolve(Atomics.load(ints, READY) === 1);
+      const ready = Atomics.load(ints, READY) === 1;
+      if (!ready) {
+        console.warn(
+          `Cannot split few-row products with a helper thread as ${failure ?? `it could not open ${libraryPath}`}: ` +
+            `they run on OpenBLAS's own threads`,
+        );
+      }
+      resolve(ready);
     };
-    worker.once("error", settle);
-    worker.once("exit", settle);
-    worker.once("message", settle);
+    worker.once("error", (error: Error) => settle(`it failed: ${error.message}`));
+    worker.once("exit", (code: number) => settle(`it exited with code ${code}`));
+    worker.once("message", () => settle());
   });
   return {
     ready: () => Atomics.load(ints, READY) === 1,

@@ -1,0 +1,71 @@
+import assert from "node:assert/strict";
+import { startSgemmHelper } from "./_sgemm_helper.ts";
+
+const CBLAS_NO_TRANS = 111;
+const CBLAS_TRANS = 112;
+
+/** Deterministic values in [-1, 1). */
+function values(size: number, seed: number): Float32Array {
+  const out = new Float32Array(size);
+  let state = seed >>> 0;
+  for (let i = 0; i < size; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    out[i] = state / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+const address = (view: Float32Array) => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(view)));
+
+Deno.test("the sgemm helper runs a row-major product at the addresses it is given", async () => {
+  const helper = startSgemmHelper("libopenblas.so.0");
+  assert.ok(helper !== undefined);
+  assert.equal(await helper.started, true, "the helper did not start (is libopenblas0-pthread installed?)");
+  assert.equal(helper.ready(), true);
+  // C = A Bᵀ + C: A [3, 5] in rows of 7 floats (lda 7), B [4, 5], C [3, 4].
+  const [m, n, k, lda] = [3, 4, 5, 7];
+  const a = values(m * lda, 1);
+  const b = values(n * k, 2);
+  const c = values(m * n, 3);
+  const expected = Array.from(c, (value, index) => {
+    const [row, col] = [Math.floor(index / n), index % n];
+    let sum = value;
+    for (let q = 0; q < k; q++) sum += a[row * lda + q]! * b[col * k + q]!;
+    return sum;
+  });
+  helper.post({
+    transA: CBLAS_NO_TRANS,
+    transB: CBLAS_TRANS,
+    m,
+    n,
+    k,
+    a: address(a),
+    lda,
+    b: address(b),
+    ldb: k,
+    beta: 1,
+    c: address(c),
+    ldc: n,
+  });
+  helper.wait();
+  for (let i = 0; i < c.length; i++) {
+    assert.ok(Math.abs(c[i]! - expected[i]!) < 1e-5, `C[${i}]: ${c[i]} vs ${expected[i]}`);
+  }
+});
+
+Deno.test("a helper over a library that does not open is never ready, and says why", async () => {
+  const warnings: string[] = [];
+  const warn = console.warn;
+  console.warn = (message: string) => warnings.push(message);
+  try {
+    const helper = startSgemmHelper("/nonexistent/libopenblas.so");
+    assert.ok(helper !== undefined);
+    assert.equal(await helper.started, false);
+    assert.equal(helper.ready(), false);
+  } finally {
+    console.warn = warn;
+  }
+  assert.deepEqual(warnings, [
+    "Cannot split few-row products with a helper thread as it could not open /nonexistent/libopenblas.so: they run on OpenBLAS's own threads",
+  ]);
+});
