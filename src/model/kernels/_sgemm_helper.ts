@@ -17,15 +17,19 @@ import { z } from "zod";
 const IDLE = 0;
 const JOB = 1;
 /** Int32 slots of the control block. READY: 0 while the helper starts, 1 once it runs jobs, -1 if it cannot. */
-const [STATE, READY, TRANS_A, TRANS_B, M, N, K, LDA, LDB, LDC] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+const [STATE, READY, TRANS_A, TRANS_B, M, N, K, LDA, LDB, LDC, COUNT] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 const INT_SLOTS = 16;
-/** Float64 slots, after the int32 ones: beta and the three addresses. */
-const [BETA, A, B, C] = [0, 1, 2, 3];
-const CONTROL_BYTES = INT_SLOTS * 4 + 4 * 8;
+/** Float64 slots, after the int32 ones: beta, the three addresses, and the steps of B's and C's. */
+const [BETA, A, B, C, STEP_B, STEP_C] = [0, 1, 2, 3, 4, 5];
+const FLOAT_SLOTS = 6;
+const CONTROL_BYTES = INT_SLOTS * 4 + FLOAT_SLOTS * 8;
 
 const CBLAS_ROW_MAJOR = 101;
 
-/** One row-major sgemm call, C = op(A) op(B) + beta C, its matrices given by address. */
+/**
+ * Row-major sgemm calls C = op(A) op(B) + beta C, their matrices given by address: `count` of them, the i-th with
+ * B at b + i·stepB and C at c + i·stepC (bytes), A the same (a product's columns in chunks).
+ */
 export interface SgemmJob {
   transA: number;
   transB: number;
@@ -39,6 +43,9 @@ export interface SgemmJob {
   beta: number;
   c: number;
   ldc: number;
+  count: number;
+  stepB: number;
+  stepC: number;
 }
 
 /** The main thread's side of the helper. */
@@ -63,7 +70,7 @@ export const SgemmHelperData = z.object({
 export function startSgemmHelper(libraryPath: string): SgemmHelper | undefined {
   const control = new SharedArrayBuffer(CONTROL_BYTES);
   const ints = new Int32Array(control, 0, INT_SLOTS);
-  const floats = new Float64Array(control, INT_SLOTS * 4, 4);
+  const floats = new Float64Array(control, INT_SLOTS * 4, FLOAT_SLOTS);
   let worker: Worker;
   try {
     worker = new Worker(new URL("../../../workers/sgemm_helper.ts", import.meta.url), {
@@ -97,8 +104,8 @@ export function startSgemmHelper(libraryPath: string): SgemmHelper | undefined {
     ready: () => Atomics.load(ints, READY) === 1,
     started,
     post(job) {
-      ints.set([job.transA, job.transB, job.m, job.n, job.k, job.lda, job.ldb, job.ldc], TRANS_A);
-      floats.set([job.beta, job.a, job.b, job.c], BETA);
+      ints.set([job.transA, job.transB, job.m, job.n, job.k, job.lda, job.ldb, job.ldc, job.count], TRANS_A);
+      floats.set([job.beta, job.a, job.b, job.c, job.stepB, job.stepC], BETA);
       Atomics.store(ints, STATE, JOB);
       Atomics.notify(ints, STATE);
     },
@@ -137,29 +144,31 @@ export function serveSgemmJobs(
   announce: () => void,
 ): void {
   const ints = new Int32Array(control, 0, INT_SLOTS);
-  const floats = new Float64Array(control, INT_SLOTS * 4, 4);
+  const floats = new Float64Array(control, INT_SLOTS * 4, FLOAT_SLOTS);
   Atomics.store(ints, READY, sgemm === undefined ? -1 : 1);
   announce();
   if (sgemm === undefined) return;
   const pointer = (address: number) => Deno.UnsafePointer.create(BigInt(address));
   for (;;) {
     while (Atomics.load(ints, STATE) !== JOB) Atomics.wait(ints, STATE, IDLE);
-    sgemm(
-      CBLAS_ROW_MAJOR,
-      ints[TRANS_A]!,
-      ints[TRANS_B]!,
-      ints[M]!,
-      ints[N]!,
-      ints[K]!,
-      1,
-      pointer(floats[A]!),
-      ints[LDA]!,
-      pointer(floats[B]!),
-      ints[LDB]!,
-      floats[BETA]!,
-      pointer(floats[C]!),
-      ints[LDC]!,
-    );
+    for (let i = 0; i < ints[COUNT]!; i++) {
+      sgemm(
+        CBLAS_ROW_MAJOR,
+        ints[TRANS_A]!,
+        ints[TRANS_B]!,
+        ints[M]!,
+        ints[N]!,
+        ints[K]!,
+        1,
+        pointer(floats[A]!),
+        ints[LDA]!,
+        pointer(floats[B]! + i * floats[STEP_B]!),
+        ints[LDB]!,
+        floats[BETA]!,
+        pointer(floats[C]! + i * floats[STEP_C]!),
+        ints[LDC]!,
+      );
+    }
     Atomics.store(ints, STATE, IDLE);
     Atomics.notify(ints, STATE);
   }

@@ -17,13 +17,14 @@ function values(size: number, seed: number): Float32Array {
 
 const address = (view: Float32Array) => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(view)));
 
-Deno.test("the sgemm helper runs a row-major product at the addresses it is given", async () => {
+Deno.test("the sgemm helper runs row-major products at the addresses it is given, in chunks", async () => {
   const helper = startSgemmHelper("libopenblas.so.0");
   assert.ok(helper !== undefined);
   assert.equal(await helper.started, true, "the helper did not start (is libopenblas0-pthread installed?)");
   assert.equal(helper.ready(), true);
-  // C = A Bᵀ + C: A [3, 5] in rows of 7 floats (lda 7), B [4, 5], C [3, 4].
-  const [m, n, k, lda] = [3, 4, 5, 7];
+  // C = A Bᵀ + C: A [3, 5] in rows of 7 floats (lda 7), B [6, 5], C [3, 6]; as two chunks of 3 columns (B's rows
+  // 0-2 and 3-5), which leave C's columns 0-2 and 3-5.
+  const [m, n, k, lda, width] = [3, 6, 5, 7, 3];
   const a = values(m * lda, 1);
   const b = values(n * k, 2);
   const c = values(m * n, 3);
@@ -37,7 +38,7 @@ Deno.test("the sgemm helper runs a row-major product at the addresses it is give
     transA: CBLAS_NO_TRANS,
     transB: CBLAS_TRANS,
     m,
-    n,
+    n: width,
     k,
     a: address(a),
     lda,
@@ -46,6 +47,9 @@ Deno.test("the sgemm helper runs a row-major product at the addresses it is give
     beta: 1,
     c: address(c),
     ldc: n,
+    count: n / width,
+    stepB: 4 * width * k,
+    stepC: 4 * width,
   });
   helper.wait();
   for (let i = 0; i < c.length; i++) {

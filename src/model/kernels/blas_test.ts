@@ -243,16 +243,18 @@ Deno.test("products of a few rows split their columns with the helper thread and
   try {
     assert.equal(await nativeMatmulHelperStarted(), true, "the sgemm helper thread did not start");
     // 520 columns: the helper's part starts at column 256 (aligned to 16 floats), not at the middle.
-    const k = 512;
-    const n = 520;
-    const cases: { rows: number[]; transposeB: boolean; bias: boolean; batches: number }[] = [
+    const cases: { rows: number[]; transposeB: boolean; bias: boolean; batches: number; n?: number; k?: number }[] = [
       { rows: [8, 1], transposeB: false, bias: true, batches: 1 },
       { rows: [24, 1], transposeB: true, bias: false, batches: 1 },
       { rows: [3, 1], transposeB: true, bias: true, batches: 1 },
+      // An LM head's shape: columns in chunks on both threads, and a last part chunk on this one.
+      // The helper takes 4 chunks of 1,024 from column 4,496; this thread 4,496 before them and 408 after.
+      { rows: [8, 1], transposeB: true, bias: true, batches: 1, n: 9000, k: 32 },
       // Batched with one weight matrix a batch entry: one split call each.
       { rows: [2, 6], transposeB: false, bias: false, batches: 2 },
     ];
     for (const [i, c] of cases.entries()) {
+      const [n, k] = [c.n ?? 520, c.k ?? 512];
       const aShape = [...c.rows, k];
       const bShape = c.batches > 1 ? [c.batches, ...(c.transposeB ? [n, k] : [k, n])] : c.transposeB ? [n, k] : [k, n];
       const aValues = randomValues(tf.util.sizeFromShape(aShape), 200 + i);
@@ -271,7 +273,7 @@ Deno.test("products of a few rows split their columns with the helper thread and
       assertClose(actual, await runOn("cpu", fn), `split ${JSON.stringify(c)}`);
     }
     // Outside the split's range: 2 rows (sgemv), 25 rows, and weights under SPLIT_WEIGHTS.
-    for (const [aShape, bShape] of [[[2, k], [k, n]], [[25, k], [k, n]], [[8, 64], [64, 64]]]) {
+    for (const [aShape, bShape] of [[[2, 512], [512, 520]], [[25, 512], [512, 520]], [[8, 64], [64, 64]]]) {
       const before = nativeMatmulSplits();
       const fn = () =>
         tf.matMul(
