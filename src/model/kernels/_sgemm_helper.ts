@@ -2,8 +2,8 @@
  * A second thread for OpenBLAS products of a few rows. The main thread gives it part of a product's columns
  * and computes the rest itself, each part on one OpenBLAS thread: for 8 rows over gpt2-8x512's weights (206 MB a
  * decoding step, read from memory) this took the blocks' products from 10.0 to 7.2 ms a step and the LM head's
- * from 12.4 (OpenBLAS's own two threads) to 8.0 ms. OpenBLAS's own split of such a product gains little over one
- * thread.
+ * from 12.4 (OpenBLAS's own two threads) to 8.0 ms, 7.5 in chunks (`blas.ts`, CHUNK_COLUMNS). OpenBLAS's own split
+ * of such a product gains little over one thread.
  *
  * The main side stays synchronous, as a TF.js kernel must: a job and its completion pass through a
  * SharedArrayBuffer with Atomics.wait and notify (about 8 µs a round trip here), and the helper reads and
