@@ -3,6 +3,17 @@ import * as tf from "./tf.ts";
 import { fileURLToPath } from "node:url";
 import { type BackendChoice, initBackend } from "./kernels/backend.ts";
 
+/** Deterministic uniform values in [-1, 1) (a 32-bit LCG), so failures reproduce. */
+export function randomValues(size: number, seed: number): Float32Array {
+  const values = new Float32Array(size);
+  let state = seed >>> 0;
+  for (let i = 0; i < size; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    values[i] = state / 2 ** 31 - 1;
+  }
+  return values;
+}
+
 /** Absolute path of a committed fixture under tests/fixtures. */
 export function fixturePath(name: string): string {
   return fileURLToPath(new URL(`../../tests/fixtures/${name}`, import.meta.url));

@@ -1,19 +1,9 @@
 import assert from "node:assert/strict";
+import { randomValues } from "../_test_utils.ts";
 import { startSgemmHelper } from "./_sgemm_helper.ts";
 
 const CBLAS_NO_TRANS = 111;
 const CBLAS_TRANS = 112;
-
-/** Deterministic values in [-1, 1). */
-function values(size: number, seed: number): Float32Array {
-  const out = new Float32Array(size);
-  let state = seed >>> 0;
-  for (let i = 0; i < size; i++) {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    out[i] = state / 2 ** 31 - 1;
-  }
-  return out;
-}
 
 const address = (view: Float32Array) => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(view)));
 
@@ -25,9 +15,9 @@ Deno.test("the sgemm helper runs row-major products at the addresses it is given
   // C = A Bᵀ + C: A [3, 5] in rows of 7 floats (lda 7), B [6, 5], C [3, 6]; as two chunks of 3 columns (B's rows
   // 0-2 and 3-5), which leave C's columns 0-2 and 3-5.
   const [m, n, k, lda, width] = [3, 6, 5, 7, 3];
-  const a = values(m * lda, 1);
-  const b = values(n * k, 2);
-  const c = values(m * n, 3);
+  const a = randomValues(m * lda, 1);
+  const b = randomValues(n * k, 2);
+  const c = randomValues(m * n, 3);
   const expected = Array.from(c, (value, index) => {
     const [row, col] = [Math.floor(index / n), index % n];
     let sum = value;

@@ -77,6 +77,22 @@ function rowBytes(C: number, cb: number, c4: number): number[] {
     ...set(c4),
   ];
 }
+/**
+ * dot = Σ x[i] · y[i] over one row of nb bytes (the first n4 four lanes at a time into acc, summed in lane order,
+ * then the rest one by one); i is the byte index, from 0.
+ */
+function rowDot(x: number, y: number, [i, n4, nb]: [number, number, number], acc: number, dot: number): number[] {
+  return [
+    ...zeros,
+    ...set(acc),
+    ...op.i32Const(0),
+    ...set(i),
+    ...loopTo(i, n4, 16, [...get(acc), ...vec(x, i), ...vec(y, i), ...op.f32x4Mul, ...op.f32x4Add, ...set(acc)]),
+    ...lanes(acc),
+    ...set(dot),
+    ...loopTo(i, nb, 4, [...get(dot), ...one(x, i), ...one(y, i), ...op.f32Mul, ...op.f32Add, ...set(dot)]),
+  ];
+}
 /** `while (rows-- > 0) { body; each pointer += its step }`, rows an i32 local. */
 const eachRow = (rows: number, body: number[], steps: [number, number[]][]) => [
   ...op.block,
@@ -742,14 +758,7 @@ function attentionSoftmaxGradBody(): number[] {
     ...splat(get(scale), scaleV),
     ...rowBytes(S, sb, s4),
     ...eachRow(rows, [
-      ...zeros,
-      ...set(acc),
-      ...op.i32Const(0),
-      ...set(c),
-      ...loopTo(c, s4, 16, [...get(acc), ...vec(dp, c), ...vec(p, c), ...op.f32x4Mul, ...op.f32x4Add, ...set(acc)]),
-      ...lanes(acc),
-      ...set(dot),
-      ...loopTo(c, sb, 4, [...get(dot), ...one(dp, c), ...one(p, c), ...op.f32Mul, ...op.f32Add, ...set(dot)]),
+      ...rowDot(dp, p, [c, s4, sb], acc, dot),
       ...splat(get(dot), dotV),
       ...op.i32Const(0),
       ...set(c),
@@ -872,14 +881,7 @@ function attendHeadBody(): number[] {
     ...op.i32Const(0),
     ...set(s),
     ...loopTo(s, sb, 4, [
-      ...zeros,
-      ...set(acc),
-      ...op.i32Const(0),
-      ...set(d),
-      ...loopTo(d, d4, 16, [...get(acc), ...vec(q, d), ...vec(row, d), ...op.f32x4Mul, ...op.f32x4Add, ...set(acc)]),
-      ...lanes(acc),
-      ...set(dot),
-      ...loopTo(d, db, 4, [...get(dot), ...one(q, d), ...one(row, d), ...op.f32Mul, ...op.f32Add, ...set(dot)]),
+      ...rowDot(q, row, [d, d4, db], acc, dot),
       ...storeOne(probs, s, [...get(dot), ...get(scale), ...op.f32Mul, ...one(mask, s), ...op.f32Add, ...tee(dot)]),
       ...get(mx),
       ...get(dot),

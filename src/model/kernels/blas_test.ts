@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import * as tf from "../tf.ts";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
+import { randomValues } from "../_test_utils.ts";
 import { disableNativeMatmul, enableNativeMatmul, nativeMatmulHelperStarted, nativeMatmulSplits } from "./blas.ts";
 
 /** Enables native matmul for every product size, failing loudly when OpenBLAS is missing. */
@@ -11,17 +12,6 @@ function enableOrFail(): void {
     status.enabled,
     `OpenBLAS is required for these tests (apt-get install libopenblas0-pthread): ${status.reason}`,
   );
-}
-
-/** Deterministic uniform values in [-1, 1) (a 32-bit LCG), so failures reproduce. */
-function randomValues(size: number, seed: number): Float32Array {
-  const values = new Float32Array(size);
-  let state = seed >>> 0;
-  for (let i = 0; i < size; i++) {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    values[i] = state / 2 ** 31 - 1;
-  }
-  return values;
 }
 
 interface Result {
