@@ -61,6 +61,8 @@ interface Breakdown {
   matmul_flops: number;
   /** Those of the matmuls counted in `matmuls` (attention's are in `attention`). */
   kernel_flops: number;
+  /** `matmul_flops` of the same step without prompt sharing: one row per completion, as PyTorch runs it. */
+  unshared_matmul_flops: number;
 }
 
 interface Result {
@@ -147,7 +149,12 @@ async function worker(sizeName: string, variant: Variant, seconds: number, budge
   }
   result.dpo = { step_s: dpo.fastest };
   // On wasm the update runs outside kernels, so kernel kinds and the update's clock add up.
-  if (tf.getBackend() === "wasm") result.breakdown = await profileStep(trainer, pairs, size.vocab_size);
+  if (tf.getBackend() === "wasm") {
+    result.breakdown = await profileStep(trainer, pairs, size.vocab_size);
+    trainer.sharePrompts = false;
+    result.breakdown.unshared_matmul_flops = (await profileStep(trainer, pairs, size.vocab_size)).matmul_flops;
+    trainer.sharePrompts = true;
+  }
   trainer.optimizer.dispose();
 
   const score = await timed(() => scoreWork(reference, pairs, eos), { seconds, budget });
@@ -186,6 +193,7 @@ async function profileStep(trainer: DpoTrainer, pairs: PreferencePair[], vocab: 
     overhead: 0,
     matmul_flops: 0,
     kernel_flops: 0,
+    unshared_matmul_flops: 0,
   };
   let kernels = 0;
   for (const k of info.kernels) {
@@ -287,8 +295,12 @@ async function main(): Promise<void> {
   );
   console.log(
     `# work: DPO step = ${WORK.pairs} pairs x 2 x (${WORK.prompt_len} prompt + ${WORK.completion_len} completion)` +
-      ` = ${DPO_TOKENS} tokens, reference log-probs cached, sigmoid, AdamW, clipping at 1;` +
-      ` reference scoring = the same ${DPO_TOKENS} tokens, forward only; generation = batch ${WORK.gen_batch} and batch 1 (b1),` +
+      ` = ${DPO_TOKENS} tokens, reference log-probs cached, sigmoid, AdamW, clipping at 1` +
+      ` (ours runs each pair as one row, its chosen and rejected after one copy of the prompt: ${
+        WORK.pairs * (WORK.prompt_len + 2 * WORK.completion_len)
+      } token slots;` +
+      ` PyTorch as TRL does, chosen and rejected rows each with the prompt);` +
+      ` reference scoring = the same ${DPO_TOKENS} tokens in the same layouts, forward only; generation = batch ${WORK.gen_batch} and batch 1 (b1),` +
       ` ${WORK.gen_prompt_len}-token prompts, ${WORK.gen_tokens} new tokens, greedy, KV cache.` +
       ` The fastest of the calls timed over >= ${seconds} s (at least 2) after a warm-up (${WORK.dpo_warmup} DPO steps,` +
       ` one call otherwise).`,
@@ -421,15 +433,20 @@ function printBreakdown(ours: Result | undefined, theirs: TorchResult | Failure 
   const of = (rate: number) => peak ? ` = ${(100 * rate / peak).toFixed(0)}% of the peak` : "";
   const sources = `ours ${(ours.sgemm_gflops ?? 0).toFixed(0)}, PyTorch's ${(torch?.sgemm_gflops ?? 0).toFixed(0)}` +
     ` and the step's matmul kernels ${kernels.toFixed(0)}`;
-  let line = `matmul work ${gflop.toFixed(1)} GFLOP a step; sgemm peak ${
+  const unshared = b.unshared_matmul_flops / 1e9;
+  let line = `matmul work ${gflop.toFixed(1)} GFLOP a step (${
+    unshared.toFixed(1)
+  } without prompt sharing); sgemm peak ${
     peak ? `${peak.toFixed(0)} GFLOP/s (the best of ${PEAK_N}^3 products, ${sources})` : "not measured"
   }; ours: ${kernels.toFixed(0)} GFLOP/s in matmul kernels${of(kernels)}, ${
     (gflop / step).toFixed(0)
-  } GFLOP/s over the whole step${of(gflop / step)}`;
+  } GFLOP/s over the whole step${of(gflop / step)} (${(unshared / step).toFixed(0)} GFLOP/s${
+    of(unshared / step)
+  } counting the work without sharing)`;
   if (torch) {
     const p = torch.dpo_phases;
-    line += `; PyTorch: ${(gflop / torch.dpo_step_s).toFixed(0)} GFLOP/s over the step${
-      of(gflop / torch.dpo_step_s)
+    line += `; PyTorch (no sharing): ${(unshared / torch.dpo_step_s).toFixed(0)} GFLOP/s over the step${
+      of(unshared / torch.dpo_step_s)
     }, forward ${(p.forward_s * 1000).toFixed(0)} ms, backward ${(p.backward_s * 1000).toFixed(0)} ms, optimizer ${
       (p.update_s * 1000).toFixed(0)
     } ms`;

@@ -146,6 +146,12 @@ export class DpoTrainer {
    * policy forward and backward with the loss and its statistics, and clipping plus the optimizer update.
    */
   lastStepTimes = { reference_s: 0, forward_backward_s: 0, update_s: 0 };
+  /**
+   * Whether a pair's chosen and rejected completions (and any other completions of the same prompt in a batch)
+   * share one row after a single copy of the prompt (`ScoringOptions.sharePrompts`). Benchmarks turn it off to
+   * measure the layout TRL runs.
+   */
+  sharePrompts = true;
   #eosId: number;
   #bosId?: number;
   #refCache = new Map<string, RefLogps>();
@@ -239,10 +245,11 @@ export class DpoTrainer {
       eosId: this.#eosId,
       bosId: this.#bosId,
       maxLength: Math.min(this.config.max_length ?? Infinity, this.policy.contextLength),
+      sharePrompts: this.sharePrompts,
     };
   }
 
-  /** chosen rows then rejected rows, in one batch: one forward pass serves both. */
+  /** chosen rows then rejected rows, in one batch: one forward pass serves both, and they share their prompt. */
   private layout(pairs: PreferencePair[]) {
     const rows: TokenPair[] = [
       ...pairs.map((p) => ({ promptIds: p.promptIds, completionIds: p.chosenIds, eosId: p.eosId })),

@@ -3,7 +3,7 @@ import * as tf from "./tf.ts";
 import type { ForwardInput } from "./arch/causal_lm.ts";
 
 /** Added to attention scores a query must not see: exp() of it is exactly 0 in f32. */
-const MASKED = -1e9;
+export const MASKED = -1e9;
 
 /**
  * A rectangular batch in row-major JS arrays. `mask` is 1 for real tokens and 0

@@ -4,8 +4,8 @@
  * log-probs of the completion tokens and the eos (for a chat answer, its template's end-of-turn).
  */
 import * as tf from "./tf.ts";
-import { forwardTensors, padBatch, type TokenBatch } from "./batch.ts";
-import type { CausalLM } from "./arch/causal_lm.ts";
+import { forwardTensors, MASKED, padBatch } from "./batch.ts";
+import type { CausalLM, ForwardInput } from "./arch/causal_lm.ts";
 import { customOp } from "./kernels/_ops.ts";
 import { fusedTargetLogSoftmax, fusedTargetLogSoftmaxBackward, trainKernelsApply } from "./kernels/_train_kernels.ts";
 
@@ -20,16 +20,30 @@ export interface TokenPair {
   eosId?: number;
 }
 
-/** A right-padded batch plus where each scored token sits in it. */
+/**
+ * Sequences laid out for one forward pass, plus where each scored token sits in it. Completions of the same
+ * prompt can share a row after one copy of it (`ScoringOptions.sharePrompts`): each attends to the prompt and
+ * to itself, never to the others, and continues the prompt's positions, so its log-probs are those of
+ * prompt + completion alone while the prompt runs once instead of once per completion.
+ */
 export interface ScoringBatch {
-  tokens: TokenBatch;
+  /** [B, T] token ids, right-padded with eos. */
+  ids: Int32Array;
+  /** [B, T] position ids: each completion continues its prompt's positions. */
+  positionIds: Int32Array;
+  /** [B, T] what each slot holds: 0 the prompt, j + 1 the row's j-th completion, -1 padding. */
+  segments: Int32Array;
+  /** B: rows. */
+  batch: number;
+  /** T: slots per row. */
+  length: number;
   /** [N] flat index b*T + t of the position whose logits predict a scored token. */
   positions: Int32Array;
   /** [N] the scored token ids. */
   targets: Int32Array;
-  /** [N] the row each scored token belongs to. */
+  /** [N] the sequence (index into the scored pairs) each scored token belongs to. */
   rows: Int32Array;
-  /** Scored tokens per row (completion tokens + eos). */
+  /** Scored tokens per sequence (completion tokens + eos). */
   counts: number[];
 }
 
@@ -41,39 +55,135 @@ export interface ScoringOptions {
   bosId?: number;
   /** Longest sequence the model accepts (n_positions). */
   maxLength: number;
+  /**
+   * Let completions of the same prompt share a row after one copy of it, where that costs less (see
+   * `ROW_ATTENTION`). Default true.
+   */
+  sharePrompts?: boolean;
 }
 
-/** Lays out pairs for scoring. Right padding: causal attention never lets a real token see it. */
+/**
+ * The cost model that decides how many completions share a row: a row of T slots costs about T·(T + this),
+ * its matmuls growing with T and its attention with T². GPT-2 small's attention products are T/4,608 of its
+ * matmuls' work; the softmax and the unfused products cost more per FLOP, so the weight sits lower.
+ */
+const ROW_ATTENTION = 2048;
+
+/**
+ * Lays out sequences for scoring, in the order given (`rows` and `counts` index `pairs`). Right padding:
+ * causal attention never lets a real token see it.
+ */
 export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): ScoringBatch {
-  const rows = pairs.map((p, i) => {
+  const sequences = pairs.map((p, i) => {
     const prompt = p.promptIds.length > 0 ? p.promptIds : [options.bosId ?? options.eosId];
-    const ids = [...prompt, ...p.completionIds, p.eosId ?? options.eosId];
-    if (ids.length > options.maxLength) {
+    const tail = [...p.completionIds, p.eosId ?? options.eosId];
+    if (prompt.length + tail.length > options.maxLength) {
       throw new Error(
-        `Cannot score sequence ${i}: it has ${ids.length} tokens (prompt ${prompt.length}, completion ${p.completionIds.length}, eos 1) but the model's context is ${options.maxLength}`,
+        `Cannot score sequence ${i}: it has ${
+          prompt.length + tail.length
+        } tokens (prompt ${prompt.length}, completion ${p.completionIds.length}, eos 1) but the model's context is ${options.maxLength}`,
       );
     }
-    return { ids, start: prompt.length };
+    return { prompt, tail };
   });
-  const tokens = padBatch(rows.map((r) => r.ids), options.eosId, "right");
-  const T = tokens.length;
+  const byPrompt = new Map<string, number[]>();
+  sequences.forEach(({ prompt }, i) => {
+    const key = prompt.join(",");
+    byPrompt.set(key, [...byPrompt.get(key) ?? [], i]);
+  });
+  const groups = [...byPrompt.values()];
+  const rowsOf = (share: number) =>
+    groups.flatMap((members) => {
+      const parts = Math.ceil(members.length / share);
+      const size = Math.ceil(members.length / parts);
+      return Array.from({ length: parts }, (_, j) => members.slice(j * size, (j + 1) * size));
+    });
+  const lengthOf = (row: number[]) =>
+    sequences[row[0]!]!.prompt.length + row.reduce((n, i) => n + sequences[i]!.tail.length, 0);
+  const cost = (rows: number[][]) => {
+    const T = Math.max(...rows.map(lengthOf));
+    return rows.length * T * (T + ROW_ATTENTION);
+  };
+  let layout = rowsOf(1);
+  const most = Math.max(...groups.map((g) => g.length));
+  for (let share = 2; options.sharePrompts !== false && share <= most; share++) {
+    const candidate = rowsOf(share);
+    if (cost(candidate) < cost(layout)) layout = candidate;
+  }
+
+  const B = layout.length;
+  const T = Math.max(1, ...layout.map(lengthOf));
+  const ids = new Int32Array(B * T).fill(options.eosId);
+  const positionIds = new Int32Array(B * T);
+  const segments = new Int32Array(B * T).fill(-1);
+  /** Per sequence: the flat index of its prompt's last token and of its tail's first. */
+  const placed: { promptEnd: number; tailStart: number }[] = [];
+  layout.forEach((members, b) => {
+    const { prompt } = sequences[members[0]!]!;
+    const row = b * T;
+    prompt.forEach((id, t) => {
+      ids[row + t] = id;
+      positionIds[row + t] = t;
+      segments[row + t] = 0;
+    });
+    let at = prompt.length;
+    members.forEach((i, j) => {
+      const { tail } = sequences[i]!;
+      placed[i] = { promptEnd: row + prompt.length - 1, tailStart: row + at };
+      tail.forEach((id, t) => {
+        ids[row + at + t] = id;
+        positionIds[row + at + t] = prompt.length + t;
+        segments[row + at + t] = j + 1;
+      });
+      at += tail.length;
+    });
+  });
   const positions: number[] = [];
   const targets: number[] = [];
   const rowOf: number[] = [];
-  const counts = rows.map(({ ids, start }, b) => {
-    for (let t = start; t < ids.length; t++) {
-      positions.push(b * T + t - 1);
-      targets.push(ids[t]!);
-      rowOf.push(b);
-    }
-    return ids.length - start;
+  const counts = sequences.map(({ tail }, i) => {
+    const { promptEnd, tailStart } = placed[i]!;
+    tail.forEach((id, t) => {
+      positions.push(t === 0 ? promptEnd : tailStart + t - 1);
+      targets.push(id);
+      rowOf.push(i);
+    });
+    return tail.length;
   });
   return {
-    tokens,
+    ids,
+    positionIds,
+    segments,
+    batch: B,
+    length: T,
     positions: Int32Array.from(positions),
     targets: Int32Array.from(targets),
     rows: Int32Array.from(rowOf),
     counts,
+  };
+}
+
+/**
+ * The forward pass's tensors for a scoring batch: a query sees the keys at or before it in its own
+ * completion and in the prompt; padding sees the prompt. The caller disposes them (or builds them in a tidy).
+ */
+export function scoringTensors(batch: ScoringBatch): Omit<ForwardInput, "cache"> {
+  const { batch: B, length: T, segments } = batch;
+  const bias = new Float32Array(B * T * T);
+  for (let b = 0; b < B; b++) {
+    for (let q = 0; q < T; q++) {
+      const row = (b * T + q) * T;
+      const own = Math.max(segments[b * T + q]!, 0);
+      for (let k = 0; k < T; k++) {
+        const seg = segments[b * T + k]!;
+        if (k > q || (seg !== 0 && seg !== own)) bias[row + k] = MASKED;
+      }
+    }
+  }
+  return {
+    ids: tf.tensor2d(batch.ids, [B, T], "int32"),
+    positions: tf.tensor2d(batch.positionIds, [B, T], "int32"),
+    bias: tf.tensor4d(bias, [B, 1, T, T]),
   };
 }
 
@@ -115,7 +225,7 @@ export function sequenceLogProbs(model: CausalLM, batch: ScoringBatch): tf.Tenso
 
 /** Logits [N, V] at the positions that predict the scored tokens. */
 function scoredLogits(model: CausalLM, batch: ScoringBatch): tf.Tensor2D {
-  const { hidden } = model.forward(forwardTensors(batch.tokens)); // [B, T, C]
+  const { hidden } = model.forward(scoringTensors(batch)); // [B, T, C]
   const [B, T, C] = hidden.shape;
   const picked = tf.gather(tf.reshape(hidden, [B * T, C]), tf.tensor1d(batch.positions, "int32")); // [N, C]
   return model.logits(picked as tf.Tensor2D); // [N, V]

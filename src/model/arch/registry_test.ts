@@ -7,7 +7,7 @@ import * as tf from "../tf.ts";
 import assert from "node:assert/strict";
 import { type LoadedModel, loadModel } from "../io/checkpoint.ts";
 import { assertClose, assertNoLeak, fixturePath, readExpected, useBackend, webgpuTestable } from "../_test_utils.ts";
-import { buildScoringBatch, scorePairs, tokenLogProbs } from "../logprobs.ts";
+import { buildScoringBatch, scorePairs, sequenceLogProbs, tokenLogProbs } from "../logprobs.ts";
 import { forwardTensors, padBatch } from "../batch.ts";
 import { generate } from "../decoding/generate.ts";
 import { SUPPORTED_MODEL_TYPES } from "./registry.ts";
@@ -59,6 +59,12 @@ for (const v of VARIANTS) {
           const perToken = tf.tidy(() => tokenLogProbs(model, buildScoringBatch(pairs, opts)));
           assertClose(await perToken.data(), expected.cases.flatMap((c) => c.token_logps), 1e-4, "token_logps");
           perToken.dispose();
+          // Each case twice: the copies share one row behind one copy of the prompt, and both must read PyTorch's.
+          const twice = buildScoringBatch(pairs.flatMap((p) => [p, p]), opts);
+          assert.ok(twice.batch < 2 * pairs.length, "copies share rows");
+          const shared = tf.tidy(() => sequenceLogProbs(model, twice));
+          assertClose(await shared.data(), expected.cases.flatMap((c) => [c.logp_sum, c.logp_sum]), 1e-4, "shared");
+          shared.dispose();
           for (const l of expected.logits) {
             const ids = expected.cases[l.case_index]!.input_ids;
             const logits = tf.tidy(() => {
