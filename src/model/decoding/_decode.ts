@@ -63,7 +63,8 @@ export function generations(rows: DecodeRow[]): Generation[] {
 
 /**
  * One forward step: the last position's logits [B, V] and, with caching, the cache extended by this
- * step's keys and values. Synchronous; call inside `tf.tidy`.
+ * step's keys and values. Without a cache (a prefill), identical rows run once and are copied: n samples of
+ * one prompt prefill it once. Synchronous; call inside `tf.tidy`.
  */
 export function lastLogits(
   model: CausalLM,
@@ -71,10 +72,44 @@ export function lastLogits(
   cache: KVCache | undefined,
   withCache: boolean,
 ): { logits: tf.Tensor2D; cache?: KVCache } {
+  const distinct = cache ? undefined : distinctRows(batch);
+  if (distinct) {
+    const out = lastLogits(model, distinct.rows, undefined, withCache);
+    const index = tf.tensor1d(distinct.source, "int32");
+    const spread = <T extends tf.Tensor>(t: T) => tf.gather(t, index, 0) as T;
+    const copies = out.cache && { keys: out.cache.keys.map(spread), values: out.cache.values.map(spread) };
+    return { logits: spread(out.logits), cache: copies };
+  }
   const out = model.forward({ ...forwardTensors(batch), cache }, withCache);
   const [B, T, C] = out.hidden.shape;
   const last = tf.reshape(tf.slice(out.hidden, [0, T - 1, 0], [B, 1, C]), [B, C]) as tf.Tensor2D; // [B, C]
   return { logits: model.logits(last), cache: out.cache }; // [B, V]
+}
+
+/**
+ * The distinct rows of a batch without a cache (ids and mask alike) and, for every row, the index of its
+ * distinct row; undefined when every row is distinct.
+ */
+function distinctRows(batch: TokenBatch): { rows: TokenBatch; source: Int32Array } | undefined {
+  const { batch: B, length: T, ids, mask } = batch;
+  const index = new Map<string, number>();
+  const source = new Int32Array(B);
+  const kept: number[] = [];
+  for (let b = 0; b < B; b++) {
+    const key = `${ids.subarray(b * T, (b + 1) * T).join(",")}/${mask.subarray(b * T, (b + 1) * T).join("")}`;
+    if (!index.has(key)) {
+      index.set(key, kept.length);
+      kept.push(b);
+    }
+    source[b] = index.get(key)!;
+  }
+  if (kept.length === B) return undefined;
+  const rows = { ids: new Int32Array(kept.length * T), mask: new Uint8Array(kept.length * T), batch: kept.length };
+  kept.forEach((b, i) => {
+    rows.ids.set(ids.subarray(b * T, (b + 1) * T), i * T);
+    rows.mask.set(mask.subarray(b * T, (b + 1) * T), i * T);
+  });
+  return { rows: { ...rows, length: T, past: 0 }, source };
 }
 
 /** The next step's batch when the cache holds every key of `batch`: one new token per row. */

@@ -85,6 +85,42 @@ Deno.test("scheduler: seeded sampling beside greedy rows equals generate alone",
   });
 });
 
+Deno.test("n samples of one prompt prefill it once, in generate and in the scheduler, each row drawn as alone", async () => {
+  await withModel(async (m, prompts) => {
+    const [p, q] = [prompts[3]!, prompts[1]!];
+    const options = { temperature: 1.2, maxNewTokens: 8, stopAtEos: false, seed: 11 };
+    const batch = [p, q, p, p];
+    // Row b draws from seed + b * 0x9e3779b1 (planDecode): a one-row request with that seed is row b alone.
+    const want = await Promise.all(
+      batch.map((prompt, b) =>
+        generate(m.model, m.tokenizer, [prompt], { ...options, seed: options.seed + b * 0x9e3779b1 })
+      ),
+    );
+    const rows: number[] = [];
+    const forward = m.model.forward;
+    m.model.forward = (input, withCache) => {
+      rows.push(input.ids.shape[0]);
+      return forward.call(m.model, input, withCache);
+    };
+    try {
+      await assertNoLeak(async () => {
+        const got = await generate(m.model, m.tokenizer, batch, options);
+        assert.deepEqual(ids(got), want.map((g) => g[0]!.tokenIds));
+        assert.deepEqual(rows.splice(0), [2, ...Array(options.maxNewTokens - 1).fill(4)], "the prefill runs 2 rows");
+        const uncached = await generate(m.model, m.tokenizer, batch, { ...options, useCache: false });
+        assert.deepEqual(ids(uncached), ids(got));
+        assert.equal(rows.splice(0)[0], 2);
+        const scheduler = new DecodeScheduler(m.model, m.tokenizer);
+        assert.deepEqual(ids(await scheduler.submit(batch, options)), ids(got));
+        await scheduler.close();
+        assert.equal(rows[0], 2);
+      }, "shared prefill");
+    } finally {
+      m.model.forward = forward;
+    }
+  });
+});
+
 Deno.test("scheduler: eos, a stop string and an abort end one request each without disturbing the others", async () => {
   await withModel(async (m, prompts) => {
     const greedy = { temperature: 0, maxNewTokens: 12 };
