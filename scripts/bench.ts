@@ -63,6 +63,8 @@ interface Breakdown {
   kernel_flops: number;
   /** `matmul_flops` of the same step without prompt sharing: one row per completion, as PyTorch runs it. */
   unshared_matmul_flops: number;
+  /** The profiled time of that step, in seconds (the sum of the parts, as `total` in printBreakdown). */
+  unshared_s: number;
 }
 
 interface Result {
@@ -152,8 +154,11 @@ async function worker(sizeName: string, variant: Variant, seconds: number, budge
   if (tf.getBackend() === "wasm") {
     result.breakdown = await profileStep(trainer, pairs, size.vocab_size);
     trainer.sharePrompts = false;
-    result.breakdown.unshared_matmul_flops = (await profileStep(trainer, pairs, size.vocab_size)).matmul_flops;
+    await trainer.trainStep(pairs, 1000); // the new layout's shapes grow the heap once, as the shared ones did
+    const unshared = await profileStep(trainer, pairs, size.vocab_size);
     trainer.sharePrompts = true;
+    result.breakdown.unshared_matmul_flops = unshared.matmul_flops;
+    result.breakdown.unshared_s = partsTotal(unshared);
   }
   trainer.optimizer.dispose();
 
@@ -194,6 +199,7 @@ async function profileStep(trainer: DpoTrainer, pairs: PreferencePair[], vocab: 
     matmul_flops: 0,
     kernel_flops: 0,
     unshared_matmul_flops: 0,
+    unshared_s: 0,
   };
   let kernels = 0;
   for (const k of info.kernels) {
@@ -218,6 +224,11 @@ async function profileStep(trainer: DpoTrainer, pairs: PreferencePair[], vocab: 
   }
   out.overhead = Math.max(0, wall - kernels - out.optimizer);
   return out;
+}
+
+/** A profiled step's time: the sum of its parts. */
+function partsTotal(b: Breakdown): number {
+  return b.matmuls + b.attention + b.log_softmax + b.embedding + b.other_kernels + b.optimizer + b.overhead;
 }
 
 /** 2·M·N·K of a (batched) matmul from its first input's and its output's shapes, whatever the transposes. */
@@ -410,7 +421,7 @@ function printBreakdown(ours: Result | undefined, theirs: TorchResult | Failure 
   const b = ours?.breakdown;
   if (!ours || !b || !ours.dpo || !("step_s" in ours.dpo)) return;
   const step = ours.dpo.step_s;
-  const total = b.matmuls + b.attention + b.log_softmax + b.embedding + b.other_kernels + b.optimizer + b.overhead;
+  const total = partsTotal(b);
   const part = (label: string, s: number) => `${label} ${(s * 1000).toFixed(0)} ms (${(100 * s / total).toFixed(0)}%)`;
   console.log(
     `DPO step (profiled, ${(total * 1000).toFixed(0)} ms): ` + [
@@ -421,7 +432,8 @@ function printBreakdown(ours: Result | undefined, theirs: TorchResult | Failure 
       part("other kernels (LayerNorm, GELU, residuals, reshapes)", b.other_kernels),
       part("optimizer (clip + AdamW)", b.optimizer),
       part("data movement and dispatch", b.overhead),
-    ].join(", "),
+    ].join(", ") +
+      `; without prompt sharing (one row per completion) the profiled step took ${(b.unshared_s * 1000).toFixed(0)} ms`,
   );
   const gflop = b.matmul_flops / 1e9;
   const torch = theirs && !("error" in theirs) ? theirs : undefined;

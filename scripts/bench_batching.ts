@@ -7,6 +7,9 @@
  *
  * Each request is one different 16-token prompt, greedy, `stopAtEos: false`, so every request makes
  * exactly `--tokens` tokens and both arms do the same work.
+ *
+ * Then one request of `--samples` rows (4) with `--prompt-tokens`-token prompts (512), sampled: the same prompt in
+ * every row (the online loop's n samples of a prompt, prefilled once) against a different prompt in each.
  */
 import { scriptArgs } from "./_args.ts";
 import { fmt, randomModel, SIZES } from "./_bench_common.ts";
@@ -23,6 +26,8 @@ function options(args: string[]) {
     concurrency: { type: "string", default: "1,4,16" },
     tokens: { type: "string", default: "32" },
     backend: { type: "string", default: "wasm" },
+    samples: { type: "string", default: "4" },
+    "prompt-tokens": { type: "string", default: "512" },
   }, args);
   if (!SIZES[values.size!]) throw new Error(`Unknown size '${values.size}' (known: ${Object.keys(SIZES)})`);
   const concurrency = values.concurrency!.split(",").map(Number);
@@ -31,21 +36,24 @@ function options(args: string[]) {
       `Cannot run as '--concurrency' must list positive integers: current value is ${values.concurrency}`,
     );
   }
-  const tokens = Number(values.tokens);
-  if (!Number.isInteger(tokens) || tokens < 1) {
-    throw new Error(`Cannot run as '--tokens' must be a positive integer: current value is ${values.tokens}`);
-  }
+  const [tokens, samples, promptTokens] = (["tokens", "samples", "prompt-tokens"] as const).map((name) => {
+    const n = Number(values[name]);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new Error(`Cannot run as '--${name}' must be a positive integer: current value is ${values[name]}`);
+    }
+    return n;
+  }) as [number, number, number];
   if (!(BACKENDS as readonly string[]).includes(values.backend!)) {
     throw new Error(`Unknown backend '${values.backend}' (known: ${BACKENDS})`);
   }
-  return { size: values.size!, concurrency, tokens, backend: values.backend as BackendChoice };
+  return { size: values.size!, concurrency, tokens, samples, promptTokens, backend: values.backend as BackendChoice };
 }
 
-/** C different prompts of 16 token ids. */
-function prompts(count: number, vocab: number): number[][] {
+/** C different prompts of `length` token ids. */
+function prompts(count: number, vocab: number, length = PROMPT_TOKENS): number[][] {
   return Array.from(
     { length: count },
-    (_, c) => Array.from({ length: PROMPT_TOKENS }, (_, i) => (97 * c + 31 * i + 11) % vocab),
+    (_, c) => Array.from({ length }, (_, i) => (97 * c + 31 * i + 11) % vocab),
   );
 }
 
@@ -69,8 +77,25 @@ async function measure(model: CausalLM, concurrency: number, tokens: number) {
   return { separate: total / separate, batched: total / batched, rowsPerStep: rowSteps / steps };
 }
 
+/**
+ * Seconds (the fastest of three) for one sampled request of `rows` rows: `rows` different prompts, and one prompt
+ * `rows` times.
+ */
+async function samplesOfOnePrompt(model: CausalLM, rows: number, promptTokens: number, tokens: number) {
+  const codec = { eosTokenId: model.config.vocab_size - 1, decode: () => "" };
+  const opts = { temperature: 1, maxNewTokens: tokens, stopAtEos: false, seed: 1 };
+  const different = prompts(rows, model.config.vocab_size, promptTokens);
+  const same = different.map(() => different[0]!);
+  const fastest = async (batch: number[][]) => {
+    let best = Infinity;
+    for (let i = 0; i < 3; i++) best = Math.min(best, await timed(() => generate(model, codec, batch, opts), [[]]));
+    return best;
+  };
+  return { different: await fastest(different), same: await fastest(same) };
+}
+
 async function main(): Promise<void> {
-  const { size, concurrency, tokens, backend } = options(Deno.args);
+  const { size, concurrency, tokens, samples, promptTokens, backend } = options(Deno.args);
   console.log(`# ${describeBackend(await initBackend(backend))}; ${navigator.hardwareConcurrency} cores`);
   console.log(`# ${size}, ${PROMPT_TOKENS}-token prompts, ${tokens} new tokens per request, greedy`);
   const model = randomModel(SIZES[size]!, 0, false);
@@ -85,6 +110,15 @@ async function main(): Promise<void> {
       } |`,
     );
   }
+  const shared = await samplesOfOnePrompt(model, samples, promptTokens, tokens);
+  console.log(`\n# one request of ${samples} rows, ${promptTokens}-token prompts, ${tokens} new tokens each, sampled`);
+  console.log("| rows | s, a different prompt each | s, one prompt in every row | speed-up |");
+  console.log("|---:|---:|---:|---:|");
+  console.log(
+    `| ${samples} | ${fmt(shared.different, 2)} | ${fmt(shared.same, 2)} | ${
+      fmt(shared.different / shared.same, 2)
+    }x |`,
+  );
   model.dispose();
 }
 

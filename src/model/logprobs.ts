@@ -89,7 +89,8 @@ export function buildScoringBatch(pairs: TokenPair[], options: ScoringOptions): 
   const byPrompt = new Map<string, number[]>();
   sequences.forEach(({ prompt }, i) => {
     const key = prompt.join(",");
-    byPrompt.set(key, [...byPrompt.get(key) ?? [], i]);
+    if (!byPrompt.has(key)) byPrompt.set(key, []);
+    byPrompt.get(key)!.push(i);
   });
   const groups = [...byPrompt.values()];
   const rowsOf = (share: number) =>
