@@ -510,6 +510,7 @@ function runGemm(
       splits++;
     }
     const step = chunked ? CHUNK_COLUMNS : n;
+    const a = new Float32Array(heap, aOffset, rows * k);
     const columns = (from: number, to: number) => {
       for (let start = from; start < to; start += step) {
         blas.cblas_sgemm(
@@ -520,7 +521,7 @@ function runGemm(
           Math.min(step, to - start),
           k,
           1,
-          new Float32Array(heap, aOffset, rows * k),
+          a,
           lda,
           new Float32Array(heap, bOffset + 4 * (transposeB ? start * ldb : start)),
           ldb,
@@ -531,8 +532,10 @@ function runGemm(
       }
     };
     columns(0, half);
-    if (split) columns(half + count * width, n);
-    if (split) helper!.wait();
+    if (split) {
+      columns(half + count * width, n);
+      helper!.wait();
+    }
   };
   if (single) blas.openblas_set_num_threads?.(1);
   try {
